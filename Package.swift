@@ -1,0 +1,126 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let swiftSettings: [SwiftSetting] = [
+    .enableUpcomingFeature("ExistentialAny"),
+    .enableUpcomingFeature("MemberImportVisibility"),
+]
+
+let package = Package(
+    name: "BrokerKit",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "BrokerAPI", targets: ["BrokerAPI"]),
+        .library(name: "BrokerConformance", targets: ["BrokerConformance"]),
+        .library(name: "KafkaBackend", targets: ["KafkaBackend"]),
+        .library(name: "RabbitBackend", targets: ["RabbitBackend"]),
+        .library(name: "RedisStreamsBackend", targets: ["RedisStreamsBackend"]),
+        .library(name: "Examples", targets: ["Examples"]),
+        .executable(name: "brokerkit", targets: ["brokerkit"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-distributed-tracing", from: "1.7.3"),
+        .package(url: "https://github.com/apple/swift-service-context", from: "1.5.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0"),
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+    ],
+    targets: [
+        .target(
+            name: "BrokerAPI",
+            dependencies: [
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "Instrumentation", package: "swift-distributed-tracing"),
+                .product(name: "ServiceContextModule", package: "swift-service-context"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "SystemPackage", package: "swift-system"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .systemLibrary(name: "CRdKafka", path: "Sources/CRdKafka",
+                       providers: [.apt(["librdkafka-dev"])]),
+        .systemLibrary(name: "CRabbitMQ", path: "Sources/CRabbitMQ",
+                       providers: [.apt(["librabbitmq-dev"])]),
+        .systemLibrary(name: "CHiredis", path: "Sources/CHiredis",
+                       providers: [.apt(["libhiredis-dev"])]),
+        .target(
+            name: "KafkaBackend",
+            dependencies: ["BrokerAPI", "CRdKafka", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "RabbitBackend",
+            dependencies: ["BrokerAPI", "CRabbitMQ", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "RedisStreamsBackend",
+            dependencies: ["BrokerAPI", "CHiredis", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "BrokerConformance",
+            dependencies: ["BrokerAPI", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "Examples",
+            dependencies: [
+                "BrokerAPI",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "brokerkit",
+            dependencies: [
+                "BrokerAPI", "KafkaBackend", "RabbitBackend", "RedisStreamsBackend", "Examples",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "BrokerAPITests",
+            dependencies: ["BrokerAPI", .product(name: "Configuration", package: "swift-configuration")],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ConformanceTests",
+            dependencies: ["BrokerAPI", "BrokerConformance"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "KafkaBackendTests",
+            dependencies: ["KafkaBackend", "BrokerAPI", "CRdKafka"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "RabbitBackendTests",
+            dependencies: ["RabbitBackend", "BrokerAPI", "CRabbitMQ"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "RedisStreamsBackendTests",
+            dependencies: ["RedisStreamsBackend", "BrokerAPI", "CHiredis"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "ExamplesTests",
+            dependencies: ["Examples", "BrokerAPI"],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "CLITests",
+            dependencies: ["brokerkit"],
+            swiftSettings: swiftSettings
+        ),
+    ]
+)

@@ -1,0 +1,189 @@
+import Foundation
+
+/// A parsed broker URL: `scheme://[user[:password]@]host[:port][,host[:port]...][/path][?option=value&...]`.
+///
+/// The password is kept for the backend but never printed: ``description`` and ``redacted``
+/// replace it with `***`.
+///
+/// ```swift
+/// let url = try BrokerURL("amqp://app:secret@localhost:5672/orders")
+/// print(url)   // amqp://app:***@localhost:5672/orders
+/// ```
+public struct BrokerURL: Sendable, Hashable, CustomStringConvertible {
+    public struct Host: Sendable, Hashable, CustomStringConvertible {
+        public var name: String
+        public var port: Int?
+        public var description: String { port.map { "\(name):\($0)" } ?? name }
+    }
+
+    public var scheme: String
+    public var user: String?
+    public var password: String?
+    public var hosts: [Host]
+    /// The path without its leading `/` (vhost for AMQP, database index for Redis).
+    public var path: String
+    /// `?key=value` options, in order.
+    public var query: [(key: String, value: String)] {
+        get { queryItems.map { ($0.key, $0.value) } }
+        set { queryItems = newValue.map { QueryItem(key: $0.key, value: $0.value) } }
+    }
+    struct QueryItem: Sendable, Hashable { var key: String; var value: String }
+    var queryItems: [QueryItem]
+
+    /// Parses and validates `string`; throws ``BrokerError/Code/invalidConfiguration`` naming
+    /// what is wrong (the password is never echoed).
+    public init(_ string: String) throws {
+        func fail(_ why: String) -> BrokerError {
+            .invalidConfiguration("invalid broker URL '\(BrokerURL.redact(string))': \(why)")
+        }
+        let trimmed = string.trimmingWhitespace()
+        guard let schemeEnd = trimmed.range(of: "://") else {
+            throw fail("expected scheme://host, e.g. memory://, kafka://localhost:9092, amqp://localhost, redis://localhost")
+        }
+        let scheme = String(trimmed[..<schemeEnd.lowerBound]).lowercased()
+        guard !scheme.isEmpty, scheme.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "+" || $0 == "-" || $0 == "." }),
+            scheme.first?.isLetter == true
+        else { throw fail("scheme '\(scheme)' is not a valid URL scheme") }
+        var rest = Substring(trimmed[schemeEnd.upperBound...])
+
+        var queryItems: [QueryItem] = []
+        if let q = rest.firstIndex(of: "?") {
+            let queryText = rest[rest.index(after: q)...]
+            rest = rest[..<q]
+            for pair in queryText.split(separator: "&", omittingEmptySubsequences: true) {
+                let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                let key = BrokerURL.percentDecode(String(parts[0]))
+                guard !key.isEmpty else { throw fail("empty option name in query") }
+                guard parts.count == 2 else { throw fail("option '\(key)' has no value (write \(key)=value)") }
+                queryItems.append(QueryItem(key: key, value: BrokerURL.percentDecode(String(parts[1]))))
+            }
+        }
+        var path = ""
+        if let slash = rest.firstIndex(of: "/") {
+            path = BrokerURL.percentDecode(String(rest[rest.index(after: slash)...]))
+            rest = rest[..<slash]
+        }
+        var user: String?
+        var password: String?
+        if let at = rest.lastIndex(of: "@") {
+            let userInfo = rest[..<at]
+            rest = rest[rest.index(after: at)...]
+            if let colon = userInfo.firstIndex(of: ":") {
+                user = BrokerURL.percentDecode(String(userInfo[..<colon]))
+                password = BrokerURL.percentDecode(String(userInfo[userInfo.index(after: colon)...]))
+            } else {
+                user = BrokerURL.percentDecode(String(userInfo))
+            }
+            if user?.isEmpty == true { user = nil }
+        }
+        var hosts: [Host] = []
+        for hostText in rest.split(separator: ",", omittingEmptySubsequences: false) {
+            if hostText.isEmpty {
+                if rest.isEmpty { break }
+                throw fail("empty host in host list")
+            }
+            var name = Substring(hostText)
+            var port: Int?
+            if name.hasPrefix("[") {  // IPv6 literal
+                guard let close = name.firstIndex(of: "]") else { throw fail("unterminated IPv6 address '\(hostText)'") }
+                let after = name[name.index(after: close)...]
+                let v6 = name[name.index(after: name.startIndex)..<close]
+                if after.hasPrefix(":") { port = try BrokerURL.port(String(after.dropFirst()), in: string) }
+                else if !after.isEmpty { throw fail("unexpected '\(after)' after IPv6 address") }
+                name = v6
+            } else if let colon = name.lastIndex(of: ":") {
+                port = try BrokerURL.port(String(name[name.index(after: colon)...]), in: string)
+                name = name[..<colon]
+            }
+            guard !name.isEmpty else { throw fail("host name missing before port in '\(hostText)'") }
+            let allowed = name.allSatisfy { $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" || $0 == "_" || $0 == ":" || $0 == "%" }
+            guard allowed else { throw fail("host '\(name)' contains characters that are not allowed in a host name") }
+            hosts.append(Host(name: String(name), port: port))
+        }
+        self.scheme = scheme
+        self.user = user
+        self.password = password
+        self.hosts = hosts
+        self.path = path
+        self.queryItems = queryItems
+    }
+
+    private static func port(_ text: String, in url: String) throws -> Int {
+        guard let port = Int(text), (1...65535).contains(port) else {
+            throw BrokerError.invalidConfiguration(
+                "invalid broker URL '\(redact(url))': port '\(text)' is not a number from 1 to 65535")
+        }
+        return port
+    }
+
+    /// The URL with the password replaced by `***`.
+    public var redacted: String {
+        var text = scheme + "://"
+        if let user {
+            text += user
+            if password != nil { text += ":***" }
+            text += "@"
+        } else if password != nil {
+            text += ":***@"
+        }
+        text += hosts.map(\.description).joined(separator: ",")
+        if !path.isEmpty { text += "/" + path }
+        if !queryItems.isEmpty {
+            text += "?" + queryItems.map { item in
+                let secret = BrokerOption.looksSecret(item.key)
+                return "\(item.key)=\(secret ? "***" : item.value)"
+            }.joined(separator: "&")
+        }
+        return text
+    }
+
+    public var description: String { redacted }
+
+    /// Redacts the password of a URL string that may not even parse.
+    public static func redact(_ string: String) -> String {
+        guard let schemeEnd = string.range(of: "://") else { return string }
+        let rest = string[schemeEnd.upperBound...]
+        let hostEnd = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? rest.endIndex
+        guard let at = rest[..<hostEnd].lastIndex(of: "@") else { return string }
+        let userInfo = rest[..<at]
+        guard let colon = userInfo.firstIndex(of: ":") else { return string }
+        return String(string[..<schemeEnd.upperBound]) + userInfo[..<colon] + ":***" + rest[at...]
+    }
+
+    static func percentDecode(_ text: String) -> String {
+        guard text.contains("%") else { return text }
+        var bytes: [UInt8] = []
+        var iterator = Array(text.utf8).makeIterator()
+        while let byte = iterator.next() {
+            if byte == UInt8(ascii: "%"), let h = iterator.next(), let l = iterator.next(),
+                let value = UInt8(String(decoding: [h, l], as: UTF8.self), radix: 16)
+            {
+                bytes.append(value)
+            } else {
+                bytes.append(byte)
+            }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+}
+
+extension BrokerURL {
+    public static func == (lhs: BrokerURL, rhs: BrokerURL) -> Bool {
+        lhs.scheme == rhs.scheme && lhs.user == rhs.user && lhs.password == rhs.password
+            && lhs.hosts == rhs.hosts && lhs.path == rhs.path && lhs.queryItems == rhs.queryItems
+    }
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(scheme)
+        hasher.combine(hosts)
+        hasher.combine(path)
+    }
+}
+
+extension StringProtocol {
+    func trimmingWhitespace() -> String {
+        var s = Substring(self)
+        while s.first?.isWhitespace == true { s = s.dropFirst() }
+        while s.last?.isWhitespace == true { s = s.dropLast() }
+        return String(s)
+    }
+}

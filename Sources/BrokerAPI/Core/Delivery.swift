@@ -1,0 +1,169 @@
+import Foundation
+import Synchronization
+
+/// What a backend does when a delivery is settled. Implemented by every backend; users call
+/// the methods on ``Delivery`` instead, which apply the ``RetryPolicy`` first.
+public protocol DeliverySettler: Sendable {
+    /// The handler succeeded: remove the message / advance the committed position.
+    func ack() async throws
+    /// Redeliver after `delay` as attempt `nextAttempt`, remembering the first failure time.
+    func retry(after delay: Duration, nextAttempt: Int, firstFailureAt: Date, lastError: String) async throws
+    /// Move the message to the dead-letter queue and remove it from its origin.
+    func deadLetter(_ envelope: DeadLetterEnvelope) async throws
+    /// Give the message back unprocessed, without counting an attempt (graceful shutdown).
+    func release() async throws
+}
+
+/// A message handed to a consumer, with its delivery metadata and settlement methods.
+///
+/// Settle every delivery exactly once: ``ack()``, ``nack(error:delay:)``, ``deadLetter(reason:)``
+/// or ``release()``. A second settlement throws ``BrokerError/Code/alreadySettled``.
+///
+/// ```swift
+/// for try await delivery in consumer.deliveries {
+///     do { try await handle(delivery.message); try await delivery.ack() }
+///     catch { try await delivery.nack(error: error) }
+/// }
+/// ```
+public struct Delivery: Sendable {
+    /// The message.
+    public let message: Message
+    /// The queue or stream it came from.
+    public let destination: String
+    /// The consumer group, for stream deliveries.
+    public let group: String?
+    /// 1-based delivery attempt.
+    public let attempt: Int
+    /// When the message first failed, if it failed before.
+    public let firstFailureAt: Date?
+    /// Where the message sits in the destination.
+    public let position: Position?
+    /// The policy ``nack(error:delay:)`` applies.
+    public let retryPolicy: RetryPolicy
+    /// The backend that delivered it.
+    public let backend: String
+
+    private let settler: any DeliverySettler
+    private let settled: SettledFlag
+    private let observer: DeliveryObserver?
+
+    public init(
+        message: Message, destination: String, group: String? = nil, attempt: Int,
+        firstFailureAt: Date?, position: Position?, retryPolicy: RetryPolicy, backend: String,
+        settler: any DeliverySettler, observer: DeliveryObserver? = nil
+    ) {
+        self.message = message
+        self.destination = destination
+        self.group = group
+        self.attempt = max(1, attempt)
+        self.firstFailureAt = firstFailureAt
+        self.position = position
+        self.retryPolicy = retryPolicy
+        self.backend = backend
+        self.settler = settler
+        self.settled = SettledFlag()
+        self.observer = observer
+    }
+
+    /// The same delivery (sharing its settled state) with another retry policy, e.g. a
+    /// job type's own policy.
+    public func withRetryPolicy(_ policy: RetryPolicy) -> Delivery {
+        Delivery(copying: self, retryPolicy: policy)
+    }
+
+    private init(copying other: Delivery, retryPolicy: RetryPolicy) {
+        self.message = other.message
+        self.destination = other.destination
+        self.group = other.group
+        self.attempt = other.attempt
+        self.firstFailureAt = other.firstFailureAt
+        self.position = other.position
+        self.retryPolicy = retryPolicy
+        self.backend = other.backend
+        self.settler = other.settler
+        self.settled = other.settled
+        self.observer = other.observer
+    }
+
+    /// Whether the delivery has been settled.
+    public var isSettled: Bool { settled.isSet }
+
+    private func claim(_ action: String) throws {
+        guard settled.set() else {
+            throw BrokerError(
+                .alreadySettled, "message '\(message.id)' was already settled; cannot \(action)",
+                backend: backend, destination: destination)
+        }
+    }
+
+    /// The handler succeeded.
+    public func ack() async throws {
+        try claim("ack")
+        try await settler.ack()
+        observer?.record(.acked, destination: destination)
+    }
+
+    /// What ``nack(error:delay:)`` did.
+    public enum NackOutcome: Sendable, Equatable {
+        case retried(after: Duration, nextAttempt: Int)
+        case deadLettered(reason: String)
+    }
+
+    /// The handler failed: redeliver after the policy's backoff (or `delay`), or dead-letter
+    /// when attempts are exhausted.
+    @discardableResult
+    public func nack(error: String, delay: Duration? = nil) async throws -> NackOutcome {
+        try await nack(errorText: error, error: nil, delay: delay)
+    }
+
+    /// The handler failed with `error`: non-retryable errors (see ``RetryPolicy/isRetryable``)
+    /// dead-letter at once.
+    @discardableResult
+    public func nack(error: any Error, delay: Duration? = nil) async throws -> NackOutcome {
+        try await nack(errorText: String(describing: error), error: error, delay: delay)
+    }
+
+    private func nack(errorText: String, error: (any Error)?, delay: Duration?) async throws -> NackOutcome {
+        try claim("nack")
+        let now = Date()
+        switch retryPolicy.decision(afterAttempt: attempt, error: error) {
+        case .retry(let policyDelay):
+            let wait = delay ?? policyDelay
+            try await settler.retry(
+                after: wait, nextAttempt: attempt + 1, firstFailureAt: firstFailureAt ?? now, lastError: errorText)
+            observer?.record(.retried, destination: destination)
+            return .retried(after: wait, nextAttempt: attempt + 1)
+        case .deadLetter(let reason):
+            try await settler.deadLetter(envelope(lastError: errorText, now: now))
+            observer?.record(.deadLettered, destination: destination)
+            return .deadLettered(reason: reason)
+        }
+    }
+
+    /// Send the message straight to the dead-letter queue with `reason`.
+    public func deadLetter(reason: String) async throws {
+        try claim("dead-letter")
+        try await settler.deadLetter(envelope(lastError: reason, now: Date()))
+        observer?.record(.deadLettered, destination: destination)
+    }
+
+    /// Give the message back without processing it and without counting an attempt.
+    public func release() async throws {
+        try claim("release")
+        try await settler.release()
+    }
+
+    private func envelope(lastError: String, now: Date) -> DeadLetterEnvelope {
+        DeadLetterEnvelope(
+            original: message, originalDestination: destination, attempts: attempt,
+            lastError: lastError, failedAt: now, firstFailureAt: firstFailureAt ?? now)
+    }
+}
+
+/// A thread-safe one-shot flag.
+final class SettledFlag: Sendable {
+    private let flag = Mutex(false)
+    /// Sets the flag; returns `false` if it was already set.
+    func set() -> Bool { flag.withLock { old in defer { old = true }; return !old } }
+    var isSet: Bool { flag.withLock { $0 } }
+}

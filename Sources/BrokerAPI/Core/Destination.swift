@@ -1,0 +1,127 @@
+/// Whether a destination is a work queue or an append-only stream.
+public enum DestinationKind: String, Sendable, Hashable, Codable, CaseIterable {
+    case queue
+    case stream
+}
+
+/// Options used when a destination is created.
+///
+/// ```swift
+/// try await broker.createStream("message.sent", options: DestinationOptions(partitions: 4, retention: .init(maxAge: .seconds(86_400))))
+/// ```
+public struct DestinationOptions: Sendable, Hashable {
+    /// How long / how much a stream keeps. `nil` fields mean "backend default".
+    public struct Retention: Sendable, Hashable {
+        public var maxAge: Duration?
+        public var maxMessages: Int?
+        public var maxBytes: Int?
+        public init(maxAge: Duration? = nil, maxMessages: Int? = nil, maxBytes: Int? = nil) {
+            self.maxAge = maxAge
+            self.maxMessages = maxMessages
+            self.maxBytes = maxBytes
+        }
+    }
+
+    /// Partitions (Kafka, in-memory streams). Keys hash to partitions; order holds per partition.
+    public var partitions: Int?
+    /// Replication factor (Kafka).
+    public var replicationFactor: Int?
+    /// Retention for streams.
+    public var retention: Retention?
+    /// Extra backend-specific settings (e.g. Kafka topic configs, RabbitMQ queue arguments).
+    public var backendSettings: [String: String]
+
+    public init(
+        partitions: Int? = nil, replicationFactor: Int? = nil, retention: Retention? = nil,
+        backendSettings: [String: String] = [:]
+    ) {
+        self.partitions = partitions
+        self.replicationFactor = replicationFactor
+        self.retention = retention
+        self.backendSettings = backendSettings
+    }
+}
+
+/// A destination as listed by ``BrokerAdmin/listDestinations()``.
+public struct DestinationInfo: Sendable, Hashable {
+    public let name: String
+    public let kind: DestinationKind
+    public let partitions: Int
+    public init(name: String, kind: DestinationKind, partitions: Int) {
+        self.name = name
+        self.kind = kind
+        self.partitions = partitions
+    }
+}
+
+/// Per-group numbers for a stream (or the implicit group of a queue).
+public struct GroupStats: Sendable, Hashable {
+    /// Group name.
+    public let group: String
+    /// Messages not yet delivered to the group (Kafka: high watermark − committed offset).
+    public let lag: Int
+    /// Delivered but not yet acknowledged.
+    public let pending: Int
+    /// Live consumers in the group.
+    public let consumers: Int
+    /// Committed position per partition.
+    public let committed: [Position]
+
+    public init(group: String, lag: Int, pending: Int, consumers: Int, committed: [Position]) {
+        self.group = group
+        self.lag = lag
+        self.pending = pending
+        self.consumers = consumers
+        self.committed = committed
+    }
+}
+
+/// Numbers for one destination, read from the broker.
+public struct DestinationStats: Sendable, Hashable {
+    public let name: String
+    public let kind: DestinationKind
+    /// Messages stored and ready (queue) or stored in total (stream).
+    public let depth: Int
+    /// Delivered, not yet settled (queues).
+    public let inFlight: Int
+    /// Waiting for a retry delay or a `deliverAt` time.
+    public let delayed: Int
+    /// Entries in the dead-letter queue.
+    public let deadLettered: Int
+    /// Consumer groups (streams) with their lag.
+    public let groups: [GroupStats]
+
+    public init(
+        name: String, kind: DestinationKind, depth: Int, inFlight: Int, delayed: Int,
+        deadLettered: Int, groups: [GroupStats]
+    ) {
+        self.name = name
+        self.kind = kind
+        self.depth = depth
+        self.inFlight = inFlight
+        self.delayed = delayed
+        self.deadLettered = deadLettered
+        self.groups = groups
+    }
+}
+
+/// Destination and group names: 1–200 characters from `A–Z a–z 0–9 . _ -` and `:`, not
+/// starting with `.` or `-`. Every backend accepts this set, so apps can switch brokers.
+public enum DestinationName {
+    public static let maxLength = 200
+
+    /// Throws ``BrokerError/Code/invalidDestination`` naming the problem.
+    public static func validate(_ name: String, what: String = "destination", backend: String? = nil) throws {
+        func fail(_ why: String) -> BrokerError {
+            BrokerError(.invalidDestination, "invalid \(what) name '\(name)': \(why)", backend: backend)
+        }
+        if name.isEmpty { throw fail("must not be empty") }
+        if name.count > maxLength { throw fail("longer than \(maxLength) characters") }
+        if name.first == "." || name.first == "-" { throw fail("must not start with '.' or '-'") }
+        for scalar in name.unicodeScalars {
+            let ok = (scalar >= "a" && scalar <= "z") || (scalar >= "A" && scalar <= "Z")
+                || (scalar >= "0" && scalar <= "9") || scalar == "." || scalar == "_" || scalar == "-" || scalar == ":"
+            if !ok { throw fail("character '\(scalar.escaped(asASCII: true))' is not allowed (use A-Z a-z 0-9 . _ - :)") }
+        }
+    }
+}

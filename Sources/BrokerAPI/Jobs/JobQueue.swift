@@ -1,0 +1,103 @@
+import Foundation
+
+/// Dispatches typed jobs onto a queue of any backend.
+///
+/// ```swift
+/// let jobs = JobQueue(broker: broker, queue: "jobs")
+/// try await jobs.dispatch(SendEmail(to: "a@example.com", subject: "Hi"))
+/// try await jobs.dispatch(SendEmail(to: "b@example.com", subject: "Later"), after: .seconds(60))
+/// try await jobs.dispatch(Invoice(id: 7), at: tomorrow, idempotencyKey: "invoice-7")
+/// ```
+public struct JobQueue: Sendable {
+    public let broker: any Broker
+    public let queue: String
+    let encoder: JSONEncoder
+
+    public init(broker: any Broker, queue: String = "jobs") {
+        self.broker = broker
+        self.queue = queue
+        let encoder = JSONEncoder()
+        encoder.dateEncodingStrategy = .iso8601
+        encoder.outputFormatting = [.sortedKeys]
+        self.encoder = encoder
+    }
+
+    /// The message a job is sent as: JSON payload, job name and idempotency key in headers.
+    public func message<J: Job>(for job: J, idempotencyKey: String? = nil, key: String? = nil) throws -> Message {
+        let payload: Data
+        do { payload = try encoder.encode(job) } catch {
+            throw BrokerError(.decodingFailed, "cannot encode job '\(J.name)': \(error)", backend: broker.backendName, destination: queue)
+        }
+        var headers = [HeaderName.jobName: J.name, "content-type": "application/json"]
+        if let idempotencyKey { headers[HeaderName.idempotencyKey] = idempotencyKey }
+        return Message(key: key, payload: payload, headers: headers)
+    }
+
+    /// Dispatches `job` now; returns the job id.
+    @discardableResult
+    public func dispatch<J: Job>(_ job: J, idempotencyKey: String? = nil, key: String? = nil) async throws -> String {
+        let message = try message(for: job, idempotencyKey: idempotencyKey, key: key)
+        return try await broker.publish(message, to: queue).messageID
+    }
+
+    /// Dispatches `job` to run no earlier than `delay` from now.
+    @discardableResult
+    public func dispatch<J: Job>(_ job: J, after delay: Duration, idempotencyKey: String? = nil, key: String? = nil) async throws -> String {
+        try await dispatch(job, at: Date().addingTimeInterval(delay.timeInterval), idempotencyKey: idempotencyKey, key: key)
+    }
+
+    /// Dispatches `job` to run no earlier than `date`.
+    @discardableResult
+    public func dispatch<J: Job>(_ job: J, at date: Date, idempotencyKey: String? = nil, key: String? = nil) async throws -> String {
+        try broker.require(.delayedDelivery, for: "delayed jobs")
+        var message = try message(for: job, idempotencyKey: idempotencyKey, key: key)
+        message.headers[HeaderName.deliverAt] = ISO8601.format(date)
+        return try await broker.publish(message, to: queue, options: PublishOptions(deliverAt: date)).messageID
+    }
+
+    /// Dispatches many jobs of one type in one batch.
+    @discardableResult
+    public func dispatch<J: Job>(batch jobs: [J]) async throws -> [String] {
+        let messages = try jobs.map { try message(for: $0) }
+        return try await broker.publish(messages, to: queue).map(\.messageID)
+    }
+}
+
+/// Remembers idempotency keys so a job dispatched twice runs once.
+public protocol IdempotencyStore: Sendable {
+    /// Claims `key` for a run; `false` if it already completed or is running elsewhere.
+    func begin(_ key: String) async throws -> Bool
+    /// The run succeeded: the key stays taken for the store's retention.
+    func complete(_ key: String) async throws
+    /// The run failed: free the key so a retry can claim it.
+    func abandon(_ key: String) async throws
+}
+
+/// An in-process ``IdempotencyStore`` keeping completed keys for `retention`.
+public actor InMemoryIdempotencyStore: IdempotencyStore {
+    private var running: Set<String> = []
+    private var completed: [String: Date] = [:]
+    private let retention: Duration
+
+    public init(retention: Duration = .seconds(86_400)) { self.retention = retention }
+
+    public func begin(_ key: String) -> Bool {
+        purge()
+        if running.contains(key) || completed[key] != nil { return false }
+        running.insert(key)
+        return true
+    }
+
+    public func complete(_ key: String) {
+        running.remove(key)
+        completed[key] = Date()
+    }
+
+    public func abandon(_ key: String) { running.remove(key) }
+
+    private func purge() {
+        guard completed.count > 1024 else { return }
+        let cutoff = Date().addingTimeInterval(-retention.timeInterval)
+        completed = completed.filter { $0.value >= cutoff }
+    }
+}

@@ -1,0 +1,45 @@
+import Instrumentation
+import ServiceContextModule
+import Tracing
+
+/// Carries distributed-tracing context in message headers (W3C `traceparent` or whatever the
+/// bootstrapped instrument uses), so a consumer's span continues the publisher's trace.
+public enum TraceContext {
+    struct HeadersInjector: Injector {
+        func inject(_ value: String, forKey key: String, into carrier: inout [String: String]) {
+            carrier[key] = value
+        }
+    }
+    struct HeadersExtractor: Extractor {
+        func extract(key: String, from carrier: [String: String]) -> String? { carrier[key] }
+    }
+
+    /// Adds the current task's trace context to `headers` (existing keys are kept).
+    public static func inject(into headers: inout [String: String]) {
+        guard let context = ServiceContext.current else { return }
+        var injected: [String: String] = [:]
+        InstrumentationSystem.instrument.inject(context, into: &injected, using: HeadersInjector())
+        for (key, value) in injected where headers[key] == nil { headers[key] = value }
+    }
+
+    /// The trace context carried by `headers`.
+    public static func extract(from headers: [String: String]) -> ServiceContext {
+        var context = ServiceContext.topLevel
+        InstrumentationSystem.instrument.extract(headers, into: &context, using: HeadersExtractor())
+        return context
+    }
+
+    /// Runs `body` in a consumer span linked to the message's trace context.
+    public static func withConsumerSpan<T: Sendable>(
+        _ delivery: Delivery, _ body: () async throws -> T
+    ) async throws -> T {
+        let context = extract(from: delivery.message.headers)
+        return try await withSpan("process \(delivery.destination)", context: context, ofKind: .consumer) { span in
+            span.attributes["messaging.system"] = delivery.backend
+            span.attributes["messaging.destination.name"] = delivery.destination
+            span.attributes["messaging.message.id"] = delivery.message.id
+            span.attributes["messaging.delivery.attempt"] = delivery.attempt
+            return try await body()
+        }
+    }
+}

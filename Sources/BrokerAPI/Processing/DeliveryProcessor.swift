@@ -1,0 +1,333 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// Runs a handler over a consumer's deliveries with bounded concurrency, per-key ordering,
+/// retry / DLQ through the delivery's ``RetryPolicy``, and graceful shutdown.
+///
+/// - Handler returns: the delivery is acked.
+/// - Handler throws: the delivery is nacked (retry with backoff, or DLQ when attempts are
+///   exhausted or the error is non-retryable). A failing handler never stops the loop.
+/// - ``stop()``: no new deliveries are fetched; running handlers get `shutdownTimeout` to
+///   finish (then they are cancelled and their deliveries released for redelivery); fetched
+///   but unstarted deliveries are released without counting an attempt.
+///
+/// ```swift
+/// let processor = DeliveryProcessor(consumer: consumer, options: .init(concurrency: 8)) { delivery in
+///     try await send(delivery.message)
+/// }
+/// try await processor.run()
+/// ```
+public final class DeliveryProcessor: Sendable {
+    public struct Options: Sendable {
+        /// Handlers running at once.
+        public var concurrency: Int
+        /// Deliveries with the same key are handled one at a time, in arrival order.
+        public var orderedByKey: Bool
+        /// A handler running longer is cancelled and counted as a failure.
+        public var handlerTimeout: Duration?
+        /// How long ``stop()`` waits for running handlers.
+        public var shutdownTimeout: Duration
+
+        public init(
+            concurrency: Int = 1, orderedByKey: Bool = true, handlerTimeout: Duration? = nil,
+            shutdownTimeout: Duration = .seconds(30)
+        ) {
+            self.concurrency = max(1, concurrency)
+            self.orderedByKey = orderedByKey
+            self.handlerTimeout = handlerTimeout
+            self.shutdownTimeout = shutdownTimeout
+        }
+    }
+
+    public typealias Handler = @Sendable (Delivery) async throws -> Void
+
+    let consumer: any MessageConsumer
+    let options: Options
+    let handler: Handler
+    let logger: Logger
+    private let stopping = Atomic<Bool>(false)
+    private let fetcher = Mutex<Task<Void, Never>?>(nil)
+
+    public init(
+        consumer: any MessageConsumer, options: Options = Options(), logger: Logger = Logger(label: "brokerkit.processor"),
+        handler: @escaping Handler
+    ) {
+        self.consumer = consumer
+        self.options = options
+        self.handler = handler
+        self.logger = logger
+    }
+
+    /// Asks ``run()`` to drain and return. Safe to call more than once, from any task.
+    public func stop() {
+        guard !stopping.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        fetcher.withLock { $0?.cancel() }
+    }
+
+    /// Whether ``stop()`` was called.
+    public var isStopping: Bool { stopping.load(ordering: .acquiring) }
+
+    /// Processes deliveries until ``stop()`` is called, the consumer ends, or the task is
+    /// cancelled (a hard stop: handlers are cancelled and their deliveries released).
+    public func run() async throws {
+        let slots = AsyncSemaphore(options.concurrency)
+        let gate = KeyGate()
+        let (stream, continuation) = AsyncStream.makeStream(of: (Delivery, UInt64?).self)
+        let consumer = self.consumer
+        let ordered = options.orderedByKey
+        let logger = self.logger
+        let task = Task {
+            defer { continuation.finish() }
+            while !Task.isCancelled {
+                do {
+                    try await slots.acquire()
+                    guard let delivery = try await consumer.next() else { return }
+                    let ticket = ordered ? await gate.enqueue(delivery.message.key) : nil
+                    continuation.yield((delivery, ticket))
+                } catch is CancellationError {
+                    return
+                } catch {
+                    logger.error("consumer failed: \(error)")
+                    slots.release()
+                    try? await Task.sleep(for: .milliseconds(200))
+                }
+            }
+        }
+        fetcher.withLock { $0 = task }
+        if isStopping { task.cancel() }
+
+        let running = RunningCount()
+        let idle = AsyncSignalRepeating()
+        await withTaskCancellationHandler {
+            await withDiscardingTaskGroup { group in
+                for await (delivery, ticket) in stream {
+                    running.add(1)
+                    group.addTask { [self] in
+                        await self.handle(delivery, ticket: ticket, gate: gate)
+                        slots.release()
+                        if running.add(-1) == 0 { idle.fire() }
+                    }
+                }
+                // Fetching ended (stop, consumer closed or cancelled): drain with a deadline.
+                let deadline = ContinuousClock.now + options.shutdownTimeout
+                let finished = await idle.wait(until: deadline) { running.value == 0 }
+                if !finished {
+                    logger.warning("shutdown timeout reached; cancelling \(running.value) running handlers")
+                    group.cancelAll()
+                }
+            }
+        } onCancel: {
+            self.stop()
+            task.cancel()
+        }
+        task.cancel()
+        await consumer.close()
+    }
+
+    private func handle(_ delivery: Delivery, ticket: UInt64?, gate: KeyGate) async {
+        if let ticket { await gate.wait(ticket) }
+        await process(delivery)
+        if let ticket { await gate.done(ticket) }
+    }
+
+    private func process(_ delivery: Delivery) async {
+        if isStopping || Task.isCancelled {
+            // Fetched but not started: give it back without counting an attempt.
+            try? await delivery.release()
+            return
+        }
+        let started = ContinuousClock.now
+        do {
+            try await TraceContext.withConsumerSpan(delivery) {
+                try await self.runHandler(delivery)
+            }
+            if delivery.isSettled { return }  // the handler settled it itself
+            if Task.isCancelled && isStopping {
+                try? await delivery.release()
+                return
+            }
+            try await delivery.ack()
+        } catch {
+            if delivery.isSettled {
+                logger.debug("handler settled message \(delivery.message.id) itself before failing: \(error)")
+            } else if error is CancellationError && isStopping {
+                // Cut off by the shutdown timeout: leave it for redelivery.
+                try? await delivery.release()
+            } else {
+                do { try await delivery.nack(error: error) } catch {
+                    logger.error("could not nack message \(delivery.message.id): \(error)")
+                }
+            }
+        }
+        DeliveryObserver(backend: delivery.backend)
+            .recordHandlerDuration(ContinuousClock.now - started, destination: delivery.destination)
+    }
+
+    private func runHandler(_ delivery: Delivery) async throws {
+        guard let timeout = options.handlerTimeout else {
+            try await handler(delivery)
+            return
+        }
+        try await withTimeout(timeout, what: "handler for message '\(delivery.message.id)'", backend: delivery.backend,
+                              destination: delivery.destination) { [handler] in
+            try await handler(delivery)
+        }
+    }
+}
+
+/// Runs `operation`, cancelling it and throwing ``BrokerError/Code/jobTimeout`` if it takes
+/// longer than `timeout`.
+public func withTimeout<T: Sendable>(
+    _ timeout: Duration, what: String, backend: String? = nil, destination: String? = nil,
+    _ operation: @escaping @Sendable () async throws -> T
+) async throws -> T {
+    try await withThrowingTaskGroup(of: T?.self) { group in
+        group.addTask { try await operation() }
+        group.addTask {
+            try await Task.sleep(for: timeout)
+            return nil
+        }
+        defer { group.cancelAll() }
+        guard let first = try await group.next(), let value = first else {
+            throw BrokerError(.jobTimeout, "\(what) exceeded its timeout of \(timeout)", backend: backend, destination: destination)
+        }
+        return value
+    }
+}
+
+/// A counting semaphore for tasks.
+final class AsyncSemaphore: Sendable {
+    private struct State {
+        var permits: Int
+        var waiters: [(UInt64, CheckedContinuation<Void, any Error>)] = []
+        var nextID: UInt64 = 0
+        var cancelled: Set<UInt64> = []
+    }
+    private let state: Mutex<State>
+
+    init(_ permits: Int) { state = Mutex(State(permits: permits)) }
+
+    func acquire() async throws {
+        let id: UInt64? = state.withLock { s in
+            if s.permits > 0 {
+                s.permits -= 1
+                return nil
+            }
+            s.nextID += 1
+            return s.nextID
+        }
+        guard let id else { return }
+        try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+                let cancelled = state.withLock { s -> Bool in
+                    if s.cancelled.remove(id) != nil { return true }
+                    s.waiters.append((id, continuation))
+                    return false
+                }
+                if cancelled { continuation.resume(throwing: CancellationError()) }
+            }
+        } onCancel: {
+            let continuation = state.withLock { s -> CheckedContinuation<Void, any Error>? in
+                if let index = s.waiters.firstIndex(where: { $0.0 == id }) {
+                    return s.waiters.remove(at: index).1
+                }
+                s.cancelled.insert(id)
+                return nil
+            }
+            continuation?.resume(throwing: CancellationError())
+        }
+    }
+
+    func release() {
+        let continuation = state.withLock { s -> CheckedContinuation<Void, any Error>? in
+            if s.waiters.isEmpty {
+                s.permits += 1
+                return nil
+            }
+            return s.waiters.removeFirst().1
+        }
+        continuation?.resume()
+    }
+}
+
+/// Wakes a waiter whenever a condition may have become true; the waiter re-checks it.
+final class AsyncSignalRepeating: Sendable {
+    private let waiter = Mutex<CheckedContinuation<Void, Never>?>(nil)
+
+    func fire() {
+        let continuation = waiter.withLock { w -> CheckedContinuation<Void, Never>? in
+            defer { w = nil }
+            return w
+        }
+        continuation?.resume()
+    }
+
+    /// Waits until `condition` holds (re-checked on every fire and every 50 ms) or `deadline`
+    /// passes; returns whether it holds.
+    func wait(until deadline: ContinuousClock.Instant, condition: @Sendable () -> Bool) async -> Bool {
+        while !condition() {
+            if ContinuousClock.now >= deadline || Task.isCancelled { return condition() }
+            let slice = min(deadline - ContinuousClock.now, .milliseconds(50))
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { [self] in
+                    await withCheckedContinuation { continuation in
+                        let old = self.waiter.withLock { w -> CheckedContinuation<Void, Never>? in
+                            defer { w = continuation }
+                            return w
+                        }
+                        old?.resume()
+                    }
+                }
+                group.addTask { try? await Task.sleep(for: slice) }
+                await group.next()
+                self.fire()
+                group.cancelAll()
+                await group.waitForAll()
+            }
+        }
+        return true
+    }
+}
+
+/// Serializes work per key in arrival order; different keys run in parallel.
+actor KeyGate {
+    private var queues: [String: [UInt64]] = [:]
+    private var keyOfTicket: [UInt64: String] = [:]
+    private var waiting: [UInt64: CheckedContinuation<Void, Never>] = [:]
+    private var nextTicket: UInt64 = 0
+
+    /// Takes a place in `key`'s line; `nil` keys never wait.
+    func enqueue(_ key: String?) -> UInt64? {
+        guard let key else { return nil }
+        nextTicket += 1
+        queues[key, default: []].append(nextTicket)
+        keyOfTicket[nextTicket] = key
+        return nextTicket
+    }
+
+    func wait(_ ticket: UInt64) async {
+        guard let key = keyOfTicket[ticket], queues[key]?.first != ticket else { return }
+        await withCheckedContinuation { waiting[ticket] = $0 }
+    }
+
+    func done(_ ticket: UInt64) {
+        guard let key = keyOfTicket.removeValue(forKey: ticket) else { return }
+        var line = queues[key] ?? []
+        line.removeAll { $0 == ticket }
+        if line.isEmpty {
+            queues[key] = nil
+        } else {
+            queues[key] = line
+            if let next = waiting.removeValue(forKey: line[0]) { next.resume() }
+        }
+    }
+}
+
+/// A shared counter of running handlers.
+final class RunningCount: Sendable {
+    private let count = Atomic<Int>(0)
+    @discardableResult
+    func add(_ delta: Int) -> Int { count.wrappingAdd(delta, ordering: .acquiringAndReleasing).newValue }
+    var value: Int { count.load(ordering: .acquiring) }
+}

@@ -1,0 +1,92 @@
+import Foundation
+
+/// A message on its way to (or read back from) a dead-letter queue.
+///
+/// The original payload, key, id and headers are kept unchanged; the envelope adds the
+/// reserved headers ``HeaderName/originalDestination``, ``HeaderName/attempts``,
+/// ``HeaderName/lastError``, ``HeaderName/failedAt`` and ``HeaderName/firstFailureAt``.
+public struct DeadLetterEnvelope: Sendable, Hashable {
+    /// The original message, without envelope headers.
+    public var original: Message
+    /// Where the message was first published.
+    public var originalDestination: String
+    /// Delivery attempts made.
+    public var attempts: Int
+    /// The last error (or the dead-letter reason).
+    public var lastError: String
+    /// When it was dead-lettered.
+    public var failedAt: Date
+    /// When it first failed.
+    public var firstFailureAt: Date?
+
+    public init(
+        original: Message, originalDestination: String, attempts: Int, lastError: String,
+        failedAt: Date = Date(), firstFailureAt: Date? = nil
+    ) {
+        var clean = original
+        clean.headers = clean.headers.filter { !DeadLetterEnvelope.envelopeHeaders.contains($0.key) }
+        self.original = clean
+        self.originalDestination = originalDestination
+        self.attempts = attempts
+        self.lastError = lastError
+        self.failedAt = failedAt
+        self.firstFailureAt = firstFailureAt
+    }
+
+    static let envelopeHeaders: Set<String> = [
+        HeaderName.originalDestination, HeaderName.attempts, HeaderName.lastError,
+        HeaderName.failedAt, HeaderName.firstFailureAt, HeaderName.attempt, HeaderName.deliverAt,
+    ]
+
+    /// The message as stored on the DLQ: the original plus envelope headers.
+    public var message: Message {
+        var message = original
+        message.headers[HeaderName.originalDestination] = originalDestination
+        message.headers[HeaderName.attempts] = String(attempts)
+        message.headers[HeaderName.lastError] = String(lastError.prefix(4096))
+        message.headers[HeaderName.failedAt] = ISO8601.format(failedAt)
+        if let firstFailureAt { message.headers[HeaderName.firstFailureAt] = ISO8601.format(firstFailureAt) }
+        return message
+    }
+
+    /// Reads an envelope back from a DLQ message; `nil` if the envelope headers are missing.
+    public init?(dlqMessage message: Message) {
+        guard let origin = message.headers[HeaderName.originalDestination] else { return nil }
+        self.init(
+            original: message,
+            originalDestination: origin,
+            attempts: Int(message.headers[HeaderName.attempts] ?? "") ?? 0,
+            lastError: message.headers[HeaderName.lastError] ?? "",
+            failedAt: message.headers[HeaderName.failedAt].flatMap(ISO8601.parse) ?? message.timestamp,
+            firstFailureAt: message.headers[HeaderName.firstFailureAt].flatMap(ISO8601.parse))
+    }
+}
+
+/// One entry listed from a dead-letter queue.
+public struct DeadLetterEntry: Sendable, Hashable {
+    /// The envelope (original message and failure details).
+    public let envelope: DeadLetterEnvelope
+    /// Where the entry sits in the DLQ.
+    public let position: Position?
+
+    public init(envelope: DeadLetterEnvelope, position: Position?) {
+        self.envelope = envelope
+        self.position = position
+    }
+}
+
+/// The name of the dead-letter queue for a destination: `<destination>.dlq`.
+public func deadLetterName(for destination: String) -> String { destination + ".dlq" }
+
+/// ISO 8601 with fractional seconds, the format of every date header.
+public enum ISO8601 {
+    public static func format(_ date: Date) -> String {
+        date.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
+    }
+    public static func parse(_ text: String) -> Date? {
+        if let date = try? Date(text, strategy: .iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted)) {
+            return date
+        }
+        return try? Date(text, strategy: .iso8601)
+    }
+}
