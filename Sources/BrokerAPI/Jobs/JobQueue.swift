@@ -16,10 +16,7 @@ public struct JobQueue: Sendable {
     public init(broker: any Broker, queue: String = "jobs") {
         self.broker = broker
         self.queue = queue
-        let encoder = JSONEncoder()
-        encoder.dateEncodingStrategy = .iso8601
-        encoder.outputFormatting = [.sortedKeys]
-        self.encoder = encoder
+        self.encoder = JobCoding.encoder()
     }
 
     /// The message a job is sent as: JSON payload, job name and idempotency key in headers.
@@ -99,5 +96,32 @@ public actor InMemoryIdempotencyStore: IdempotencyStore {
         guard completed.count > 1024 else { return }
         let cutoff = Date().addingTimeInterval(-retention.timeInterval)
         completed = completed.filter { $0.value >= cutoff }
+    }
+}
+
+/// The JSON format of job payloads: sorted keys, dates as ISO 8601 with milliseconds (read
+/// back with or without fractional seconds), so other languages can produce and read jobs.
+public enum JobCoding {
+    public static func encoder() -> JSONEncoder {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        encoder.dateEncodingStrategy = .custom { date, encoder in
+            var container = encoder.singleValueContainer()
+            try container.encode(ISO8601.format(date))
+        }
+        return encoder
+    }
+
+    public static func decoder() -> JSONDecoder {
+        let decoder = JSONDecoder()
+        decoder.dateDecodingStrategy = .custom { decoder in
+            let container = try decoder.singleValueContainer()
+            let text = try container.decode(String.self)
+            guard let date = ISO8601.parse(text) else {
+                throw DecodingError.dataCorruptedError(in: container, debugDescription: "'\(text)' is not an ISO 8601 date")
+            }
+            return date
+        }
+        return decoder
     }
 }

@@ -82,8 +82,7 @@ public final class JobWorker: Service, Sendable {
         handler: @escaping @Sendable (J, JobContext) async throws -> Void
     ) {
         let registration = Registration(options: options) { data, context in
-            let decoder = JSONDecoder()
-            decoder.dateDecodingStrategy = .iso8601
+            let decoder = JobCoding.decoder()
             let job: J
             do { job = try decoder.decode(J.self, from: data) } catch {
                 throw UndecodableJob(reason: "cannot decode payload of job '\(J.name)' (\(context.jobID)): \(error)")

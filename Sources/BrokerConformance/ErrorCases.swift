@@ -1,0 +1,81 @@
+import BrokerAPI
+import Foundation
+
+enum ErrorCases {
+    static let all: [ConformanceCase] = [unreachable, invalidConfiguration, oversized, invalidNames, closedBroker]
+
+    static let unreachable = ConformanceCase("errors.unreachableBroker.failsWithinConnectTimeout", area: .errors, requires: .crossProcess) { c in
+        guard let url = c.harness.unreachableURL else { throw c.fail("the harness gives no unreachable URL") }
+        let started = ContinuousClock.now
+        let error = try await c.expectError(.connectionFailed) {
+            let broker = try await Brokers.connect(url: url, options: ["connect.timeout": "2s"], registry: c.harness.registry)
+            defer { Task { await broker.close() } }
+            try await broker.publish(Message(text: "x"), to: c.name("unreachable"))
+        }
+        let took = ContinuousClock.now - started
+        try c.expect(took < .seconds(6), "failing took \(took) with connect.timeout 2s")
+        try c.expect(error.description.contains(BrokerURL.redact(url).split(separator: "/").last.map(String.init) ?? url), "error does not name the broker: \(error)")
+    }
+
+    static let invalidConfiguration = ConformanceCase("errors.invalidConfiguration.namesTheKey", area: .errors, requires: []) { c in
+        let unknown = try await c.expectError(.invalidConfiguration) {
+            _ = try Brokers.configuration(url: c.harness.url, options: ["no.such.option": "1"], registry: c.harness.registry)
+        }
+        try c.expect(unknown.message.contains("no.such.option"), "error does not name the unknown key: \(unknown)")
+        let invalid = try await c.expectError(.invalidConfiguration) {
+            _ = try Brokers.configuration(url: c.harness.url, options: ["connect.timeout": "soon"], registry: c.harness.registry)
+        }
+        try c.expect(invalid.message.contains("connect.timeout") && invalid.message.contains("soon"), "error does not name key and value: \(invalid)")
+        let badURL = try await c.expectError(.invalidConfiguration) {
+            _ = try Brokers.configuration(url: c.harness.url.replacingOccurrences(of: "://", with: ":/"), registry: c.harness.registry)
+        }
+        try c.expect(badURL.message.contains("scheme://"), "bad URL error unclear: \(badURL)")
+    }
+
+    static let oversized = ConformanceCase("errors.oversizedMessage.clearErrorOthersUnaffected", area: .errors, requires: .queues) { c in
+        let queue = c.name("oversized")
+        let small = try await c.harness.connect(["max.message.bytes": "4096"])
+        try await small.createQueue(queue)
+        let big = Message(text: String(repeating: "x", count: 10_000))
+        let error = try await c.expectError(.messageTooLarge) { try await small.publish(big, to: queue) }
+        try c.expect(error.message.contains("4096") && error.message.contains(big.id), "error does not name the limit and message: \(error)")
+        try c.expect(error.destination == queue, "error does not name the destination: \(error)")
+        let batchError = try await c.expectError(.messageTooLarge) {
+            try await small.publish([Message(text: "ok"), big], to: queue)
+        }
+        _ = batchError
+        try await small.publish(Message(text: "fits"), to: queue)
+        let consumer = try await small.consumeQueue(queue)
+        let got = try await c.receive(1, from: consumer)
+        let extra = try await consumer.next(timeout: .milliseconds(300))
+        await consumer.close()
+        await small.close()
+        try c.expect(got[0].message.text == "fits", "the normal message after the oversized one is \(String(describing: got[0].message.text))")
+        try c.expect(extra == nil, "part of a rejected batch was published")
+    }
+
+    static let invalidNames = ConformanceCase("errors.invalidDestinationName.clearError", area: .errors, requires: .queues) { c in
+        for bad in ["", "has space", "slash/inside", "-leading", String(repeating: "q", count: 300), "ünï"] {
+            let error = try await c.expectError(.invalidDestination) { try await c.broker.publish(Message(text: "x"), to: bad) }
+            try c.expect(error.message.contains("invalid destination name"), "unclear error for '\(bad)': \(error)")
+        }
+        try await c.expectError(.invalidDestination) { _ = try await c.broker.consumeQueue("bad name") }
+        if c.harness.capabilities.contains(.streams) {
+            try await c.expectError(.invalidDestination) {
+                _ = try await c.broker.consumeStream(c.name("okstream"), group: "bad group!", options: .init())
+            }
+        }
+    }
+
+    static let closedBroker = ConformanceCase("errors.closedBroker.rejectsAndCloseIsIdempotent", area: .errors, requires: .queues) { c in
+        let broker = try await c.harness.connect()
+        let queue = c.name("closed")
+        try await broker.createQueue(queue)
+        let consumer = try await broker.consumeQueue(queue)
+        await broker.close()
+        await broker.close()
+        try await c.expectError(.closed) { try await broker.publish(Message(text: "late"), to: queue) }
+        let next = try await consumer.next(timeout: .seconds(2))
+        try c.expect(next == nil, "a consumer of a closed broker still delivers")
+    }
+}

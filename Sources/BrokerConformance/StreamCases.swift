@@ -1,0 +1,188 @@
+import BrokerAPI
+import Foundation
+
+enum StreamCases {
+    static let all: [ConformanceCase] = [
+        twoGroups, membersShareWork, orderPerKey, replayEarliest, replayLatest, replayPosition, replayTimestamp,
+        restartResumes, lagStats,
+    ]
+
+    static func stream(_ c: ConformanceContext, _ label: String, partitions: Int = 4) async throws -> String {
+        let name = c.name(label)
+        try await c.broker.createStream(name, options: DestinationOptions(partitions: partitions))
+        return name
+    }
+
+    static let twoGroups = ConformanceCase("stream.twoGroups.eachReceiveEveryMessage", area: .stream, requires: [.streams, .consumerGroups]) { c in
+        let name = try await stream(c, "fanout")
+        let a = try await c.broker.consumeStream(name, group: "group-a", options: .init(start: .earliest))
+        let b = try await c.broker.consumeStream(name, group: "group-b", options: .init(start: .earliest))
+        let sent = (0..<30).map { Message(key: "k\($0 % 5)", text: "e\($0)") }
+        _ = try await c.broker.publish(sent, to: name)
+        let gotA = try await c.receive(30, from: a)
+        let gotB = try await c.receive(30, from: b)
+        let extraA = try await a.next(timeout: .milliseconds(200))
+        await a.close()
+        await b.close()
+        try c.expect(Set(gotA.map(\.message.id)) == Set(sent.map(\.id)), "group-a missed messages")
+        try c.expect(Set(gotB.map(\.message.id)) == Set(sent.map(\.id)), "group-b missed messages")
+        try c.expect(extraA == nil, "group-a received a duplicate")
+        try c.expect(gotA.allSatisfy { $0.group == "group-a" }, "deliveries do not name their group")
+    }
+
+    static let membersShareWork = ConformanceCase("stream.groupMembers.shareTheWork", area: .stream, requires: [.streams, .consumerGroups]) { c in
+        let name = try await stream(c, "share")
+        let m1 = try await c.broker.consumeStream(name, group: "workers", options: .init(start: .earliest))
+        let m2 = try await c.broker.consumeStream(name, group: "workers", options: .init(start: .earliest))
+        let total = 80
+        _ = try await c.broker.publish((0..<total).map { Message(key: "key-\($0 % 16)", text: "w\($0)") }, to: name)
+        let byMember = [Collector<String>(), Collector<String>()]
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (index, member) in [m1, m2].enumerated() {
+                group.addTask {
+                    while byMember[0].count + byMember[1].count < total,
+                        let delivery = try await member.next(timeout: .seconds(3))
+                    {
+                        byMember[index].append(delivery.message.text ?? "")
+                        try await delivery.ack()
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        await m1.close()
+        await m2.close()
+        let all = byMember[0].values + byMember[1].values
+        try c.expect(all.count == total && Set(all).count == total, "group handled \(Set(all).count) distinct / \(all.count) total of \(total)")
+        try c.expect(byMember[0].count > 0 && byMember[1].count > 0, "work was not shared: \(byMember[0].count) / \(byMember[1].count)")
+    }
+
+    static let orderPerKey = ConformanceCase("stream.orderPerKey.holdsWithConcurrentKeys", area: .stream, requires: [.streams, .orderedPerKey]) { c in
+        let name = try await stream(c, "order")
+        let keys = 6
+        let perKey = 25
+        var messages: [Message] = []
+        for seq in 0..<perKey { for k in 0..<keys { messages.append(Message(key: "user-\(k)", text: "\(seq)")) } }
+        _ = try await c.broker.publish(messages, to: name)
+        let consumer = try await c.broker.consumeStream(name, group: "ordered", options: .init(start: .earliest))
+        let seen = Collector<(String, Int)>()
+        let live = Collector<Int>()
+        let gauge = ConcurrencyGauge()
+        let processor = DeliveryProcessor(consumer: consumer, options: .init(concurrency: 8, orderedByKey: true)) { delivery in
+            live.append(gauge.enter())
+            try await Task.sleep(for: .milliseconds(Int.random(in: 1...4)))
+            seen.append((delivery.message.key ?? "", Int(delivery.message.text ?? "") ?? -1))
+            gauge.leave()
+        }
+        let run = Task { try await processor.run() }
+        try await c.eventually("every message handled") { seen.count >= keys * perKey }
+        processor.stop()
+        try await run.value
+        var lastSeq: [String: Int] = [:]
+        for (key, seq) in seen.values {
+            let previous = lastSeq[key] ?? -1
+            try c.expect(seq == previous + 1, "key \(key): \(seq) handled after \(previous)")
+            lastSeq[key] = seq
+        }
+        try c.expect(live.values.max() ?? 0 >= 2, "different keys never ran concurrently (max \(live.values.max() ?? 0))")
+    }
+
+    static let replayEarliest = ConformanceCase("stream.replay.fromEarliest", area: .stream, requires: [.streams, .replay, .newGroupSeesHistory]) { c in
+        let name = try await stream(c, "earliest", partitions: 1)
+        let sent = (0..<10).map { Message(key: "same", text: "r\($0)") }
+        _ = try await c.broker.publish(sent, to: name)
+        let consumer = try await c.broker.consumeStream(name, group: "late-joiner", options: .init(start: .earliest))
+        let got = try await c.receive(10, from: consumer)
+        await consumer.close()
+        try c.expect(got.map(\.message.id) == sent.map(\.id), "a new group did not read the history in order")
+    }
+
+    static let replayLatest = ConformanceCase("stream.replay.fromLatest", area: .stream, requires: [.streams, .consumerGroups]) { c in
+        let name = try await stream(c, "latest", partitions: 1)
+        _ = try await c.broker.publish((0..<5).map { Message(key: "k", text: "old\($0)") }, to: name)
+        let consumer = try await c.broker.consumeStream(name, group: "tail", options: .init(start: .latest))
+        try await Task.sleep(for: .milliseconds(200))
+        let fresh = (0..<3).map { Message(key: "k", text: "new\($0)") }
+        _ = try await c.broker.publish(fresh, to: name)
+        let got = try await c.receive(3, from: consumer)
+        let extra = try await consumer.next(timeout: .milliseconds(300))
+        await consumer.close()
+        try c.expect(got.map(\.message.id) == fresh.map(\.id), "latest delivered \(got.compactMap(\.message.text))")
+        try c.expect(extra == nil, "latest delivered old messages too")
+    }
+
+    static let replayPosition = ConformanceCase("stream.replay.fromPosition", area: .stream, requires: [.streams, .replay]) { c in
+        let name = try await stream(c, "position", partitions: 1)
+        let sent = (0..<10).map { Message(key: "k", text: "p\($0)") }
+        let receipts = try await c.broker.publish(sent, to: name)
+        guard let position = receipts[6].position else { throw c.fail("publish receipt has no position") }
+        let consumer = try await c.broker.consumeStream(name, group: "seek", options: .init(start: .position(position)))
+        let got = try await c.receive(4, from: consumer)
+        await consumer.close()
+        try c.expect(got.map(\.message.id) == sent[6...].map(\.id), "from \(position) got \(got.compactMap(\.message.text))")
+        try c.expect(got.first?.position == position, "first delivery position \(String(describing: got.first?.position)) != \(position)")
+    }
+
+    static let replayTimestamp = ConformanceCase("stream.replay.fromTimestamp", area: .stream, requires: [.streams, .timestampSeek]) { c in
+        let name = try await stream(c, "timestamp", partitions: 1)
+        _ = try await c.broker.publish((0..<5).map { Message(key: "k", text: "before\($0)") }, to: name)
+        try await Task.sleep(for: .milliseconds(100))
+        let cut = Date()
+        try await Task.sleep(for: .milliseconds(100))
+        let after = (0..<5).map { Message(key: "k", text: "after\($0)") }
+        _ = try await c.broker.publish(after, to: name)
+        let consumer = try await c.broker.consumeStream(name, group: "time", options: .init(start: .timestamp(cut)))
+        let got = try await c.receive(5, from: consumer)
+        let extra = try await consumer.next(timeout: .milliseconds(300))
+        await consumer.close()
+        try c.expect(got.map(\.message.id) == after.map(\.id), "from timestamp got \(got.compactMap(\.message.text))")
+        try c.expect(extra == nil, "timestamp seek delivered older messages")
+    }
+
+    static let restartResumes = ConformanceCase("stream.restart.resumesFromCommittedPosition", area: .stream, requires: [.streams, .consumerGroups]) { c in
+        let name = try await stream(c, "resume", partitions: 2)
+        let sent = (0..<12).map { Message(key: "k\($0 % 3)", text: "c\($0)") }
+        _ = try await c.broker.publish(sent, to: name)
+        let first = try await c.broker.consumeStream(name, group: "resumer", options: .init(start: .earliest, prefetch: 1))
+        let handled = try await c.receive(5, from: first)
+        await first.close()
+        let restarted = try await c.broker.consumeStream(name, group: "resumer", options: .init(start: .earliest))
+        let rest = try await c.receive(7, from: restarted)
+        let extra = try await restarted.next(timeout: .milliseconds(300))
+        await restarted.close()
+        let handledIDs = Set(handled.map(\.message.id))
+        let restIDs = Set(rest.map(\.message.id))
+        try c.expect(handledIDs.isDisjoint(with: restIDs), "acked messages were handled again after restart")
+        try c.expect(handledIDs.union(restIDs) == Set(sent.map(\.id)), "messages were lost across the restart")
+        try c.expect(extra == nil, "an extra delivery after the restart")
+    }
+
+    static let lagStats = ConformanceCase("stream.stats.lagAndDepth", area: .stream, requires: [.streams, .consumerGroups]) { c in
+        let name = try await stream(c, "lag", partitions: 2)
+        _ = try await c.broker.publish((0..<10).map { Message(key: "k\($0)", text: "l\($0)") }, to: name)
+        let consumer = try await c.broker.consumeStream(name, group: "lagging", options: .init(start: .earliest, prefetch: 1))
+        _ = try await c.receive(4, from: consumer)
+        await consumer.close()
+        try await c.eventually("lag 6 for the group") {
+            let stats = try await c.broker.stats(for: name)
+            return stats.groups.first { $0.group == "lagging" }?.lag == 6
+        }
+        let stats = try await c.broker.stats(for: name)
+        try c.expect(stats.kind == .stream, "kind \(stats.kind)")
+        try c.expect(stats.depth == 10, "depth \(stats.depth), expected 10")
+        let reader = try await c.broker.consumeStream(name, group: "lagging", options: .init(start: .earliest))
+        _ = try await c.receive(6, from: reader)
+        await reader.close()
+        try await c.eventually("lag 0 after reading the rest") {
+            try await c.broker.stats(for: name).groups.first { $0.group == "lagging" }?.lag == 0
+        }
+    }
+}
+
+/// Counts handlers running at once.
+final class ConcurrencyGauge: Sendable {
+    private let box = LockedBox<(current: Int, max: Int)>((0, 0))
+    func enter() -> Int { box.withLock { $0.current += 1; $0.max = Swift.max($0.max, $0.current); return $0.current } }
+    func leave() { box.withLock { $0.current -= 1 } }
+    var maximum: Int { box.withLock { $0.max } }
+}

@@ -1,0 +1,59 @@
+import BrokerAPI
+import Foundation
+import Testing
+
+@Suite("Delivery and processor")
+struct DeliveryTests {
+    func broker() async throws -> any Broker {
+        try await Brokers.connect(url: "memory://unit-\(UUID().uuidString.prefix(8))")
+    }
+
+    @Test func settlingTwiceIsAnError() async throws {
+        let broker = try await broker()
+        try await broker.publish(Message(text: "once"), to: "q")
+        let consumer = try await broker.consumeQueue("q")
+        let delivery = try #require(try await consumer.next(timeout: .seconds(2)))
+        try await delivery.ack()
+        #expect(delivery.isSettled)
+        await #expect(throws: BrokerError.self) { try await delivery.nack(error: "late") }
+        await consumer.close()
+        await broker.close()
+    }
+
+    @Test func processorNacksFailuresAndAcksSuccesses() async throws {
+        let broker = try await broker()
+        _ = try await broker.publish((0..<10).map { Message(text: "\($0)") }, to: "work")
+        let consumer = try await broker.consumeQueue(
+            "work", options: .init(retryPolicy: RetryPolicy(maxAttempts: 2, backoff: .fixed(.milliseconds(10)))))
+        let processor = DeliveryProcessor(consumer: consumer, options: .init(concurrency: 3)) { delivery in
+            if Int(delivery.message.text ?? "") == 3 { throw NonRetryable(CancellationError()) }
+        }
+        let run = Task { try await processor.run() }
+        for _ in 0..<200 {
+            if try await broker.stats(for: "work").depth == 0, try await broker.stats(for: "work").inFlight == 0 { break }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        processor.stop()
+        try await run.value
+        let stats = try await broker.stats(for: "work")
+        #expect(stats.depth == 0 && stats.inFlight == 0 && stats.deadLettered == 1)
+        await broker.close()
+    }
+
+    @Test func streamRetryIsInPlaceAndKeepsOrder() async throws {
+        let broker = try await broker()
+        try await broker.createStream("s", options: .init(partitions: 1))
+        _ = try await broker.publish((0..<3).map { Message(key: "k", text: "\($0)") }, to: "s")
+        let consumer = try await broker.consumeStream(
+            "s", group: "g", options: .init(start: .earliest, prefetch: 1, retryPolicy: .init(maxAttempts: 3, backoff: .fixed(.milliseconds(30)))))
+        let first = try #require(try await consumer.next(timeout: .seconds(2)))
+        try await first.nack(error: "once")
+        let again = try #require(try await consumer.next(timeout: .seconds(2)))
+        #expect(again.message.text == "0" && again.attempt == 2)
+        try await again.ack()
+        let next = try #require(try await consumer.next(timeout: .seconds(2)))
+        #expect(next.message.text == "1")
+        await consumer.close()
+        await broker.close()
+    }
+}
