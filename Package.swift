@@ -99,17 +99,17 @@ let package = Package(
         ),
         .testTarget(
             name: "KafkaBackendTests",
-            dependencies: ["KafkaBackend", "BrokerAPI", "CRdKafka"],
+            dependencies: ["BrokerConformance", "KafkaBackend", "BrokerAPI", "CRdKafka"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "RabbitBackendTests",
-            dependencies: ["RabbitBackend", "BrokerAPI", "CRabbitMQ"],
+            dependencies: ["BrokerConformance", "RabbitBackend", "BrokerAPI", "CRabbitMQ"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "RedisStreamsBackendTests",
-            dependencies: ["RedisStreamsBackend", "BrokerAPI", "CHiredis"],
+            dependencies: ["BrokerConformance", "RedisStreamsBackend", "BrokerAPI", "CHiredis"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

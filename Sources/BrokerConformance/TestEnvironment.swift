@@ -1,0 +1,66 @@
+import Foundation
+
+/// Finds the real servers a test run was given, and decides what happens when one is missing:
+/// under `CI=true` a missing server is a failure; locally the test is skipped with a reason.
+///
+/// The project's `scripts/brokers.sh start` exports `BROKERKIT_TEST_REDIS_URL`,
+/// `BROKERKIT_TEST_AMQP_URL` and `BROKERKIT_TEST_KAFKA_URL`.
+public enum TestEnvironment {
+    public enum Server: String, Sendable, CaseIterable {
+        case redis = "REDIS"
+        case amqp = "AMQP"
+        case kafka = "KAFKA"
+
+        /// The environment variable holding the server's URL.
+        public var variable: String { "BROKERKIT_TEST_\(rawValue)_URL" }
+    }
+
+    /// Whether this is a CI run (`CI` set to `true` or `1`).
+    public static var isCI: Bool {
+        let value = ProcessInfo.processInfo.environment["CI"]?.lowercased()
+        return value == "true" || value == "1"
+    }
+
+    /// The server's URL, if the run has one.
+    public static func url(_ server: Server) -> String? {
+        guard let value = ProcessInfo.processInfo.environment[server.variable], !value.isEmpty else { return nil }
+        return value
+    }
+
+    /// Use as `.enabled(if: TestEnvironment.shouldRun(.redis))`: true when the server is
+    /// there, and always true under CI so that the test runs and fails loudly without it.
+    public static func shouldRun(_ server: Server) -> Bool {
+        if url(server) != nil || isCI { return true }
+        print("skipping \(server.rawValue.lowercased()) tests: \(server.variable) is not set (run scripts/brokers.sh start, or make test)")
+        return false
+    }
+
+    /// The server's URL or an error saying how to get one.
+    public static func requireURL(_ server: Server) throws -> String {
+        guard let url = url(server) else {
+            throw ConformanceFailure(
+                "\(server.variable) is not set\(isCI ? " under CI=true" : ""): the \(server.rawValue.lowercased()) server is missing. Start it with scripts/brokers.sh start (make test does).")
+        }
+        return url
+    }
+
+    /// Host and port of a server URL (`scheme://[user:pass@]host:port/...`).
+    public static func hostAndPort(_ url: String) -> (host: String, port: Int32)? {
+        guard let start = url.range(of: "://") else { return nil }
+        var rest = url[start.upperBound...]
+        if let at = rest.firstIndex(of: "@") { rest = rest[rest.index(after: at)...] }
+        if let slash = rest.firstIndex(of: "/") { rest = rest[..<slash] }
+        guard let colon = rest.lastIndex(of: ":"), let port = Int32(rest[rest.index(after: colon)...]) else { return nil }
+        return (String(rest[..<colon]), port)
+    }
+
+    /// Runs blocking work (a C client call) on a dedicated thread, off the cooperative pool.
+    public static func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            let thread = Thread {
+                continuation.resume(with: Result { try body() })
+            }
+            thread.start()
+        }
+    }
+}

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Starts / stops the real brokers the test suite uses, on loopback ports, with state under
+# .run/ in the repository. Usage: scripts/brokers.sh start|stop|status
+# `start` writes .run/brokers.env with BROKERKIT_TEST_*_URL variables for the tests.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+RUN="$PWD/.run"
+REDIS_PORT="${BROKERKIT_REDIS_PORT:-6390}"
+AMQP_PORT="${BROKERKIT_AMQP_PORT:-5682}"
+AMQP_DIST_PORT="${BROKERKIT_AMQP_DIST_PORT:-25682}"
+KAFKA_PORT="${BROKERKIT_KAFKA_PORT:-19092}"
+RABBIT_NODE="brokerkit-test@localhost"
+
+log() { echo "==> $*"; }
+
+wait_port() {  # name port seconds
+    local deadline=$((SECONDS + $3))
+    until (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; do
+        if [ $SECONDS -ge $deadline ]; then echo "error: $1 did not listen on port $2 within $3 s" >&2; return 1; fi
+        sleep 0.2
+    done
+}
+
+start_redis() {
+    mkdir -p "$RUN/redis"
+    local t0=$SECONDS
+    redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly yes --dir "$RUN/redis" \
+        --daemonize yes --pidfile "$RUN/redis/redis.pid" --logfile "$RUN/redis/redis.log"
+    wait_port redis "$REDIS_PORT" 20
+    redis-cli -p "$REDIS_PORT" ping >/dev/null
+    log "redis-server $(redis-server --version | awk '{print $3}') on 127.0.0.1:$REDIS_PORT ($((SECONDS - t0)) s)"
+}
+
+start_rabbit() {
+    mkdir -p "$RUN/rabbitmq/mnesia" "$RUN/rabbitmq/log"
+    chown -R rabbitmq:rabbitmq "$RUN/rabbitmq" 2>/dev/null || true
+    chmod o+x "$RUN" "$PWD" 2>/dev/null || true
+    local t0=$SECONDS
+    export RABBITMQ_MNESIA_BASE="$RUN/rabbitmq/mnesia" RABBITMQ_LOG_BASE="$RUN/rabbitmq/log"
+    export RABBITMQ_NODENAME="$RABBIT_NODE" RABBITMQ_NODE_PORT="$AMQP_PORT" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
+    export RABBITMQ_DIST_PORT="$AMQP_DIST_PORT" RABBITMQ_PID_FILE="$RUN/rabbitmq/rabbit.pid"
+    export RABBITMQ_ENABLED_PLUGINS_FILE="$RUN/rabbitmq/enabled_plugins"
+    echo "[]." > "$RABBITMQ_ENABLED_PLUGINS_FILE"
+    chown rabbitmq:rabbitmq "$RABBITMQ_ENABLED_PLUGINS_FILE" 2>/dev/null || true
+    rabbitmq-server -detached
+    # await_startup needs the node to be reachable first; retry until it is (about 5-10 s).
+    local deadline=$((SECONDS + 120))
+    until rabbitmqctl -n "$RABBIT_NODE" await_startup --timeout 30 >/dev/null 2>&1; do
+        if [ $SECONDS -ge $deadline ]; then
+            echo "error: rabbitmq node $RABBIT_NODE did not start; log:" >&2
+            tail -n 40 "$RABBITMQ_LOG_BASE"/*.log >&2 || true
+            return 1
+        fi
+        sleep 1
+    done
+    wait_port rabbitmq "$AMQP_PORT" 30
+    log "rabbitmq-server on 127.0.0.1:$AMQP_PORT node $RABBIT_NODE ($((SECONDS - t0)) s)"
+}
+
+start_kafka() {
+    mkdir -p "$RUN/kafka"
+    local t0=$SECONDS
+    (cd "$RUN/kafka" && nohup noida-db start --only kafka --kafka-port "$KAFKA_PORT" >"$RUN/kafka/noida.log" 2>&1 &
+        echo $! >"$RUN/kafka/noida.pid")
+    wait_port kafka "$KAFKA_PORT" 30
+    log "noida-db (Kafka protocol) on 127.0.0.1:$KAFKA_PORT ($((SECONDS - t0)) s)"
+}
+
+stop_all() {
+    if [ -f "$RUN/redis/redis.pid" ]; then
+        redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || kill "$(cat "$RUN/redis/redis.pid")" 2>/dev/null || true
+        rm -f "$RUN/redis/redis.pid"
+    fi
+    if [ -d "$RUN/rabbitmq" ]; then
+        rabbitmqctl -n "$RABBIT_NODE" stop >/dev/null 2>&1 || true
+    fi
+    if [ -f "$RUN/kafka/noida.pid" ]; then
+        pkill -P "$(cat "$RUN/kafka/noida.pid")" 2>/dev/null || true
+        kill "$(cat "$RUN/kafka/noida.pid")" 2>/dev/null || true
+        rm -f "$RUN/kafka/noida.pid"
+    fi
+    pkill -f "noida-db start --only kafka --kafka-port $KAFKA_PORT" 2>/dev/null || true
+    rm -f "$RUN/brokers.env"
+}
+
+case "${1:-}" in
+start)
+    stop_all
+    rm -rf "$RUN"
+    mkdir -p "$RUN"
+    start_redis
+    start_rabbit
+    start_kafka
+    cat >"$RUN/brokers.env" <<ENV
+export BROKERKIT_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
+export BROKERKIT_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/
+export BROKERKIT_TEST_KAFKA_URL=kafka://127.0.0.1:$KAFKA_PORT
+ENV
+    log "wrote $RUN/brokers.env"
+    ;;
+stop)
+    stop_all
+    log "brokers stopped"
+    ;;
+status)
+    cat "$RUN/brokers.env" 2>/dev/null || echo "not running"
+    ;;
+*)
+    echo "usage: $0 start|stop|status" >&2
+    exit 2
+    ;;
+esac
