@@ -29,6 +29,8 @@ public struct BrokerURL: Sendable, Hashable, CustomStringConvertible {
     }
     struct QueryItem: Sendable, Hashable { var key: String; var value: String }
     var queryItems: [QueryItem]
+    /// The text it was parsed from, password included: never print it.
+    let source: String
 
     /// Parses and validates `string`; throws ``BrokerError/Code/invalidConfiguration`` naming
     /// what is wrong (the password is never echoed).
@@ -106,6 +108,7 @@ public struct BrokerURL: Sendable, Hashable, CustomStringConvertible {
         self.hosts = hosts
         self.path = path
         self.queryItems = queryItems
+        self.source = trimmed
     }
 
     private static func port(_ text: String, in url: String) throws -> Int {

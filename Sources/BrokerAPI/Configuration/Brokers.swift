@@ -98,9 +98,12 @@ public enum Brokers {
     /// Unlike a bare `ConfigReader`, this checks the sources it owns strictly: every
     /// `BROKER_*` variable and every key under `broker` or a backend namespace in the file
     /// must be known, so a typo is an error naming the key instead of silence.
+    ///
+    /// `url` and `options`, when given (e.g. from command-line flags), win over both sources.
     public static func configurationFromEnvironment(
         _ environment: [String: String] = ProcessInfo.processInfo.environment,
-        configFile: String? = nil, registry: BrokerRegistry = .shared
+        configFile: String? = nil, url: String? = nil, options: [String: String] = [:],
+        registry: BrokerRegistry = .shared
     ) async throws -> BrokerConfiguration {
         let knownBrokerVars: Set<String> = ["BROKER_URL", "BROKER_CONFIG_FILE"]
         for name in environment.keys.sorted() where name.hasPrefix("BROKER_") && !knownBrokerVars.contains(name) {
@@ -118,7 +121,15 @@ public enum Brokers {
                 throw BrokerError.invalidConfiguration("cannot read config file '\(path)': \(error)")
             }
         }
-        return try configuration(from: ConfigReader(providers: providers), registry: registry)
+        let fromSources = try configuration(from: ConfigReader(providers: providers), registry: registry)
+        guard url != nil || !options.isEmpty else { return fromSources }
+        let chosenURL = url ?? fromSources.url.source
+        if let url, try BrokerURL(url).scheme != fromSources.scheme {
+            // Another backend: the environment's options belong to the old one.
+            return try configuration(url: url, options: options, registry: registry)
+        }
+        let merged = fromSources.options.merging(options) { $1 }
+        return try configuration(url: url ?? chosenURL, options: merged, registry: registry)
     }
 
     /// Connects using ``configurationFromEnvironment(_:configFile:registry:)``.

@@ -41,17 +41,32 @@ extension MessageConsumer {
     public var deliveries: DeliverySequence { DeliverySequence(consumer: self) }
 
     /// The next delivery, or `nil` if none arrives within `timeout`.
+    ///
+    /// A delivery that arrives just as the timeout fires is returned, never dropped.
     public func next(timeout: Duration) async throws -> Delivery? {
-        try await withThrowingTaskGroup(of: Delivery?.self) { group in
-            group.addTask { try await self.next() }
+        return try await withThrowingTaskGroup(of: NextOutcome.self) { group in
             group.addTask {
-                try await Task.sleep(for: timeout)
-                return nil
+                do { return .delivery(try await self.next()) } catch is CancellationError { return .delivery(nil) }
             }
-            defer { group.cancelAll() }
-            return try await group.next() ?? nil
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return .timedOut
+            }
+            let first = try await group.next()
+            group.cancelAll()
+            if case .delivery(let delivery)? = first { return delivery }
+            // Timed out: the fetch was cancelled, but it may have won the race; keep what it got.
+            while let outcome = try await group.next() {
+                if case .delivery(let delivery) = outcome { return delivery }
+            }
+            return nil
         }
     }
+}
+
+enum NextOutcome: Sendable {
+    case delivery(Delivery?)
+    case timedOut
 }
 
 /// An `AsyncSequence` over a consumer's deliveries.
