@@ -87,6 +87,18 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        .executableTarget(
+            name: "RedisBenchmark",
+            dependencies: ["BrokerAPI", "RedisStreamsBackend", "CHiredis"],
+            path: "Benchmarks/RedisBenchmark",
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
+            name: "RabbitBenchmark",
+            dependencies: ["BrokerAPI", "RabbitBackend", "CRabbitMQ"],
+            path: "Benchmarks/RabbitBenchmark",
+            swiftSettings: swiftSettings
+        ),
         .testTarget(
             name: "BrokerAPITests",
             dependencies: ["BrokerAPI", .product(name: "Configuration", package: "swift-configuration")],
@@ -114,7 +126,7 @@ let package = Package(
         ),
         .testTarget(
             name: "ExamplesTests",
-            dependencies: ["Examples", "BrokerAPI"],
+            dependencies: ["Examples", "BrokerAPI", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
         .testTarget(

@@ -95,6 +95,9 @@ start)
 export BROKERKIT_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 export BROKERKIT_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/
 export BROKERKIT_TEST_KAFKA_URL=kafka://127.0.0.1:$KAFKA_PORT
+# For restart tests: how to stop and start each server again.
+export BROKERKIT_TEST_AMQP_NODE=$RABBIT_NODE
+export BROKERKIT_TEST_REDIS_DIR=$RUN/redis
 ENV
     log "wrote $RUN/brokers.env"
     ;;

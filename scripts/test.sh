@@ -12,4 +12,14 @@ source .run/brokers.env
 echo "==> swift build --build-tests"
 swift build --build-tests
 echo "==> swift test"
-swift test --skip-build "$@"
+log=.run/swift-test.log
+set +e
+swift test --skip-build "$@" 2>&1 | tee "$log"
+status=${PIPESTATUS[0]}
+set -e
+# One closing line for humans and CI: Swift Testing's totals (XCTest has no tests here).
+total=$(grep -Eo 'Test run with [0-9]+ tests?' "$log" | tail -n 1 | grep -Eo '[0-9]+' || echo 0)
+failed=$(grep -E '^✘ Test .* failed after' "$log" | sed -E 's/ (failed after|with [0-9]+ test cases failed after).*//' | sort -u | wc -l)
+if [ "$total" = 0 ] && [ "$status" = 0 ]; then echo "error: no test ran" >&2; status=1; fi
+echo "tests: $((total - failed)) passed, $failed failed"
+exit "$status"

@@ -19,10 +19,10 @@ struct RdKafkaLinkTests {
             var errstr = [CChar](repeating: 0, count: 512)
             let conf = rd_kafka_conf_new()
             guard rd_kafka_conf_set(conf, "bootstrap.servers", "\(host):\(port)", &errstr, errstr.count) == RD_KAFKA_CONF_OK else {
-                throw ConformanceFailure("conf: \(String(cString: errstr))")
+                throw ConformanceFailure("conf: \(cText(errstr))")
             }
             guard let producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errstr, errstr.count) else {
-                throw ConformanceFailure("rd_kafka_new: \(String(cString: errstr))")
+                throw ConformanceFailure("rd_kafka_new: \(cText(errstr))")
             }
             defer { rd_kafka_destroy(producer) }
             var metadata: UnsafePointer<rd_kafka_metadata>?
@@ -45,4 +45,9 @@ struct RdKafkaLinkTests {
         #expect(brokers >= 1)
         #expect(flushed == 0, "messages left in the producer queue after flush")
     }
+}
+
+/// A NUL-terminated C buffer as a String.
+func cText(_ buffer: [CChar]) -> String {
+    String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
 }

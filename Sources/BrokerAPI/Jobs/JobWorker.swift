@@ -171,7 +171,7 @@ public final class JobWorker: Service, Sendable {
         do {
             let payload = message.payload
             if let timeout = registration.options.timeout ?? options.jobTimeout {
-                try await withTimeout(timeout, what: "job '\(name)' (\(message.id))", backend: broker.backendName, destination: queue) {
+                try await withBrokerTimeout(timeout, what: "job '\(name)' (\(message.id))", backend: broker.backendName, destination: queue) {
                     try await registration.run(payload, context)
                 }
             } else {

@@ -169,7 +169,7 @@ public final class DeliveryProcessor: Sendable {
             try await handler(delivery)
             return
         }
-        try await withTimeout(timeout, what: "handler for message '\(delivery.message.id)'", backend: delivery.backend,
+        try await withBrokerTimeout(timeout, what: "handler for message '\(delivery.message.id)'", backend: delivery.backend,
                               destination: delivery.destination) { [handler] in
             try await handler(delivery)
         }
@@ -178,7 +178,7 @@ public final class DeliveryProcessor: Sendable {
 
 /// Runs `operation`, cancelling it and throwing ``BrokerError/Code/jobTimeout`` if it takes
 /// longer than `timeout`.
-public func withTimeout<T: Sendable>(
+public func withBrokerTimeout<T: Sendable>(
     _ timeout: Duration, what: String, backend: String? = nil, destination: String? = nil,
     _ operation: @escaping @Sendable () async throws -> T
 ) async throws -> T {

@@ -1,0 +1,1 @@
+print("RabbitMQ benchmark: not written yet")

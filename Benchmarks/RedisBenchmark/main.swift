@@ -1,0 +1,1 @@
+print("Redis benchmark: not written yet")

@@ -1,0 +1,81 @@
+import Foundation
+
+/// A dedicated OS thread that runs blocking work (C client calls) one job at a time, in
+/// submission order. Backends give each non-thread-safe C connection (a hiredis context, a
+/// rabbitmq-c connection) its own `ConnectionThread`, so blocking calls never run on Swift's
+/// cooperative thread pool and the connection is only ever touched by one thread.
+///
+/// ```swift
+/// let thread = ConnectionThread(name: "redis-publisher")
+/// let reply = try await thread.run { try connection.command(["PING"]) }
+/// thread.shutdown()
+/// ```
+public final class ConnectionThread: Sendable {
+    /// The job queue. `@unchecked Sendable` is safe: `jobs` and `stopped` are only touched
+    /// while holding `condition`.
+    private final class Core: @unchecked Sendable {
+        let condition = NSCondition()
+        var jobs: [@Sendable () -> Void] = []
+        var stopped = false
+
+        /// Appends `job` unless stopped; returns whether it was accepted.
+        func enqueue(_ job: @escaping @Sendable () -> Void) -> Bool {
+            condition.lock()
+            defer { condition.unlock() }
+            guard !stopped else { return false }
+            jobs.append(job)
+            condition.signal()
+            return true
+        }
+
+        func stop() {
+            condition.lock()
+            stopped = true
+            condition.signal()
+            condition.unlock()
+        }
+
+        /// The thread's loop: run jobs until stopped and drained.
+        func loop() {
+            while true {
+                condition.lock()
+                while jobs.isEmpty && !stopped { condition.wait() }
+                if jobs.isEmpty && stopped {
+                    condition.unlock()
+                    return
+                }
+                let job = jobs.removeFirst()
+                condition.unlock()
+                job()
+            }
+        }
+    }
+
+    private let core = Core()
+    public let name: String
+
+    public init(name: String) {
+        self.name = name
+        let core = self.core
+        let thread = Thread { core.loop() }
+        thread.name = name
+        thread.start()
+    }
+
+    /// Runs `body` on the thread and returns its result. Throws ``BrokerError/Code/closed``
+    /// after ``shutdown()``.
+    public func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            let accepted = core.enqueue { continuation.resume(with: Result { try body() }) }
+            if !accepted { continuation.resume(throwing: BrokerError.closed("connection thread '\(name)'")) }
+        }
+    }
+
+    /// Fire-and-forget variant for cleanup work; ignored after ``shutdown()``.
+    public func submit(_ body: @escaping @Sendable () -> Void) {
+        _ = core.enqueue(body)
+    }
+
+    /// Lets queued jobs finish, then ends the thread. Idempotent.
+    public func shutdown() { core.stop() }
+}
