@@ -1,0 +1,172 @@
+import Synchronization
+
+/// A thread-safe FIFO of deliveries between a backend's fetch loop and `MessageConsumer.next()`.
+/// `next()` waits for an element, returns `nil` once finished and drained, and throws
+/// `CancellationError` when its task is cancelled (the waiting slot is freed, nothing is lost).
+public final class DeliveryBuffer: Sendable {
+    private struct State {
+        var items: [Delivery] = []
+        var head = 0
+        var waiters: [(UInt64, CheckedContinuation<Delivery?, any Error>)] = []
+        var nextWaiter: UInt64 = 0
+        var cancelled: Set<UInt64> = []
+        var finished = false
+        var failure: BrokerError?
+    }
+    private let state = Mutex(State())
+
+    public init() {}
+
+    /// Deliveries waiting to be taken.
+    public var count: Int { state.withLock { $0.items.count - $0.head } }
+
+    /// Adds a delivery (dropped if the buffer is finished; returns whether it was taken).
+    @discardableResult
+    public func push(_ delivery: Delivery) -> Bool {
+        let waiter = state.withLock { s -> CheckedContinuation<Delivery?, any Error>?? in
+            guard !s.finished else { return .none }
+            if !s.waiters.isEmpty { return .some(s.waiters.removeFirst().1) }
+            s.items.append(delivery)
+            return .some(nil)
+        }
+        switch waiter {
+        case .none: return false
+        case .some(let continuation?):
+            continuation.resume(returning: delivery)
+            return true
+        case .some(nil): return true
+        }
+    }
+
+    /// Ends the buffer: waiters get `nil` (or `error`); returns what was still buffered.
+    @discardableResult
+    public func finish(error: BrokerError? = nil) -> [Delivery] {
+        let (waiters, left) = state.withLock { s -> ([CheckedContinuation<Delivery?, any Error>], [Delivery]) in
+            s.finished = true
+            s.failure = error
+            let waiters = s.waiters.map(\.1)
+            s.waiters = []
+            let left = Array(s.items[s.head...])
+            s.items = []
+            s.head = 0
+            return (waiters, left)
+        }
+        for waiter in waiters {
+            if let error { waiter.resume(throwing: error) } else { waiter.resume(returning: nil) }
+        }
+        return left
+    }
+
+    public var isFinished: Bool { state.withLock { $0.finished } }
+
+    /// The next delivery; waits for one.
+    public func next() async throws -> Delivery? {
+        enum Immediate { case item(Delivery), end, error(BrokerError), wait(UInt64) }
+        let immediate = state.withLock { s -> Immediate in
+            if s.head < s.items.count {
+                let item = s.items[s.head]
+                s.head += 1
+                if s.head > 256 && s.head * 2 > s.items.count {
+                    s.items.removeFirst(s.head)
+                    s.head = 0
+                }
+                return .item(item)
+            }
+            if s.finished { return s.failure.map { .error($0) } ?? .end }
+            s.nextWaiter += 1
+            return .wait(s.nextWaiter)
+        }
+        switch immediate {
+        case .item(let delivery): return delivery
+        case .end: return nil
+        case .error(let error): throw error
+        case .wait(let id):
+            return try await withTaskCancellationHandler {
+                try await withCheckedThrowingContinuation { continuation in
+                    enum Registration { case registered, cancelled, item(Delivery), end, error(BrokerError) }
+                    let registration = state.withLock { s -> Registration in
+                        if s.cancelled.remove(id) != nil { return .cancelled }
+                        if s.head < s.items.count {
+                            let item = s.items[s.head]
+                            s.head += 1
+                            return .item(item)
+                        }
+                        if s.finished { return s.failure.map { .error($0) } ?? .end }
+                        s.waiters.append((id, continuation))
+                        return .registered
+                    }
+                    switch registration {
+                    case .registered: break
+                    case .cancelled: continuation.resume(throwing: CancellationError())
+                    case .item(let delivery): continuation.resume(returning: delivery)
+                    case .end: continuation.resume(returning: nil)
+                    case .error(let error): continuation.resume(throwing: error)
+                    }
+                }
+            } onCancel: {
+                let continuation = state.withLock { s -> CheckedContinuation<Delivery?, any Error>? in
+                    if let index = s.waiters.firstIndex(where: { $0.0 == id }) { return s.waiters.remove(at: index).1 }
+                    s.cancelled.insert(id)
+                    return nil
+                }
+                continuation?.resume(throwing: CancellationError())
+            }
+        }
+    }
+}
+
+/// Wakes a loop that waits for "something changed" (capacity freed, a due time reached),
+/// with a timeout so the loop also runs periodic work.
+public final class WakeSignal: Sendable {
+    private let state = Mutex<(pending: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
+
+    public init() {}
+
+    /// Wakes the waiter (or the next wait call).
+    public func signal() {
+        let waiter = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            if let waiter = s.waiter {
+                s.waiter = nil
+                return waiter
+            }
+            s.pending = true
+            return nil
+        }
+        waiter?.resume()
+    }
+
+    /// Waits for a signal or `timeout`, whichever comes first. One waiter at a time.
+    public func wait(timeout: Duration) async {
+        let already = state.withLock { s -> Bool in
+            if s.pending {
+                s.pending = false
+                return true
+            }
+            return false
+        }
+        if already { return }
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                await withCheckedContinuation { continuation in
+                    let fire = self.state.withLock { s -> Bool in
+                        if s.pending {
+                            s.pending = false
+                            return true
+                        }
+                        s.waiter = continuation
+                        return false
+                    }
+                    if fire { continuation.resume() }
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                if !Task.isCancelled { self.signal() }
+            }
+            await group.next()
+            group.cancelAll()
+            await group.waitForAll()
+            self.state.withLock { s in s.pending = false }
+        }
+    }
+}

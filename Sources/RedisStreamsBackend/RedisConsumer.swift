@@ -1,0 +1,266 @@
+import BrokerAPI
+import Foundation
+import Logging
+import Synchronization
+
+/// The fetch loop shared by queue consumers and stream group members: a dedicated hiredis
+/// connection (its own thread) runs XREADGROUP BLOCK, claims expired or released entries, and
+/// fills a ``DeliveryBuffer`` up to the prefetch bound. Settlement commands go through the
+/// broker's main connection so they never wait behind a blocking read.
+/// Mode-specific steps live in `RedisQueueConsumer.swift` and `RedisStreamConsumer.swift`.
+final class RedisConsumer: MessageConsumer, Sendable {
+    enum Mode: Sendable {
+        case queue(QueueConsumerOptions)
+        case stream(group: String, StreamConsumerOptions)
+    }
+
+    struct Held: Sendable {
+        let entry: RedisFieldLayout.Entry
+        let attempt: Int
+    }
+
+    struct State {
+        /// Buffered + delivered-but-unsettled entries (bounded by prefetch).
+        var outstanding = 0
+        /// Delivered to the app, not settled yet, by entry id.
+        var unsettled: [String: Held] = [:]
+        /// Stream in-place retries waiting for their backoff: no new reads meanwhile.
+        var pendingRetries = 0
+        var closed = false
+        /// Entries a read returned while closing: never seen by the app, given back on close.
+        var late: [Held] = []
+    }
+
+    let broker: RedisBroker
+    let destination: String
+    let key: String
+    let mode: Mode
+    let name: String
+    let client: RedisClient
+    let buffer = DeliveryBuffer()
+    let wake = WakeSignal()
+    let state = Mutex(State())
+    private let loopTask = Mutex<Task<Void, Never>?>(nil)
+
+    init(broker: RedisBroker, destination: String, key: String, mode: Mode) {
+        self.broker = broker
+        self.destination = destination
+        self.key = key
+        self.mode = mode
+        self.name = RedisBroker.consumerName()
+        self.client = broker.makeClient(name: "consumer-\(destination)")
+    }
+
+    var group: String {
+        switch mode {
+        case .queue: return RedisBroker.queueGroup
+        case .stream(let group, _): return group
+        }
+    }
+
+    var prefetch: Int {
+        switch mode {
+        case .queue(let options): return options.prefetch
+        case .stream(_, let options): return options.prefetch
+        }
+    }
+
+    var retryPolicy: RetryPolicy {
+        switch mode {
+        case .queue(let options): return options.retryPolicy
+        case .stream(_, let options): return options.retryPolicy
+        }
+    }
+
+    /// How long an unacked entry may idle before another consumer claims it.
+    var lease: Duration {
+        switch mode {
+        case .queue(let options): return options.visibilityTimeout
+        case .stream: return broker.settings.streamLease
+        }
+    }
+
+    var isQueue: Bool { if case .queue = mode { return true } else { return false } }
+
+    func start() async throws {
+        try await client.connect()
+        try await prepareGroup()
+        let task = Task { [self] in await self.loop() }
+        loopTask.withLock { $0 = task }
+    }
+
+    func next() async throws -> Delivery? {
+        let delivery = try await buffer.next()
+        if let delivery {
+            broker.observer.record(.delivered, destination: destination)
+            _ = delivery
+        }
+        return delivery
+    }
+
+    // MARK: - Loop
+
+    private func loop() async {
+        var lastClaim = ContinuousClock.now - .seconds(3600)
+        var nextDue: Date?
+        var failures = 0
+        while !Task.isCancelled {
+            let (capacity, holding) = state.withLock { ($0.closed ? 0 : prefetch - $0.outstanding, $0.pendingRetries > 0) }
+            if state.withLock({ $0.closed }) { return }
+            if capacity <= 0 || holding {
+                await wake.wait(timeout: broker.settings.consumerBlock)
+                continue
+            }
+            do {
+                if ContinuousClock.now - lastClaim >= broker.settings.claimInterval {
+                    lastClaim = ContinuousClock.now
+                    let claimed = try await claimEntries(limit: capacity)
+                    if !claimed.isEmpty {
+                        deliver(claimed)
+                        continue
+                    }
+                }
+                var block = broker.settings.consumerBlock
+                if let nextDue {
+                    let untilDue = Duration.interval(max(0.001, nextDue.timeIntervalSinceNow))
+                    block = min(block, untilDue)
+                }
+                let blockMillis = max(1, Int(block.timeInterval * 1000))
+                var commands: [[RedisArgument]] = []
+                if isQueue {
+                    commands.append([
+                        "EVAL", RedisArgument(RedisScripts.moveDue), "3", RedisArgument(key), RedisArgument(key + ":retry"),
+                        RedisArgument(key + ":delay"), RedisArgument(Int64(Date().timeIntervalSince1970 * 1000)), "100",
+                    ])
+                }
+                commands.append([
+                    "XREADGROUP", "GROUP", RedisArgument(group), RedisArgument(name), "COUNT", RedisArgument(capacity),
+                    "BLOCK", RedisArgument(blockMillis), "STREAMS", RedisArgument(key), ">",
+                ])
+                let replies = try await client.pipeline(commands, socketTimeout: block + broker.settings.operationTimeout)
+                if isQueue, let moved = replies[0].array, moved.count == 2 {
+                    let due = Double(moved[1].text ?? "-1") ?? -1
+                    nextDue = due < 0 ? nil : Date(timeIntervalSince1970: due / 1000)
+                } else if isQueue, let error = replies[0].errorText {
+                    broker.logger.error("redis: moving due retries of '\(destination)' failed: \(error)")
+                }
+                let read = replies[replies.count - 1]
+                if let error = read.errorText {
+                    if error.hasPrefix("NOGROUP") {
+                        try await prepareGroup()  // the stream or group vanished (restart without persistence)
+                        continue
+                    }
+                    throw RedisClient.map(.server(error), server: broker.settings.server, destination: destination)
+                }
+                failures = 0
+                guard let streams = read.array, let first = streams.first?.array, first.count == 2 else { continue }
+                let (entries, deleted) = RedisFieldLayout.entries(first[1])
+                if !deleted.isEmpty { try await acknowledgeDeleted(deleted) }
+                deliver(entries.map { ($0, 1) })
+            } catch {
+                if Task.isCancelled || state.withLock({ $0.closed }) { return }
+                failures += 1
+                broker.logger.warning("redis consumer of '\(destination)': \(error); retrying")
+                try? await Task.sleep(for: .milliseconds(min(1000, 50 * (1 << min(failures, 5)))))
+            }
+        }
+    }
+
+    /// Hands entries to the app; `deliveryCount` is Redis's count for the entry.
+    func deliver(_ entries: [(RedisFieldLayout.Entry, Int)]) {
+        for (entry, deliveryCount) in entries {
+            let attempt = entry.attempt + max(0, deliveryCount - 1)
+            push(Held(entry: entry, attempt: attempt))
+        }
+    }
+
+    func push(_ held: Held) {
+        let accepted = state.withLock { s -> Bool in
+            guard !s.closed else {
+                s.late.append(held)
+                return false
+            }
+            s.outstanding += 1
+            s.unsettled[held.entry.entryID] = held
+            return true
+        }
+        guard accepted else { return }
+        let entry = held.entry
+        let delivery = Delivery(
+            message: entry.message, destination: destination, group: isQueue ? nil : group, attempt: held.attempt,
+            firstFailureAt: entry.firstFailureAt, position: Position(partition: 0, offset: entry.entryID),
+            retryPolicy: retryPolicy, backend: "redis", settler: RedisSettler(consumer: self, held: held), observer: broker.observer)
+        if !buffer.push(delivery) { settled(entry.entryID) }
+    }
+
+    /// Called when a delivery was settled (or given back): frees a prefetch slot.
+    func settled(_ entryID: String) {
+        state.withLock { s in
+            if s.unsettled.removeValue(forKey: entryID) != nil { s.outstanding -= 1 }
+        }
+        wake.signal()
+    }
+
+    private func acknowledgeDeleted(_ ids: [String]) async throws {
+        // Entries deleted while pending come back without fields: nothing to deliver.
+        _ = try await broker.client.send(["XACK", RedisArgument(key), RedisArgument(group)] + ids.map { RedisArgument($0) })
+    }
+
+    // MARK: - Close
+
+    func close() async {
+        let first = state.withLock { s -> Bool in
+            guard !s.closed else { return false }
+            s.closed = true
+            return true
+        }
+        guard first else { return }
+        let task = loopTask.withLock { $0 }
+        task?.cancel()
+        wake.signal()
+        await task?.value
+        var buffered = Set(buffer.finish().compactMap { $0.position?.offset })
+        let unsettled = state.withLock { s -> [Held] in
+            let held = Array(s.unsettled.values) + s.late
+            buffered.formUnion(s.late.map(\.entry.entryID))
+            s.late = []
+            s.unsettled = [:]
+            s.outstanding = 0
+            return held
+        }
+        if !unsettled.isEmpty {
+            do {
+                try await giveBack(unsettled, buffered: buffered)
+            } catch {
+                broker.logger.warning("redis consumer of '\(destination)' could not give back \(unsettled.count) entries on close: \(error); they return after the lease")
+            }
+        }
+        client.close()
+        broker.untrack(self)
+    }
+}
+
+/// Settles one Redis delivery through the consumer's mode.
+struct RedisSettler: DeliverySettler {
+    let consumer: RedisConsumer
+    let held: RedisConsumer.Held
+
+    func ack() async throws {
+        defer { consumer.settled(held.entry.entryID) }
+        try await consumer.ackEntry(held)
+    }
+
+    func retry(after delay: Duration, nextAttempt: Int, firstFailureAt: Date, lastError: String) async throws {
+        try await consumer.retryEntry(held, after: delay, nextAttempt: nextAttempt, firstFailureAt: firstFailureAt)
+    }
+
+    func deadLetter(_ envelope: DeadLetterEnvelope) async throws {
+        defer { consumer.settled(held.entry.entryID) }
+        try await consumer.deadLetterEntry(held, envelope: envelope)
+    }
+
+    func release() async throws {
+        defer { consumer.settled(held.entry.entryID) }
+        try await consumer.releaseEntry(held)
+    }
+}
