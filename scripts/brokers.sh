@@ -66,6 +66,17 @@ start_kafka() {
     log "noida-db (Kafka protocol) on 127.0.0.1:$KAFKA_PORT ($((SECONDS - t0)) s)"
 }
 
+restart_redis() {  # for reconnect tests: stop (AOF is flushed on shutdown) and start again
+    redis-cli -p "$REDIS_PORT" shutdown >/dev/null 2>&1 || true
+    local deadline=$((SECONDS + 20))
+    while (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null; do
+        [ $SECONDS -ge $deadline ] && { echo "error: redis did not stop" >&2; return 1; }
+        sleep 0.1
+    done
+    sleep "${1:-0}"
+    start_redis
+}
+
 stop_all() {
     if [ -f "$RUN/redis/redis.pid" ]; then
         redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || kill "$(cat "$RUN/redis/redis.pid")" 2>/dev/null || true
@@ -98,6 +109,7 @@ export BROKERKIT_TEST_KAFKA_URL=kafka://127.0.0.1:$KAFKA_PORT
 # For restart tests: how to stop and start each server again.
 export BROKERKIT_TEST_AMQP_NODE=$RABBIT_NODE
 export BROKERKIT_TEST_REDIS_DIR=$RUN/redis
+export BROKERKIT_TEST_REDIS_RESTART="$PWD/scripts/brokers.sh restart-redis"
 ENV
     log "wrote $RUN/brokers.env"
     ;;
@@ -105,11 +117,14 @@ stop)
     stop_all
     log "brokers stopped"
     ;;
+restart-redis)
+    restart_redis "${2:-0}"
+    ;;
 status)
     cat "$RUN/brokers.env" 2>/dev/null || echo "not running"
     ;;
 *)
-    echo "usage: $0 start|stop|status" >&2
+    echo "usage: $0 start|stop|status|restart-redis [pause-seconds]" >&2
     exit 2
     ;;
 esac

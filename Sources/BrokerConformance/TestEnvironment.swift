@@ -35,6 +35,17 @@ public enum TestEnvironment {
         return false
     }
 
+    /// Tests that restart a server or change its configuration run in a separate, serial
+    /// pass (`BROKERKIT_RESTART_TESTS=1`, as `scripts/test.sh` does after the main pass), so
+    /// that they never pull a server away from tests running in parallel.
+    public static var restartPass: Bool { ProcessInfo.processInfo.environment["BROKERKIT_RESTART_TESTS"] == "1" }
+
+    /// Use as `.enabled(if: TestEnvironment.shouldRunRestartTests(.redis))`.
+    public static func shouldRunRestartTests(_ server: Server) -> Bool {
+        guard restartPass else { return false }
+        return shouldRun(server)
+    }
+
     /// The server's URL or an error saying how to get one.
     public static func requireURL(_ server: Server) throws -> String {
         guard let url = url(server) else {
