@@ -101,7 +101,15 @@ let package = Package(
         ),
         .testTarget(
             name: "BrokerAPITests",
-            dependencies: ["BrokerAPI", .product(name: "Configuration", package: "swift-configuration")],
+            dependencies: [
+                "BrokerAPI",
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+                .product(name: "Tracing", package: "swift-distributed-tracing"),
+                .product(name: "Instrumentation", package: "swift-distributed-tracing"),
+                .product(name: "InMemoryTracing", package: "swift-distributed-tracing"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -126,12 +134,15 @@ let package = Package(
         ),
         .testTarget(
             name: "ExamplesTests",
-            dependencies: ["Examples", "BrokerAPI", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "Examples", "BrokerAPI", "BrokerConformance", "RedisStreamsBackend",
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["brokerkit"],
+            dependencies: ["brokerkit", "BrokerConformance"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -13,6 +13,13 @@ RABBIT_NODE="brokerkit-test@localhost"
 
 log() { echo "==> $*"; }
 
+# Servers started here must not inherit the caller's open files (a test runner's pipes, a
+# build lock held by a wrapper): close every descriptor above stderr.
+for fd in /proc/$$/fd/*; do
+    fd=${fd##*/}
+    if [ "$fd" -gt 2 ] 2>/dev/null; then eval "exec $fd>&-" 2>/dev/null || true; fi
+done
+
 wait_port() {  # name port seconds
     local deadline=$((SECONDS + $3))
     until (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; do

@@ -1,1 +1,244 @@
-print("Redis benchmark: not written yet")
+// BrokerKit's Redis Streams backend against raw hiredis doing the same work, in one run.
+//
+//   swift build -c release --product RedisBenchmark
+//   .build/release/RedisBenchmark [redis://127.0.0.1:6390] [messages]
+//
+// Scenarios (same message count and 256-byte payload for both sides):
+//   publish-awaited   one XADD per message, each awaited before the next
+//   publish-batched   batches of 100 XADDs, pipelined in one round trip
+//   consume-ack       read in batches of 100 through a consumer group, ack (XACK + XDEL) each
+//   e2e-latency       publish one message, wait until a group consumer has it (p50 / p99)
+import BrokerAPI
+import CHiredis
+import Foundation
+import RedisStreamsBackend
+
+let arguments = CommandLine.arguments
+let url = arguments.count > 1 ? arguments[1] : (ProcessInfo.processInfo.environment["BROKERKIT_TEST_REDIS_URL"] ?? "redis://127.0.0.1:6379")
+let count = arguments.count > 2 ? Int(arguments[2]) ?? 20_000 : 20_000
+let latencySamples = 2_000
+let payload = Data(repeating: 0x61, count: 256)
+let batch = 100
+
+// MARK: - Raw hiredis
+
+/// A raw hiredis context, used from one thread only.
+final class Raw: @unchecked Sendable {
+    // Safe: each Raw is used by one benchmark thread at a time.
+    let context: UnsafeMutablePointer<redisContext>
+
+    init(host: String, port: Int) {
+        guard let context = redisConnectWithTimeout(host, Int32(port), timeval(tv_sec: 5, tv_usec: 0)), context.pointee.err == 0 else {
+            fatalError("raw hiredis cannot connect to \(host):\(port)")
+        }
+        self.context = context
+    }
+
+    deinit { redisFree(context) }
+
+    func append(_ args: [Data]) {
+        let buffers = args.map { data -> UnsafeMutablePointer<CChar> in
+            let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: max(1, data.count))
+            data.withUnsafeBytes { raw in
+                if let base = raw.baseAddress { UnsafeMutableRawPointer(buffer).copyMemory(from: base, byteCount: data.count) }
+            }
+            return buffer
+        }
+        defer { buffers.forEach { $0.deallocate() } }
+        var argv = buffers.map { UnsafePointer<CChar>?($0) }
+        let lengths = args.map(\.count)
+        _ = redisAppendCommandArgv(context, Int32(args.count), &argv, lengths)
+    }
+
+    /// Reads one reply; returns the entry ids of an XREADGROUP reply (or nothing).
+    @discardableResult
+    func reply() -> [String] {
+        var raw: UnsafeMutableRawPointer?
+        guard redisGetReply(context, &raw) == REDIS_OK, let raw else { fatalError("raw hiredis: connection lost") }
+        defer { freeReplyObject(raw) }
+        let reply = raw.assumingMemoryBound(to: redisReply.self).pointee
+        guard reply.type == REDIS_REPLY_ARRAY, reply.elements > 0, let stream = reply.element[0]?.pointee,
+            stream.elements == 2, let entries = stream.element[1]?.pointee
+        else { return [] }
+        var ids: [String] = []
+        for i in 0..<entries.elements {
+            if let entry = entries.element[i]?.pointee, let id = entry.element[0]?.pointee.str {
+                ids.append(String(cString: id))
+            }
+        }
+        return ids
+    }
+
+    func command(_ args: [String]) { append(args.map { Data($0.utf8) }); reply() }
+}
+
+func fields(_ i: Int) -> [Data] {
+    [Data("id".utf8), Data("m\(i)".utf8), Data("ts".utf8), Data("\(Int(Date().timeIntervalSince1970 * 1000))".utf8),
+     Data("payload".utf8), payload]
+}
+
+func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        Thread { continuation.resume(returning: body()) }.start()
+    }
+}
+
+func measure(_ body: () async throws -> Void) async rethrows -> Duration {
+    let start = ContinuousClock.now
+    try await body()
+    return ContinuousClock.now - start
+}
+
+func percentile(_ values: [Duration], _ p: Double) -> Duration {
+    let sorted = values.sorted()
+    return sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
+}
+
+func rate(_ n: Int, _ d: Duration) -> Double { Double(n) / d.timeInterval }
+
+// MARK: - Setup
+
+RedisStreamsBackend.register()
+let parsed = try BrokerURL(url)
+let host = parsed.hosts.first?.name ?? "127.0.0.1"
+let port = parsed.hosts.first?.port ?? 6379
+let broker = try await Brokers.connect(url: url, options: ["prefix": "bench:"])
+let run = UUID().uuidString.prefix(6)
+print("BrokerKit Redis Streams backend vs raw hiredis \(RedisStreamsBackend.libraryVersion) — \(count) messages of \(payload.count) B, \(url)")
+print("")
+
+var rows: [(String, String, String, String)] = []
+
+// publish-awaited
+let rawAwaitedKey = "bench-raw-awaited-\(run)"
+let rawAwaited = await onThread {
+    let raw = Raw(host: host, port: port)
+    let start = ContinuousClock.now
+    for i in 0..<count {
+        raw.append([Data("XADD".utf8), Data(rawAwaitedKey.utf8), Data("*".utf8)] + fields(i))
+        raw.reply()
+    }
+    let elapsed = ContinuousClock.now - start
+    raw.command(["DEL", rawAwaitedKey])
+    return elapsed
+}
+let kitAwaitedQueue = "awaited-\(run)"
+try await broker.createQueue(kitAwaitedQueue)
+let kitAwaited = try await measure {
+    for i in 0..<count { try await broker.publish(Message(id: "m\(i)", payload: payload), to: kitAwaitedQueue) }
+}
+try await broker.deleteDestination(kitAwaitedQueue)
+rows.append(("publish-awaited (msg/s)", String(format: "%.0f", rate(count, kitAwaited)), String(format: "%.0f", rate(count, rawAwaited)),
+             String(format: "%.2f", rate(count, kitAwaited) / rate(count, rawAwaited))))
+
+// publish-batched
+let rawBatchKey = "bench-raw-batched-\(run)"
+let rawBatched = await onThread {
+    let raw = Raw(host: host, port: port)
+    let start = ContinuousClock.now
+    var i = 0
+    while i < count {
+        let n = min(batch, count - i)
+        for j in 0..<n { raw.append([Data("XADD".utf8), Data(rawBatchKey.utf8), Data("*".utf8)] + fields(i + j)) }
+        for _ in 0..<n { raw.reply() }
+        i += n
+    }
+    return ContinuousClock.now - start
+}
+let kitBatchQueue = "batched-\(run)"
+try await broker.createQueue(kitBatchQueue)
+let kitBatched = try await measure {
+    var i = 0
+    while i < count {
+        let n = min(batch, count - i)
+        _ = try await broker.publish((0..<n).map { Message(id: "m\(i + $0)", payload: payload) }, to: kitBatchQueue)
+        i += n
+    }
+}
+rows.append(("publish-batched (msg/s)", String(format: "%.0f", rate(count, kitBatched)), String(format: "%.0f", rate(count, rawBatched)),
+             String(format: "%.2f", rate(count, kitBatched) / rate(count, rawBatched))))
+
+// consume-ack: both sides drain what they published in the batched run.
+let rawConsume = await onThread {
+    let raw = Raw(host: host, port: port)
+    raw.command(["XGROUP", "CREATE", rawBatchKey, "g", "0", "MKSTREAM"])
+    let start = ContinuousClock.now
+    var done = 0
+    while done < count {
+        raw.append([Data("XREADGROUP".utf8), Data("GROUP".utf8), Data("g".utf8), Data("c".utf8), Data("COUNT".utf8),
+                    Data("\(batch)".utf8), Data("BLOCK".utf8), Data("100".utf8), Data("STREAMS".utf8), Data(rawBatchKey.utf8), Data(">".utf8)])
+        let ids = raw.reply()
+        for id in ids {
+            // The same per-message work as an acked BrokerKit delivery: MULTI XACK XDEL EXEC, one round trip.
+            raw.append([Data("MULTI".utf8)])
+            raw.append([Data("XACK".utf8), Data(rawBatchKey.utf8), Data("g".utf8), Data(id.utf8)])
+            raw.append([Data("XDEL".utf8), Data(rawBatchKey.utf8), Data(id.utf8)])
+            raw.append([Data("EXEC".utf8)])
+            for _ in 0..<4 { raw.reply() }
+        }
+        done += ids.count
+    }
+    let elapsed = ContinuousClock.now - start
+    raw.command(["DEL", rawBatchKey])
+    return elapsed
+}
+let consumer = try await broker.consumeQueue(kitBatchQueue, options: .init(prefetch: batch))
+let kitConsume = try await measure {
+    for _ in 0..<count {
+        guard let delivery = try await consumer.next() else { fatalError("consumer ended") }
+        try await delivery.ack()
+    }
+}
+await consumer.close()
+try await broker.deleteDestination(kitBatchQueue)
+rows.append(("consume-ack (msg/s)", String(format: "%.0f", rate(count, kitConsume)), String(format: "%.0f", rate(count, rawConsume)),
+             String(format: "%.2f", rate(count, kitConsume) / rate(count, rawConsume))))
+
+// e2e latency: publish one message, wait for a blocked group reader to get it.
+let rawLatencyKey = "bench-raw-latency-\(run)"
+let rawLatencies: [Duration] = await onThread {
+    let producer = Raw(host: host, port: port)
+    let reader = Raw(host: host, port: port)
+    reader.command(["XGROUP", "CREATE", rawLatencyKey, "g", "$", "MKSTREAM"])
+    var samples: [Duration] = []
+    for i in 0..<latencySamples {
+        reader.append([Data("XREADGROUP".utf8), Data("GROUP".utf8), Data("g".utf8), Data("c".utf8), Data("COUNT".utf8), Data("1".utf8),
+                       Data("BLOCK".utf8), Data("1000".utf8), Data("STREAMS".utf8), Data(rawLatencyKey.utf8), Data(">".utf8)])
+        // Flush the blocking read before publishing.
+        var done: Int32 = 0
+        while done == 0 { _ = redisBufferWrite(reader.context, &done) }
+        let start = ContinuousClock.now
+        producer.append([Data("XADD".utf8), Data(rawLatencyKey.utf8), Data("*".utf8)] + fields(i))
+        producer.reply()
+        let ids = reader.reply()
+        samples.append(ContinuousClock.now - start)
+        if let id = ids.first { reader.command(["XACK", rawLatencyKey, "g", id]) }
+    }
+    producer.command(["DEL", rawLatencyKey])
+    return samples
+}
+let latencyQueue = "latency-\(run)"
+try await broker.createQueue(latencyQueue)
+let latencyConsumer = try await broker.consumeQueue(latencyQueue, options: .init(prefetch: 1))
+var kitLatencies: [Duration] = []
+for i in 0..<latencySamples {
+    let start = ContinuousClock.now
+    try await broker.publish(Message(id: "l\(i)", payload: payload), to: latencyQueue)
+    guard let delivery = try await latencyConsumer.next() else { fatalError("consumer ended") }
+    kitLatencies.append(ContinuousClock.now - start)
+    try await delivery.ack()
+}
+await latencyConsumer.close()
+try await broker.deleteDestination(latencyQueue)
+func ms(_ d: Duration) -> String { String(format: "%.3f", d.timeInterval * 1000) }
+rows.append(("e2e latency p50 (ms)", ms(percentile(kitLatencies, 0.5)), ms(percentile(rawLatencies, 0.5)),
+             String(format: "%.2f", percentile(rawLatencies, 0.5).timeInterval / percentile(kitLatencies, 0.5).timeInterval)))
+rows.append(("e2e latency p99 (ms)", ms(percentile(kitLatencies, 0.99)), ms(percentile(rawLatencies, 0.99)),
+             String(format: "%.2f", percentile(rawLatencies, 0.99).timeInterval / percentile(kitLatencies, 0.99).timeInterval)))
+await broker.close()
+
+print("| scenario | BrokerKit | raw hiredis | ratio (BrokerKit / raw speed) |")
+print("|---|---:|---:|---:|")
+for row in rows { print("| \(row.0) | \(row.1) | \(row.2) | \(row.3) |") }
+print("")
+print("ratio: throughput BrokerKit ÷ raw; for latency raw ÷ BrokerKit (1.00 = as fast as raw; the target is ≥ 0.80).")

@@ -102,12 +102,16 @@ final class RedisConsumer: MessageConsumer, Sendable {
 
     private func loop() async {
         var lastClaim = ContinuousClock.now - .seconds(3600)
+        var lastMove = ContinuousClock.now - .seconds(3600)
         var nextDue: Date?
         var failures = 0
+        // Refill in batches: wait until half the prefetch window is free, unless the app has
+        // nothing buffered (then any free slot is worth a read).
+        let refillAt = max(1, prefetch / 2)
         while !Task.isCancelled {
-            let (capacity, holding) = state.withLock { ($0.closed ? 0 : prefetch - $0.outstanding, $0.pendingRetries > 0) }
-            if state.withLock({ $0.closed }) { return }
-            if capacity <= 0 || holding {
+            let (capacity, holding, closed) = state.withLock { ($0.closed ? 0 : prefetch - $0.outstanding, $0.pendingRetries > 0, $0.closed) }
+            if closed { return }
+            if capacity <= 0 || holding || (capacity < refillAt && buffer.count > 0) {
                 await wake.wait(timeout: broker.settings.consumerBlock)
                 continue
             }
@@ -127,7 +131,10 @@ final class RedisConsumer: MessageConsumer, Sendable {
                 }
                 let blockMillis = max(1, Int(block.timeInterval * 1000))
                 var commands: [[RedisArgument]] = []
-                if isQueue {
+                // Move due retries / delayed messages at most every 50 ms, or as soon as one is due.
+                let moveDue = isQueue && (ContinuousClock.now - lastMove >= .milliseconds(50) || nextDue.map { $0 <= Date() } == true)
+                if moveDue {
+                    lastMove = ContinuousClock.now
                     commands.append([
                         "EVAL", RedisArgument(RedisScripts.moveDue), "3", RedisArgument(key), RedisArgument(key + ":retry"),
                         RedisArgument(key + ":delay"), RedisArgument(Int64(Date().timeIntervalSince1970 * 1000)), "100",
@@ -138,10 +145,10 @@ final class RedisConsumer: MessageConsumer, Sendable {
                     "BLOCK", RedisArgument(blockMillis), "STREAMS", RedisArgument(key), ">",
                 ])
                 let replies = try await client.pipeline(commands, socketTimeout: block + broker.settings.operationTimeout)
-                if isQueue, let moved = replies[0].array, moved.count == 2 {
+                if moveDue, let moved = replies[0].array, moved.count == 2 {
                     let due = Double(moved[1].text ?? "-1") ?? -1
                     nextDue = due < 0 ? nil : Date(timeIntervalSince1970: due / 1000)
-                } else if isQueue, let error = replies[0].errorText {
+                } else if moveDue, let error = replies[0].errorText {
                     broker.logger.error("redis: moving due retries of '\(destination)' failed: \(error)")
                 }
                 let read = replies[replies.count - 1]

@@ -21,11 +21,13 @@ final class MemoryConsumer: MessageConsumer {
         // Waiter ids are unique per consumer: the consumer id in the high bits.
         let waiterID = (id << 24) | (waiterIDs.wrappingAdd(1, ordering: .relaxed).newValue & 0xFF_FFFF)
         let store = self.store
-        return try await withTaskCancellationHandler {
+        let delivery = try await withTaskCancellationHandler {
             try await store.next(consumer: id, waiterID: waiterID)
         } onCancel: {
             Task { await store.cancelWaiter(waiterID) }
         }
+        if let delivery { MemoryStore.observer.record(.delivered, destination: delivery.destination) }
+        return delivery
     }
 
     func close() async {

@@ -135,22 +135,27 @@ final class HiredisConnection {
 }
 
 extension Array where Element == RedisArgument {
-    /// Calls `body` with C argv / argvlen arrays that stay valid for the call.
+    /// Calls `body` with C argv / argvlen arrays that stay valid for the call. All arguments
+    /// are copied into one contiguous buffer (one allocation per command).
     func withCArguments<T>(_ body: (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>, UnsafePointer<Int>) -> T) -> T {
-        var buffers: [UnsafeMutableRawPointer] = []
-        buffers.reserveCapacity(count)
-        defer { buffers.forEach { $0.deallocate() } }
+        let total = reduce(0) { $0 + $1.bytes.count }
+        let buffer = UnsafeMutableRawPointer.allocate(byteCount: Swift.max(1, total), alignment: 1)
+        defer { buffer.deallocate() }
         var pointers: [UnsafePointer<CChar>?] = []
         var lengths: [Int] = []
+        pointers.reserveCapacity(count)
+        lengths.reserveCapacity(count)
+        var offset = 0
         for argument in self {
-            let size = Swift.max(1, argument.bytes.count)
-            let buffer = UnsafeMutableRawPointer.allocate(byteCount: size, alignment: 1)
-            argument.bytes.withUnsafeBytes { source in
-                if let base = source.baseAddress, source.count > 0 { buffer.copyMemory(from: base, byteCount: source.count) }
+            let length = argument.bytes.count
+            if length > 0 {
+                argument.bytes.withUnsafeBytes { source in
+                    (buffer + offset).copyMemory(from: source.baseAddress!, byteCount: length)
+                }
             }
-            buffers.append(buffer)
-            pointers.append(UnsafePointer(buffer.assumingMemoryBound(to: CChar.self)))
-            lengths.append(argument.bytes.count)
+            pointers.append(UnsafePointer((buffer + offset).assumingMemoryBound(to: CChar.self)))
+            lengths.append(length)
+            offset += length
         }
         return pointers.withUnsafeMutableBufferPointer { argv in
             lengths.withUnsafeBufferPointer { argvlen in
