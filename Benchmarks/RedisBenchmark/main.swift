@@ -6,7 +6,8 @@
 // Scenarios (same message count and 256-byte payload for both sides):
 //   publish-awaited   one XADD per message, each awaited before the next
 //   publish-batched   batches of 100 XADDs, pipelined in one round trip
-//   consume-ack       read in batches of 100 through a consumer group, ack (XACK + XDEL) each
+//   consume-ack       read in batches of 100 through a consumer group, ack (XACK + XDEL) each:
+//                     sequential (each ack awaited) and concurrent (16 handlers / pipelined acks)
 //   e2e-latency       publish one message, wait until a group consumer has it (p50 / p99)
 import BrokerAPI
 import CHiredis
@@ -96,6 +97,14 @@ func percentile(_ values: [Duration], _ p: Double) -> Duration {
 
 func rate(_ n: Int, _ d: Duration) -> Double { Double(n) / d.timeInterval }
 
+final class Counter: @unchecked Sendable {
+    // Safe: every access holds `lock`.
+    private var count = 0
+    private let lock = NSLock()
+    func increment() { lock.lock(); count += 1; lock.unlock() }
+    var value: Int { lock.lock(); defer { lock.unlock() }; return count }
+}
+
 // MARK: - Setup
 
 RedisStreamsBackend.register()
@@ -158,32 +167,59 @@ let kitBatched = try await measure {
 rows.append(("publish-batched (msg/s)", String(format: "%.0f", rate(count, kitBatched)), String(format: "%.0f", rate(count, rawBatched)),
              String(format: "%.2f", rate(count, kitBatched) / rate(count, rawBatched))))
 
-// consume-ack: both sides drain what they published in the batched run.
-let rawConsume = await onThread {
-    let raw = Raw(host: host, port: port)
-    raw.command(["XGROUP", "CREATE", rawBatchKey, "g", "0", "MKSTREAM"])
-    let start = ContinuousClock.now
-    var done = 0
-    while done < count {
-        raw.append([Data("XREADGROUP".utf8), Data("GROUP".utf8), Data("g".utf8), Data("c".utf8), Data("COUNT".utf8),
-                    Data("\(batch)".utf8), Data("BLOCK".utf8), Data("100".utf8), Data("STREAMS".utf8), Data(rawBatchKey.utf8), Data(">".utf8)])
-        let ids = raw.reply()
-        for id in ids {
-            // The same per-message work as an acked BrokerKit delivery: MULTI XACK XDEL EXEC, one round trip.
-            raw.append([Data("MULTI".utf8)])
-            raw.append([Data("XACK".utf8), Data(rawBatchKey.utf8), Data("g".utf8), Data(id.utf8)])
-            raw.append([Data("XDEL".utf8), Data(rawBatchKey.utf8), Data(id.utf8)])
-            raw.append([Data("EXEC".utf8)])
-            for _ in 0..<4 { raw.reply() }
+// consume-ack: both sides drain what they published, acking every message (XACK + XDEL in
+// MULTI/EXEC, each checked). "sequential": one message at a time, each ack awaited before the
+// next. "concurrent": BrokerKit's DeliveryProcessor with 16 handlers (acks from concurrent
+// handlers share round trips) against raw hiredis pipelining the acks of each read batch.
+func rawConsume(_ key: String, pipelined: Bool) async -> Duration {
+    await onThread {
+        let raw = Raw(host: host, port: port)
+        raw.command(["XGROUP", "CREATE", key, "g", "0", "MKSTREAM"])
+        let start = ContinuousClock.now
+        var done = 0
+        while done < count {
+            raw.append([Data("XREADGROUP".utf8), Data("GROUP".utf8), Data("g".utf8), Data("c".utf8), Data("COUNT".utf8),
+                        Data("\(batch)".utf8), Data("BLOCK".utf8), Data("100".utf8), Data("STREAMS".utf8), Data(key.utf8), Data(">".utf8)])
+            let ids = raw.reply()
+            for id in ids {
+                raw.append([Data("MULTI".utf8)])
+                raw.append([Data("XACK".utf8), Data(key.utf8), Data("g".utf8), Data(id.utf8)])
+                raw.append([Data("XDEL".utf8), Data(key.utf8), Data(id.utf8)])
+                raw.append([Data("EXEC".utf8)])
+                if !pipelined { for _ in 0..<4 { raw.reply() } }
+            }
+            if pipelined { for _ in 0..<(4 * ids.count) { raw.reply() } }
+            done += ids.count
         }
-        done += ids.count
+        let elapsed = ContinuousClock.now - start
+        raw.command(["DEL", key])
+        return elapsed
     }
-    let elapsed = ContinuousClock.now - start
-    raw.command(["DEL", rawBatchKey])
-    return elapsed
 }
+
+func fill(raw key: String, queue: String) async throws {
+    await onThread {
+        let raw = Raw(host: host, port: port)
+        var i = 0
+        while i < count {
+            let n = min(batch, count - i)
+            for j in 0..<n { raw.append([Data("XADD".utf8), Data(key.utf8), Data("*".utf8)] + fields(i + j)) }
+            for _ in 0..<n { raw.reply() }
+            i += n
+        }
+    }
+    try await broker.createQueue(queue)
+    var i = 0
+    while i < count {
+        let n = min(batch, count - i)
+        _ = try await broker.publish((0..<n).map { Message(id: "m\(i + $0)", payload: payload) }, to: queue)
+        i += n
+    }
+}
+
+let rawSequential = await rawConsume(rawBatchKey, pipelined: false)
 let consumer = try await broker.consumeQueue(kitBatchQueue, options: .init(prefetch: batch))
-let kitConsume = try await measure {
+let kitSequential = try await measure {
     for _ in 0..<count {
         guard let delivery = try await consumer.next() else { fatalError("consumer ended") }
         try await delivery.ack()
@@ -191,8 +227,27 @@ let kitConsume = try await measure {
 }
 await consumer.close()
 try await broker.deleteDestination(kitBatchQueue)
-rows.append(("consume-ack (msg/s)", String(format: "%.0f", rate(count, kitConsume)), String(format: "%.0f", rate(count, rawConsume)),
-             String(format: "%.2f", rate(count, kitConsume) / rate(count, rawConsume))))
+rows.append(("consume-ack sequential (msg/s)", String(format: "%.0f", rate(count, kitSequential)), String(format: "%.0f", rate(count, rawSequential)),
+             String(format: "%.2f", rate(count, kitSequential) / rate(count, rawSequential))))
+
+let rawConcurrentKey = "bench-raw-concurrent-\(run)"
+let kitConcurrentQueue = "concurrent-\(run)"
+try await fill(raw: rawConcurrentKey, queue: kitConcurrentQueue)
+let rawConcurrent = await rawConsume(rawConcurrentKey, pipelined: true)
+let handled = Counter()
+let concurrentConsumer = try await broker.consumeQueue(kitConcurrentQueue, options: .init(prefetch: batch))
+let processor = DeliveryProcessor(consumer: concurrentConsumer, options: .init(concurrency: 16, orderedByKey: false)) { _ in
+    handled.increment()
+}
+let kitConcurrent = try await measure {
+    let running = Task { try await processor.run() }
+    while handled.value < count { try await Task.sleep(for: .milliseconds(1)) }
+    processor.stop()
+    try await running.value
+}
+try await broker.deleteDestination(kitConcurrentQueue)
+rows.append(("consume-ack concurrent (msg/s)", String(format: "%.0f", rate(count, kitConcurrent)), String(format: "%.0f", rate(count, rawConcurrent)),
+             String(format: "%.2f", rate(count, kitConcurrent) / rate(count, rawConcurrent))))
 
 // e2e latency: publish one message, wait for a blocked group reader to get it.
 let rawLatencyKey = "bench-raw-latency-\(run)"

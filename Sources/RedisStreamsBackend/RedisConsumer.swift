@@ -200,12 +200,15 @@ final class RedisConsumer: MessageConsumer, Sendable {
         if !buffer.push(delivery) { settled(entry.entryID) }
     }
 
-    /// Called when a delivery was settled (or given back): frees a prefetch slot.
+    /// Called when a delivery was settled (or given back): frees a prefetch slot. The fetch
+    /// loop is woken only when a refill becomes due (half the window free, or nothing left
+    /// buffered), so a stream of acks does not wake it once per message.
     func settled(_ entryID: String) {
-        state.withLock { s in
+        let capacity = state.withLock { s -> Int in
             if s.unsettled.removeValue(forKey: entryID) != nil { s.outstanding -= 1 }
+            return prefetch - s.outstanding
         }
-        wake.signal()
+        if capacity == max(1, prefetch / 2) || buffer.count == 0 { wake.signal() }
     }
 
     private func acknowledgeDeleted(_ ids: [String]) async throws {

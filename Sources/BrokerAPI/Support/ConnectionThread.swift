@@ -35,9 +35,20 @@ public final class ConnectionThread: Sendable {
             condition.unlock()
         }
 
-        /// The thread's loop: run jobs until stopped and drained.
+        /// The thread's loop: run jobs until stopped and drained. After a job it polls briefly
+        /// before sleeping: request/response traffic usually sends the next job within
+        /// microseconds, and a futex sleep + wake costs more than that.
         func loop() {
             while true {
+                var spins = 0
+                while spins < 200 {
+                    condition.lock()
+                    let ready = !jobs.isEmpty || stopped
+                    condition.unlock()
+                    if ready { break }
+                    spins += 1
+                    if spins % 20 == 0 { sched_yield() }
+                }
                 condition.lock()
                 while jobs.isEmpty && !stopped { condition.wait() }
                 if jobs.isEmpty && stopped {
@@ -74,6 +85,11 @@ public final class ConnectionThread: Sendable {
     /// Fire-and-forget variant for cleanup work; ignored after ``shutdown()``.
     public func submit(_ body: @escaping @Sendable () -> Void) {
         _ = core.enqueue(body)
+    }
+
+    /// Like ``submit(_:)``, but says whether the job was accepted (`false` after shutdown).
+    public func trySubmit(_ body: @escaping @Sendable () -> Void) -> Bool {
+        core.enqueue(body)
     }
 
     /// Lets queued jobs finish, then ends the thread. Idempotent.

@@ -1,6 +1,7 @@
 import BrokerAPI
 import Foundation
 import Logging
+import Synchronization
 
 /// A hiredis connection on its own thread, with reconnect. Every call hops to the
 /// connection's `ConnectionThread`, so blocking socket I/O never runs on the cooperative pool.
@@ -17,6 +18,7 @@ final class RedisClient: Sendable {
 
     private let box: Box
     private let thread: ConnectionThread
+    private let queue = Mutex<[Request]>([])
     let server: String
     let operationTimeout: Duration
     let logger: Logger
@@ -45,30 +47,95 @@ final class RedisClient: Sendable {
         try await pipeline([args], retry: retry)[0]
     }
 
+    /// One caller's commands waiting for the connection thread.
+    private struct Request: Sendable {
+        let commands: [[RedisArgument]]
+        let retry: Bool
+        let socketTimeout: Duration?
+        let deadline: ContinuousClock.Instant
+        let continuation: CheckedContinuation<[RedisReply], any Error>
+    }
+
     /// Runs `commands` in one round trip.
+    ///
+    /// Calls that arrive while the connection is busy are coalesced: the thread writes all
+    /// waiting requests at once and reads all replies in one round trip (hiredis pipelining),
+    /// so concurrent acks and publishes share round trips instead of queueing for them.
     func pipeline(_ commands: [[RedisArgument]], retry: Bool = true, socketTimeout: Duration? = nil) async throws -> [RedisReply] {
-        let box = self.box
-        let server = self.server
         let deadline = ContinuousClock.now + operationTimeout
-        let logger = self.logger
-        return try await thread.run {
-            var delay = Duration.milliseconds(50)
-            while true {
-                do {
-                    if let socketTimeout, box.connection.isConnected { box.connection.setTimeout(socketTimeout) }
-                    defer { if socketTimeout != nil { box.connection.setTimeout(box.connection.endpoint.commandTimeout) } }
-                    return try box.connection.pipeline(commands)
-                } catch let failure as RedisFailure {
-                    guard case .io = failure, retry, ContinuousClock.now + delay < deadline else {
-                        throw RedisClient.map(failure, server: server, destination: nil)
-                    }
-                    logger.warning("redis \(server): \(failure); reconnecting in \(delay)")
-                    Thread.sleep(forTimeInterval: delay.timeInterval)
-                    delay = min(delay * 2, .seconds(1))
-                    do { try box.connection.connect() } catch let again as RedisFailure {
-                        if case .server = again { throw RedisClient.map(again, server: server, destination: nil) }
-                    }
+        return try await withCheckedThrowingContinuation { continuation in
+            let request = Request(commands: commands, retry: retry, socketTimeout: socketTimeout, deadline: deadline, continuation: continuation)
+            let first = queue.withLock { waiting -> Bool in
+                waiting.append(request)
+                return waiting.count == 1
+            }
+            if first {
+                let accepted = thread.trySubmit { [self] in self.drain() }
+                if !accepted {
+                    let stranded = queue.withLock { waiting -> [Request] in defer { waiting = [] }; return waiting }
+                    for request in stranded { request.continuation.resume(throwing: BrokerError.closed("redis connection to \(server)", backend: "redis")) }
                 }
+            }
+        }
+    }
+
+    /// On the connection thread: takes every waiting request and runs them together.
+    private func drain() {
+        while true {
+            let batch = queue.withLock { waiting -> [Request] in
+                // Keep the first element in place until done so new arrivals don't schedule a second drain.
+                return waiting
+            }
+            if batch.isEmpty { return }
+            // Requests with their own socket timeout (blocking reads) run alone.
+            let group: [Request] = batch[0].socketTimeout != nil ? [batch[0]] : Array(batch.prefix { $0.socketTimeout == nil })
+            let results = execute(group)
+            let more = queue.withLock { waiting -> Bool in
+                waiting.removeFirst(group.count)
+                return !waiting.isEmpty
+            }
+            for (request, result) in zip(group, results) { request.continuation.resume(with: result) }
+            if !more { return }
+        }
+    }
+
+    private func execute(_ group: [Request]) -> [Result<[RedisReply], any Error>] {
+        let connection = box.connection
+        var delay = Duration.milliseconds(50)
+        let commands = group.flatMap(\.commands)
+        let retry = group.allSatisfy(\.retry)
+        let deadline = group.map(\.deadline).min()!
+        let socketTimeout = group.count == 1 ? group[0].socketTimeout : nil
+        while true {
+            do {
+                if let socketTimeout, connection.isConnected { connection.setTimeout(socketTimeout) }
+                defer { if socketTimeout != nil { connection.setTimeout(connection.endpoint.commandTimeout) } }
+                let replies = try connection.pipeline(commands)
+                var results: [Result<[RedisReply], any Error>] = []
+                var offset = 0
+                for request in group {
+                    results.append(.success(Array(replies[offset..<(offset + request.commands.count)])))
+                    offset += request.commands.count
+                }
+                return results
+            } catch let failure as RedisFailure {
+                guard case .io = failure, retry, ContinuousClock.now + delay < deadline else {
+                    let error = RedisClient.map(failure, server: server, destination: nil)
+                    return group.map { _ in .failure(error) }
+                }
+                logger.warning("redis \(server): \(failure); reconnecting in \(delay)")
+                Thread.sleep(forTimeInterval: delay.timeInterval)
+                delay = min(delay * 2, .seconds(1))
+                do { try connection.connect() } catch let again as RedisFailure {
+                    if case .server = again {
+                        let error = RedisClient.map(again, server: server, destination: nil)
+                        return group.map { _ in .failure(error) }
+                    }
+                } catch {
+                    return group.map { _ in .failure(error) }
+                }
+            } catch {
+                return group.map { _ in .failure(error) }
             }
         }
     }
