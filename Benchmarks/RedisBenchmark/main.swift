@@ -292,6 +292,12 @@ rows.append(("e2e latency p99 (ms)", ms(percentile(kitLatencies, 0.99)), ms(perc
              String(format: "%.2f", percentile(rawLatencies, 0.99).timeInterval / percentile(kitLatencies, 0.99).timeInterval)))
 await broker.close()
 
+// The fixed cost every awaited call pays: a hop from a Swift task to a connection thread and back.
+let hopThread = ConnectionThread(name: "bench-hop")
+let hops = try await measure { for _ in 0..<count { _ = try await hopThread.run { 0 } } }
+hopThread.shutdown()
+print("task → connection thread → task hop: \(String(format: "%.1f", hops.timeInterval / Double(count) * 1_000_000)) µs per call")
+print("")
 print("| scenario | BrokerKit | raw hiredis | ratio (BrokerKit / raw speed) |")
 print("|---|---:|---:|---:|")
 for row in rows { print("| \(row.0) | \(row.1) | \(row.2) | \(row.3) |") }

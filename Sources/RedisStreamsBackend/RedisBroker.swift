@@ -19,7 +19,7 @@ final class RedisBroker: Broker {
     let settings: RedisConfiguration
     let client: RedisClient
     let logger: Logger
-    let observer = DeliveryObserver(backend: "redis")
+    let observer = DeliveryObserver.shared(for: "redis")
     /// The server's `proto-max-bulk-len`, read at connect.
     let maxBulkLength: Int
     private let state = Mutex<(closed: Bool, kinds: [String: DestinationKind], consumers: [ObjectIdentifier: any MessageConsumer])>((false, [:], [:]))

@@ -11,7 +11,7 @@ final class MemoryBroker: Broker {
     var capabilities: BrokerCapabilities { MemoryBackend.capabilities }
 
     private let state = Mutex<(closed: Bool, consumers: [UInt64: MemoryConsumer])>((false, [:]))
-    private let observer = DeliveryObserver(backend: "memory")
+    private let observer = DeliveryObserver.shared(for: "memory")
 
     init(store: MemoryStore, configuration: BrokerConfiguration, logger: Logger) {
         self.store = store

@@ -514,7 +514,7 @@ actor MemoryStore {
         }
     }
 
-    static let observer = DeliveryObserver(backend: "memory")
+    static let observer = DeliveryObserver.shared(for: "memory")
 
     func closeConsumer(_ id: UInt64) {
         guard var state = consumers[id], !state.closed else { return }

@@ -160,7 +160,7 @@ public final class DeliveryProcessor: Sendable {
                 }
             }
         }
-        DeliveryObserver(backend: delivery.backend)
+        DeliveryObserver.shared(for: delivery.backend)
             .recordHandlerDuration(ContinuousClock.now - started, destination: delivery.destination)
     }
 
