@@ -49,10 +49,12 @@ enum QueueCases {
         let total = 60
         _ = try await c.broker.publish((0..<total).map { Message(text: "job-\($0)") }, to: queue)
         let seen = Collector<String>()
+        let deadline = ContinuousClock.now + .seconds(20)
         try await withThrowingTaskGroup(of: Void.self) { group in
             for consumer in consumers {
                 group.addTask {
-                    while seen.count < total, let delivery = try await consumer.next(timeout: .milliseconds(700)) {
+                    while seen.count < total && ContinuousClock.now < deadline {
+                        guard let delivery = try await consumer.next(timeout: .milliseconds(200)) else { continue }
                         seen.append(delivery.message.text ?? "")
                         try await delivery.ack()
                     }
