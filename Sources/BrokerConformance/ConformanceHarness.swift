@@ -55,6 +55,7 @@ public final class ConformanceContext: Sendable {
     public let broker: any Broker
     public let caseName: String
     let runID: String
+    private let arrivals = LockedBox<[String: Date]>([:])
 
     init(harness: ConformanceHarness, broker: any Broker, caseName: String) {
         self.harness = harness
@@ -93,10 +94,19 @@ public final class ConformanceContext: Sendable {
             guard left > .zero, let delivery = try await consumer.next(timeout: left) else {
                 throw fail("expected \(count) deliveries within \(timeout), got \(received.count)", file: file, line: line)
             }
+            arrivals.withLock { $0[delivery.message.id] = Date() }
             if ack { try await delivery.ack() }
             received.append(delivery)
         }
         return received
+    }
+
+    /// When `delivery` was received (recorded by ``receive(_:from:ack:timeout:file:line:)``).
+    public func arrival(of delivery: Delivery) throws -> Date {
+        guard let date = arrivals.withLock({ $0[delivery.message.id] }) else {
+            throw fail("no arrival time recorded for \(delivery.message.id)")
+        }
+        return date
     }
 
     /// Waits until `condition` returns true, polling every 25 ms, failing after `timeout`.
