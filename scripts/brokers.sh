@@ -49,6 +49,9 @@ start_rabbit() {
     export RABBITMQ_ENABLED_PLUGINS_FILE="$RUN/rabbitmq/enabled_plugins"
     echo "[]." > "$RABBITMQ_ENABLED_PLUGINS_FILE"
     chown rabbitmq:rabbitmq "$RABBITMQ_ENABLED_PLUGINS_FILE" 2>/dev/null || true
+    # RabbitMQ sizes its file-handle pool from the open-files limit; 1024 wedges the node
+    # under parallel tests (hundreds of queues and connections).
+    ulimit -n 65536 2>/dev/null || ulimit -n 20000 2>/dev/null || true
     rabbitmq-server -detached
     # await_startup needs the node to be reachable first; retry until it is (about 5-10 s).
     local deadline=$((SECONDS + 120))

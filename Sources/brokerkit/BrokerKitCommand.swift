@@ -2,6 +2,7 @@ import ArgumentParser
 import BrokerAPI
 import Foundation
 import Logging
+import RabbitBackend
 import RedisStreamsBackend
 
 /// The `brokerkit` command-line tool: publish, consume, inspect and demo BrokerKit brokers.
@@ -17,8 +18,8 @@ struct BrokerKitCommand: AsyncParsableCommand {
             Note: memory:// state lives inside one process. Running `brokerkit publish` and then \
             `brokerkit consume` as two separate processes does NOT share messages on memory:// \
             (each process starts with an empty in-memory broker). Use a real broker URL for \
-            that, e.g. redis://127.0.0.1:6379 (kafka:// and amqp:// once their backends land; \
-            see `brokerkit capabilities`). `brokerkit demo` runs a whole example inside one process, \
+            that, e.g. redis://127.0.0.1:6379 or amqp://guest:guest@127.0.0.1:5672/ (kafka:// once \
+            its backend lands; see `brokerkit capabilities`). `brokerkit demo` runs a whole example inside one process, \
             so it works on memory://.
 
             Exit codes: 0 success, 1 broker error (bad URL, unknown option, unreachable broker, \
@@ -33,6 +34,7 @@ struct BrokerKitCommand: AsyncParsableCommand {
     /// Plugs the linked backends into the registry, so their URL schemes work.
     static func registerBackends() {
         RedisStreamsBackend.register()
+        RabbitBackend.register()
     }
 
     /// Exit code for invalid arguments (ArgumentParser's own default is 64, EX_USAGE).

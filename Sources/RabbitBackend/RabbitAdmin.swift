@@ -1,0 +1,522 @@
+import BrokerAPI
+import Foundation
+import Synchronization
+
+/// Topology, catalog, stats and dead letters over the broker's admin connection.
+///
+/// Names, for a destination `orders` (after `prefix`):
+/// - `orders`: the work queue (durable quorum queue, or classic with `queue.type=classic`),
+///   dead-lettering natively to `orders.dlq`; or the stream queue (`x-queue-type=stream`).
+/// - `orders.dlq`: the dead-letter queue.
+/// - `orders.wait.<ms>`: one durable classic queue per retry / delivery delay (rounded up to
+///   two significant digits), with `x-message-ttl=<ms>` and a dead-letter route back to
+///   `orders`, and `x-expires` so unused ones disappear.
+/// - `orders.offsets.<group>`: a stream group's committed offset (one message, `x-max-length=1`).
+/// - `orders.lock.<group>`: an exclusive, auto-deleted queue held by the active member of a
+///   stream group.
+/// - `__brokerkit.catalog`: a stream where BrokerKit records the destinations, groups and wait
+///   queues it creates, since AMQP 0-9-1 cannot list queues (that needs the management plugin).
+final class RabbitAdmin: @unchecked Sendable {
+    // `@unchecked Sendable` is safe: `catalog` and `nextChannel` are only touched on the
+    // connection's thread (inside its jobs); the caches are Mutex-protected.
+    let connection: AMQPConnection
+    let settings: RabbitSettings
+    let publisher: RabbitPublisher
+    private static let rpcChannel: UInt16 = 1
+
+    private let known = Mutex<[String: DestinationKind?]>([:])
+    private let waitDeclared = Mutex<[String: ContinuousClock.Instant]>([:])
+    private let recorded = Mutex<Set<String>>([])
+    private var catalog = CatalogState()
+    private var nextChannel: UInt16 = 2
+
+    struct CatalogState: Sendable {
+        var kinds: [String: DestinationKind] = [:]
+        var groups: [String: Set<String>] = [:]
+        var waits: [String: Set<Int>] = [:]
+        var nextOffset: Int64?
+        var seenMarkers: Set<String> = []
+    }
+
+    init(connection: AMQPConnection, settings: RabbitSettings, publisher: RabbitPublisher) {
+        self.connection = connection
+        self.settings = settings
+        self.publisher = publisher
+        connection.onOpen = {}
+    }
+
+    // MARK: - Names
+
+    static func dlqName(_ full: String) -> String { deadLetterName(for: full) }
+    static func waitName(_ full: String, ms: Int) -> String { "\(full).wait.\(ms)" }
+    static func offsetsName(_ full: String, group: String) -> String { "\(full).offsets.\(group)" }
+    static func lockName(_ full: String, group: String) -> String { "\(full).lock.\(group)" }
+    var catalogName: String { settings.prefix + "__brokerkit.catalog" }
+
+    /// A delay in whole milliseconds, rounded up to two significant digits, so that jittered
+    /// backoffs share a bounded set of wait queues and nothing is delivered early.
+    static func delayBucket(_ delay: Duration) -> Int {
+        let ms = Int((delay.timeInterval * 1000).rounded(.up))
+        guard ms >= 100 else { return max(1, ms) }
+        var magnitude = 1
+        while ms / magnitude >= 100 { magnitude *= 10 }
+        return ((ms + magnitude - 1) / magnitude) * magnitude
+    }
+
+    /// A fresh channel number for a short-lived operation (probes, DLQ reads).
+    private func allocateChannel() -> UInt16 {
+        nextChannel = nextChannel >= 2000 ? 2 : nextChannel + 1
+        return nextChannel
+    }
+
+    /// Runs `body` on the admin connection; while the connection is down (a broker restart)
+    /// it waits for the reconnect and tries again, until `operation.timeout`.
+    @discardableResult
+    func call<T: Sendable>(_ body: @escaping @Sendable (AMQPConnection) throws -> T) async throws -> T {
+        let deadline = ContinuousClock.now + settings.operationTimeout
+        var backoff: Duration = .milliseconds(50)
+        while true {
+            do {
+                return try await connection.run(body)
+            } catch let error as BrokerError
+                where (error.code == .connectionFailed || error.message.contains(": 541 ")) && !connection.isClosed
+            {
+                // Down (restart) or RabbitMQ's 541 INTERNAL_ERROR (e.g. a quorum queue that
+                // could not start in time under load): both are worth another try.
+                if ContinuousClock.now + backoff >= deadline { throw error }
+                try await Task.sleep(for: backoff)
+                backoff = min(backoff * 2, .seconds(1))
+            }
+        }
+    }
+
+    // MARK: - Arguments
+
+    func queueArguments(_ full: String, extra: [String: String] = [:]) -> AMQPTable {
+        var arguments = AMQPTable()
+        if settings.queueType == "quorum" { arguments["x-queue-type"] = .text("quorum") }
+        arguments["x-dead-letter-exchange"] = .text("")
+        arguments["x-dead-letter-routing-key"] = .text(Self.dlqName(full))
+        if settings.deliveryLimit > 0 { arguments["x-delivery-limit"] = .int64(Int64(settings.deliveryLimit)) }
+        for (key, value) in extra.sorted(by: { $0.key < $1.key }) { arguments[key] = Self.argument(value) }
+        return arguments
+    }
+
+    private var dlqArguments: AMQPTable {
+        settings.queueType == "quorum" ? AMQPTable(["x-queue-type": .text("quorum")]) : AMQPTable()
+    }
+
+    static func argument(_ text: String) -> AMQPValue {
+        if let number = Int64(text) { return .int64(number) }
+        if text == "true" || text == "false" { return .bool(text == "true") }
+        return .text(text)
+    }
+
+    static func streamArguments(_ options: DestinationOptions) throws -> AMQPTable {
+        var arguments = AMQPTable(["x-queue-type": .text("stream")])
+        if let retention = options.retention {
+            if let maxAge = retention.maxAge { arguments["x-max-age"] = .text("\(max(1, Int(maxAge.timeInterval.rounded(.up))))s") }
+            if let maxBytes = retention.maxBytes { arguments["x-max-length-bytes"] = .int64(Int64(maxBytes)) }
+            if retention.maxMessages != nil {
+                throw BrokerError(
+                    .unsupported, "RabbitMQ streams retain by age or bytes, not by message count (retention.maxMessages)",
+                    backend: AMQPError.backend)
+            }
+        }
+        for (key, value) in options.backendSettings.sorted(by: { $0.key < $1.key }) { arguments[key] = argument(value) }
+        return arguments
+    }
+
+    // MARK: - Declaring
+
+    /// The kind BrokerKit knows for `full` (declared here or read from the catalog).
+    func knownKind(_ full: String) -> DestinationKind? { known.withLock { $0[full] ?? nil } }
+
+    /// Declares `full` as `kind` (with its DLQ) and records it in the catalog.
+    func create(_ full: String, user: String, kind: DestinationKind, options: DestinationOptions) async throws {
+        let arguments = kind == .queue ? queueArguments(full, extra: options.backendSettings) : try Self.streamArguments(options)
+        let dlqArguments = self.dlqArguments
+        do {
+            try await call { c in
+                try c.declareQueue(Self.rpcChannel, full, arguments: arguments, destination: user)
+                try c.declareQueue(Self.rpcChannel, Self.dlqName(full), arguments: dlqArguments, destination: user)
+            }
+        } catch let error as BrokerError where error.code == .invalidConfiguration && kind == .stream
+            && error.message.contains("inequivalent arg") && !error.message.contains("'x-max-")
+        {
+            // A stream declared over a queue: the first differing argument is the queue's
+            // dead-letter setting, not x-queue-type.
+            throw BrokerError(
+                .wrongDestinationKind, "'\(user)' already exists as a queue, cannot create it as a stream (\(error.message))",
+                backend: AMQPError.backend, destination: user)
+        }
+        known.withLock { $0[full] = kind }
+        try await record(["op": kind.rawValue, "name": full], once: "\(kind.rawValue):\(full)")
+    }
+
+    /// Makes sure the queue `full` exists for a consumer: declares it (auto.create) or checks
+    /// it (passive). A stream under that name fails with `wrongDestinationKind`.
+    func ensure(_ full: String, user: String, kind: DestinationKind) async throws {
+        if let existing = known.withLock({ $0[full] }), let existingKind = existing {
+            guard existingKind == kind else {
+                throw BrokerError(
+                    .wrongDestinationKind, "'\(user)' is a \(existingKind), not a \(kind)", backend: AMQPError.backend, destination: user)
+            }
+            return
+        }
+        if settings.autoCreate {
+            try await create(full, user: user, kind: kind, options: DestinationOptions())
+        } else {
+            try await requireExists(full, user: user)
+            if kind == .stream { known.withLock { $0[full] = .stream } }
+        }
+    }
+
+    /// Makes sure something named `full` exists before publishing to it (auto.create declares
+    /// a work queue; a stream must be created first).
+    func ensureForPublish(_ full: String, user: String) async throws {
+        if known.withLock({ $0[full] != nil }) { return }
+        do {
+            try await call { c in _ = try c.declareQueue(Self.rpcChannel, full, passive: true, destination: user) }
+            known.withLock { if $0[full] == nil { $0[full] = .some(nil) } }
+        } catch let error as BrokerError where error.code == .unknownDestination && settings.autoCreate {
+            try await create(full, user: user, kind: .queue, options: DestinationOptions())
+        } catch let error as BrokerError where error.code == .unknownDestination {
+            throw BrokerError(
+                .unknownDestination, "'\(user)' does not exist and auto.create is off", backend: AMQPError.backend, destination: user)
+        }
+    }
+
+    /// Forgets a cached declaration (the queue was deleted behind our back).
+    func forget(_ full: String) {
+        _ = known.withLock { $0.removeValue(forKey: full) }
+    }
+
+    func requireExists(_ full: String, user: String) async throws {
+        do {
+            try await call { c in _ = try c.declareQueue(Self.rpcChannel, full, passive: true, destination: user) }
+        } catch let error as BrokerError where error.code == .unknownDestination {
+            throw BrokerError(
+                .unknownDestination,
+                settings.autoCreate ? "'\(user)' does not exist" : "'\(user)' does not exist and auto.create is off",
+                backend: AMQPError.backend, destination: user)
+        }
+    }
+
+    /// Declares the wait queue for `ms` (redeclared before its `x-expires` lease runs out).
+    func ensureWaitQueue(_ full: String, user: String, ms: Int) async throws -> String {
+        let name = Self.waitName(full, ms: ms)
+        let expires = 2 * ms + 600_000
+        let now = ContinuousClock.now
+        if let declared = waitDeclared.withLock({ $0[name] }), now - declared < .milliseconds(expires / 2) { return name }
+        let arguments = AMQPTable([
+            "x-message-ttl": .int64(Int64(ms)), "x-dead-letter-exchange": .text(""), "x-dead-letter-routing-key": .text(full),
+            "x-expires": .int64(Int64(expires)),
+        ])
+        try await call { c in try c.declareQueue(Self.rpcChannel, name, arguments: arguments, destination: user) }
+        waitDeclared.withLock { $0[name] = now }
+        try await record(["op": "wait", "name": full, "ms": String(ms)], once: "wait:\(name)")
+        return name
+    }
+
+    /// Declares `<full>.dlq` (once per process) before a dead letter is published to it.
+    func ensureDLQ(_ full: String, user: String) async throws -> String {
+        let name = Self.dlqName(full)
+        if recorded.withLock({ $0.contains("dlq:\(name)") }) { return name }
+        let arguments = dlqArguments
+        try await call { c in try c.declareQueue(Self.rpcChannel, name, arguments: arguments, destination: user) }
+        recorded.withLock { _ = $0.insert("dlq:\(name)") }
+        return name
+    }
+
+    func ensureOffsetsQueue(_ full: String, group: String) async throws -> String {
+        let name = Self.offsetsName(full, group: group)
+        if recorded.withLock({ $0.contains("group:\(name)") }) { return name }
+        try await call { c in
+            try c.declareQueue(Self.rpcChannel, name, arguments: AMQPTable(["x-max-length": .int64(1)]))
+        }
+        try await record(["op": "group", "name": full, "group": group], once: "group:\(name)")
+        return name
+    }
+
+    /// The committed offset of `group` on stream `full`, if it has one.
+    func committedOffset(_ full: String, group: String) async throws -> Int64? {
+        let name = Self.offsetsName(full, group: group)
+        return try await call { c -> Int64? in
+            let channel = self.allocateChannel()
+            defer { c.closeChannel(channel) }
+            do {
+                _ = try c.declareQueue(channel, name, passive: true)
+            } catch let error as BrokerError where error.code == .unknownDestination {
+                return nil
+            }
+            guard let message = try c.get(channel, queue: name, noAck: false) else { return nil }
+            try c.nack(channel, tag: message.deliveryTag, requeue: true)
+            return Int64(String(decoding: message.body, as: UTF8.self))
+        }
+    }
+
+    // MARK: - Deleting and listing
+
+    func delete(_ full: String, user: String) async throws {
+        try await requireExists(full, user: user)
+        let state = try await refreshCatalog()
+        let waits = (state.waits[full] ?? []).map { Self.waitName(full, ms: $0) }
+        let offsets = (state.groups[full] ?? []).map { Self.offsetsName(full, group: $0) }
+        try await call { c in
+            try c.deleteQueue(Self.rpcChannel, full, destination: user)
+            for name in [Self.dlqName(full)] + waits + offsets { try c.deleteQueue(Self.rpcChannel, name, destination: user) }
+        }
+        known.withLock { $0[full] = nil }
+        waitDeclared.withLock { table in for name in waits { table[name] = nil } }
+        recorded.withLock { set in set = set.filter { !$0.hasSuffix(":\(full)") && !$0.contains(":\(full).") } }
+        try await record(["op": "delete", "name": full], once: nil)
+    }
+
+    /// Destinations from the catalog that still exist.
+    func list() async throws -> [DestinationInfo] {
+        let state = try await refreshCatalog()
+        let candidates = state.kinds.filter { $0.key.hasPrefix(settings.prefix) }.sorted { $0.key < $1.key }
+        let names = candidates.map(\.key)
+        let present = try await call { c -> Set<String> in
+            let channel = self.allocateChannel()
+            defer { c.closeChannel(channel) }
+            var present = Set<String>()
+            for name in names {
+                do {
+                    _ = try c.declareQueue(channel, name, passive: true)
+                    present.insert(name)
+                } catch let error as BrokerError where error.code == .unknownDestination {
+                    continue
+                }
+            }
+            return present
+        }
+        return candidates.filter { present.contains($0.key) }.map {
+            DestinationInfo(name: String($0.key.dropFirst(settings.prefix.count)), kind: $0.value, partitions: 1)
+        }
+    }
+
+    // MARK: - Stats
+
+    func stats(_ full: String, user: String, inFlight: Int, groupPending: [String: (pending: Int, consumers: Int)]) async throws -> DestinationStats {
+        let state = try await refreshCatalog()
+        let kind = knownKind(full) ?? state.kinds[full] ?? .queue
+        let waits = (state.waits[full] ?? []).map { Self.waitName(full, ms: $0) }
+        let (ready, consumers, dead, delayed) = try await call { c -> (Int, Int, Int, Int) in
+            let channel = self.allocateChannel()
+            defer { c.closeChannel(channel) }
+            let main: (messages: Int, consumers: Int)
+            do {
+                main = try c.declareQueue(channel, full, passive: true, destination: user)
+            } catch let error as BrokerError where error.code == .unknownDestination {
+                throw BrokerError(.unknownDestination, "'\(user)' does not exist", backend: AMQPError.backend, destination: user)
+            }
+            func count(_ name: String) throws -> Int {
+                do { return try c.declareQueue(channel, name, passive: true).messages } catch let error as BrokerError where error.code == .unknownDestination {
+                    return 0
+                }
+            }
+            let dead = try count(Self.dlqName(full))
+            var delayed = 0
+            for wait in waits { delayed += try count(wait) }
+            return (main.messages, main.consumers, dead, delayed)
+        }
+        switch kind {
+        case .queue:
+            let group = GroupStats(group: "queue", lag: ready + delayed, pending: inFlight, consumers: consumers, committed: [])
+            return DestinationStats(
+                name: user, kind: .queue, depth: ready, inFlight: inFlight, delayed: delayed, deadLettered: dead, groups: [group])
+        case .stream:
+            let bounds = try await streamBounds(full)
+            let depth = bounds.map { Int($0.end - $0.first) } ?? 0
+            var groups: [GroupStats] = []
+            for group in (state.groups[full] ?? []).sorted() {
+                let committed = try await committedOffset(full, group: group)
+                let start = committed ?? bounds?.first ?? 0
+                let end = bounds?.end ?? start
+                let local = groupPending[group]
+                groups.append(GroupStats(
+                    group: group, lag: Int(max(0, end - start)), pending: local?.pending ?? 0, consumers: local?.consumers ?? 0,
+                    committed: committed.map { [Position(partition: 0, offset: $0)] } ?? []))
+            }
+            let pending = groups.reduce(0) { $0 + $1.pending }
+            return DestinationStats(
+                name: user, kind: .stream, depth: depth, inFlight: pending, delayed: 0, deadLettered: dead, groups: groups)
+        }
+    }
+
+    /// First offset and end offset (last + 1) of stream `full`, or `nil` when it is empty.
+    ///
+    /// AMQP 0-9-1 reports no offsets for streams, so this attaches two short-lived consumers:
+    /// one at `first` (one message) and one at `last` (the last chunk, read until it pauses).
+    func streamBounds(_ full: String) async throws -> (first: Int64, end: Int64)? {
+        try await call { c -> (first: Int64, end: Int64)? in
+            func probe(_ offset: AMQPValue, prefetch: Int, readAll: Bool) throws -> Int64? {
+                let channel = self.allocateChannel()
+                defer { c.closeChannel(channel) }
+                try c.qos(channel, prefetch: prefetch)
+                _ = try c.consume(channel, queue: full, tag: "bk-probe-\(channel)", arguments: AMQPTable(["x-stream-offset": offset]))
+                var found: Int64?
+                var wait: Duration = .milliseconds(150)
+                while let delivery = try c.nextDelivery(on: channel, timeout: wait) {
+                    if let offset = delivery.properties.headers[RabbitMessageMapping.streamOffsetHeader]?.intValue {
+                        found = max(found ?? offset, offset)
+                    }
+                    try c.ack(channel, tag: delivery.deliveryTag)
+                    if !readAll { break }
+                    wait = .milliseconds(40)
+                }
+                return found
+            }
+            guard let first = try probe(.text("first"), prefetch: 1, readAll: false) else { return nil }
+            let last = try probe(.text("last"), prefetch: 2000, readAll: true) ?? first
+            return (first, max(first, last) + 1)
+        }
+    }
+
+    // MARK: - Dead letters
+
+    func deadLetters(_ full: String, user: String, limit: Int) async throws -> [DeadLetterEntry] {
+        try await requireExists(full, user: user)
+        let prefix = settings.prefix
+        let dlq = Self.dlqName(full)
+        let messages = try await call { c -> [AMQPDelivery] in
+            // Browse: take without ack, then close the channel so the broker puts them back.
+            let channel = self.allocateChannel()
+            defer { c.closeChannel(channel) }
+            var taken: [AMQPDelivery] = []
+            do {
+                while taken.count < limit, let message = try c.get(channel, queue: dlq, noAck: false) { taken.append(message) }
+            } catch let error as BrokerError where error.code == .unknownDestination {
+                return []
+            }
+            return taken
+        }
+        return messages.enumerated().map { index, delivery in
+            DeadLetterEntry(envelope: Self.envelope(delivery, origin: user, prefix: prefix), position: Position(offset: Int64(index)))
+        }
+    }
+
+    /// The envelope of a DLQ message: BrokerKit's headers, or (for a message RabbitMQ itself
+    /// dead-lettered, e.g. after `queue.delivery.limit`) one built from `x-first-death-*`.
+    static func envelope(_ delivery: AMQPDelivery, origin: String, prefix: String) -> DeadLetterEnvelope {
+        let (message, _) = RabbitMessageMapping.message(from: delivery)
+        if let envelope = DeadLetterEnvelope(dlqMessage: message) { return envelope }
+        let headers = delivery.properties.headers
+        let reason = headers["x-first-death-reason"]?.stringValue ?? "unknown"
+        let queue = headers["x-first-death-queue"]?.stringValue.map { $0.hasPrefix(prefix) ? String($0.dropFirst(prefix.count)) : $0 }
+        let attempts = Int(headers[RabbitMessageMapping.deliveryCountHeader]?.intValue ?? 0) + 1
+        return DeadLetterEnvelope(
+            original: message, originalDestination: queue ?? origin, attempts: attempts,
+            lastError: "dead-lettered by RabbitMQ (\(reason))", failedAt: message.timestamp)
+    }
+
+    /// Takes up to `limit` DLQ messages (unacked) on a dedicated channel; `finish` acks or
+    /// returns them.
+    func takeDeadLetters(_ full: String, limit: Int) async throws -> (channel: UInt16, messages: [AMQPDelivery]) {
+        let dlq = Self.dlqName(full)
+        return try await call { c -> (UInt16, [AMQPDelivery]) in
+            let channel = self.allocateChannel()
+            var taken: [AMQPDelivery] = []
+            do {
+                while taken.count < limit, let message = try c.get(channel, queue: dlq, noAck: false) { taken.append(message) }
+            } catch let error as BrokerError where error.code == .unknownDestination {
+                c.closeChannel(channel)
+                return (channel, [])
+            }
+            return (channel, taken)
+        }
+    }
+
+    /// Acks `tags` on `channel` (moved messages) and closes it (returning the others).
+    func finishDeadLetters(channel: UInt16, ack tags: [UInt64]) async throws {
+        try await call { c in
+            defer { c.closeChannel(channel) }
+            for tag in tags { try c.ack(channel, tag: tag) }
+        }
+    }
+
+    // MARK: - Catalog
+
+    /// Appends a record to the catalog stream (`once`: only the first time in this process).
+    func record(_ fields: [String: String], once key: String?) async throws {
+        if let key, !recorded.withLock({ $0.insert(key).inserted }) { return }
+        try await ensureCatalog()
+        let body = try JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys])
+        var properties = AMQPProperties()
+        properties.deliveryMode = 2
+        let errors = await publisher.publish([AMQPOutgoing(routingKey: catalogName, properties: properties, body: body)], destination: nil)
+        if let error = errors.first ?? nil {
+            if let key { recorded.withLock { _ = $0.remove(key) } }
+            throw error
+        }
+    }
+
+    private func ensureCatalog() async throws {
+        let name = catalogName
+        if recorded.withLock({ $0.contains("catalog") }) { return }
+        try await call { c in
+            try c.declareQueue(Self.rpcChannel, name, arguments: AMQPTable(["x-queue-type": .text("stream")]))
+        }
+        recorded.withLock { _ = $0.insert("catalog") }
+    }
+
+    /// Reads the catalog up to a marker this call appends, so it sees every earlier record.
+    func refreshCatalog() async throws -> CatalogState {
+        let marker = UUID().uuidString
+        try await record(["op": "mark", "id": marker], once: nil)
+        let name = catalogName
+        let timeout = settings.operationTimeout
+        return try await call { c -> CatalogState in
+            let admin = self
+            if admin.catalog.seenMarkers.remove(marker) != nil { return admin.catalog }
+            let channel = admin.allocateChannel()
+            defer { c.closeChannel(channel) }
+            try c.qos(channel, prefetch: 1000)
+            let start: AMQPValue = admin.catalog.nextOffset.map { .int64($0) } ?? .text("first")
+            _ = try c.consume(channel, queue: name, tag: "bk-catalog-\(channel)", arguments: AMQPTable(["x-stream-offset": start]))
+            let deadline = ContinuousClock.now + timeout
+            var unacked = 0
+            while ContinuousClock.now < deadline {
+                guard let delivery = try c.nextDelivery(on: channel, timeout: deadline - ContinuousClock.now) else { break }
+                unacked += 1
+                if unacked >= 200 {
+                    try c.ack(channel, tag: delivery.deliveryTag, multiple: true)
+                    unacked = 0
+                }
+                if let offset = delivery.properties.headers[RabbitMessageMapping.streamOffsetHeader]?.intValue {
+                    if let next = admin.catalog.nextOffset, offset < next { continue }
+                    admin.catalog.nextOffset = offset + 1
+                }
+                if let id = admin.apply(delivery.body), id == marker { return admin.catalog }
+            }
+            throw BrokerError(
+                .timeout, "reading the destination catalog '\(name)' did not finish within operation.timeout", backend: AMQPError.backend)
+        }
+    }
+
+    /// Applies one catalog record; returns the marker id for `mark` records.
+    private func apply(_ body: Data) -> String? {
+        guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: String], let op = object["op"] else { return nil }
+        let name = object["name"] ?? ""
+        switch op {
+        case "queue": catalog.kinds[name] = .queue
+        case "stream": catalog.kinds[name] = .stream
+        case "delete":
+            catalog.kinds[name] = nil
+            catalog.groups[name] = nil
+            catalog.waits[name] = nil
+        case "group": if let group = object["group"] { catalog.groups[name, default: []].insert(group) }
+        case "wait": if let ms = object["ms"].flatMap(Int.init) { catalog.waits[name, default: []].insert(ms) }
+        case "mark":
+            if let id = object["id"] {
+                if catalog.seenMarkers.count > 1000 { catalog.seenMarkers.removeAll() }
+                catalog.seenMarkers.insert(id)
+                return id
+            }
+        default: break
+        }
+        return nil
+    }
+}

@@ -1,0 +1,198 @@
+import BrokerAPI
+import Foundation
+import Synchronization
+
+/// Publishes persistent, `mandatory` messages with publisher confirms on channel 1 of its own
+/// connection.
+///
+/// Many publishes are in flight at once: each send job writes its messages and registers
+/// their delivery tags; the connection's pump resolves them as `basic.ack` / `basic.nack`
+/// arrive (one ack may confirm many tags), and each caller awaits only its own tags. An
+/// unroutable message comes back as `basic.return` (before its ack) and fails with
+/// ``BrokerError/Code/unknownDestination``. If the connection drops, unconfirmed messages
+/// fail with ``BrokerError/Code/connectionFailed`` and ``RabbitBroker`` publishes them again
+/// once the connection is back (at-least-once: a message confirmed just before the drop may
+/// then be stored twice; one never confirmed is never reported as published).
+final class RabbitPublisher: @unchecked Sendable {
+    // `@unchecked Sendable` is safe: everything below `connection` is confined to the
+    // connection's thread (touched only inside its jobs and callbacks).
+    let connection: AMQPConnection
+    private let operationTimeout: Duration
+    private static let channel: UInt16 = 1
+
+    private struct Slot {
+        let batch: ConfirmBatch
+        let index: Int
+        let messageID: String?
+        let routingKey: String
+        var returned: BrokerError?
+    }
+
+    private var nextTag: UInt64 = 1
+    private var lowestOpen: UInt64 = 1
+    private var waiting: [UInt64: Slot] = [:]
+    private var closed = false
+    private var lastSweep = ContinuousClock.now
+
+    init(connection: AMQPConnection, operationTimeout: Duration) {
+        self.connection = connection
+        self.operationTimeout = operationTimeout
+        connection.onOpen = { [weak self] in try self?.opened() }
+        connection.onLost = { [weak self] error in self?.failAll(error) }
+        connection.onIncoming = { [weak self] incoming in self?.handle(incoming) }
+        connection.onTick = { [weak self] in self?.sweep() }
+    }
+
+    /// Publishes `messages` and waits for each one's confirm. The result per message is
+    /// `nil` (confirmed) or the error that message failed with.
+    func publish(_ messages: [AMQPOutgoing], destination: String?) async -> [BrokerError?] {
+        guard !messages.isEmpty else { return [] }
+        let batch = ConfirmBatch(count: messages.count, deadline: ContinuousClock.now + operationTimeout)
+        do {
+            try await connection.run { _ in self.send(messages, batch: batch, destination: destination) }
+        } catch {
+            let failure = error as? BrokerError
+                ?? BrokerError(.closed, "publisher is closed", backend: AMQPError.backend, destination: destination)
+            for index in messages.indices { batch.complete(index, failure) }
+        }
+        return await batch.wait()
+    }
+
+    /// Fails what is still unconfirmed and closes the connection. Idempotent.
+    func close() async {
+        _ = try? await connection.run { _ in
+            self.closed = true
+            self.failAll(BrokerError.closed("publisher", backend: AMQPError.backend))
+        }
+        await connection.close()
+    }
+
+    // MARK: - On the connection's thread
+
+    private func opened() throws {
+        try connection.confirmSelect(Self.channel)
+        nextTag = 1
+        lowestOpen = 1
+    }
+
+    private func send(_ messages: [AMQPOutgoing], batch: ConfirmBatch, destination: String?) {
+        for (index, message) in messages.enumerated() {
+            if closed {
+                batch.complete(index, BrokerError.closed("publisher", backend: AMQPError.backend, destination: destination))
+                continue
+            }
+            do {
+                if !connection.isChannelOpen(Self.channel) { try opened() }
+                try connection.publish(Self.channel, message, mandatory: true, destination: destination)
+                waiting[nextTag] = Slot(batch: batch, index: index, messageID: message.properties.messageID, routingKey: message.routingKey)
+                nextTag += 1
+            } catch {
+                let failure = error as? BrokerError ?? BrokerError(.brokerError, "\(error)", backend: AMQPError.backend, destination: destination)
+                for rest in index..<messages.count { batch.complete(rest, failure) }
+                return
+            }
+        }
+    }
+
+    private func handle(_ incoming: AMQPIncoming) {
+        switch incoming {
+        case .ack(Self.channel, let tag, let multiple):
+            settle(upTo: tag, multiple: multiple, failure: nil)
+        case .nack(Self.channel, let tag, let multiple):
+            settle(
+                upTo: tag, multiple: multiple,
+                failure: BrokerError(.brokerError, "RabbitMQ could not store the message (basic.nack)", backend: AMQPError.backend))
+        case .returned(Self.channel, let code, let text, let routingKey, let properties):
+            // The return precedes its ack: mark the oldest open publish of that message.
+            let candidates = waiting.filter {
+                $0.value.returned == nil && $0.value.routingKey == routingKey && $0.value.messageID == properties.messageID
+            }
+            if let tag = candidates.keys.min() {
+                waiting[tag]?.returned = BrokerError(
+                    .unknownDestination,
+                    "queue '\(routingKey)' does not exist on \(connection.endpoint.redactedURL): the message was returned unroutable (\(code) \(text))",
+                    backend: AMQPError.backend, destination: routingKey)
+            }
+        case .channelClosed(Self.channel, let code, let text):
+            // A channel error (e.g. a message over the broker's max size) loses the channel's
+            // unconfirmed messages; the next send reopens it in confirm mode.
+            failAll(AMQPError.server(code: code, text: text, what: "publishing", destination: nil, url: connection.endpoint.redactedURL))
+        default:
+            break
+        }
+    }
+
+    private func settle(upTo tag: UInt64, multiple: Bool, failure: BrokerError?) {
+        let range = multiple ? lowestOpen...max(lowestOpen, tag) : tag...tag
+        for current in range {
+            guard let slot = waiting.removeValue(forKey: current) else { continue }
+            slot.batch.complete(slot.index, slot.returned ?? failure)
+        }
+        while lowestOpen < nextTag && waiting[lowestOpen] == nil { lowestOpen += 1 }
+    }
+
+    private func failAll(_ error: BrokerError) {
+        let slots = waiting
+        waiting = [:]
+        lowestOpen = nextTag
+        for slot in slots.values { slot.batch.complete(slot.index, error) }
+    }
+
+    /// Backstop: confirms that never come fail after `operation.timeout`.
+    private func sweep() {
+        let now = ContinuousClock.now
+        guard now - lastSweep >= .milliseconds(500), !waiting.isEmpty else { return }
+        lastSweep = now
+        for (tag, slot) in waiting where slot.batch.deadline < now {
+            waiting[tag] = nil
+            slot.batch.complete(
+                slot.index,
+                BrokerError(
+                    .timeout, "no publisher confirm within operation.timeout \(operationTimeout)", backend: AMQPError.backend,
+                    destination: slot.routingKey))
+        }
+        while lowestOpen < nextTag && waiting[lowestOpen] == nil { lowestOpen += 1 }
+    }
+}
+
+/// The confirms of one publish call: resolves when every message is confirmed or failed.
+final class ConfirmBatch: Sendable {
+    private struct State {
+        var results: [BrokerError?]
+        var done: [Bool]
+        var remaining: Int
+        var continuation: CheckedContinuation<[BrokerError?], Never>?
+    }
+    private let state: Mutex<State>
+    let deadline: ContinuousClock.Instant
+
+    init(count: Int, deadline: ContinuousClock.Instant) {
+        self.deadline = deadline
+        state = Mutex(State(results: Array(repeating: nil, count: count), done: Array(repeating: false, count: count), remaining: count))
+    }
+
+    /// Records the outcome of message `index` (the first outcome wins).
+    func complete(_ index: Int, _ error: BrokerError?) {
+        let resume = state.withLock { s -> (CheckedContinuation<[BrokerError?], Never>, [BrokerError?])? in
+            guard !s.done[index] else { return nil }
+            s.done[index] = true
+            s.results[index] = error
+            s.remaining -= 1
+            guard s.remaining == 0, let continuation = s.continuation else { return nil }
+            s.continuation = nil
+            return (continuation, s.results)
+        }
+        if let (continuation, results) = resume { continuation.resume(returning: results) }
+    }
+
+    func wait() async -> [BrokerError?] {
+        await withCheckedContinuation { continuation in
+            let results = state.withLock { s -> [BrokerError?]? in
+                if s.remaining == 0 { return s.results }
+                s.continuation = continuation
+                return nil
+            }
+            if let results { continuation.resume(returning: results) }
+        }
+    }
+}

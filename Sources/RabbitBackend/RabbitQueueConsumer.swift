@@ -1,0 +1,334 @@
+import BrokerAPI
+import Foundation
+import Logging
+import Synchronization
+
+/// A competing consumer on a work queue, on its own connection (`basic.qos` prefetch,
+/// `basic.consume`, manual acks).
+///
+/// - ack: `basic.ack`.
+/// - nack with a delay: a copy (same id, headers, `x-brokerkit-attempt` = next attempt) is
+///   published with confirms to `<queue>.wait.<ms>`, whose TTL dead-letters it back to the
+///   queue; then the original is acked. With no delay the copy goes straight to the queue.
+/// - dead-letter: the DLQ envelope is published to `<queue>.dlq` (keeping `x-death`), then
+///   the original is acked.
+/// - release, and deliveries prefetched but never handed out when the consumer closes: a
+///   copy with the same attempt number goes back to the queue (a `basic.nack` with requeue
+///   would count a delivery on quorum queues), then the original is acked.
+/// - close / crash with handed-out deliveries unsettled: the broker requeues them, and the
+///   next delivery counts the attempt (`x-delivery-count`, or `redelivered` on classic queues).
+final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
+    // `@unchecked Sendable` is safe: `consumerTag` is confined to the connection's thread;
+    // everything else is immutable or inside `state`.
+    let broker: RabbitBroker
+    let id: UInt64
+    let queue: String
+    let full: String
+    let options: QueueConsumerOptions
+    let prefetch: Int
+    let connection: AMQPConnection
+    var group: String? { nil }
+    private static let channel: UInt16 = 1
+    private var consumerTag = ""
+
+    private struct Buffered {
+        let raw: AMQPDelivery
+        let generation: UInt64
+    }
+
+    private struct State {
+        var buffer: [Buffered] = []
+        var waiters: [(id: UInt64, continuation: CheckedContinuation<Delivery?, any Error>)] = []
+        var nextWaiter: UInt64 = 0
+        var cancelledWaiters: Set<UInt64> = []
+        var closed = false
+        var failure: BrokerError?
+        /// Handed out, not settled: delivery tags of the current session.
+        var held: Set<UInt64> = []
+        var generation: UInt64 = 0
+        /// Acks waiting for the connection's thread.
+        var pendingAcks: [UInt64] = []
+    }
+    private let state = Mutex(State())
+
+    init(broker: RabbitBroker, id: UInt64, queue: String, full: String, options: QueueConsumerOptions, prefetch: Int) {
+        self.broker = broker
+        self.id = id
+        self.queue = queue
+        self.full = full
+        self.options = options
+        self.prefetch = prefetch
+        self.connection = AMQPConnection(endpoint: broker.settings.endpoint, name: "consumer-\(full)-\(id)", logger: broker.logger)
+        connection.onOpen = { [weak self] in try self?.opened() }
+        connection.onLost = { [weak self] error in self?.lost(error) }
+        connection.onIncoming = { [weak self] incoming in self?.handle(incoming) }
+    }
+
+    func start() async throws {
+        do {
+            try await connection.start()
+        } catch {
+            await connection.close()
+            throw error
+        }
+    }
+
+    var inFlight: Int { state.withLock { $0.held.count } }
+
+    // MARK: - Connection callbacks (on its thread)
+
+    private func opened() throws {
+        let generation = connection.generation
+        state.withLock { s in
+            s.generation = generation
+            s.failure = nil
+        }
+        try connection.qos(Self.channel, prefetch: prefetch)
+        consumerTag = try connection.consume(
+            Self.channel, queue: full, tag: "brokerkit-\(full)-\(id)-\(generation)", destination: queue)
+    }
+
+    private func lost(_ error: BrokerError) {
+        // The broker requeues everything this session held; drop our copies.
+        state.withLock { s in
+            s.buffer.removeAll()
+            s.held.removeAll()
+        }
+    }
+
+    private func handle(_ incoming: AMQPIncoming) {
+        switch incoming {
+        case .delivery(let raw) where raw.channel == Self.channel:
+            let generation = connection.generation
+            let handout = state.withLock { s -> (CheckedContinuation<Delivery?, any Error>, Delivery)? in
+                if !s.closed, !s.waiters.isEmpty {
+                    let waiter = s.waiters.removeFirst()
+                    s.held.insert(raw.deliveryTag)
+                    return (waiter.continuation, makeDelivery(raw, generation: generation))
+                }
+                s.buffer.append(Buffered(raw: raw, generation: generation))
+                return nil
+            }
+            if let (continuation, delivery) = handout {
+                broker.observer.record(.delivered, destination: queue)
+                continuation.resume(returning: delivery)
+            }
+        case .consumerCancelled(Self.channel, _):
+            fail(BrokerError(.unknownDestination, "'\(queue)' was deleted", backend: AMQPError.backend, destination: queue))
+        case .channelClosed(Self.channel, let code, let text):
+            // Start a fresh session: the broker requeues what the channel held.
+            connection.markBroken(AMQPError.server(
+                code: code, text: text, what: "consuming", destination: queue, url: connection.endpoint.redactedURL))
+        default:
+            break
+        }
+    }
+
+    private func fail(_ error: BrokerError) {
+        let waiters = state.withLock { s -> [CheckedContinuation<Delivery?, any Error>] in
+            s.failure = error
+            defer { s.waiters.removeAll() }
+            return s.waiters.map(\.continuation)
+        }
+        for waiter in waiters { waiter.resume(throwing: error) }
+    }
+
+    // MARK: - Deliveries
+
+    private func makeDelivery(_ raw: AMQPDelivery, generation: UInt64) -> Delivery {
+        var (message, kept) = RabbitMessageMapping.message(from: raw)
+        let base = Int(message.headers.removeValue(forKey: HeaderName.attempt) ?? "") ?? 1
+        let firstFailureAt = message.headers.removeValue(forKey: HeaderName.firstFailureAt).flatMap(ISO8601.parse)
+        let redeliveries: Int
+        if let count = raw.properties.headers[RabbitMessageMapping.deliveryCountHeader]?.intValue {
+            redeliveries = Int(count)
+        } else {
+            redeliveries = raw.redelivered ? 1 : 0
+        }
+        let attempt = max(1, base) + redeliveries
+        let settler = RabbitQueueSettler(
+            consumer: self, tag: raw.deliveryTag, generation: generation, message: message, kept: kept, attempt: attempt,
+            firstFailureAt: firstFailureAt)
+        return Delivery(
+            message: message, destination: queue, attempt: attempt, firstFailureAt: firstFailureAt, position: nil,
+            retryPolicy: options.retryPolicy, backend: AMQPError.backend, settler: settler, observer: broker.observer)
+    }
+
+    func next() async throws -> Delivery? {
+        try Task.checkCancellation()
+        let waiterID = state.withLock { s -> UInt64 in
+            s.nextWaiter += 1
+            return s.nextWaiter
+        }
+        let delivery: Delivery? = try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Delivery?, any Error>) in
+                enum Action { case resume(Delivery?), fail(any Error), wait }
+                let action = state.withLock { s -> Action in
+                    if s.cancelledWaiters.remove(waiterID) != nil { return .fail(CancellationError()) }
+                    if s.closed { return .resume(nil) }
+                    while !s.buffer.isEmpty {
+                        let item = s.buffer.removeFirst()
+                        guard item.generation == s.generation else { continue }
+                        s.held.insert(item.raw.deliveryTag)
+                        return .resume(makeDelivery(item.raw, generation: item.generation))
+                    }
+                    if let failure = s.failure { return .fail(failure) }
+                    s.waiters.append((waiterID, continuation))
+                    return .wait
+                }
+                switch action {
+                case .resume(let delivery): continuation.resume(returning: delivery)
+                case .fail(let error): continuation.resume(throwing: error)
+                case .wait: break
+                }
+            }
+        } onCancel: {
+            let continuation = state.withLock { s -> CheckedContinuation<Delivery?, any Error>? in
+                if let index = s.waiters.firstIndex(where: { $0.id == waiterID }) { return s.waiters.remove(at: index).continuation }
+                s.cancelledWaiters.insert(waiterID)
+                return nil
+            }
+            continuation?.resume(throwing: CancellationError())
+        }
+        state.withLock { _ = $0.cancelledWaiters.remove(waiterID) }
+        if delivery != nil { broker.observer.record(.delivered, destination: queue) }
+        return delivery
+    }
+
+    /// Throws unless the delivery is still held by this consumer's current session.
+    func checkHeld(_ tag: UInt64, generation: UInt64) throws {
+        let held = state.withLock { $0.generation == generation && $0.held.contains(tag) && !$0.closed }
+        guard held else {
+            throw BrokerError(
+                .closed, "delivery is no longer held (its consumer closed or its connection dropped); the broker redelivers it",
+                backend: AMQPError.backend, destination: queue)
+        }
+    }
+
+    /// `basic.ack` of a held delivery. Acks are written by the connection's thread in
+    /// batches (AMQP acks have no reply, so awaiting the socket write would only add a thread
+    /// hop per message); a connection that drops before the write makes the broker redeliver.
+    func ack(_ tag: UInt64, generation: UInt64) async throws {
+        try checkHeld(tag, generation: generation)
+        let first = state.withLock { s -> Bool in
+            s.held.remove(tag)
+            s.pendingAcks.append(tag)
+            return s.pendingAcks.count == 1
+        }
+        if first {
+            connection.submit { [self] c in
+                let (tags, lowestUnsettled) = state.withLock { s -> ([UInt64], UInt64) in
+                    defer { s.pendingAcks.removeAll(keepingCapacity: true) }
+                    let lowest = min(s.held.min() ?? .max, s.buffer.first?.raw.deliveryTag ?? .max)
+                    return (s.generation == generation ? s.pendingAcks : [], lowest)
+                }
+                guard c.generation == generation, let highest = tags.max() else { return }
+                if highest < lowestUnsettled {
+                    // Every delivery up to `highest` is settled: one ack covers them all.
+                    try? c.ack(Self.channel, tag: highest, multiple: true)
+                } else {
+                    for tag in tags { try? c.ack(Self.channel, tag: tag) }
+                }
+            }
+        }
+    }
+
+    /// Publishes `message` (plus `kept` headers) with confirms to `routingKey`, then acks.
+    func replace(_ tag: UInt64, generation: UInt64, with message: Message, kept: AMQPTable, routingKey: String) async throws {
+        try checkHeld(tag, generation: generation)
+        let outgoing = RabbitMessageMapping.outgoing(message, routingKey: routingKey, extra: kept)
+        try await broker.publishConfirmed([outgoing], user: queue, full: nil)
+        try await ack(tag, generation: generation)
+    }
+
+    /// Publishes copies (same attempt) of prefetched deliveries nobody took, then acks them.
+    private func handBackBuffered() async {
+        let leftovers = state.withLock { s -> [Buffered] in
+            defer { s.buffer.removeAll() }
+            return s.buffer.filter { $0.generation == s.generation }
+        }
+        guard !leftovers.isEmpty else { return }
+        let copies = leftovers.map { item -> AMQPOutgoing in
+            let delivery = makeDelivery(item.raw, generation: item.generation)
+            var message = delivery.message
+            message.headers[HeaderName.attempt] = String(delivery.attempt)
+            if let first = delivery.firstFailureAt { message.headers[HeaderName.firstFailureAt] = ISO8601.format(first) }
+            let kept = RabbitMessageMapping.message(from: item.raw).kept
+            return RabbitMessageMapping.outgoing(message, routingKey: full, extra: kept)
+        }
+        do {
+            try await broker.publishConfirmed(copies, user: queue, full: nil)
+            let tags = leftovers.map(\.raw.deliveryTag)
+            let generation = leftovers[0].generation
+            _ = try? await connection.run { c in
+                guard c.generation == generation else { return }
+                for tag in tags { try c.ack(Self.channel, tag: tag) }
+            }
+        } catch {
+            broker.logger.warning("could not hand back \(leftovers.count) prefetched message(s) of '\(queue)': \(error); the broker redelivers them")
+        }
+    }
+
+    func close() async {
+        let waiters = state.withLock { s -> [CheckedContinuation<Delivery?, any Error>]? in
+            guard !s.closed else { return nil }
+            s.closed = true
+            defer { s.waiters.removeAll() }
+            return s.waiters.map(\.continuation)
+        }
+        guard let waiters else { return }
+        for waiter in waiters { waiter.resume(returning: nil) }
+        // Stop deliveries, then hand back what was prefetched but never handed out. A quorum
+        // queue may still deliver what it had checked out for us just after cancel-ok, so read
+        // until the connection goes quiet, twice.
+        // Acks sent just before close free prefetch slots, and the broker refills them; let
+        // those deliveries arrive before cancelling (a quorum queue returns what it delivers
+        // to a cancelled consumer, counting an attempt).
+        _ = try? await connection.run { c in
+            try c.drainFrames(idle: .milliseconds(40))
+            try c.cancel(Self.channel, tag: self.consumerTag)
+        }
+        for quiet in [Duration.milliseconds(100), .milliseconds(50)] {
+            _ = try? await connection.run { c in try c.drainFrames(idle: quiet) }
+            await handBackBuffered()
+        }
+        await connection.close()
+        broker.untrack(id)
+    }
+}
+
+/// Settles a queue delivery (see ``RabbitQueueConsumer``).
+struct RabbitQueueSettler: DeliverySettler {
+    let consumer: RabbitQueueConsumer
+    let tag: UInt64
+    let generation: UInt64
+    let message: Message
+    let kept: AMQPTable
+    let attempt: Int
+    let firstFailureAt: Date?
+
+    func ack() async throws { try await consumer.ack(tag, generation: generation) }
+
+    func retry(after delay: Duration, nextAttempt: Int, firstFailureAt: Date, lastError: String) async throws {
+        try consumer.checkHeld(tag, generation: generation)
+        var copy = message
+        copy.headers[HeaderName.attempt] = String(nextAttempt)
+        copy.headers[HeaderName.firstFailureAt] = ISO8601.format(firstFailureAt)
+        let routingKey = delay > .milliseconds(0)
+            ? try await consumer.broker.waitQueue(for: delay, full: consumer.full, user: consumer.queue) : consumer.full
+        try await consumer.replace(tag, generation: generation, with: copy, kept: kept, routingKey: routingKey)
+    }
+
+    func deadLetter(_ envelope: DeadLetterEnvelope) async throws {
+        try consumer.checkHeld(tag, generation: generation)
+        let dlq = try await consumer.broker.admin.ensureDLQ(consumer.full, user: consumer.queue)
+        try await consumer.replace(tag, generation: generation, with: envelope.message, kept: kept, routingKey: dlq)
+    }
+
+    func release() async throws {
+        var copy = message
+        copy.headers[HeaderName.attempt] = String(attempt)
+        if let firstFailureAt { copy.headers[HeaderName.firstFailureAt] = ISO8601.format(firstFailureAt) }
+        try await consumer.replace(tag, generation: generation, with: copy, kept: kept, routingKey: consumer.full)
+    }
+}
