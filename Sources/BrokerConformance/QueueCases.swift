@@ -179,7 +179,8 @@ enum QueueCases {
         let expected: [Duration] = [.milliseconds(150), .milliseconds(300), .milliseconds(600)]
         for (gap, want) in zip(gaps, expected) {
             try c.expect(gap >= want * 0.9, "gap \(gap) shorter than backoff \(want)")
-            try c.expect(gap <= want + .milliseconds(1500), "gap \(gap) far longer than backoff \(want)")
+            // Generous: CI machines are loaded; the lower bound is what proves there is no hot loop.
+            try c.expect(gap <= want + .seconds(5), "gap \(gap) far longer than backoff \(want)")
         }
     }
 

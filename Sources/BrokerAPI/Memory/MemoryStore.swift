@@ -284,7 +284,7 @@ actor MemoryStore {
                     messageID: message.id, destination: name, position: Position(partition: partitionIndex, offset: record.offset)))
             }
         }
-        if d.kind == .queue, deliverAt.map({ $0 > now }) == true { rescheduleTimer() }
+        if d.kind == .queue, let deliverAt, deliverAt > now { scheduleTimer(at: deliverAt) }
         pump(d)
         return receipts
     }
@@ -462,10 +462,10 @@ actor MemoryStore {
             promoteDue(d, now: now)
             guard let item = d.popReady() else { return nil }
             let tag = makeID()
-            d.inflight[tag] = Inflight(
-                item: item, consumer: id, leaseExpiry: now.addingTimeInterval(state.visibilityTimeout.timeInterval))
+            let leaseExpiry = now.addingTimeInterval(state.visibilityTimeout.timeInterval)
+            d.inflight[tag] = Inflight(item: item, consumer: id, leaseExpiry: leaseExpiry)
             consumers[id]?.inflight += 1
-            rescheduleTimer()
+            scheduleTimer(at: leaseExpiry)
             return Delivery(
                 message: item.record.message, destination: d.name, attempt: item.attempt,
                 firstFailureAt: item.firstFailureAt, position: Position(offset: item.record.offset),
@@ -586,7 +586,7 @@ actor MemoryStore {
         item.due = now.addingTimeInterval(delay.timeInterval)
         if delay > .zero {
             d.insertDelayed(item)
-            rescheduleTimer()
+            scheduleTimer(at: item.due)
         } else {
             d.ready.append(item)
         }
@@ -654,8 +654,9 @@ actor MemoryStore {
         settleOutstanding(gp, offset: offset, consumer: consumer)
         guard wasOutstanding else { return }  // partition moved: the new owner re-reads it anyway
         gp.attempts[offset] = (nextAttempt, firstFailureAt)
-        gp.retry = (offset, nextAttempt, firstFailureAt, Date().addingTimeInterval(delay.timeInterval))
-        rescheduleTimer()
+        let due = Date().addingTimeInterval(delay.timeInterval)
+        gp.retry = (offset, nextAttempt, firstFailureAt, due)
+        scheduleTimer(at: due)
         pump(d)
     }
 
@@ -739,17 +740,23 @@ actor MemoryStore {
         return earliest
     }
 
-    private func rescheduleTimer() {
-        guard let deadline = nextDeadline() else { return }
-        if let current = timerDeadline, current <= deadline, timerTask != nil { return }
+    /// Makes sure the timer fires no later than `date` (cheap: no scan).
+    private func scheduleTimer(at date: Date) {
+        if let current = timerDeadline, timerTask != nil, current <= date { return }
         timerTask?.cancel()
-        timerDeadline = deadline
+        timerDeadline = date
         timerTask = Task { [weak self] in
-            let wait = deadline.timeIntervalSinceNow
+            let wait = date.timeIntervalSinceNow
             if wait > 0 { try? await Task.sleep(for: .interval(wait)) }
             if Task.isCancelled { return }
             await self?.onTimer()
         }
+    }
+
+    /// Schedules the timer for the earliest pending deadline (scans everything: only after a fire).
+    private func rescheduleTimer() {
+        guard let deadline = nextDeadline() else { return }
+        scheduleTimer(at: deadline)
     }
 
     private func onTimer() {
