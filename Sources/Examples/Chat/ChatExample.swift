@@ -70,7 +70,7 @@ public enum ChatExample {
         let expectedEmails = Set(events.compactMap { event -> String? in
             ChatDirectory.users[event.recipient]?.online == false ? "\(event.conversationID)/\(event.recipient)" : nil
         }).count
-        let state = ChatState()
+        let state = ChatState(ChatCounts())
 
         // Consumers first, so a broker that refuses them fails the run at once.
         let handlerPolicy = RetryPolicy(

@@ -126,29 +126,21 @@ struct FakeMailServer: Sendable {
 }
 
 /// What the chat app's consumers observed during one run (only this run's messages count).
-final class ChatState: Sendable {
-    struct Counts {
-        var readReceipts: Set<String> = []
-        var lastSeqByConversation: [String: Int] = [:]
-        var outOfOrder = 0
-        var pushed: Set<String> = []
-        var notified: Set<String> = []
-        var pushesDelivered = 0
-        var offlineNotifications = 0
-        var emailClaims: Set<String> = []
-        var emailsDispatched = 0
-        var emailJobs: Set<String> = []
-        var emailsSent: Set<String> = []
-        var emailRetries = 0
-        var emailsDeadLettered: Set<String> = []
-        var ignoredForeign = 0
-    }
-
-    private let counts = Mutex(Counts())
-
-    func update<R: Sendable>(_ body: (inout Counts) -> R) -> R {
-        counts.withLock { body(&$0) }
-    }
-
-    var snapshot: Counts { counts.withLock { $0 } }
+struct ChatCounts {
+    var readReceipts: Set<String> = []
+    var lastSeqByConversation: [String: Int] = [:]
+    var outOfOrder = 0
+    var pushed: Set<String> = []
+    var notified: Set<String> = []
+    var pushesDelivered = 0
+    var offlineNotifications = 0
+    var emailClaims: Set<String> = []
+    var emailsDispatched = 0
+    var emailJobs: Set<String> = []
+    var emailsSent: Set<String> = []
+    var emailRetries = 0
+    var emailsDeadLettered: Set<String> = []
+    var ignoredForeign = 0
 }
+
+typealias ChatState = ExampleTally<ChatCounts>

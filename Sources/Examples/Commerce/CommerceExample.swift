@@ -55,7 +55,7 @@ public enum CommerceExample {
             return logger
         }()
 
-        let state = CommerceState()
+        let state = CommerceState(CommerceCounts())
         let logs = LogsModule(broker: broker, runID: runID, state: state)
         let notifications = NotificationsModule(broker: broker, runID: runID, state: state)
         let imports = OrderImportModule(broker: broker, runID: runID, state: state, logs: logs, notifications: notifications)

@@ -84,31 +84,23 @@ struct FakeERP: Sendable {
 }
 
 /// What the commerce modules observed during one run (only this run's messages count).
-final class CommerceState: Sendable {
-    struct Counts {
-        // Worker-queue module.
-        var orderJobIDs: Set<String> = []
-        var imported: Set<String> = []
-        var importRetries = 0
-        var importsDeadLettered = 0
-        var duplicatesDropped = 0
-        var runningImports = 0
-        var peakImports = 0
-        // Logs module.
-        var logsPublished = 0
-        var logsConsumed: Set<String> = []
-        var logsByLevel: [String: Int] = [:]
-        // Notifications module.
-        var notificationsPublished = 0
-        var notified: Set<String> = []
-        var poisonDeadLettered = 0
-    }
-
-    private let counts = Mutex(Counts())
-
-    func update<R: Sendable>(_ body: (inout Counts) -> R) -> R {
-        counts.withLock { body(&$0) }
-    }
-
-    var snapshot: Counts { counts.withLock { $0 } }
+struct CommerceCounts {
+    // Worker-queue module.
+    var orderJobIDs: Set<String> = []
+    var imported: Set<String> = []
+    var importRetries = 0
+    var importsDeadLettered = 0
+    var duplicatesDropped = 0
+    var runningImports = 0
+    var peakImports = 0
+    // Logs module.
+    var logsPublished = 0
+    var logsConsumed: Set<String> = []
+    var logsByLevel: [String: Int] = [:]
+    // Notifications module.
+    var notificationsPublished = 0
+    var notified: Set<String> = []
+    var poisonDeadLettered = 0
 }
+
+typealias CommerceState = ExampleTally<CommerceCounts>

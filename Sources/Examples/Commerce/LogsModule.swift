@@ -56,7 +56,7 @@ struct LogsModule: Sendable {
     }
 
     /// Whether every published event was aggregated and the group has no lag.
-    func progress(_ counts: CommerceState.Counts) async throws -> (done: Bool, lag: Int?, status: String) {
+    func progress(_ counts: CommerceCounts) async throws -> (done: Bool, lag: Int?, status: String) {
         let lag = ExampleSupport.lag(of: Self.group, in: try await broker.stats(for: Self.stream))
         let done = counts.logsConsumed.count == counts.logsPublished && lag == 0
         return (done, lag, "logs \(counts.logsConsumed.count)/\(counts.logsPublished) (lag \(lag.map(String.init) ?? "?"))")

@@ -75,7 +75,7 @@ struct NotificationsModule: Sendable {
             .map(DeadLetterSummary.init)
     }
 
-    func progress(_ counts: CommerceState.Counts, orders: Int) async throws -> (done: Bool, status: String) {
+    func progress(_ counts: CommerceCounts, orders: Int) async throws -> (done: Bool, status: String) {
         let stats = try await broker.stats(for: Self.queue)
         let dlq = counts.poisonDeadLettered >= 1 ? try await deadLetters().count : 0
         let done = counts.notified.count == orders && counts.poisonDeadLettered == 1 && dlq == 1

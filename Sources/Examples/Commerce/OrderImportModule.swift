@@ -90,7 +90,7 @@ struct OrderImportModule: Sendable {
         return worker
     }
 
-    func progress(_ counts: CommerceState.Counts, orders: Int) async throws -> (done: Bool, status: String) {
+    func progress(_ counts: CommerceCounts, orders: Int) async throws -> (done: Bool, status: String) {
         let stats = try await broker.stats(for: Self.queue)
         let done = counts.imported.count == orders && counts.duplicatesDropped == 1
             && stats.depth == 0 && stats.inFlight == 0 && stats.delayed == 0

@@ -2,6 +2,20 @@ import BrokerAPI
 import Foundation
 import Logging
 import ServiceLifecycle
+import Synchronization
+
+/// Counters an example's consumers update from many tasks at once.
+final class ExampleTally<Counts: Sendable>: Sendable {
+    private let counts: Mutex<Counts>
+
+    init(_ initial: Counts) { counts = Mutex(initial) }
+
+    func update<R: Sendable>(_ body: (inout Counts) -> R) -> R {
+        counts.withLock { body(&$0) }
+    }
+
+    var snapshot: Counts { counts.withLock { $0 } }
+}
 
 /// Helpers shared by the example apps.
 enum ExampleSupport {
