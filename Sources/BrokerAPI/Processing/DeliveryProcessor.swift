@@ -98,7 +98,7 @@ public final class DeliveryProcessor: Sendable {
         if isStopping { task.cancel() }
 
         let running = RunningCount()
-        let idle = AsyncSignalRepeating()
+        let idle = WakeSignal()
         await withTaskCancellationHandler {
             await withDiscardingTaskGroup { group in
                 for await (delivery, ticket) in stream {
@@ -106,12 +106,15 @@ public final class DeliveryProcessor: Sendable {
                     group.addTask { [self] in
                         await self.handle(delivery, ticket: ticket, gate: gate)
                         slots.release()
-                        if running.add(-1) == 0 { idle.fire() }
+                        if running.add(-1) == 0 { idle.signal() }
                     }
                 }
                 // Fetching ended (stop, consumer closed or cancelled): drain with a deadline.
                 let deadline = ContinuousClock.now + options.shutdownTimeout
-                let finished = await idle.wait(until: deadline) { running.value == 0 }
+                while running.value > 0 && ContinuousClock.now < deadline && !Task.isCancelled {
+                    await idle.wait(timeout: min(deadline - ContinuousClock.now, .milliseconds(50)))
+                }
+                let finished = running.value == 0
                 if !finished {
                     logger.warning("shutdown timeout reached; cancelling \(running.value) running handlers")
                     group.cancelAll()
@@ -248,45 +251,6 @@ final class AsyncSemaphore: Sendable {
             return s.waiters.removeFirst().1
         }
         continuation?.resume()
-    }
-}
-
-/// Wakes a waiter whenever a condition may have become true; the waiter re-checks it.
-final class AsyncSignalRepeating: Sendable {
-    private let waiter = Mutex<CheckedContinuation<Void, Never>?>(nil)
-
-    func fire() {
-        let continuation = waiter.withLock { w -> CheckedContinuation<Void, Never>? in
-            defer { w = nil }
-            return w
-        }
-        continuation?.resume()
-    }
-
-    /// Waits until `condition` holds (re-checked on every fire and every 50 ms) or `deadline`
-    /// passes; returns whether it holds.
-    func wait(until deadline: ContinuousClock.Instant, condition: @Sendable () -> Bool) async -> Bool {
-        while !condition() {
-            if ContinuousClock.now >= deadline || Task.isCancelled { return condition() }
-            let slice = min(deadline - ContinuousClock.now, .milliseconds(50))
-            await withTaskGroup(of: Void.self) { group in
-                group.addTask { [self] in
-                    await withCheckedContinuation { continuation in
-                        let old = self.waiter.withLock { w -> CheckedContinuation<Void, Never>? in
-                            defer { w = continuation }
-                            return w
-                        }
-                        old?.resume()
-                    }
-                }
-                group.addTask { try? await Task.sleep(for: slice) }
-                await group.next()
-                self.fire()
-                group.cancelAll()
-                await group.waitForAll()
-            }
-        }
-        return true
     }
 }
 
