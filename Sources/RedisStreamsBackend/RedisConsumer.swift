@@ -91,10 +91,7 @@ final class RedisConsumer: MessageConsumer, Sendable {
 
     func next() async throws -> Delivery? {
         let delivery = try await buffer.next()
-        if let delivery {
-            broker.observer.record(.delivered, destination: destination)
-            _ = delivery
-        }
+        if delivery != nil { broker.observer.record(.delivered, destination: destination) }
         return delivery
     }
 

@@ -22,8 +22,8 @@ struct RedisRestartTests {
         let broker = try await RedisTestSupport.connect(["operation.timeout": "20s"])
         let queue = "restart-\(UUID().uuidString.prefix(8))"
         try await broker.createQueue(queue)
-        let acknowledged = LockedList()
-        let handled = LockedList()
+        let acknowledged = Collector<String>()
+        let handled = Collector<String>()
         let consumer = try await broker.consumeQueue(queue, options: .init(prefetch: 8))
         let consuming = Task {
             while handled.count < 1_000_000 {
@@ -80,13 +80,4 @@ struct RedisRestartTests {
         await consumer.close()
         await broker.close()
     }
-}
-
-final class LockedList: @unchecked Sendable {
-    // Safe: every access holds `lock`.
-    private var items: [String] = []
-    private let lock = NSLock()
-    func append(_ item: String) { lock.lock(); items.append(item); lock.unlock() }
-    var values: [String] { lock.lock(); defer { lock.unlock() }; return items }
-    var count: Int { values.count }
 }

@@ -123,13 +123,12 @@ public enum Brokers {
         }
         let fromSources = try configuration(from: ConfigReader(providers: providers), registry: registry)
         guard url != nil || !options.isEmpty else { return fromSources }
-        let chosenURL = url ?? fromSources.url.source
         if let url, try BrokerURL(url).scheme != fromSources.scheme {
             // Another backend: the environment's options belong to the old one.
             return try configuration(url: url, options: options, registry: registry)
         }
         let merged = fromSources.options.merging(options) { $1 }
-        return try configuration(url: url ?? chosenURL, options: merged, registry: registry)
+        return try configuration(url: url ?? fromSources.url.source, options: merged, registry: registry)
     }
 
     /// Connects using ``configurationFromEnvironment(_:configFile:registry:)``.

@@ -389,10 +389,7 @@ actor MemoryStore {
                 let gp = group.partitions[index]
                 gp.cursor = gp.committed ?? d.partitions[index].baseOffset
                 gp.acked = gp.acked.filter { $0 >= gp.cursor }
-                for (offset, member) in gp.outstanding {
-                    consumers[member]?.inflight -= 1
-                    _ = offset
-                }
+                for member in gp.outstanding.values { consumers[member]?.inflight -= 1 }
                 gp.outstanding = [:]
                 if let retry = gp.retry { gp.cursor = min(gp.cursor, retry.offset) }
                 gp.retry = nil
