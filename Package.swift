@@ -51,7 +51,10 @@ let package = Package(
                        providers: [.apt(["libhiredis-dev"])]),
         .target(
             name: "KafkaBackend",
-            dependencies: ["BrokerAPI", "CRdKafka", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "BrokerAPI", "CRdKafka", .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+            ],
             swiftSettings: swiftSettings
         ),
         .target(

@@ -27,6 +27,13 @@ public struct BrokerConfiguration: Sendable, CustomStringConvertible {
     public func double(_ name: String) -> Double? { string(name).flatMap { Double($0) } }
     public func bool(_ name: String) -> Bool? { string(name).map { $0 == "true" } }
     public func duration(_ name: String) -> Duration? { string(name).flatMap(BrokerOption.parseDuration) }
+    /// The options of a pass-through family (see ``BrokerOption/init(prefix:_:)``), with the
+    /// prefix removed: `rdkafka.fetch.wait.max.ms` → `fetch.wait.max.ms`.
+    public func options(withPrefix prefix: String) -> [String: String] {
+        var found: [String: String] = [:]
+        for (key, value) in options where key.hasPrefix(prefix) { found[String(key.dropFirst(prefix.count))] = value }
+        return found
+    }
 
     /// `connect.timeout`.
     public var connectTimeout: Duration { duration("connect.timeout") ?? .seconds(5) }
@@ -41,7 +48,7 @@ public struct BrokerConfiguration: Sendable, CustomStringConvertible {
 
     public var description: String {
         let shown = options.keys.sorted().map { key -> String in
-            let secret = specs.first { $0.name == key }?.isSecret ?? BrokerOption.looksSecret(key)
+            let secret = (specs.first { $0.matches(key) }?.isSecret ?? false) || BrokerOption.looksSecret(key)
             return "\(key)=\(secret ? "***" : options[key]!)"
         }
         return "BrokerConfiguration(\(url.redacted)\(shown.isEmpty ? "" : ", " + shown.joined(separator: ", ")))"

@@ -20,6 +20,9 @@ public struct BrokerOption: Sendable, Hashable {
     public let defaultValue: String?
     /// Secret values are redacted in every description.
     public let isSecret: Bool
+    /// A pass-through family: every key starting with ``name`` (which ends with `.`) is
+    /// accepted and handed to the backend, which validates it (e.g. `rdkafka.` → librdkafka).
+    public let isPrefix: Bool
 
     public init(_ name: String, _ type: ValueType, default defaultValue: String? = nil, secret: Bool = false, _ summary: String) {
         self.name = name
@@ -27,6 +30,22 @@ public struct BrokerOption: Sendable, Hashable {
         self.summary = summary
         self.defaultValue = defaultValue
         self.isSecret = secret || BrokerOption.looksSecret(name)
+        self.isPrefix = false
+    }
+
+    /// A pass-through family of string options: every key starting with `prefix`.
+    public init(prefix: String, _ summary: String) {
+        self.name = prefix
+        self.type = .string
+        self.summary = summary
+        self.defaultValue = nil
+        self.isSecret = false
+        self.isPrefix = true
+    }
+
+    /// Whether `key` is this option (or, for a prefix family, one of its members).
+    public func matches(_ key: String) -> Bool {
+        isPrefix ? key.hasPrefix(name) && key.count > name.count : key == name
     }
 
     /// Checks `value`; returns it normalized (trimmed, lower-cased for choices and bools).

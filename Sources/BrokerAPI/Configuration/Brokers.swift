@@ -29,7 +29,7 @@ public enum Brokers {
         for (key, value) in options { merged[key] = value }
         var validated: [String: String] = [:]
         for (key, value) in merged {
-            guard let spec = specs.first(where: { $0.name == key }) else {
+            guard let spec = specs.first(where: { $0.matches(key) }) else {
                 throw BrokerError.invalidConfiguration(
                     "unknown option '\(key)' for \(backend.name) (\(parsed.redacted)); known options: \(specs.map(\.name).sorted().joined(separator: ", "))",
                     backend: backend.name)
@@ -70,7 +70,7 @@ public enum Brokers {
             return try configuration(url: url, registry: registry)  // throws unknownScheme
         }
         var options: [String: String] = [:]
-        for spec in BrokerOption.common + backend.options {
+        for spec in BrokerOption.common + backend.options where !spec.isPrefix {
             let key = ConfigKey(backend.optionNamespace + "." + spec.name)
             if let value = reader.string(forKey: key, isSecret: spec.isSecret) {
                 options[spec.name] = value

@@ -1,0 +1,391 @@
+import BrokerAPI
+import CRdKafka
+import Foundation
+import Logging
+import Synchronization
+
+/// A connection to a Kafka cluster serving BrokerKit queues and streams (see ``KafkaBackend``).
+///
+/// Topics, for a destination `name` (after the `prefix` option; `:` becomes `.`):
+/// - `name` — the topic (queues and streams)
+/// - `name.dlq` — dead letters; the group `name.dlq.replayed` marks how far they were replayed
+/// - queues only: `name.delay` (publish with `deliverAt`) and `name.retry.1` … `name.retry.N`
+///   (non-blocking retries), all read by the queue's group `name.workers` (or `group.id`)
+/// A destination is a queue when its `.delay` topic exists, else a stream.
+final class KafkaBroker: Broker {
+    let configuration: BrokerConfiguration
+    let settings: KafkaConfiguration
+    let producer: KafkaProducer
+    let admin: KafkaAdminClient
+    let logger: Logger
+    let observer = DeliveryObserver.shared(for: "kafka")
+    private let state = Mutex<(closed: Bool, kinds: [String: DestinationKind], dlqs: Set<String>, consumers: [ObjectIdentifier: KafkaConsumer])>((false, [:], [], [:]))
+
+    var backendName: String { "kafka" }
+    var capabilities: BrokerCapabilities { KafkaBackend.capabilities }
+
+    private init(configuration: BrokerConfiguration, settings: KafkaConfiguration, producer: KafkaProducer, logger: Logger) {
+        self.configuration = configuration
+        self.settings = settings
+        self.producer = producer
+        self.admin = KafkaAdminClient(handle: producer.handle, settings: settings)
+        self.logger = logger
+    }
+
+    static func connect(configuration: BrokerConfiguration, logger: Logger) async throws -> KafkaBroker {
+        let settings = try KafkaConfiguration(configuration)
+        let producer = try KafkaProducer(settings: settings, logger: logger)
+        let broker = KafkaBroker(configuration: configuration, settings: settings, producer: producer, logger: logger)
+        do {
+            // One metadata round trip proves the cluster answers (and the credentials work).
+            _ = try await broker.admin.metadata(topic: nil, timeout: settings.connectTimeout)
+        } catch let error as BrokerError {
+            await broker.close()
+            var code = error.code
+            if code == .timeout || code == .brokerError { code = .connectionFailed }
+            if let detail = producer.handle.lastErrorDetail, detail.contains("AUTHENTICATION") || detail.contains("SASL") {
+                code = .authenticationFailed
+            }
+            throw BrokerError(
+                code, "cannot connect to kafka \(settings.server) within \(settings.connectTimeout): \(error.message)",
+                backend: "kafka")
+        }
+        return broker
+    }
+
+    // MARK: - Names and kinds
+
+    func checkOpen(_ destination: String? = nil) throws {
+        if state.withLock({ $0.closed }) {
+            throw BrokerError.closed("kafka broker \(settings.server)", backend: backendName, destination: destination)
+        }
+    }
+
+    func validate(_ destination: String) throws {
+        try checkOpen(destination)
+        try DestinationName.validate(destination, backend: backendName)
+    }
+
+    /// The kind of `destination`, creating it as `createAs` when missing and auto-create is on.
+    func kind(of destination: String, createAs: DestinationKind?) async throws -> DestinationKind {
+        if let known = state.withLock({ $0.kinds[destination] }) { return known }
+        let topic = settings.topic(destination)
+        if try await admin.partitions(of: topic) != nil {
+            let kind: DestinationKind = try await admin.partitions(of: settings.delayTopic(destination)) != nil ? .queue : .stream
+            state.withLock { $0.kinds[destination] = kind }
+            return kind
+        }
+        guard let createAs, settings.autoCreate else {
+            throw BrokerError(
+                .unknownDestination, "topic '\(topic)' does not exist on kafka \(settings.server) and auto.create is off",
+                backend: backendName, destination: destination)
+        }
+        try await create(destination, kind: createAs, options: DestinationOptions())
+        return createAs
+    }
+
+    private func topicConfigs(_ options: DestinationOptions, kind: DestinationKind) -> [String: String] {
+        var configs: [String: String] = ["max.message.bytes": settings.common["message.max.bytes"] ?? "1048588"]
+        if kind == .stream, let retention = options.retention {
+            if let age = retention.maxAge { configs["retention.ms"] = String(KafkaConfiguration.milliseconds(age)) }
+            if let bytes = retention.maxBytes { configs["retention.bytes"] = String(bytes) }
+        }
+        for (key, value) in options.backendSettings { configs[key] = value }
+        return configs
+    }
+
+    private func create(_ destination: String, kind: DestinationKind, options: DestinationOptions) async throws {
+        let partitions = options.partitions ?? settings.defaultPartitions
+        let replication = options.replicationFactor ?? settings.defaultReplication
+        var topics = [KafkaAdminClient.NewTopic(
+            name: settings.topic(destination), partitions: partitions, replication: replication,
+            configs: topicConfigs(options, kind: kind))]
+        let companionConfigs = ["max.message.bytes": settings.common["message.max.bytes"] ?? "1048588"]
+        if kind == .queue {
+            for name in [settings.delayTopic(destination)] + settings.retryTopics(destination) {
+                topics.append(.init(name: name, partitions: 1, replication: replication, configs: companionConfigs))
+            }
+        }
+        topics.append(.init(name: settings.dlqTopic(destination), partitions: 1, replication: replication, configs: companionConfigs))
+        try await admin.createTopics(topics, destination: destination)
+        // Topic creation propagates asynchronously: wait until metadata shows every topic.
+        let deadline = ContinuousClock.now + settings.operationTimeout
+        for topic in topics {
+            while try await admin.partitions(of: topic.name) == nil {
+                guard ContinuousClock.now < deadline else {
+                    throw BrokerError(.timeout, "topic '\(topic.name)' was created but never appeared in the metadata", backend: backendName, destination: destination)
+                }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        state.withLock { s in
+            s.kinds[destination] = kind
+            s.dlqs.insert(destination)
+        }
+    }
+
+    /// Makes sure the destination's DLQ topic exists (e.g. for topics created by other tools).
+    func ensureDLQ(_ destination: String) async throws {
+        if state.withLock({ $0.dlqs.contains(destination) }) { return }
+        let dlq = settings.dlqTopic(destination)
+        if try await admin.partitions(of: dlq) == nil {
+            try await admin.createTopics(
+                [.init(name: dlq, partitions: 1, replication: settings.defaultReplication, configs: [:])], destination: destination)
+            while try await admin.partitions(of: dlq) == nil { try await Task.sleep(for: .milliseconds(20)) }
+        }
+        state.withLock { _ = $0.dlqs.insert(destination) }
+    }
+
+    // MARK: - Publishing
+
+    func publish(_ message: Message, to destination: String, options: PublishOptions) async throws -> PublishReceipt {
+        try await publish([message], to: destination, options: options)[0]
+    }
+
+    func publish(_ messages: [Message], to destination: String, options: PublishOptions) async throws -> [PublishReceipt] {
+        try validate(destination)
+        let prepared = try messages.map {
+            try PublishValidation.prepare($0, to: destination, configuration: configuration, backend: backendName)
+        }
+        if prepared.isEmpty { return [] }
+        let kind = try await kind(of: destination, createAs: .queue)
+        var topic = settings.topic(destination)
+        var extra: [String: String] = [:]
+        if let deliverAt = options.deliverAt, deliverAt > Date() {
+            guard kind == .queue else {
+                throw BrokerError(.unsupported, "delayed delivery applies to queues; '\(destination)' is a stream", backend: backendName, destination: destination)
+            }
+            topic = settings.delayTopic(destination)
+            extra[HeaderName.deliverAt] = ISO8601.format(deliverAt)
+        }
+        let records = prepared.map { OutgoingRecord(topic: topic, message: $0, extraHeaders: extra) }
+        let positions: [(Int32, Int64)]
+        do {
+            positions = try await producer.produce(records, destination: destination)
+        } catch let error as BrokerError where error.code == .messageTooLarge {
+            throw BrokerError(.messageTooLarge, "\(error.message) (message ids \(prepared.map(\.id).joined(separator: ", ")))", backend: backendName, destination: destination)
+        }
+        observer.record(.published, destination: destination, count: prepared.count)
+        let delayed = topic != settings.topic(destination)
+        return zip(prepared, positions).map { message, position in
+            PublishReceipt(
+                messageID: message.id, destination: destination,
+                position: delayed ? nil : Position(partition: Int(position.0), offset: position.1))
+        }
+    }
+
+    // MARK: - Consumers
+
+    func consumeQueue(_ queue: String, options: QueueConsumerOptions) async throws -> any MessageConsumer {
+        try validate(queue)
+        let kind = try await kind(of: queue, createAs: .queue)
+        guard kind == .queue else {
+            throw BrokerError(.wrongDestinationKind, "'\(queue)' is a stream, not a queue", backend: backendName, destination: queue)
+        }
+        return try await start(KafkaConsumer(broker: self, destination: queue, mode: .queue(options)))
+    }
+
+    func consumeStream(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer {
+        try validate(stream)
+        try DestinationName.validate(group, what: "group", backend: backendName)
+        let kind = try await kind(of: stream, createAs: .stream)
+        guard kind == .stream else {
+            throw BrokerError(.wrongDestinationKind, "'\(stream)' is a queue, not a stream", backend: backendName, destination: stream)
+        }
+        return try await start(KafkaConsumer(broker: self, destination: stream, mode: .stream(group: group, options)))
+    }
+
+    private func start(_ consumer: KafkaConsumer) async throws -> KafkaConsumer {
+        state.withLock { $0.consumers[ObjectIdentifier(consumer)] = consumer }
+        do {
+            try await consumer.start()
+        } catch {
+            untrack(consumer)
+            throw error
+        }
+        return consumer
+    }
+
+    func untrack(_ consumer: KafkaConsumer) {
+        state.withLock { _ = $0.consumers.removeValue(forKey: ObjectIdentifier(consumer)) }
+    }
+
+    private func localConsumers(of destination: String) -> [KafkaConsumer] {
+        state.withLock { s in s.consumers.values.filter { $0.destination == destination } }
+    }
+
+    // MARK: - Admin
+
+    func createDestination(_ name: String, kind: DestinationKind, options: DestinationOptions) async throws {
+        try validate(name)
+        if try await admin.partitions(of: settings.topic(name)) != nil {
+            let existing: DestinationKind = try await admin.partitions(of: settings.delayTopic(name)) != nil ? .queue : .stream
+            guard existing == kind else {
+                throw BrokerError(
+                    .wrongDestinationKind, "'\(name)' already exists as a \(existing), cannot create it as a \(kind)",
+                    backend: backendName, destination: name)
+            }
+            if kind == .queue {
+                // Make sure every companion topic exists (topics created by older versions or by hand).
+                try await create(name, kind: kind, options: options)
+            }
+            state.withLock { $0.kinds[name] = existing }
+            return
+        }
+        try await create(name, kind: kind, options: options)
+    }
+
+    func deleteDestination(_ name: String) async throws {
+        try validate(name)
+        let topic = settings.topic(name)
+        let names = [topic, settings.dlqTopic(name), settings.delayTopic(name)] + settings.retryTopics(name)
+        let existing = Set(try await admin.metadata().map(\.name))
+        try await admin.deleteTopics(names.filter(existing.contains), destination: name)
+        state.withLock { s in
+            s.kinds.removeValue(forKey: name)
+            s.dlqs.remove(name)
+        }
+    }
+
+    func listDestinations() async throws -> [DestinationInfo] {
+        try checkOpen()
+        let topics = try await admin.metadata()
+        let names = Set(topics.map(\.name))
+        let prefix = settings.topic("")
+        return topics.compactMap { topic -> DestinationInfo? in
+            guard topic.name.hasPrefix(prefix), !topic.name.hasPrefix("__"), !KafkaConfiguration.isCompanion(topic.name) else { return nil }
+            let kind: DestinationKind = names.contains(topic.name + ".delay") ? .queue : .stream
+            return DestinationInfo(name: String(topic.name.dropFirst(prefix.count)), kind: kind, partitions: topic.partitions)
+        }.sorted { $0.name < $1.name }
+    }
+
+    /// Lag of `group` on `topic`: high watermark − committed offset (low watermark when none).
+    private func lag(topic: String, partitions: Int, committed: [TopicPartition: Int64], marks: [(low: Int64, high: Int64)]) -> Int {
+        var total: Int64 = 0
+        for p in 0..<partitions {
+            let mark = marks[p]
+            let from = max(committed[TopicPartition(topic: topic, partition: Int32(p))] ?? mark.low, mark.low)
+            total += max(0, mark.high - from)
+        }
+        return Int(total)
+    }
+
+    func stats(for destination: String) async throws -> DestinationStats {
+        try validate(destination)
+        let topic = settings.topic(destination)
+        guard let partitions = try await admin.partitions(of: topic) else {
+            throw BrokerError(.unknownDestination, "topic '\(topic)' does not exist on kafka \(settings.server)", backend: backendName, destination: destination)
+        }
+        let kind = try await kind(of: destination, createAs: nil)
+        let marks = try await admin.watermarks(topic: topic, partitions: partitions)
+        let deadLettered = try await dlqBacklog(destination).count
+        let local = localConsumers(of: destination)
+        if kind == .queue {
+            let group = settings.queueGroup(destination)
+            let companions = [settings.delayTopic(destination)] + settings.retryTopics(destination)
+            var tps = (0..<partitions).map { TopicPartition(topic: topic, partition: Int32($0)) }
+            var companionParts: [(String, Int)] = []
+            for name in companions {
+                let count = try await admin.partitions(of: name) ?? 0
+                companionParts.append((name, count))
+                tps += (0..<count).map { TopicPartition(topic: name, partition: Int32($0)) }
+            }
+            let committed = try await admin.committed(group: group, partitions: tps)
+            let mainLag = lag(topic: topic, partitions: partitions, committed: committed, marks: marks)
+            var delayed = 0
+            for (name, count) in companionParts where count > 0 {
+                let companionMarks = try await admin.watermarks(topic: name, partitions: count)
+                delayed += lag(topic: name, partitions: count, committed: committed, marks: companionMarks)
+            }
+            let inFlight = local.reduce(0) { $0 + $1.unsettled }
+            let positions = (0..<partitions).compactMap { p -> Position? in
+                committed[TopicPartition(topic: topic, partition: Int32(p))].map { Position(partition: p, offset: $0) }
+            }
+            return DestinationStats(
+                name: destination, kind: .queue, depth: max(0, mainLag - inFlight), inFlight: inFlight,
+                delayed: max(0, delayed), deadLettered: deadLettered,
+                groups: [GroupStats(group: group, lag: mainLag, pending: inFlight, consumers: local.count, committed: positions)])
+        }
+        let depth = Int(marks.reduce(Int64(0)) { $0 + max(0, $1.high - $1.low) })
+        let tps = (0..<partitions).map { TopicPartition(topic: topic, partition: Int32($0)) }
+        let groupPrefix = settings.streamGroup("")
+        let candidates = try await admin.groups().filter { $0.hasPrefix(groupPrefix) }
+        let offsets = try await admin.committed(groups: candidates, partitions: tps)
+        var groups: [GroupStats] = []
+        for (groupID, committed) in offsets.sorted(by: { $0.key < $1.key }) where !committed.isEmpty {
+            let name = String(groupID.dropFirst(groupPrefix.count))
+            let members = local.filter { $0.groupID == groupID }
+            let positions = committed.sorted { $0.key.partition < $1.key.partition }.map { Position(partition: Int($0.key.partition), offset: $0.value) }
+            groups.append(GroupStats(
+                group: name, lag: lag(topic: topic, partitions: partitions, committed: committed, marks: marks),
+                pending: members.reduce(0) { $0 + $1.unsettled }, consumers: members.count, committed: positions))
+        }
+        return DestinationStats(name: destination, kind: .stream, depth: depth, inFlight: local.reduce(0) { $0 + $1.unsettled }, delayed: 0, deadLettered: deadLettered, groups: groups)
+    }
+
+    // MARK: - Dead letters
+
+    /// Where the DLQ's unreplayed entries start and end, per partition.
+    private func dlqBacklog(_ destination: String) async throws -> (ranges: [(TopicPartition, Int64, Int64)], count: Int) {
+        let dlq = settings.dlqTopic(destination)
+        guard let partitions = try await admin.partitions(of: dlq) else { return ([], 0) }
+        let marks = try await admin.watermarks(topic: dlq, partitions: partitions)
+        let tps = (0..<partitions).map { TopicPartition(topic: dlq, partition: Int32($0)) }
+        let committed = try await admin.committed(group: settings.dlqGroup(destination), partitions: tps)
+        var ranges: [(TopicPartition, Int64, Int64)] = []
+        var count: Int64 = 0
+        for (p, tp) in tps.enumerated() {
+            let from = max(committed[tp] ?? marks[p].low, marks[p].low)
+            if marks[p].high > from {
+                ranges.append((tp, from, marks[p].high))
+                count += marks[p].high - from
+            }
+        }
+        return (ranges, Int(count))
+    }
+
+    func deadLetters(of destination: String, limit: Int) async throws -> [DeadLetterEntry] {
+        try validate(destination)
+        let backlog = try await dlqBacklog(destination)
+        let records = try await KafkaReader.read(ranges: backlog.ranges, limit: limit, broker: self)
+        return records.compactMap { record in
+            DeadLetterEnvelope(dlqMessage: KafkaRecordLayout.message(from: record)).map {
+                DeadLetterEntry(envelope: $0, position: Position(partition: Int(record.partition), offset: record.offset))
+            }
+        }
+    }
+
+    func replayDeadLetters(of destination: String, limit: Int) async throws -> Int {
+        try validate(destination)
+        let backlog = try await dlqBacklog(destination)
+        let records = try await KafkaReader.read(ranges: backlog.ranges, limit: limit, broker: self)
+        if records.isEmpty { return 0 }
+        var outgoing: [OutgoingRecord] = []
+        var next: [TopicPartition: Int64] = [:]
+        for record in records {
+            next[record.topicPartition] = max(next[record.topicPartition] ?? 0, record.offset + 1)
+            let message = KafkaRecordLayout.message(from: record)
+            guard let envelope = DeadLetterEnvelope(dlqMessage: message) else { continue }
+            var original = envelope.original
+            original.headers.removeValue(forKey: "x-brokerkit-group")
+            outgoing.append(OutgoingRecord(topic: settings.topic(destination), message: original))
+        }
+        _ = try await producer.produce(outgoing, destination: destination)
+        try await admin.commit(group: settings.dlqGroup(destination), offsets: next)
+        return outgoing.count
+    }
+
+    // MARK: - Close
+
+    func close() async {
+        let (first, consumers) = state.withLock { s -> (Bool, [KafkaConsumer]) in
+            guard !s.closed else { return (false, []) }
+            s.closed = true
+            return (true, Array(s.consumers.values))
+        }
+        guard first else { return }
+        for consumer in consumers { await consumer.close() }
+        admin.shutdown()
+        await producer.close(timeout: settings.operationTimeout)
+    }
+}

@@ -1,0 +1,633 @@
+import BrokerAPI
+import CRdKafka
+import Foundation
+import Logging
+import Synchronization
+
+/// A consumer-group member: one librdkafka consumer whose polls, rebalances, pauses and
+/// commits all run on its own thread.
+///
+/// - Per-message settlement on top of offsets: each partition keeps the offsets it handed
+///   out in fetch order; only the contiguous run of settled offsets is committed.
+/// - Prefetch: when `prefetch` deliveries are unsettled, every assigned partition is paused
+///   (librdkafka drops what it fetched ahead and refetches from the next offset on resume).
+/// - Retry/delay topics: a record whose `x-brokerkit-deliver-at` lies ahead is held until
+///   due; past `delay.hold.max` held records its partition pauses.
+/// - In-place retries (streams, and queues in `blocking` mode) pause the partition until
+///   the redelivery, so later records of that partition wait.
+/// - Revoked partitions commit what is done; unsettled work of lost partitions is dropped
+///   (its acks become no-ops) and the new owner redelivers it.
+final class KafkaConsumer: MessageConsumer, Sendable {
+    enum Mode: Sendable {
+        case queue(QueueConsumerOptions)
+        case stream(group: String, StreamConsumerOptions)
+    }
+
+    struct Held: Sendable {
+        let record: KafkaRecord
+        let epoch: Int
+        let due: Date
+    }
+
+    struct PartitionState {
+        var order: [Int64] = []
+        var head = 0
+        var done: Set<Int64> = []
+        var last: Int64?
+        var committed: Int64?
+        let epoch: Int
+        var held = 0
+        var blocked = 0
+
+        /// The offset to commit: the first not-done one, or one past the last handed out.
+        var commitOffset: Int64? {
+            if head < order.count { return order[head] }
+            return last.map { $0 + 1 }
+        }
+
+        mutating func markDone(_ offset: Int64) {
+            done.insert(offset)
+            while head < order.count, done.remove(order[head]) != nil { head += 1 }
+            if head > 1024 && head * 2 > order.count {
+                order.removeFirst(head)
+                head = 0
+            }
+        }
+    }
+
+    struct State {
+        var partitions: [TopicPartition: PartitionState] = [:]
+        var epochs = 0
+        var outstanding = 0
+        var held: [Held] = []
+        var paused: Set<TopicPartition> = []
+        var dirty: Set<TopicPartition> = []
+        var joined = false
+        var joinWaiters: [CheckedContinuation<Void, Never>] = []
+        var closing = false
+        var finished = false
+        var finishWaiters: [CheckedContinuation<Void, Never>] = []
+        var joinError: BrokerError?
+    }
+
+    let broker: KafkaBroker
+    let destination: String
+    let mainTopic: String
+    let topics: [String]
+    let groupID: String
+    let mode: Mode
+    let handle: RdKafkaHandle
+    let buffer = DeliveryBuffer()
+    let state = Mutex(State())
+    private let consumerQueue: Mutex<OpaquePointer?>
+    let logger: Logger
+
+    var prefetch: Int {
+        switch mode {
+        case .queue(let o): return o.prefetch
+        case .stream(_, let o): return o.prefetch
+        }
+    }
+    var retryPolicy: RetryPolicy {
+        switch mode {
+        case .queue(let o): return o.retryPolicy
+        case .stream(_, let o): return o.retryPolicy
+        }
+    }
+    var group: String? {
+        if case .stream(let group, _) = mode { return group }
+        return nil
+    }
+    var isQueue: Bool { if case .queue = mode { return true } else { return false } }
+    var settings: KafkaConfiguration { broker.settings }
+
+    init(broker: KafkaBroker, destination: String, mode: Mode) throws {
+        self.broker = broker
+        self.destination = destination
+        self.mode = mode
+        let settings = broker.settings
+        mainTopic = settings.topic(destination)
+        switch mode {
+        case .queue:
+            topics = [mainTopic, settings.delayTopic(destination)] + settings.retryTopics(destination)
+            groupID = settings.queueGroup(destination)
+        case .stream(let group, _):
+            topics = [mainTopic]
+            groupID = settings.streamGroup(group)
+        }
+        var logger = broker.logger
+        logger[metadataKey: "kafka.group"] = "\(groupID)"
+        self.logger = logger
+        let callbacks = RdKafkaCallbacks(logger: logger, role: "consumer")
+        var properties = settings.common.merging(settings.consumer) { $1 }
+        properties["group.id"] = groupID
+        // Pass-through properties also win over the consumer defaults.
+        for (key, value) in broker.configuration.options(withPrefix: "rdkafka.") { properties[key] = value }
+        handle = try RdKafkaHandle(type: RD_KAFKA_CONSUMER, properties: properties, callbacks: callbacks) { conf in
+            rd_kafka_conf_set_rebalance_cb(conf) { rk, err, partitions, opaque in
+                guard let rk, let opaque else { return }
+                let callbacks = Unmanaged<RdKafkaCallbacks>.fromOpaque(opaque).takeUnretainedValue()
+                callbacks.rebalance?(rk, err, partitions)
+            }
+        }
+        consumerQueue = Mutex(nil)
+        callbacks.rebalance = { [weak self] rk, err, partitions in
+            guard let self else {
+                _ = rd_kafka_assign(rk, nil)
+                return
+            }
+            self.rebalance(err, partitions)
+        }
+    }
+
+    // MARK: - Lifecycle
+
+    /// Subscribes, starts the poll thread and waits until the group assigned this member its
+    /// partitions (possibly none), so a `latest` start sees every later publish.
+    func start() async throws {
+        rd_kafka_poll_set_consumer(handle.rk)
+        consumerQueue.withLock { $0 = rd_kafka_queue_get_consumer(handle.rk) }
+        let subscription = PartitionList(topics.map { (TopicPartition(topic: $0, partition: -1), Int64(-1001)) })
+        let err = rd_kafka_subscribe(handle.rk, subscription.list)
+        guard err == RD_KAFKA_RESP_ERR_NO_ERROR else {
+            await stopAndWait()
+            throw RdKafka.brokerError(err, "cannot subscribe to \(topics)", server: settings.server, destination: destination)
+        }
+        let thread = Thread { [self] in self.loop() }
+        thread.name = "kafka-consumer"
+        thread.start()
+        let joined = await waitForJoin(timeout: settings.operationTimeout)
+        if !joined {
+            let detail = handle.lastErrorDetail.map { "; last error \($0)" } ?? ""
+            await stopAndWait()
+            throw BrokerError(
+                .timeout, "group '\(groupID)' did not assign partitions within \(settings.operationTimeout) (kafka \(settings.server))\(detail)",
+                backend: "kafka", destination: destination)
+        }
+        if let error = state.withLock({ $0.joinError }) {
+            await stopAndWait()
+            throw error
+        }
+    }
+
+    private func waitForJoin(timeout: Duration) async -> Bool {
+        await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                await withCheckedContinuation { continuation in
+                    let now = self.state.withLock { s -> Bool in
+                        if s.joined || s.finished { return true }
+                        s.joinWaiters.append(continuation)
+                        return false
+                    }
+                    if now { continuation.resume() }
+                }
+                return true
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return false
+            }
+            let first = await group.next() ?? false
+            if !first {
+                // Release the join waiter.
+                let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+                    defer { s.joinWaiters = [] }
+                    return s.joinWaiters
+                }
+                for waiter in waiters { waiter.resume() }
+            }
+            group.cancelAll()
+            return first && state.withLock { $0.joined }
+        }
+    }
+
+    func next() async throws -> Delivery? {
+        let delivery = try await buffer.next()
+        if delivery != nil { broker.observer.record(.delivered, destination: destination) }
+        return delivery
+    }
+
+    func close() async {
+        await stopAndWait()
+        broker.untrack(self)
+    }
+
+    private func stopAndWait() async {
+        state.withLock { $0.closing = true }
+        wake()
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let done = state.withLock { s -> Bool in
+                if s.finished { return true }
+                s.finishWaiters.append(continuation)
+                return false
+            }
+            if done { continuation.resume() }
+        }
+    }
+
+    /// Interrupts a waiting poll.
+    func wake() {
+        consumerQueue.withLock { queue in
+            if let queue { rd_kafka_queue_yield(queue) }
+        }
+    }
+
+    /// Unsettled deliveries, for `stats`.
+    var unsettled: Int { state.withLock { $0.outstanding } }
+
+    // MARK: - Poll loop (own thread)
+
+    private func loop() {
+        let rk = handle.rk
+        var started = false
+        while true {
+            let closing = state.withLock { $0.closing }
+            if closing { break }
+            if !started {
+                started = true
+            }
+            applyPauses()
+            commitDirty(sync: false)
+            let waitMs = releaseDueHeld()
+            guard let message = rd_kafka_consumer_poll(rk, waitMs) else { continue }
+            defer { rd_kafka_message_destroy(message) }
+            let err = message.pointee.err
+            if err != RD_KAFKA_RESP_ERR_NO_ERROR {
+                if err != RD_KAFKA_RESP_ERR__PARTITION_EOF {
+                    let text = rd_kafka_message_errstr(message).map { String(cString: $0) } ?? RdKafka.errorText(err)
+                    logger.debug("kafka consumer error \(RdKafka.errorName(err)): \(text)")
+                }
+                continue
+            }
+            accept(KafkaRecord(message))
+        }
+        // Closing: stop handing out, commit what is done, leave the group.
+        let left = buffer.finish()
+        _ = left
+        commitDirty(sync: true)
+        _ = rd_kafka_consumer_close(rk)
+        consumerQueue.withLock { queue in
+            if let q = queue { rd_kafka_queue_destroy(q) }
+            queue = nil
+        }
+        handle.destroy()
+        let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+            s.finished = true
+            s.partitions = [:]
+            s.held = []
+            var all = s.finishWaiters + s.joinWaiters
+            s.finishWaiters = []
+            s.joinWaiters = []
+            all += []
+            return all
+        }
+        for waiter in waiters { waiter.resume() }
+    }
+
+    /// Takes a fetched record: holds it when not yet due, else hands it out.
+    private func accept(_ record: KafkaRecord) {
+        let tp = record.topicPartition
+        var due: Date?
+        for (name, value) in record.headers where name == HeaderName.deliverAt {
+            due = ISO8601.parse(value)
+        }
+        let now = Date()
+        let epoch = state.withLock { s -> Int? in
+            guard var p = s.partitions[tp] else { return nil }
+            p.order.append(record.offset)
+            p.last = record.offset
+            let epoch = p.epoch
+            if let due, due > now {
+                p.held += 1
+                s.held.append(Held(record: record, epoch: epoch, due: due))
+            } else {
+                s.outstanding += 1
+            }
+            s.partitions[tp] = p
+            return epoch
+        }
+        guard let epoch else { return }  // not assigned any more
+        if let due, due > now { return }
+        push(record, epoch: epoch, attempt: nil, firstFailureAt: nil)
+    }
+
+    /// Releases held records that are due; returns how long the next poll may wait (ms).
+    private func releaseDueHeld() -> Int32 {
+        let now = Date()
+        let (due, next) = state.withLock { s -> ([Held], Date?) in
+            guard !s.held.isEmpty else { return ([], nil) }
+            var due: [Held] = []
+            var keep: [Held] = []
+            for held in s.held {
+                if held.due <= now, var p = s.partitions[held.record.topicPartition], p.epoch == held.epoch {
+                    p.held -= 1
+                    s.partitions[held.record.topicPartition] = p
+                    s.outstanding += 1
+                    due.append(held)
+                } else if held.due > now, s.partitions[held.record.topicPartition]?.epoch == held.epoch {
+                    keep.append(held)
+                }
+            }
+            s.held = keep
+            return (due, keep.map(\.due).min())
+        }
+        for held in due { push(held.record, epoch: held.epoch, attempt: nil, firstFailureAt: nil) }
+        guard let next else { return 100 }
+        return Int32(max(1, min(100, Int((next.timeIntervalSince(now) * 1000).rounded(.up)))))
+    }
+
+    /// Builds the delivery for `record` and buffers it.
+    func push(_ record: KafkaRecord, epoch: Int, attempt: Int?, firstFailureAt: Date?) {
+        var message = KafkaRecordLayout.message(from: record)
+        var recordAttempt = 1
+        var firstFailure: Date?
+        if let text = message.headers[HeaderName.attempt], let n = Int(text) { recordAttempt = max(1, n) }
+        if let text = message.headers[HeaderName.firstFailureAt] { firstFailure = ISO8601.parse(text) }
+        for name in KafkaRecordLayout.transport { message.headers.removeValue(forKey: name) }
+        let settler = KafkaSettler(
+            consumer: self, record: record, message: message, epoch: epoch, attempt: attempt ?? recordAttempt,
+            firstFailureAt: firstFailureAt ?? firstFailure)
+        let delivery = Delivery(
+            message: message, destination: destination, group: group, attempt: settler.attempt,
+            firstFailureAt: settler.firstFailureAt,
+            position: Position(partition: Int(record.partition), offset: record.offset),
+            retryPolicy: retryPolicy, backend: "kafka", settler: settler, observer: broker.observer)
+        if !buffer.push(delivery) {
+            state.withLock { $0.outstanding -= 1 }
+        }
+    }
+
+    // MARK: - Settlement (any thread)
+
+    /// Marks `record` settled: its offset may be committed once all earlier ones are.
+    func settle(_ record: KafkaRecord, epoch: Int, countsOutstanding: Bool = true, unblock: Bool = false) {
+        let wakeUp = state.withLock { s -> Bool in
+            if countsOutstanding { s.outstanding -= 1 }
+            let tp = record.topicPartition
+            if var p = s.partitions[tp], p.epoch == epoch {
+                if unblock { p.blocked = max(0, p.blocked - 1) }
+                p.markDone(record.offset)
+                s.partitions[tp] = p
+                s.dirty.insert(tp)
+            }
+            return !s.paused.isEmpty
+        }
+        if wakeUp { wake() }
+    }
+
+    /// Redelivers `record` in place after `delay`, pausing its partition meanwhile.
+    func retryInPlace(_ record: KafkaRecord, epoch: Int, after delay: Duration, nextAttempt: Int, firstFailureAt: Date) {
+        let tp = record.topicPartition
+        let live = state.withLock { s -> Bool in
+            guard var p = s.partitions[tp], p.epoch == epoch, !s.closing else {
+                s.outstanding -= 1
+                return false
+            }
+            p.blocked += 1
+            s.partitions[tp] = p
+            return true
+        }
+        guard live else { return }
+        wake()
+        Task {
+            try? await Task.sleep(for: delay)
+            let still = self.state.withLock { s -> Bool in
+                guard var p = s.partitions[tp], p.epoch == epoch, !s.closing else {
+                    s.outstanding -= 1
+                    return false
+                }
+                p.blocked = max(0, p.blocked - 1)
+                s.partitions[tp] = p
+                return true
+            }
+            if still {
+                self.push(record, epoch: epoch, attempt: nextAttempt, firstFailureAt: firstFailureAt)
+                self.wake()
+            }
+        }
+    }
+
+    /// Gives `record` back: redelivered at once unless the consumer is closing (then its
+    /// offset stays uncommitted, so the next member of the group gets it).
+    func release(_ record: KafkaRecord, epoch: Int, attempt: Int, firstFailureAt: Date?) {
+        let redeliver = state.withLock { s -> Bool in
+            guard !s.closing, s.partitions[record.topicPartition]?.epoch == epoch else {
+                s.outstanding -= 1
+                return false
+            }
+            return true
+        }
+        if redeliver { push(record, epoch: epoch, attempt: attempt, firstFailureAt: firstFailureAt) } else { wake() }
+    }
+
+    // MARK: - Pauses and commits (poll thread)
+
+    private func applyPauses() {
+        let (toPause, toResume) = state.withLock { s -> ([TopicPartition], [TopicPartition]) in
+            let all = Set(s.partitions.keys)
+            var desired: Set<TopicPartition>
+            if s.outstanding >= prefetch {
+                desired = all
+            } else {
+                desired = Set(s.partitions.filter { _, p in
+                    p.blocked > 0 || (p.held > 0 && p.held >= settings.delayHoldMax)
+                }.keys)
+            }
+            let pause = desired.subtracting(s.paused)
+            let resume = s.paused.subtracting(desired).intersection(all)
+            s.paused = desired
+            return (Array(pause), Array(resume))
+        }
+        if !toPause.isEmpty {
+            let list = PartitionList(toPause.map { ($0, Int64(-1001)) })
+            _ = rd_kafka_pause_partitions(handle.rk, list.list)
+        }
+        if !toResume.isEmpty {
+            let list = PartitionList(toResume.map { ($0, Int64(-1001)) })
+            _ = rd_kafka_resume_partitions(handle.rk, list.list)
+        }
+    }
+
+    private func commitDirty(sync: Bool, only: Set<TopicPartition>? = nil) {
+        let offsets = state.withLock { s -> [(TopicPartition, Int64)] in
+            var out: [(TopicPartition, Int64)] = []
+            let candidates = sync ? Set(s.partitions.keys) : s.dirty
+            for tp in candidates where only == nil || only!.contains(tp) {
+                guard var p = s.partitions[tp], let offset = p.commitOffset, offset != p.committed else { continue }
+                p.committed = offset
+                s.partitions[tp] = p
+                out.append((tp, offset))
+            }
+            if only == nil { s.dirty = [] } else { s.dirty.subtract(only!) }
+            return out
+        }
+        guard !offsets.isEmpty else { return }
+        let list = PartitionList(offsets)
+        let err = rd_kafka_commit(handle.rk, list.list, sync ? 0 : 1)
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR__NO_OFFSET {
+            logger.warning("kafka commit of \(offsets.map { "\($0.0)@\($0.1)" }) failed: \(RdKafka.errorName(err))")
+        }
+    }
+
+    // MARK: - Rebalance (poll thread, inside rd_kafka_consumer_poll)
+
+    private func rebalance(_ err: rd_kafka_resp_err_t, _ partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) {
+        let rk = handle.rk
+        let cooperative = rd_kafka_rebalance_protocol(rk).map { String(cString: $0) } == "COOPERATIVE"
+        let entries = partitions.map { PartitionList.entries(of: $0) } ?? []
+        let tps = entries.map(\.0)
+        switch err {
+        case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:
+            if let partitions { resolveStartOffsets(partitions) }
+            state.withLock { s in
+                for tp in tps {
+                    s.epochs += 1
+                    s.partitions[tp] = PartitionState(epoch: s.epochs)
+                }
+                s.paused.subtract(tps)
+            }
+            if cooperative {
+                if let error = rd_kafka_incremental_assign(rk, partitions) { rd_kafka_error_destroy(error) }
+            } else {
+                _ = rd_kafka_assign(rk, partitions)
+            }
+            logger.debug("kafka group \(groupID) assigned \(tps)")
+            let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
+                s.joined = true
+                defer { s.joinWaiters = [] }
+                return s.joinWaiters
+            }
+            for waiter in waiters { waiter.resume() }
+        case RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS:
+            commitDirty(sync: true, only: Set(tps))
+            state.withLock { s in
+                for tp in tps { s.partitions.removeValue(forKey: tp) }
+                s.paused.subtract(tps)
+                s.held.removeAll { tps.contains($0.record.topicPartition) }
+            }
+            if cooperative {
+                if let error = rd_kafka_incremental_unassign(rk, partitions) { rd_kafka_error_destroy(error) }
+            } else {
+                _ = rd_kafka_assign(rk, nil)
+            }
+            logger.debug("kafka group \(groupID) revoked \(tps)")
+        default:
+            logger.warning("kafka rebalance error \(RdKafka.errorName(err))")
+            state.withLock { s in
+                s.partitions = [:]
+                s.paused = []
+                s.held = []
+            }
+            _ = rd_kafka_assign(rk, nil)
+        }
+    }
+
+    /// Sets explicit start offsets in an assignment: seek targets (position, timestamp)
+    /// always; for partitions without a committed offset, earliest or the current end (so a
+    /// `latest` member does not miss what is published right after it joined).
+    private func resolveStartOffsets(_ list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) {
+        let rk = handle.rk
+        let timeout = RdKafka.milliseconds(settings.operationTimeout)
+        let count = Int(list.pointee.cnt)
+        guard count > 0 else { return }
+        var start: StartPosition = .earliest
+        if case .stream(_, let options) = mode { start = options.start }
+        switch start {
+        case .position(let position):
+            guard let offset = position.numericOffset else { return }
+            for i in 0..<count where bk_tp_topic(list, Int32(i)).map({ String(cString: $0) }) == mainTopic {
+                if Int(bk_tp_partition(list, Int32(i))) == position.partition { bk_tp_set_offset(list, Int32(i), offset) }
+            }
+            return
+        case .timestamp(let date):
+            let query = rd_kafka_topic_partition_list_copy(list)!
+            defer { rd_kafka_topic_partition_list_destroy(query) }
+            let ms = Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
+            for i in 0..<count { bk_tp_set_offset(query, Int32(i), ms) }
+            let err = rd_kafka_offsets_for_times(rk, query, timeout)
+            if err != RD_KAFKA_RESP_ERR_NO_ERROR {
+                let error = RdKafka.brokerError(err, "timestamp seek (offsets_for_times) failed", server: settings.server, destination: destination)
+                logger.error("\(error)")
+                state.withLock { $0.joinError = error }
+                return
+            }
+            for i in 0..<count {
+                let offset = bk_tp_offset(query, Int32(i))
+                // -1: no record at or after the timestamp: start at the end.
+                bk_tp_set_offset(list, Int32(i), offset >= 0 ? offset : -1)
+            }
+            return
+        case .earliest, .latest:
+            let committed = rd_kafka_topic_partition_list_copy(list)!
+            defer { rd_kafka_topic_partition_list_destroy(committed) }
+            let err = rd_kafka_committed(rk, committed, timeout)
+            guard err == RD_KAFKA_RESP_ERR_NO_ERROR else {
+                logger.warning("kafka committed-offset lookup failed (\(RdKafka.errorName(err))); auto.offset.reset applies")
+                return
+            }
+            for i in 0..<count where bk_tp_offset(committed, Int32(i)) < 0 {
+                if case .latest = start, let topic = bk_tp_topic(list, Int32(i)) {
+                    var low: Int64 = 0
+                    var high: Int64 = 0
+                    if rd_kafka_query_watermark_offsets(rk, topic, bk_tp_partition(list, Int32(i)), &low, &high, timeout) == RD_KAFKA_RESP_ERR_NO_ERROR {
+                        bk_tp_set_offset(list, Int32(i), high)
+                    } else {
+                        bk_tp_set_offset(list, Int32(i), -1)  // RD_KAFKA_OFFSET_END
+                    }
+                } else {
+                    bk_tp_set_offset(list, Int32(i), -2)  // RD_KAFKA_OFFSET_BEGINNING
+                }
+            }
+        }
+    }
+}
+
+/// Settles one Kafka delivery (see ``KafkaConsumer``).
+struct KafkaSettler: DeliverySettler {
+    let consumer: KafkaConsumer
+    let record: KafkaRecord
+    let message: Message
+    let epoch: Int
+    let attempt: Int
+    let firstFailureAt: Date?
+
+    func ack() async throws {
+        consumer.settle(record, epoch: epoch)
+    }
+
+    func retry(after delay: Duration, nextAttempt: Int, firstFailureAt: Date, lastError: String) async throws {
+        let settings = consumer.settings
+        if consumer.isQueue && settings.retryMode == .topics {
+            let due = Date().addingTimeInterval(delay.timeInterval)
+            let topic = settings.retryTopic(consumer.destination, attempt: nextAttempt - 1)
+            let outgoing = OutgoingRecord(topic: topic, message: message, extraHeaders: [
+                HeaderName.attempt: String(nextAttempt),
+                HeaderName.firstFailureAt: ISO8601.format(firstFailureAt),
+                HeaderName.deliverAt: ISO8601.format(due),
+            ])
+            do {
+                _ = try await consumer.broker.producer.produce([outgoing], destination: consumer.destination)
+            } catch {
+                // Not moved: give it back so it is not lost.
+                consumer.release(record, epoch: epoch, attempt: attempt, firstFailureAt: self.firstFailureAt)
+                throw error
+            }
+            consumer.settle(record, epoch: epoch)
+        } else {
+            consumer.retryInPlace(record, epoch: epoch, after: delay, nextAttempt: nextAttempt, firstFailureAt: firstFailureAt)
+        }
+    }
+
+    func deadLetter(_ envelope: DeadLetterEnvelope) async throws {
+        var dlq = envelope.message
+        if let group = consumer.group { dlq.headers["x-brokerkit-group"] = group }
+        let outgoing = OutgoingRecord(topic: consumer.settings.dlqTopic(consumer.destination), message: dlq)
+        try await consumer.broker.ensureDLQ(consumer.destination)
+        _ = try await consumer.broker.producer.produce([outgoing], destination: consumer.destination)
+        consumer.settle(record, epoch: epoch)
+    }
+
+    func release() async throws {
+        consumer.release(record, epoch: epoch, attempt: attempt, firstFailureAt: firstFailureAt)
+    }
+}

@@ -1,0 +1,120 @@
+import BrokerAPI
+import BrokerConformance
+import Foundation
+import KafkaBackend
+import Testing
+
+/// kcat, an independent librdkafka-based client, reads what BrokerKit produces and produces
+/// what BrokerKit consumes; bad input gets clear errors.
+@Suite("Kafka interop (kcat) and bad input", .enabled(if: TestEnvironment.shouldRun(.kafka)))
+struct KafkaInteropTests {
+    /// Runs kcat against the test broker; returns stdout.
+    @discardableResult
+    static func kcat(_ arguments: [String], input: String? = nil) async throws -> String {
+        let (host, port) = try #require(TestEnvironment.hostAndPort(try KafkaTestSupport.url()))
+        return try await TestEnvironment.blocking {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = ["kcat", "-b", "\(host):\(port)"] + arguments
+            let output = Pipe()
+            let stdin = Pipe()
+            process.standardOutput = output
+            process.standardError = FileHandle.nullDevice
+            process.standardInput = stdin
+            try process.run()
+            if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
+            try stdin.fileHandleForWriting.close()
+            let data = output.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            guard process.terminationStatus == 0 else {
+                throw ConformanceFailure("kcat \(arguments) exited with \(process.terminationStatus)")
+            }
+            return String(decoding: data, as: UTF8.self)
+        }
+    }
+
+    @Test func brokerKitRecordReadsBackWithKcat() async throws {
+        let broker = try await KafkaTestSupport.connect()
+        let stream = "interop-out-\(UUID().uuidString.prefix(8))"
+        try await broker.createStream(stream, options: DestinationOptions(partitions: 1))
+        let message = Message(id: "msg-1", key: "user-7", text: "héllo from BrokerKit", headers: ["source": "swift", "trace": "a=b"])
+        let receipt = try await broker.publish(message, to: stream)
+        await broker.close()
+        let topic = KafkaTestSupport.runPrefix + stream
+        let output = try await Self.kcat(["-C", "-t", topic, "-o", "beginning", "-e", "-q", "-f", "%k|%h|%o|%s\\n"])
+        let fields = output.trimmingCharacters(in: .newlines).split(separator: "|", omittingEmptySubsequences: false).map(String.init)
+        try #require(fields.count == 4, "kcat printed \(output)")
+        #expect(fields[0] == "user-7")
+        #expect(fields[1].contains("x-brokerkit-id=msg-1") && fields[1].contains("source=swift") && fields[1].contains("trace=a=b"), "headers \(fields[1])")
+        #expect(fields[2] == receipt.position?.offset)
+        #expect(fields[3] == "héllo from BrokerKit")
+    }
+
+    @Test func kcatRecordIsConsumedByBrokerKit() async throws {
+        let broker = try await KafkaTestSupport.connect()
+        let queue = "interop-in-\(UUID().uuidString.prefix(8))"
+        try await broker.createQueue(queue, options: DestinationOptions(partitions: 1))
+        let topic = KafkaTestSupport.runPrefix + queue
+        try await Self.kcat(["-P", "-t", topic, "-K", ":", "-H", "origin=kcat", "-H", "x-brokerkit-id=from-kcat"], input: "k9:{\"n\":1}\n")
+        try await Self.kcat(["-P", "-t", topic], input: "bare\n")
+        let consumer = try await broker.consumeQueue(queue)
+        let first = try #require(try await consumer.next(timeout: .seconds(15)))
+        let second = try #require(try await consumer.next(timeout: .seconds(15)))
+        try await first.ack()
+        try await second.ack()
+        await consumer.close()
+        #expect(first.message.id == "from-kcat")
+        #expect(first.message.key == "k9")
+        #expect(first.message.headers["origin"] == "kcat")
+        #expect(first.message.headers["x-brokerkit-id"] == nil)
+        #expect(first.message.text == "{\"n\":1}")
+        #expect(first.attempt == 1)
+        #expect(second.message.text == "bare" && second.message.key == nil)
+        #expect(second.message.id == "\(topic)-0-\(second.position?.offset ?? "?")")
+        try await Task.sleep(for: .milliseconds(300))
+        #expect(try await broker.stats(for: queue).depth == 0)
+        await broker.close()
+    }
+
+    @Test func unknownTopicWithAutoCreateOffIsAClearError() async throws {
+        let broker = try await KafkaTestSupport.connect(["auto.create": "false"])
+        let name = "missing-\(UUID().uuidString.prefix(8))"
+        do {
+            try await broker.publish(Message(text: "x"), to: name)
+            Issue.record("published to a missing topic with auto.create off")
+        } catch let error as BrokerError {
+            #expect(error.code == .unknownDestination)
+            #expect(error.message.contains(KafkaTestSupport.runPrefix + name), "\(error)")
+        }
+        await broker.close()
+    }
+
+    @Test func invalidLibrdkafkaPropertyNamesIt() async throws {
+        do {
+            _ = try await KafkaTestSupport.connect(["rdkafka.no.such.property": "1"])
+            Issue.record("connected with an unknown librdkafka property")
+        } catch let error as BrokerError {
+            #expect(error.code == .invalidConfiguration)
+            #expect(error.message.contains("no.such.property"), "\(error)")
+        }
+        do {
+            _ = try await KafkaTestSupport.connect(["rdkafka.fetch.wait.max.ms": "soon"])
+            Issue.record("connected with an invalid librdkafka value")
+        } catch let error as BrokerError {
+            #expect(error.code == .invalidConfiguration)
+            #expect(error.message.contains("fetch.wait.max.ms") && error.message.contains("soon"), "\(error)")
+        }
+    }
+
+    @Test func passThroughPropertyIsApplied() async throws {
+        let broker = try await KafkaTestSupport.connect(["rdkafka.fetch.wait.max.ms": "20", "compression.type": "snappy"])
+        let queue = "passthrough-\(UUID().uuidString.prefix(8))"
+        try await broker.publish(Message(text: "compressed"), to: queue)
+        let consumer = try await broker.consumeQueue(queue)
+        let got = try #require(try await consumer.next(timeout: .seconds(15)))
+        try await got.ack()
+        #expect(got.message.text == "compressed")
+        await consumer.close()
+        await broker.close()
+    }
+}
