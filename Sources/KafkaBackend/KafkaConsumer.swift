@@ -453,7 +453,8 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             var out: [(TopicPartition, Int64)] = []
             let candidates = sync ? Set(s.partitions.keys) : s.dirty
             for tp in candidates where only == nil || only!.contains(tp) {
-                guard var p = s.partitions[tp], let offset = p.commitOffset, offset != p.committed else { continue }
+                // Async commits may fail unseen: a sync commit (close, revoke) always sends.
+                guard var p = s.partitions[tp], let offset = p.commitOffset, sync || offset != p.committed else { continue }
                 p.committed = offset
                 s.partitions[tp] = p
                 out.append((tp, offset))

@@ -2,6 +2,7 @@ import ArgumentParser
 import BrokerAPI
 import Foundation
 import Logging
+import KafkaBackend
 import RabbitBackend
 import RedisStreamsBackend
 
@@ -18,8 +19,8 @@ struct BrokerKitCommand: AsyncParsableCommand {
             Note: memory:// state lives inside one process. Running `brokerkit publish` and then \
             `brokerkit consume` as two separate processes does NOT share messages on memory:// \
             (each process starts with an empty in-memory broker). Use a real broker URL for \
-            that, e.g. redis://127.0.0.1:6379 or amqp://guest:guest@127.0.0.1:5672/ (kafka:// once \
-            its backend lands; see `brokerkit capabilities`). `brokerkit demo` runs a whole example inside one process, \
+            that, e.g. redis://127.0.0.1:6379, amqp://guest:guest@127.0.0.1:5672/ or \
+            kafka://127.0.0.1:9092. `brokerkit demo` runs a whole example inside one process, \
             so it works on memory://.
 
             Exit codes: 0 success, 1 broker error (bad URL, unknown option, unreachable broker, \
@@ -35,6 +36,7 @@ struct BrokerKitCommand: AsyncParsableCommand {
     static func registerBackends() {
         RedisStreamsBackend.register()
         RabbitBackend.register()
+        KafkaBackend.register()
     }
 
     /// Exit code for invalid arguments (ArgumentParser's own default is 64, EX_USAGE).

@@ -15,9 +15,8 @@ struct CapabilitiesCommand: AsyncParsableCommand {
         commandName: "capabilities",
         abstract: "Print which capabilities every registered backend supports.",
         discussion: """
-            Rows are capability flags, columns are registered backends. Backend modules that \
-            are linked into this binary but not registered yet are listed below the matrix. \
-            With an explicit --broker or --option, the configuration is validated first.
+            Rows are capability flags, columns are registered backends; below the matrix, the \
+            C client library each backend links, with its version. With an explicit --broker or --option, the configuration is validated first.
             """
     )
 
@@ -46,15 +45,14 @@ struct CapabilitiesCommand: AsyncParsableCommand {
         if broker.isExplicit { _ = try await broker.configuration() }
         let registry = BrokerRegistry.shared
         let backends = registry.all
-        let pending = Self.linkedModules.filter { module in
-            registry.backend(for: module.scheme) == nil && !backends.contains { $0.name == module.backend }
-        }
+        let modules = Self.linkedModules
         let flags = BrokerCapabilities.named
         func cell(_ backend: any BrokerBackend, _ flag: BrokerCapabilities) -> String {
             backend.capabilities.contains(flag) ? "yes" : "no"
         }
         func note(_ module: LinkedModule) -> String {
-            "\(module.backend): \(module.library) \(module.version) linked, backend not implemented yet"
+            let state = registry.backend(for: module.scheme) == nil ? "not registered" : "registered for \(module.scheme)://"
+            return "\(module.backend): \(module.library) \(module.version) linked, \(state)"
         }
 
         switch format {
@@ -62,20 +60,16 @@ struct CapabilitiesCommand: AsyncParsableCommand {
             var table = TextTable(header: ["CAPABILITY"] + backends.map(\.name))
             table.rows = flags.map { entry in [entry.name] + backends.map { cell($0, entry.flag) } }
             Output.line(table.render())
-            if !pending.isEmpty {
-                Output.line("")
-                for module in pending { Output.line(note(module)) }
-            }
+            Output.line("")
+            for module in modules { Output.line(note(module)) }
         case .markdown:
             Output.line("| capability | " + backends.map(\.name).joined(separator: " | ") + " |")
             Output.line("|---|" + backends.map { _ in "---|" }.joined())
             for entry in flags {
                 Output.line("| \(entry.name) | " + backends.map { cell($0, entry.flag) }.joined(separator: " | ") + " |")
             }
-            if !pending.isEmpty {
-                Output.line("")
-                for module in pending { Output.line("- " + note(module)) }
-            }
+            Output.line("")
+            for module in modules { Output.line("- " + note(module)) }
         case .json:
             let json = JSON.object([
                 ("capabilities", .array(flags.map { .string($0.name) })),
@@ -86,12 +80,12 @@ struct CapabilitiesCommand: AsyncParsableCommand {
                         ("capabilities", .object(flags.map { ($0.name, .bool(backend.capabilities.contains($0.flag))) })),
                     ])
                 })),
-                ("linked_not_registered", .array(pending.map { module in
+                ("libraries", .array(modules.map { module in
                     .object([
                         ("backend", .string(module.backend)),
                         ("library", .string(module.library)),
                         ("version", .string(module.version)),
-                        ("status", .string("backend not implemented yet")),
+                        ("registered", .bool(registry.backend(for: module.scheme) != nil)),
                     ])
                 })),
             ])

@@ -22,19 +22,25 @@ public final class DeliveryProcessor: Sendable {
     public struct Options: Sendable {
         /// Handlers running at once.
         public var concurrency: Int
-        /// Deliveries with the same key are handled one at a time, in arrival order.
+        /// Deliveries with the same key are handled one at a time, in arrival order (different
+        /// keys of one partition run concurrently).
         public var orderedByKey: Bool
+        /// Deliveries from the same partition are handled one at a time, in arrival order
+        /// (Kafka's classic model: concurrency across partitions only). Wins over
+        /// ``orderedByKey``.
+        public var orderedByPartition: Bool
         /// A handler running longer is cancelled and counted as a failure.
         public var handlerTimeout: Duration?
         /// How long ``stop()`` waits for running handlers.
         public var shutdownTimeout: Duration
 
         public init(
-            concurrency: Int = 1, orderedByKey: Bool = true, handlerTimeout: Duration? = nil,
-            shutdownTimeout: Duration = .seconds(30)
+            concurrency: Int = 1, orderedByKey: Bool = true, orderedByPartition: Bool = false,
+            handlerTimeout: Duration? = nil, shutdownTimeout: Duration = .seconds(30)
         ) {
             self.concurrency = max(1, concurrency)
             self.orderedByKey = orderedByKey
+            self.orderedByPartition = orderedByPartition
             self.handlerTimeout = handlerTimeout
             self.shutdownTimeout = shutdownTimeout
         }
@@ -75,7 +81,8 @@ public final class DeliveryProcessor: Sendable {
         let gate = KeyGate()
         let (stream, continuation) = AsyncStream.makeStream(of: (Delivery, UInt64?).self)
         let consumer = self.consumer
-        let ordered = options.orderedByKey
+        let ordered = options.orderedByKey || options.orderedByPartition
+        let byPartition = options.orderedByPartition
         let logger = self.logger
         let task = Task {
             defer { continuation.finish() }
@@ -83,7 +90,9 @@ public final class DeliveryProcessor: Sendable {
                 do {
                     try await slots.acquire()
                     guard let delivery = try await consumer.next() else { return }
-                    let ticket = ordered ? await gate.enqueue(delivery.message.key) : nil
+                    let orderKey = byPartition
+                        ? "\(delivery.destination)#\(delivery.position?.partition ?? 0)" : delivery.message.key
+                    let ticket = ordered ? await gate.enqueue(orderKey) : nil
                     continuation.yield((delivery, ticket))
                 } catch is CancellationError {
                     return
