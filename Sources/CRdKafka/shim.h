@@ -27,16 +27,6 @@ static inline int64_t bk_tp_offset(const rd_kafka_topic_partition_list_t *list, 
 static inline void bk_tp_set_offset(rd_kafka_topic_partition_list_t *list, int i, int64_t offset) { list->elems[i].offset = offset; }
 static inline rd_kafka_resp_err_t bk_tp_err(const rd_kafka_topic_partition_list_t *list, int i) { return list->elems[i].err; }
 
-/* librdkafka's in-process mock cluster (rdkafka_mock.h is not shipped by Debian's
- * librdkafka-dev 2.0.2, but the symbols are exported). Prototypes as in upstream v2.0.2. */
-typedef struct rd_kafka_mock_cluster_s rd_kafka_mock_cluster_t;
-rd_kafka_mock_cluster_t *rd_kafka_mock_cluster_new(rd_kafka_t *rk, int broker_cnt);
-void rd_kafka_mock_cluster_destroy(rd_kafka_mock_cluster_t *mcluster);
-const char *rd_kafka_mock_cluster_bootstraps(const rd_kafka_mock_cluster_t *mcluster);
-void rd_kafka_mock_push_request_errors_array(rd_kafka_mock_cluster_t *mcluster, int16_t ApiKey, size_t cnt,
-                                             const rd_kafka_resp_err_t *errors);
-rd_kafka_resp_err_t rd_kafka_mock_topic_create(rd_kafka_mock_cluster_t *mcluster, const char *topic,
-                                               int partition_cnt, int replication_factor);
-rd_kafka_resp_err_t rd_kafka_mock_broker_set_down(rd_kafka_mock_cluster_t *mcluster, int32_t broker_id);
-rd_kafka_resp_err_t rd_kafka_mock_broker_set_up(rd_kafka_mock_cluster_t *mcluster, int32_t broker_id);
+/* librdkafka's in-process mock cluster, for tests (fault injection). */
+#include <librdkafka/rdkafka_mock.h>
 #endif

@@ -51,11 +51,18 @@ final class KafkaAdminClient: Sendable {
         }
     }
 
-    /// Partition count of `topic`, or nil when it does not exist.
+    /// Partition count of `topic`, or nil when it does not exist. Asks for every topic's
+    /// metadata: a request naming the topic would create it on brokers that auto-create.
     func partitions(of topic: String) async throws -> Int? {
-        let found = try await metadata(topic: topic).first { $0.name == topic }
+        let found = try await metadata().first { $0.name == topic }
         guard let found, found.error == RD_KAFKA_RESP_ERR_NO_ERROR, found.partitions > 0 else { return nil }
         return found.partitions
+    }
+
+    /// Asks for `topic`'s metadata by name, which makes a broker with
+    /// `auto.create.topics.enable` create it (the producer allows auto-creation in this mode).
+    func touch(_ topic: String) async throws {
+        _ = try await metadata(topic: topic)
     }
 
     // MARK: - Topics

@@ -19,7 +19,7 @@ final class KafkaBroker: Broker {
     let admin: KafkaAdminClient
     let logger: Logger
     let observer = DeliveryObserver.shared(for: "kafka")
-    private let state = Mutex<(closed: Bool, kinds: [String: DestinationKind], dlqs: Set<String>, consumers: [ObjectIdentifier: KafkaConsumer])>((false, [:], [], [:]))
+    private let state = Mutex<(closed: Bool, kinds: [String: DestinationKind], dlqs: Set<String>, consumers: [ObjectIdentifier: KafkaConsumer], groupsSeen: Set<String>)>((false, [:], [], [:], []))
 
     var backendName: String { "kafka" }
     var capabilities: BrokerCapabilities { KafkaBackend.capabilities }
@@ -107,7 +107,11 @@ final class KafkaBroker: Broker {
             }
         }
         topics.append(.init(name: settings.dlqTopic(destination), partitions: 1, replication: replication, configs: companionConfigs))
-        try await admin.createTopics(topics, destination: destination)
+        if settings.autoTopicCreation {
+            for topic in topics { try await admin.touch(topic.name) }
+        } else {
+            try await admin.createTopics(topics, destination: destination)
+        }
         // Topic creation propagates asynchronously: wait until metadata shows every topic.
         let deadline = ContinuousClock.now + settings.operationTimeout
         for topic in topics {
@@ -129,8 +133,10 @@ final class KafkaBroker: Broker {
         if state.withLock({ $0.dlqs.contains(destination) }) { return }
         let dlq = settings.dlqTopic(destination)
         if try await admin.partitions(of: dlq) == nil {
-            try await admin.createTopics(
+            if settings.autoTopicCreation { try await admin.touch(dlq) } else {
+                try await admin.createTopics(
                 [.init(name: dlq, partitions: 1, replication: settings.defaultReplication, configs: [:])], destination: destination)
+            }
             while try await admin.partitions(of: dlq) == nil { try await Task.sleep(for: .milliseconds(20)) }
         }
         state.withLock { _ = $0.dlqs.insert(destination) }
@@ -196,7 +202,10 @@ final class KafkaBroker: Broker {
     }
 
     private func start(_ consumer: KafkaConsumer) async throws -> KafkaConsumer {
-        state.withLock { $0.consumers[ObjectIdentifier(consumer)] = consumer }
+        state.withLock { s in
+            s.consumers[ObjectIdentifier(consumer)] = consumer
+            s.groupsSeen.insert(consumer.groupID)
+        }
         do {
             try await consumer.start()
         } catch {
@@ -309,7 +318,14 @@ final class KafkaBroker: Broker {
         let depth = Int(marks.reduce(Int64(0)) { $0 + max(0, $1.high - $1.low) })
         let tps = (0..<partitions).map { TopicPartition(topic: topic, partition: Int32($0)) }
         let groupPrefix = settings.streamGroup("")
-        let candidates = try await admin.groups().filter { $0.hasPrefix(groupPrefix) }
+        // Groups the cluster lists, plus the ones this client used (brokers without ListGroups).
+        var listed = Set(state.withLock { $0.groupsSeen })
+        do {
+            listed.formUnion(try await admin.groups())
+        } catch {
+            logger.debug("ListConsumerGroups failed (\(error)); stats show the groups this client used")
+        }
+        let candidates = listed.filter { $0.hasPrefix(groupPrefix) }.sorted()
         let offsets = try await admin.committed(groups: candidates, partitions: tps)
         var groups: [GroupStats] = []
         for (groupID, committed) in offsets.sorted(by: { $0.key < $1.key }) where !committed.isEmpty {

@@ -34,6 +34,10 @@ struct KafkaConfiguration: Sendable {
     let delayHoldMax: Int
     let defaultPartitions: Int
     let defaultReplication: Int
+    /// `admin`: topics are created with CreateTopics (partitions, replication, configs).
+    /// `auto`: the broker creates them on first use (`auto.create.topics.enable`), with its
+    /// default partition count, for clusters where clients may not call CreateTopics.
+    let autoTopicCreation: Bool
     let statisticsInterval: Duration
     /// Properties for every librdkafka handle (security, client id, pass-through).
     let common: [String: String]
@@ -67,6 +71,7 @@ struct KafkaConfiguration: Sendable {
         BrokerOption("delay.hold.max", .int(0...1_000_000), default: "1000", "Not-yet-due retry/delayed messages a consumer holds in memory before pausing that partition."),
         BrokerOption("default.partitions", .int(1...10_000), default: "3", "Partitions of topics created without an explicit count."),
         BrokerOption("default.replication", .int(-1...32), default: "-1", "Replication factor of created topics (-1: the broker's default)."),
+        BrokerOption("topic.creation", .choice(["admin", "auto"]), default: "admin", "How missing topics are created: 'admin' (CreateTopics with partitions and configs) or 'auto' (the broker's auto.create.topics.enable, its default partition count)."),
         BrokerOption("statistics.interval", .duration, default: "5s", "How often librdkafka statistics feed swift-metrics (0 turns them off)."),
         BrokerOption(prefix: "rdkafka.", "Any other librdkafka property, passed through (rdkafka.fetch.wait.max.ms=50)."),
     ]
@@ -97,13 +102,13 @@ struct KafkaConfiguration: Sendable {
         defaultPartitions = configuration.int("default.partitions") ?? 3
         defaultReplication = configuration.int("default.replication") ?? -1
         statisticsInterval = configuration.duration("statistics.interval") ?? .seconds(5)
+        autoTopicCreation = configuration.string("topic.creation") == "auto"
 
         var common: [String: String] = [
             "bootstrap.servers": bootstrap,
             "client.id": clientID,
             "socket.connection.setup.timeout.ms": String(max(1000, Self.milliseconds(connectTimeout))),
             "topic.metadata.refresh.interval.ms": "10000",
-            "allow.auto.create.topics": "false",
         ]
         if statisticsInterval > .zero { common["statistics.interval.ms"] = String(max(100, Self.milliseconds(statisticsInterval))) }
         let user = configuration.string("sasl.username") ?? url.user
@@ -130,6 +135,7 @@ struct KafkaConfiguration: Sendable {
         let wireLimit = max(1_000_000, maxMessageBytes + 64 * 1024)
         common["message.max.bytes"] = String(wireLimit)
         var producer: [String: String] = [
+            "allow.auto.create.topics": autoTopicCreation ? "true" : "false",
             "enable.idempotence": configuration.string("idempotence") ?? "true",
             "acks": configuration.string("acks") ?? "all",
             "compression.type": configuration.string("compression.type") ?? "none",
@@ -143,6 +149,7 @@ struct KafkaConfiguration: Sendable {
             throw BrokerError.invalidConfiguration("option 'acks' of kafka: '\(producer["acks"]!)' needs idempotence=false (the idempotent producer requires acks=all)", backend: "kafka")
         }
         let consumer: [String: String] = [
+            "allow.auto.create.topics": "false",
             "enable.auto.commit": "false",
             "enable.auto.offset.store": "false",
             "enable.partition.eof": "false",

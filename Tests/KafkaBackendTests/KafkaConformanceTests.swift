@@ -21,11 +21,15 @@ enum KafkaTestSupport {
 
     static func url() throws -> String { try TestEnvironment.requireURL(.kafka) }
 
-    static func harness(url: String? = nil, name: String = "kafka") throws -> ConformanceHarness {
+    static func harness(url: String? = nil, name: String = "kafka", extra: [String: String] = [:]) throws -> ConformanceHarness {
         ConformanceHarness(
             name: name, url: try url ?? self.url(), capabilities: KafkaBackend.capabilities,
-            unreachableURL: "kafka://127.0.0.1:1", options: ["prefix": runPrefix, "default.partitions": "2"], registry: registry)
+            unreachableURL: "kafka://127.0.0.1:1",
+            options: ["prefix": runPrefix, "default.partitions": "2"].merging(extra) { $1 }, registry: registry)
     }
+
+    /// librdkafka's mock cluster has no admin API: topics are auto-created by the broker.
+    static let mockOptions = ["topic.creation": "auto", "session.timeout": "6s"]
 
     static func connect(_ options: [String: String] = [:], url: String? = nil) async throws -> any Broker {
         try await Brokers.connect(

@@ -1,0 +1,197 @@
+import BrokerAPI
+import BrokerConformance
+import CRdKafka
+import Foundation
+import KafkaBackend
+import Synchronization
+import Testing
+
+/// librdkafka's in-process mock cluster (`rd_kafka_mock_cluster_new`): a real Kafka-protocol
+/// peer with consumer groups and commits, plus fault injection (brokers down and up,
+/// request errors). In-process, so it needs no server and always runs.
+final class MockCluster: @unchecked Sendable {
+    private let owner: OpaquePointer
+    let cluster: OpaquePointer
+    let bootstraps: String
+    let brokers: Int32
+
+    init(brokers: Int32 = 3) throws {
+        var errstr = [CChar](repeating: 0, count: 256)
+        let conf = rd_kafka_conf_new()
+        _ = rd_kafka_conf_set(conf, "log_level", "0", &errstr, errstr.count)
+        guard let owner = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errstr, errstr.count) else {
+            throw ConformanceFailure("rd_kafka_new for the mock cluster failed")
+        }
+        guard let cluster = rd_kafka_mock_cluster_new(owner, brokers) else {
+            rd_kafka_destroy(owner)
+            throw ConformanceFailure("rd_kafka_mock_cluster_new failed")
+        }
+        self.owner = owner
+        self.cluster = cluster
+        self.brokers = brokers
+        bootstraps = String(cString: rd_kafka_mock_cluster_bootstraps(cluster))
+    }
+
+    var url: String { "kafka://" + bootstraps }
+
+    /// Takes every broker down (connections drop, requests fail) or brings them back.
+    func setAll(up: Bool) {
+        for id in 1...brokers {
+            _ = up ? rd_kafka_mock_broker_set_up(cluster, id) : rd_kafka_mock_broker_set_down(cluster, id)
+        }
+    }
+
+    /// The next `errors.count` requests of `apiKey` fail with these errors, in order.
+    func pushErrors(apiKey: Int16, _ errors: [rd_kafka_resp_err_t]) {
+        errors.withUnsafeBufferPointer { buffer in
+            rd_kafka_mock_push_request_errors_array(cluster, apiKey, buffer.count, buffer.baseAddress)
+        }
+    }
+
+    deinit {
+        rd_kafka_mock_cluster_destroy(cluster)
+        rd_kafka_destroy(owner)
+    }
+
+    static let produce: Int16 = 0
+    static let fetch: Int16 = 1
+    static let offsetCommit: Int16 = 8
+
+    /// One cluster shared by the conformance cases (they use unique names).
+    static let shared: MockCluster = try! MockCluster()
+}
+
+@Suite("Conformance: kafka on librdkafka's mock cluster")
+struct KafkaMockConformanceTests {
+    @Test("case", arguments: ConformanceSuite.cases(for: KafkaBackend.capabilities))
+    func conformance(_ testCase: ConformanceCase) async throws {
+        let harness = try KafkaTestSupport.harness(url: MockCluster.shared.url, name: "kafka-mock", extra: KafkaTestSupport.mockOptions)
+        if testCase.name == "stream.replay.fromTimestamp" {
+            // The 2.0.2 mock broker answers ListOffsets-by-timestamp with offset -1 (it only
+            // knows earliest/latest); the same case passes against noida-db above.
+            await withKnownIssue("librdkafka 2.0.2's mock cluster does not look up offsets by timestamp") {
+                try await ConformanceSuite.run(testCase, on: harness)
+            }
+            return
+        }
+        try await ConformanceSuite.run(testCase, on: harness)
+    }
+}
+
+/// Faults injected into the mock cluster while BrokerKit produces and consumes.
+@Suite("Kafka faults (mock cluster)")
+struct KafkaFaultTests {
+    func connect(_ cluster: MockCluster, _ options: [String: String] = [:]) async throws -> any Broker {
+        try await KafkaTestSupport.connect(KafkaTestSupport.mockOptions.merging(["operation.timeout": "60s"]) { $1 }.merging(options) { $1 }, url: cluster.url)
+    }
+
+    /// Consumes until every text in `expected` arrived (acking each); returns what arrived.
+    func drain(_ consumer: any MessageConsumer, expecting expected: Set<String>, timeout: Duration = .seconds(60)) async throws -> [String] {
+        var got: [String] = []
+        let deadline = ContinuousClock.now + timeout
+        while !expected.isSubset(of: Set(got)), ContinuousClock.now < deadline {
+            guard let delivery = try await consumer.next(timeout: .seconds(1)) else { continue }
+            got.append(delivery.message.text ?? "")
+            try await delivery.ack()
+        }
+        return got
+    }
+
+    @Test func brokersDownDuringProduceLoseNoAcknowledgedMessage() async throws {
+        let cluster = try MockCluster()
+        let broker = try await connect(cluster)
+        let queue = "fault-produce"
+        try await broker.createQueue(queue)
+        let acknowledged = Mutex<[String]>([])
+        let publishing = Task {
+            for i in 0..<60 {
+                let text = "m\(i)"
+                try await broker.publish(Message(text: text), to: queue)
+                acknowledged.withLock { $0.append(text) }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+        }
+        try await Task.sleep(for: .milliseconds(300))
+        cluster.setAll(up: false)
+        try await Task.sleep(for: .seconds(2))
+        cluster.setAll(up: true)
+        try await publishing.value
+        let sent = acknowledged.withLock { $0 }
+        #expect(sent.count == 60)
+        let consumer = try await broker.consumeQueue(queue, options: .init(prefetch: 64))
+        let got = try await drain(consumer, expecting: Set(sent))
+        await consumer.close()
+        await broker.close()
+        #expect(Set(sent).isSubset(of: Set(got)), "lost \(Set(sent).subtracting(got).sorted())")
+        #expect(got.count == Set(got).count, "the idempotent producer wrote duplicates")
+    }
+
+    @Test func brokersDownDuringConsumeConsumerContinues() async throws {
+        let cluster = try MockCluster()
+        let broker = try await connect(cluster)
+        let stream = "fault-consume"
+        try await broker.createStream(stream, options: DestinationOptions(partitions: 2))
+        let consumer = try await broker.consumeStream(stream, group: "survivor", options: .init(start: .earliest))
+        _ = try await broker.publish((0..<20).map { Message(key: "k\($0 % 4)", text: "before\($0)") }, to: stream)
+        let first = try await drain(consumer, expecting: Set((0..<20).map { "before\($0)" }))
+        #expect(first.count >= 20)
+        cluster.setAll(up: false)
+        try await Task.sleep(for: .seconds(2))
+        cluster.setAll(up: true)
+        let after = (0..<20).map { "after\($0)" }
+        _ = try await broker.publish(after.map { Message(key: "k", text: $0) }, to: stream)
+        let second = try await drain(consumer, expecting: Set(after))
+        await consumer.close()
+        await broker.close()
+        #expect(Set(after).isSubset(of: Set(second)), "the consumer did not continue after the outage")
+    }
+
+    @Test func injectedProduceErrorsAreRetriedWithoutDuplicates() async throws {
+        let cluster = try MockCluster()
+        let broker = try await connect(cluster)
+        let queue = "fault-produce-errors"
+        try await broker.createQueue(queue)
+        cluster.pushErrors(apiKey: MockCluster.produce, [
+            RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+        ])
+        let texts = (0..<30).map { "e\($0)" }
+        let receipts = try await broker.publish(texts.map { Message(text: $0) }, to: queue)
+        #expect(receipts.count == 30)
+        let consumer = try await broker.consumeQueue(queue, options: .init(prefetch: 64))
+        let got = try await drain(consumer, expecting: Set(texts))
+        let extra = try await consumer.next(timeout: .milliseconds(500))
+        await consumer.close()
+        await broker.close()
+        #expect(got.sorted() == texts.sorted(), "got \(got.count) records for 30 publishes")
+        #expect(extra == nil, "a duplicate after retried produce requests")
+    }
+
+    @Test func injectedFetchAndCommitErrorsLoseNothing() async throws {
+        let cluster = try MockCluster()
+        let broker = try await connect(cluster)
+        let queue = "fault-fetch-commit"
+        try await broker.createQueue(queue)
+        let texts = (0..<40).map { "f\($0)" }
+        _ = try await broker.publish(texts.map { Message(text: $0) }, to: queue)
+        cluster.pushErrors(apiKey: MockCluster.fetch, [
+            RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+        ])
+        cluster.pushErrors(apiKey: MockCluster.offsetCommit, [
+            RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+        ])
+        let consumer = try await broker.consumeQueue(queue, options: .init(prefetch: 8))
+        let got = try await drain(consumer, expecting: Set(texts))
+        await consumer.close()
+        #expect(Set(got) == Set(texts), "missing \(Set(texts).subtracting(got).sorted())")
+        // The final commit on close went through despite the failed ones: nothing is left.
+        var depth = -1
+        for _ in 0..<50 {
+            depth = try await broker.stats(for: queue).depth
+            if depth == 0 { break }
+            try await Task.sleep(for: .milliseconds(100))
+        }
+        await broker.close()
+        #expect(depth == 0, "depth \(depth) after every message was acked")
+    }
+}
