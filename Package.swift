@@ -97,6 +97,12 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .executableTarget(
+            name: "KafkaBenchmark",
+            dependencies: ["BrokerAPI", "KafkaBackend", "CRdKafka"],
+            path: "Benchmarks/KafkaBenchmark",
+            swiftSettings: swiftSettings
+        ),
+        .executableTarget(
             name: "RabbitBenchmark",
             dependencies: ["BrokerAPI", "RabbitBackend", "CRabbitMQ"],
             path: "Benchmarks/RabbitBenchmark",

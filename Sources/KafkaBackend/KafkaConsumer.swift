@@ -9,8 +9,9 @@ import Synchronization
 ///
 /// - Per-message settlement on top of offsets: each partition keeps the offsets it handed
 ///   out in fetch order; only the contiguous run of settled offsets is committed.
-/// - Prefetch: when `prefetch` deliveries are unsettled, every assigned partition is paused
-///   (librdkafka drops what it fetched ahead and refetches from the next offset on resume).
+/// - Prefetch: at most `prefetch` deliveries are unsettled; further fetched records wait in
+///   a local ready list (polling goes on, so rebalances are served), and only when that list
+///   passes `readyLimit` are the partitions paused.
 /// - Retry/delay topics: a record whose `x-brokerkit-deliver-at` lies ahead is held until
 ///   due; past `delay.hold.max` held records its partition pauses.
 /// - In-place retries (streams, and queues in `blocking` mode) pause the partition until
@@ -59,6 +60,13 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         var partitions: [TopicPartition: PartitionState] = [:]
         var epochs = 0
         var outstanding = 0
+        /// Fetched and due, waiting for a free prefetch slot (handed out by the poll thread,
+        /// in fetch order). Polling continues meanwhile, so rebalances are served; only
+        /// past `readyLimit` are partitions paused.
+        var ready: [(record: KafkaRecord, epoch: Int)] = []
+        var readyHead = 0
+        var readyBytes = 0
+        var blockedTotal = 0
         var held: [Held] = []
         var paused: Set<TopicPartition> = []
         var dirty: Set<TopicPartition> = []
@@ -237,18 +245,25 @@ final class KafkaConsumer: MessageConsumer, Sendable {
 
     // MARK: - Poll loop (own thread)
 
+    /// Records (and bytes) waiting for a prefetch slot before partitions are paused. Large,
+    /// because a paused partition refetches from scratch on resume: pausing is the
+    /// back-pressure of last resort, resumed when half the backlog is handed out.
+    var readyLimit: Int { max(prefetch * 2, 5_000) }
+    static let readyByteLimit = 64 * 1024 * 1024
+
     private func loop() {
         let rk = handle.rk
-        var started = false
+        var lastCommit = ContinuousClock.now
         while true {
             let closing = state.withLock { $0.closing }
             if closing { break }
-            if !started {
-                started = true
-            }
-            applyPauses()
-            commitDirty(sync: false)
             let waitMs = releaseDueHeld()
+            handOut()
+            applyPauses()
+            if ContinuousClock.now - lastCommit >= .milliseconds(100) {
+                commitDirty(sync: false)
+                lastCommit = ContinuousClock.now
+            }
             guard let message = rd_kafka_consumer_poll(rk, waitMs) else { continue }
             defer { rd_kafka_message_destroy(message) }
             let err = message.pointee.err
@@ -260,6 +275,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
                 continue
             }
             accept(KafkaRecord(message))
+            handOut()
         }
         // Closing: stop handing out, commit what is done, leave the group.
         let left = buffer.finish()
@@ -275,10 +291,12 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             s.finished = true
             s.partitions = [:]
             s.held = []
-            var all = s.finishWaiters + s.joinWaiters
+            s.ready = []
+            s.readyHead = 0
+            s.readyBytes = 0
+            let all = s.finishWaiters + s.joinWaiters
             s.finishWaiters = []
             s.joinWaiters = []
-            all += []
             return all
         }
         for waiter in waiters { waiter.resume() }
@@ -292,23 +310,44 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             due = ISO8601.parse(value)
         }
         let now = Date()
-        let epoch = state.withLock { s -> Int? in
-            guard var p = s.partitions[tp] else { return nil }
+        state.withLock { s in
+            guard var p = s.partitions[tp] else { return }  // not assigned any more
             p.order.append(record.offset)
             p.last = record.offset
-            let epoch = p.epoch
             if let due, due > now {
                 p.held += 1
-                s.held.append(Held(record: record, epoch: epoch, due: due))
+                s.held.append(Held(record: record, epoch: p.epoch, due: due))
             } else {
-                s.outstanding += 1
+                s.ready.append((record, p.epoch))
+                s.readyBytes += record.value.count
             }
             s.partitions[tp] = p
-            return epoch
         }
-        guard let epoch else { return }  // not assigned any more
-        if let due, due > now { return }
-        push(record, epoch: epoch, attempt: nil, firstFailureAt: nil)
+    }
+
+    /// Hands ready records out while prefetch slots are free (poll thread only, so fetch
+    /// order is kept).
+    private func handOut() {
+        let batch = state.withLock { s -> [(record: KafkaRecord, epoch: Int)] in
+            var out: [(record: KafkaRecord, epoch: Int)] = []
+            while s.readyHead < s.ready.count && s.outstanding < prefetch {
+                let next = s.ready[s.readyHead]
+                s.readyHead += 1
+                s.readyBytes -= next.record.value.count
+                guard s.partitions[next.record.topicPartition]?.epoch == next.epoch else { continue }
+                s.outstanding += 1
+                out.append(next)
+            }
+            if s.readyHead == s.ready.count {
+                s.ready.removeAll(keepingCapacity: true)
+                s.readyHead = 0
+            } else if s.readyHead > 1024 && s.readyHead * 2 > s.ready.count {
+                s.ready.removeFirst(s.readyHead)
+                s.readyHead = 0
+            }
+            return out
+        }
+        for item in batch { push(item.record, epoch: item.epoch, attempt: nil, firstFailureAt: nil) }
     }
 
     /// Releases held records that are due; returns how long the next poll may wait (ms).
@@ -322,7 +361,8 @@ final class KafkaConsumer: MessageConsumer, Sendable {
                 if held.due <= now, var p = s.partitions[held.record.topicPartition], p.epoch == held.epoch {
                     p.held -= 1
                     s.partitions[held.record.topicPartition] = p
-                    s.outstanding += 1
+                    s.ready.append((held.record, held.epoch))
+                    s.readyBytes += held.record.value.count
                     due.append(held)
                 } else if held.due > now, s.partitions[held.record.topicPartition]?.epoch == held.epoch {
                     keep.append(held)
@@ -331,7 +371,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             s.held = keep
             return (due, keep.map(\.due).min())
         }
-        for held in due { push(held.record, epoch: held.epoch, attempt: nil, firstFailureAt: nil) }
+        _ = due
         guard let next else { return 100 }
         return Int32(max(1, min(100, Int((next.timeIntervalSince(now) * 1000).rounded(.up)))))
     }
@@ -360,17 +400,16 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     // MARK: - Settlement (any thread)
 
     /// Marks `record` settled: its offset may be committed once all earlier ones are.
-    func settle(_ record: KafkaRecord, epoch: Int, countsOutstanding: Bool = true, unblock: Bool = false) {
+    func settle(_ record: KafkaRecord, epoch: Int) {
         let wakeUp = state.withLock { s -> Bool in
-            if countsOutstanding { s.outstanding -= 1 }
+            s.outstanding -= 1
             let tp = record.topicPartition
             if var p = s.partitions[tp], p.epoch == epoch {
-                if unblock { p.blocked = max(0, p.blocked - 1) }
                 p.markDone(record.offset)
                 s.partitions[tp] = p
                 s.dirty.insert(tp)
             }
-            return !s.paused.isEmpty
+            return s.readyHead < s.ready.count || !s.paused.isEmpty
         }
         if wakeUp { wake() }
     }
@@ -384,6 +423,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
                 return false
             }
             p.blocked += 1
+            s.blockedTotal += 1
             s.partitions[tp] = p
             return true
         }
@@ -392,6 +432,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         Task {
             try? await Task.sleep(for: delay)
             let still = self.state.withLock { s -> Bool in
+                s.blockedTotal = max(0, s.blockedTotal - 1)
                 guard var p = s.partitions[tp], p.epoch == epoch, !s.closing else {
                     s.outstanding -= 1
                     return false
@@ -423,10 +464,16 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     // MARK: - Pauses and commits (poll thread)
 
     private func applyPauses() {
+        let limit = readyLimit
         let (toPause, toResume) = state.withLock { s -> ([TopicPartition], [TopicPartition]) in
+            let waiting = s.ready.count - s.readyHead
+            // The common case: nothing paused, nothing that would pause.
+            let full = waiting >= limit || s.readyBytes >= Self.readyByteLimit
+            let halfFull = waiting >= limit / 2 || s.readyBytes >= Self.readyByteLimit / 2
+            if s.paused.isEmpty && !full && s.held.isEmpty && s.blockedTotal == 0 { return ([], []) }
             let all = Set(s.partitions.keys)
             var desired: Set<TopicPartition>
-            if s.outstanding >= prefetch {
+            if full || (!s.paused.isEmpty && s.paused == all && halfFull) {
                 desired = all
             } else {
                 desired = Set(s.partitions.filter { _, p in

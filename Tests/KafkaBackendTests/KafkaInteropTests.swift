@@ -89,6 +89,29 @@ struct KafkaInteropTests {
         await broker.close()
     }
 
+    @Test func brokerRejectsARecordOverTheTopicLimit() async throws {
+        let broker = try await KafkaTestSupport.connect()
+        let queue = "small-\(UUID().uuidString.prefix(8))"
+        try await broker.createQueue(queue, options: DestinationOptions(partitions: 1, backendSettings: ["max.message.bytes": "2000"]))
+        let big = Message(text: String(repeating: "y", count: 5000))
+        do {
+            try await broker.publish(big, to: queue)
+            Issue.record("the broker accepted 5000 bytes on a topic limited to 2000")
+        } catch let error as BrokerError {
+            #expect(error.code == .messageTooLarge, "\(error)")
+            #expect(error.message.contains(big.id) && error.destination == queue, "\(error)")
+        }
+        try await broker.publish(Message(text: "fits"), to: queue)
+        let consumer = try await broker.consumeQueue(queue)
+        let got = try #require(try await consumer.next(timeout: .seconds(15)))
+        try await got.ack()
+        let extra = try await consumer.next(timeout: .milliseconds(300))
+        await consumer.close()
+        await broker.close()
+        #expect(got.message.text == "fits")
+        #expect(extra == nil, "the rejected record was stored")
+    }
+
     @Test func invalidLibrdkafkaPropertyNamesIt() async throws {
         do {
             _ = try await KafkaTestSupport.connect(["rdkafka.no.such.property": "1"])

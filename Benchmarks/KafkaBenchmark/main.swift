@@ -1,0 +1,282 @@
+// BrokerKit's Kafka backend against raw librdkafka doing the same work, in one run.
+//
+//   swift build -c release --product KafkaBenchmark
+//   .build/release/KafkaBenchmark [kafka://127.0.0.1:19092] [messages]
+//
+// Scenarios (same message count, 256-byte payload, 3-partition topics, same producer
+// settings: idempotent, acks=all, linger 5 ms):
+//   produce-awaited   one record at a time, each delivery report awaited before the next
+//   produce-batched   every record enqueued at once, then all delivery reports awaited
+//                     (BrokerKit: concurrent publish calls of 1,000 records)
+//   consume-commit    a group member reads every record and commits after processing
+//                     (raw: async commit of the consumed position every 1,000 records and
+//                     at the end; BrokerKit: ack each delivery, contiguous commits)
+//   e2e-latency       produce one record, wait until a group member has it (p50 / p99)
+import BrokerAPI
+import CRdKafka
+import Foundation
+import KafkaBackend
+import Synchronization
+
+let arguments = CommandLine.arguments
+let url = arguments.count > 1 ? arguments[1] : (ProcessInfo.processInfo.environment["BROKERKIT_TEST_KAFKA_URL"] ?? "kafka://127.0.0.1:9092")
+let count = arguments.count > 2 ? Int(arguments[2]) ?? 20_000 : 20_000
+let latencySamples = 500
+let payload = Data(repeating: 0x61, count: 256)
+let run = String(UUID().uuidString.prefix(6)).lowercased()
+
+KafkaBackend.register()
+let parsed = try BrokerURL(url)
+let bootstrap = parsed.hosts.map { "\($0.name):\($0.port ?? 9092)" }.joined(separator: ",")
+let broker = try await Brokers.connect(url: url, options: ["prefix": "bench.", "statistics.interval": "0"])
+
+// MARK: - Raw librdkafka
+
+final class Box<T>: @unchecked Sendable {
+    // Safe: every access holds `lock`.
+    private var value: T
+    private let lock = NSLock()
+    init(_ value: T) { self.value = value }
+    func update<R>(_ body: (inout T) -> R) -> R { lock.lock(); defer { lock.unlock() }; return body(&value) }
+}
+
+let delivered = Box(0)
+
+func rawHandle(_ type: rd_kafka_type_t, _ properties: [String: String], producer: Bool = false) -> OpaquePointer {
+    var errstr = [CChar](repeating: 0, count: 512)
+    let conf = rd_kafka_conf_new()
+    for (key, value) in properties where rd_kafka_conf_set(conf, key, value, &errstr, errstr.count) != RD_KAFKA_CONF_OK {
+        fatalError("raw conf \(key)")
+    }
+    if producer {
+        rd_kafka_conf_set_dr_msg_cb(conf) { _, message, _ in
+            if message?.pointee.err != RD_KAFKA_RESP_ERR_NO_ERROR { fatalError("raw delivery failed") }
+            delivered.update { $0 += 1 }
+        }
+    }
+    guard let rk = rd_kafka_new(type, conf, &errstr, errstr.count) else { fatalError("rd_kafka_new") }
+    return rk
+}
+
+let producerProperties = [
+    "bootstrap.servers": bootstrap, "enable.idempotence": "true", "acks": "all", "linger.ms": "5",
+    "max.in.flight.requests.per.connection": "5",
+]
+
+func rawProduce(_ rk: OpaquePointer, _ topic: String, _ i: Int) {
+    let key = Array("k\(i % 64)".utf8)
+    while true {
+        let err = payload.withUnsafeBytes { value in
+            bk_produce(rk, topic, -1, value.baseAddress, value.count, key, key.count, nil, 0, nil)
+        }
+        if err == RD_KAFKA_RESP_ERR_NO_ERROR { return }
+        if err == RD_KAFKA_RESP_ERR__QUEUE_FULL { rd_kafka_poll(rk, 1); continue }
+        fatalError("raw produce: \(String(cString: rd_kafka_err2str(err)))")
+    }
+}
+
+func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        Thread { continuation.resume(returning: body()) }.start()
+    }
+}
+
+func measure(_ body: () async throws -> Void) async rethrows -> Duration {
+    let start = ContinuousClock.now
+    try await body()
+    return ContinuousClock.now - start
+}
+
+func percentile(_ values: [Duration], _ p: Double) -> Duration {
+    let sorted = values.sorted()
+    return sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
+}
+
+func rate(_ n: Int, _ d: Duration) -> Double { Double(n) / d.timeInterval }
+
+func stream(_ label: String) async throws -> (name: String, topic: String) {
+    let name = "\(label)-\(run)"
+    try await broker.createStream(name, options: DestinationOptions(partitions: 3))
+    return (name, "bench." + name)
+}
+
+print("BrokerKit Kafka backend vs raw librdkafka \(KafkaBackend.libraryVersion) — \(count) messages of \(payload.count) B, \(url)")
+print("")
+var rows: [(String, String, String, String)] = []
+@MainActor func row(_ name: String, kit: Double, raw: Double) {
+    rows.append((name, String(format: "%.0f", kit), String(format: "%.0f", raw), String(format: "%.2f", kit / raw)))
+}
+
+// produce-awaited
+let awaitedCount = min(count, 2_000)
+let rawAwaitedTopic = try await stream("raw-awaited").topic
+let rawAwaited: Duration = await onThread {
+    let rk = rawHandle(RD_KAFKA_PRODUCER, producerProperties, producer: true)
+    defer { rd_kafka_destroy(rk) }
+    delivered.update { $0 = 0 }
+    let start = ContinuousClock.now
+    for i in 0..<awaitedCount {
+        rawProduce(rk, rawAwaitedTopic, i)
+        while delivered.update({ $0 }) <= i { rd_kafka_poll(rk, 1) }
+    }
+    return ContinuousClock.now - start
+}
+let kitAwaitedStream = try await stream("kit-awaited").name
+let kitAwaited = try await measure {
+    for i in 0..<awaitedCount {
+        try await broker.publish(Message(key: "k\(i % 64)", payload: payload), to: kitAwaitedStream)
+    }
+}
+row("produce awaited (msg/s)", kit: rate(awaitedCount, kitAwaited), raw: rate(awaitedCount, rawAwaited))
+
+// produce-batched
+let rawBatchTopic = try await stream("raw-batched").topic
+let rawBatched: Duration = await onThread {
+    let rk = rawHandle(RD_KAFKA_PRODUCER, producerProperties, producer: true)
+    defer { rd_kafka_destroy(rk) }
+    delivered.update { $0 = 0 }
+    let start = ContinuousClock.now
+    for i in 0..<count {
+        rawProduce(rk, rawBatchTopic, i)
+        if i % 1000 == 0 { rd_kafka_poll(rk, 0) }
+    }
+    _ = rd_kafka_flush(rk, 60_000)
+    let took = ContinuousClock.now - start
+    if delivered.update({ $0 }) != count { fatalError("raw batched: \(delivered.update { $0 }) reports") }
+    return took
+}
+let kitBatchStream = try await stream("kit-batched").name
+let kitBatched = try await measure {
+    try await withThrowingTaskGroup(of: Void.self) { group in
+        for start in stride(from: 0, to: count, by: 1000) {
+            group.addTask {
+                let messages = (start..<min(count, start + 1000)).map { Message(key: "k\($0 % 64)", payload: payload) }
+                _ = try await broker.publish(messages, to: kitBatchStream)
+            }
+        }
+        try await group.waitForAll()
+    }
+}
+row("produce batched (msg/s)", kit: rate(count, kitBatched), raw: rate(count, rawBatched))
+
+// consume-commit, both reading the batched topics (count records each)
+let rawConsume: Duration = await onThread {
+    let rk = rawHandle(RD_KAFKA_CONSUMER, [
+        "bootstrap.servers": bootstrap, "group.id": "bench.raw-\(run)", "enable.auto.commit": "false",
+        "enable.auto.offset.store": "false",
+        "auto.offset.reset": "earliest", "partition.assignment.strategy": "roundrobin", "fetch.wait.max.ms": "100",
+    ])
+    defer { rd_kafka_destroy(rk) }
+    rd_kafka_poll_set_consumer(rk)
+    let topics = rd_kafka_topic_partition_list_new(1)
+    rd_kafka_topic_partition_list_add(topics, rawBatchTopic, -1)
+    _ = rd_kafka_subscribe(rk, topics)
+    rd_kafka_topic_partition_list_destroy(topics)
+    var got = 0
+    var start: ContinuousClock.Instant?
+    while got < count {
+        guard let message = rd_kafka_consumer_poll(rk, 100) else { continue }
+        if message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR {
+            if start == nil { start = .now }
+            got += 1
+            let list = rd_kafka_topic_partition_list_new(1)!
+            let element = rd_kafka_topic_partition_list_add(list, rd_kafka_topic_name(message.pointee.rkt), message.pointee.partition)
+            element?.pointee.offset = message.pointee.offset + 1
+            _ = rd_kafka_offsets_store(rk, list)
+            rd_kafka_topic_partition_list_destroy(list)
+            if got % 1000 == 0 { _ = rd_kafka_commit(rk, nil, 1) }
+        }
+        rd_kafka_message_destroy(message)
+    }
+    _ = rd_kafka_commit(rk, nil, 0)
+    let took = ContinuousClock.now - start!
+    _ = rd_kafka_consumer_close(rk)
+    return took
+}
+let consumer = try await broker.consumeStream(kitBatchStream, group: "kit-\(run)", options: .init(start: .earliest, prefetch: 1000))
+var kitStart: ContinuousClock.Instant?
+var kitGot = 0
+while kitGot < count {
+    guard let delivery = try await consumer.next() else { fatalError("consumer ended") }
+    if kitStart == nil { kitStart = .now }
+    kitGot += 1
+    try await delivery.ack()
+}
+let kitConsume = ContinuousClock.now - kitStart!
+await consumer.close()
+row("consume + commit (msg/s)", kit: rate(count, kitConsume), raw: rate(count, rawConsume))
+
+// e2e latency
+let rawLatencyTopic = try await stream("raw-latency").topic
+let rawLatencies: [Duration] = await onThread {
+    let producer = rawHandle(RD_KAFKA_PRODUCER, producerProperties.merging(["linger.ms": "0"]) { $1 }, producer: true)
+    let consumer = rawHandle(RD_KAFKA_CONSUMER, [
+        "bootstrap.servers": bootstrap, "group.id": "bench.raw-lat-\(run)", "enable.auto.commit": "false",
+        "auto.offset.reset": "latest", "fetch.wait.max.ms": "100", "partition.assignment.strategy": "roundrobin",
+    ])
+    defer {
+        _ = rd_kafka_consumer_close(consumer)
+        rd_kafka_destroy(consumer)
+        rd_kafka_destroy(producer)
+    }
+    rd_kafka_poll_set_consumer(consumer)
+    let topics = rd_kafka_topic_partition_list_new(1)
+    rd_kafka_topic_partition_list_add(topics, rawLatencyTopic, -1)
+    _ = rd_kafka_subscribe(consumer, topics)
+    rd_kafka_topic_partition_list_destroy(topics)
+    // Wait for the assignment before measuring.
+    while true {
+        var assigned: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
+        _ = rd_kafka_assignment(consumer, &assigned)
+        let n = assigned?.pointee.cnt ?? 0
+        if let assigned { rd_kafka_topic_partition_list_destroy(assigned) }
+        if n > 0 { break }
+        if let m = rd_kafka_consumer_poll(consumer, 50) { rd_kafka_message_destroy(m) }
+    }
+    Thread.sleep(forTimeInterval: 1)
+    var samples: [Duration] = []
+    for i in 0..<latencySamples {
+        let start = ContinuousClock.now
+        rawProduce(producer, rawLatencyTopic, i)
+        rd_kafka_poll(producer, 0)
+        while true {
+            rd_kafka_poll(producer, 0)
+            guard let message = rd_kafka_consumer_poll(consumer, 1) else { continue }
+            let ok = message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR
+            rd_kafka_message_destroy(message)
+            if ok { break }
+        }
+        samples.append(ContinuousClock.now - start)
+    }
+    return samples
+}
+let latencyBroker = try await Brokers.connect(url: url, options: ["prefix": "bench.", "linger": "0", "statistics.interval": "0"])
+let kitLatencyStream = try await stream("kit-latency").name
+let latencyConsumer = try await latencyBroker.consumeStream(kitLatencyStream, group: "kit-lat-\(run)", options: .init(start: .latest, prefetch: 1))
+try await Task.sleep(for: .seconds(1))
+var kitLatencies: [Duration] = []
+for i in 0..<latencySamples {
+    let start = ContinuousClock.now
+    try await latencyBroker.publish(Message(key: "k\(i % 64)", payload: payload), to: kitLatencyStream)
+    guard let delivery = try await latencyConsumer.next() else { fatalError("consumer ended") }
+    kitLatencies.append(ContinuousClock.now - start)
+    try await delivery.ack()
+}
+await latencyConsumer.close()
+await latencyBroker.close()
+func ms(_ d: Duration) -> String { String(format: "%.3f", d.timeInterval * 1000) }
+rows.append(("e2e latency p50 (ms)", ms(percentile(kitLatencies, 0.5)), ms(percentile(rawLatencies, 0.5)),
+             String(format: "%.2f", percentile(rawLatencies, 0.5).timeInterval / percentile(kitLatencies, 0.5).timeInterval)))
+rows.append(("e2e latency p99 (ms)", ms(percentile(kitLatencies, 0.99)), ms(percentile(rawLatencies, 0.99)),
+             String(format: "%.2f", percentile(rawLatencies, 0.99).timeInterval / percentile(kitLatencies, 0.99).timeInterval)))
+
+for label in ["raw-awaited", "kit-awaited", "raw-batched", "kit-batched", "raw-latency", "kit-latency"] {
+    try? await broker.deleteDestination("\(label)-\(run)")
+}
+await broker.close()
+
+print("| scenario | BrokerKit | raw librdkafka | ratio (BrokerKit / raw speed) |")
+print("|---|---:|---:|---:|")
+for row in rows { print("| \(row.0) | \(row.1) | \(row.2) | \(row.3) |") }
+print("")
+print("ratio: throughput BrokerKit ÷ raw; for latency raw ÷ BrokerKit (1.00 = as fast as raw; the target is ≥ 0.80).")
