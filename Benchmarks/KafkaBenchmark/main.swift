@@ -63,12 +63,17 @@ let producerProperties = [
     "max.in.flight.requests.per.connection": "5",
 ]
 
+/// One record with the same content BrokerKit writes: key, payload and an id header.
 func rawProduce(_ rk: OpaquePointer, _ topic: String, _ i: Int) {
     let key = Array("k\(i % 64)".utf8)
+    let id = Array(UUID().uuidString.lowercased().utf8)
     while true {
+        let headers = rd_kafka_headers_new(1)
+        _ = rd_kafka_header_add(headers, "x-brokerkit-id", -1, id, id.count)
         let err = payload.withUnsafeBytes { value in
-            bk_produce(rk, topic, -1, value.baseAddress, value.count, key, key.count, nil, 0, nil)
+            bk_produce(rk, topic, -1, value.baseAddress, value.count, key, key.count, headers, 0, nil)
         }
+        if err != RD_KAFKA_RESP_ERR_NO_ERROR { rd_kafka_headers_destroy(headers) }
         if err == RD_KAFKA_RESP_ERR_NO_ERROR { return }
         if err == RD_KAFKA_RESP_ERR__QUEUE_FULL { rd_kafka_poll(rk, 1); continue }
         fatalError("raw produce: \(String(cString: rd_kafka_err2str(err)))")
@@ -122,11 +127,14 @@ let rawAwaited: Duration = await onThread {
     return ContinuousClock.now - start
 }
 let kitAwaitedStream = try await stream("kit-awaited").name
-let kitAwaited = try await measure {
-    for i in 0..<awaitedCount {
-        try await broker.publish(Message(key: "k\(i % 64)", payload: payload), to: kitAwaitedStream)
+// BrokerKit runs off the main actor, as a server's request handlers do.
+let kitAwaited = try await Task.detached {
+    try await measure {
+        for i in 0..<awaitedCount {
+            try await broker.publish(Message(key: "k\(i % 64)", payload: payload), to: kitAwaitedStream)
+        }
     }
-}
+}.value
 row("produce awaited (msg/s)", kit: rate(awaitedCount, kitAwaited), raw: rate(awaitedCount, rawAwaited))
 
 // produce-batched
@@ -146,7 +154,7 @@ let rawBatched: Duration = await onThread {
     return took
 }
 let kitBatchStream = try await stream("kit-batched").name
-let kitBatched = try await measure {
+let kitBatched = try await Task.detached { try await measure {
     try await withThrowingTaskGroup(of: Void.self) { group in
         for start in stride(from: 0, to: count, by: 1000) {
             group.addTask {
@@ -156,7 +164,7 @@ let kitBatched = try await measure {
         }
         try await group.waitForAll()
     }
-}
+} }.value
 row("produce batched (msg/s)", kit: rate(count, kitBatched), raw: rate(count, rawBatched))
 
 // consume-commit, both reading the batched topics (count records each)
@@ -193,17 +201,20 @@ let rawConsume: Duration = await onThread {
     _ = rd_kafka_consumer_close(rk)
     return took
 }
-let consumer = try await broker.consumeStream(kitBatchStream, group: "kit-\(run)", options: .init(start: .earliest, prefetch: 1000))
-var kitStart: ContinuousClock.Instant?
-var kitGot = 0
-while kitGot < count {
-    guard let delivery = try await consumer.next() else { fatalError("consumer ended") }
-    if kitStart == nil { kitStart = .now }
-    kitGot += 1
-    try await delivery.ack()
-}
-let kitConsume = ContinuousClock.now - kitStart!
-await consumer.close()
+let kitConsume = try await Task.detached {
+    let consumer = try await broker.consumeStream(kitBatchStream, group: "kit-\(run)", options: .init(start: .earliest, prefetch: 1000))
+    var kitStart: ContinuousClock.Instant?
+    var kitGot = 0
+    while kitGot < count {
+        guard let delivery = try await consumer.next() else { fatalError("consumer ended") }
+        if kitStart == nil { kitStart = .now }
+        kitGot += 1
+        try await delivery.ack()
+    }
+    let took = ContinuousClock.now - kitStart!
+    await consumer.close()
+    return took
+}.value
 row("consume + commit (msg/s)", kit: rate(count, kitConsume), raw: rate(count, rawConsume))
 
 // e2e latency
@@ -254,14 +265,17 @@ let latencyBroker = try await Brokers.connect(url: url, options: ["prefix": "ben
 let kitLatencyStream = try await stream("kit-latency").name
 let latencyConsumer = try await latencyBroker.consumeStream(kitLatencyStream, group: "kit-lat-\(run)", options: .init(start: .latest, prefetch: 1))
 try await Task.sleep(for: .seconds(1))
-var kitLatencies: [Duration] = []
-for i in 0..<latencySamples {
-    let start = ContinuousClock.now
-    try await latencyBroker.publish(Message(key: "k\(i % 64)", payload: payload), to: kitLatencyStream)
-    guard let delivery = try await latencyConsumer.next() else { fatalError("consumer ended") }
-    kitLatencies.append(ContinuousClock.now - start)
-    try await delivery.ack()
-}
+let kitLatencies = try await Task.detached {
+    var samples: [Duration] = []
+    for i in 0..<latencySamples {
+        let start = ContinuousClock.now
+        try await latencyBroker.publish(Message(key: "k\(i % 64)", payload: payload), to: kitLatencyStream)
+        guard let delivery = try await latencyConsumer.next() else { fatalError("consumer ended") }
+        samples.append(ContinuousClock.now - start)
+        try await delivery.ack()
+    }
+    return samples
+}.value
 await latencyConsumer.close()
 await latencyBroker.close()
 func ms(_ d: Duration) -> String { String(format: "%.3f", d.timeInterval * 1000) }

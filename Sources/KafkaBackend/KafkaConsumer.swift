@@ -88,6 +88,9 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     let buffer = DeliveryBuffer()
     let state = Mutex(State())
     private let consumerQueue: Mutex<OpaquePointer?>
+    // Poll-thread-only scratch space. `nonisolated(unsafe)` is sound: only `loop()` touches them.
+    private nonisolated(unsafe) var batch = [UnsafeMutablePointer<rd_kafka_message_t>?](repeating: nil, count: 256)
+    private nonisolated(unsafe) var topicNames: [OpaquePointer: String] = [:]
     let logger: Logger
 
     var prefetch: Int {
@@ -251,6 +254,20 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     var readyLimit: Int { max(prefetch * 2, 5_000) }
     static let readyByteLimit = 64 * 1024 * 1024
 
+    /// Copies a polled message into `records` (errors are logged) and frees it.
+    private func take(_ message: UnsafeMutablePointer<rd_kafka_message_t>, into records: inout [KafkaRecord]) {
+        defer { rd_kafka_message_destroy(message) }
+        let err = message.pointee.err
+        guard err == RD_KAFKA_RESP_ERR_NO_ERROR else {
+            if err != RD_KAFKA_RESP_ERR__PARTITION_EOF {
+                let text = rd_kafka_message_errstr(message).map { String(cString: $0) } ?? RdKafka.errorText(err)
+                logger.debug("kafka consumer error \(RdKafka.errorName(err)): \(text)")
+            }
+            return
+        }
+        records.append(KafkaRecord(message, topicNames: &topicNames))
+    }
+
     private func loop() {
         let rk = handle.rk
         var lastCommit = ContinuousClock.now
@@ -264,17 +281,17 @@ final class KafkaConsumer: MessageConsumer, Sendable {
                 commitDirty(sync: false)
                 lastCommit = ContinuousClock.now
             }
-            guard let message = rd_kafka_consumer_poll(rk, waitMs) else { continue }
-            defer { rd_kafka_message_destroy(message) }
-            let err = message.pointee.err
-            if err != RD_KAFKA_RESP_ERR_NO_ERROR {
-                if err != RD_KAFKA_RESP_ERR__PARTITION_EOF {
-                    let text = rd_kafka_message_errstr(message).map { String(cString: $0) } ?? RdKafka.errorText(err)
-                    logger.debug("kafka consumer error \(RdKafka.errorName(err)): \(text)")
+            // Wait for one record, then take whatever else is already fetched in one call.
+            guard let first = rd_kafka_consumer_poll(rk, waitMs) else { continue }
+            var records: [KafkaRecord] = []
+            take(first, into: &records)
+            if let queue = consumerQueue.withLock({ $0 }) {
+                let n = batch.withUnsafeMutableBufferPointer { buffer in
+                    rd_kafka_consume_batch_queue(queue, 0, buffer.baseAddress, buffer.count)
                 }
-                continue
+                if n > 0 { for i in 0..<n { if let message = batch[i] { take(message, into: &records) } } }
             }
-            accept(KafkaRecord(message))
+            accept(records)
             handOut()
         }
         // Closing: stop handing out, commit what is done, leave the group.
@@ -302,26 +319,29 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         for waiter in waiters { waiter.resume() }
     }
 
-    /// Takes a fetched record: holds it when not yet due, else hands it out.
-    private func accept(_ record: KafkaRecord) {
-        let tp = record.topicPartition
-        var due: Date?
-        for (name, value) in record.headers where name == HeaderName.deliverAt {
-            due = ISO8601.parse(value)
-        }
+    /// Takes fetched records: holds those not yet due, queues the rest for handing out.
+    private func accept(_ records: [KafkaRecord]) {
+        if records.isEmpty { return }
         let now = Date()
+        let dues = records.map { record -> Date? in
+            guard let value = record.headers.first(where: { $0.0 == HeaderName.deliverAt })?.1 else { return nil }
+            return ISO8601.parse(value).flatMap { $0 > now ? $0 : nil }
+        }
         state.withLock { s in
-            guard var p = s.partitions[tp] else { return }  // not assigned any more
-            p.order.append(record.offset)
-            p.last = record.offset
-            if let due, due > now {
-                p.held += 1
-                s.held.append(Held(record: record, epoch: p.epoch, due: due))
-            } else {
-                s.ready.append((record, p.epoch))
-                s.readyBytes += record.value.count
+            for (record, due) in zip(records, dues) {
+                let tp = record.topicPartition
+                guard var p = s.partitions[tp] else { continue }  // not assigned any more
+                p.order.append(record.offset)
+                p.last = record.offset
+                if let due {
+                    p.held += 1
+                    s.held.append(Held(record: record, epoch: p.epoch, due: due))
+                } else {
+                    s.ready.append((record, p.epoch))
+                    s.readyBytes += record.value.count
+                }
+                s.partitions[tp] = p
             }
-            s.partitions[tp] = p
         }
     }
 
@@ -409,7 +429,8 @@ final class KafkaConsumer: MessageConsumer, Sendable {
                 s.partitions[tp] = p
                 s.dirty.insert(tp)
             }
-            return s.readyHead < s.ready.count || !s.paused.isEmpty
+            // Wake the poll thread only if a record waits for exactly this free slot.
+            return (s.readyHead < s.ready.count && s.outstanding == prefetch - 1) || !s.paused.isEmpty
         }
         if wakeUp { wake() }
     }
@@ -523,6 +544,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         let rk = handle.rk
         let cooperative = rd_kafka_rebalance_protocol(rk).map { String(cString: $0) } == "COOPERATIVE"
         let entries = partitions.map { PartitionList.entries(of: $0) } ?? []
+        topicNames.removeAll()  // topic handles may be freed and their addresses reused
         let tps = entries.map(\.0)
         switch err {
         case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:

@@ -227,8 +227,24 @@ struct KafkaRecord: Sendable {
     var topicPartition: TopicPartition { TopicPartition(topic: topic, partition: partition) }
 
     init(_ message: UnsafePointer<rd_kafka_message_t>) {
+        var names: [OpaquePointer: String] = [:]
+        self.init(message, topicNames: &names)
+    }
+
+    /// `topicNames` caches topic names by handle (the poll thread reuses it).
+    init(_ message: UnsafePointer<rd_kafka_message_t>, topicNames: inout [OpaquePointer: String]) {
         let m = message.pointee
-        topic = m.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? ""
+        if let rkt = m.rkt {
+            if let known = topicNames[rkt] {
+                topic = known
+            } else {
+                let name = String(cString: rd_kafka_topic_name(rkt))
+                topicNames[rkt] = name
+                topic = name
+            }
+        } else {
+            topic = ""
+        }
         partition = m.partition
         offset = m.offset
         key = m.key.map { Data(bytes: $0, count: m.key_len) }
