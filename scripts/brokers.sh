@@ -68,9 +68,11 @@ start_rabbit() {
 }
 
 start_kafka() {
-    mkdir -p "$RUN/kafka"
+    # A fresh data directory per start: the test broker keeps no state between runs.
+    rm -rf "$RUN/kafka/data"
+    mkdir -p "$RUN/kafka/data"
     local t0=$SECONDS
-    (cd "$RUN/kafka" && nohup noida-db start --only kafka --kafka-port "$KAFKA_PORT" >"$RUN/kafka/noida.log" 2>&1 &
+    (cd "$RUN/kafka" && nohup noida-db start --only kafka --kafka-port "$KAFKA_PORT" --data-dir "$RUN/kafka/data" >"$RUN/kafka/noida.log" 2>&1 &
         echo $! >"$RUN/kafka/noida.pid")
     wait_port kafka "$KAFKA_PORT" 30
     log "noida-db (Kafka protocol) on 127.0.0.1:$KAFKA_PORT ($((SECONDS - t0)) s)"

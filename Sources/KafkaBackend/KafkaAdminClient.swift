@@ -51,10 +51,12 @@ final class KafkaAdminClient: Sendable {
         }
     }
 
-    /// Partition count of `topic`, or nil when it does not exist. Asks for every topic's
-    /// metadata: a request naming the topic would create it on brokers that auto-create.
+    /// Partition count of `topic`, or nil when it does not exist.
     func partitions(of topic: String) async throws -> Int? {
-        let found = try await metadata().first { $0.name == topic }
+        // Asking for one topic by name is cheaper, but would create it when the producer
+        // allows auto-creation (topic.creation=auto).
+        let topics = settings.autoTopicCreation ? try await metadata() : try await metadata(topic: topic)
+        let found = topics.first { $0.name == topic }
         guard let found, found.error == RD_KAFKA_RESP_ERR_NO_ERROR, found.partitions > 0 else { return nil }
         return found.partitions
     }

@@ -317,7 +317,7 @@ final class KafkaBroker: Broker {
         }
         let depth = Int(marks.reduce(Int64(0)) { $0 + max(0, $1.high - $1.low) })
         let tps = (0..<partitions).map { TopicPartition(topic: topic, partition: Int32($0)) }
-        let groupPrefix = settings.streamGroup("")
+        let groupPrefix = settings.streamGroupPrefix(destination)
         // Groups the cluster lists, plus the ones this client used (brokers without ListGroups).
         var listed = Set(state.withLock { $0.groupsSeen })
         do {

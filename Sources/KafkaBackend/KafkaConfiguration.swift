@@ -38,6 +38,8 @@ struct KafkaConfiguration: Sendable {
     /// `auto`: the broker creates them on first use (`auto.create.topics.enable`), with its
     /// default partition count, for clusters where clients may not call CreateTopics.
     let autoTopicCreation: Bool
+    /// `group.scope=global`: stream group ids are the names as given (plus the prefix).
+    let globalGroups: Bool
     let statisticsInterval: Duration
     /// Properties for every librdkafka handle (security, client id, pass-through).
     let common: [String: String]
@@ -71,6 +73,7 @@ struct KafkaConfiguration: Sendable {
         BrokerOption("delay.hold.max", .int(0...1_000_000), default: "1000", "Not-yet-due retry/delayed messages a consumer holds in memory before pausing that partition."),
         BrokerOption("default.partitions", .int(1...10_000), default: "3", "Partitions of topics created without an explicit count."),
         BrokerOption("default.replication", .int(-1...32), default: "-1", "Replication factor of created topics (-1: the broker's default)."),
+        BrokerOption("group.scope", .choice(["stream", "global"]), default: "stream", "Kafka group id of a stream group: '<topic>/<group>' (stream) or the name as given (global, to share it with other Kafka clients)."),
         BrokerOption("topic.creation", .choice(["admin", "auto"]), default: "admin", "How missing topics are created: 'admin' (CreateTopics with partitions and configs) or 'auto' (the broker's auto.create.topics.enable, its default partition count)."),
         BrokerOption("statistics.interval", .duration, default: "5s", "How often librdkafka statistics feed swift-metrics (0 turns them off)."),
         BrokerOption(prefix: "rdkafka.", "Any other librdkafka property, passed through (rdkafka.fetch.wait.max.ms=50)."),
@@ -103,6 +106,7 @@ struct KafkaConfiguration: Sendable {
         defaultReplication = configuration.int("default.replication") ?? -1
         statisticsInterval = configuration.duration("statistics.interval") ?? .seconds(5)
         autoTopicCreation = configuration.string("topic.creation") == "auto"
+        globalGroups = configuration.string("group.scope") == "global"
 
         var common: [String: String] = [
             "bootstrap.servers": bootstrap,
@@ -194,8 +198,18 @@ struct KafkaConfiguration: Sendable {
         queueGroup ?? topic(destination) + ".workers"
     }
 
-    /// The Kafka group id of BrokerKit group `group` (the prefix isolates tenants).
-    func streamGroup(_ group: String) -> String { prefix + group }
+    /// The Kafka group id of BrokerKit group `group` on stream `destination`:
+    /// `<topic>/<group>` (scope `stream`, the default: a group on one stream never
+    /// rebalances with a same-named group on another), or `<prefix><group>` (scope `global`:
+    /// the name as given, to share a group id with other Kafka clients).
+    func streamGroup(_ group: String, destination: String) -> String {
+        streamGroupPrefix(destination) + group
+    }
+
+    /// What every Kafka group id of `destination`'s BrokerKit groups starts with.
+    func streamGroupPrefix(_ destination: String) -> String {
+        globalGroups ? prefix : topic(destination) + "/"
+    }
 
     /// The group whose committed offsets mark how far a DLQ has been replayed.
     func dlqGroup(_ destination: String) -> String { dlqTopic(destination) + ".replayed" }

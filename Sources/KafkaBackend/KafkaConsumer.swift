@@ -124,7 +124,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             groupID = settings.queueGroup(destination)
         case .stream(let group, _):
             topics = [mainTopic]
-            groupID = settings.streamGroup(group)
+            groupID = settings.streamGroup(group, destination: destination)
         }
         var logger = broker.logger
         logger[metadataKey: "kafka.group"] = "\(groupID)"
