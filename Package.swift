@@ -144,7 +144,7 @@ let package = Package(
         .testTarget(
             name: "ExamplesTests",
             dependencies: [
-                "Examples", "BrokerAPI", "BrokerConformance", "RedisStreamsBackend",
+                "Examples", "BrokerAPI", "BrokerConformance", "RedisStreamsBackend", "KafkaBackend",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings
