@@ -34,7 +34,7 @@ final class KafkaBroker: Broker {
 
     static func connect(configuration: BrokerConfiguration, logger: Logger) async throws -> KafkaBroker {
         let settings = try KafkaConfiguration(configuration)
-        let producer = try KafkaProducer(settings: settings, logger: logger)
+        let producer = try await RdKafka.offPool { try KafkaProducer(settings: settings, logger: logger) }
         let broker = KafkaBroker(configuration: configuration, settings: settings, producer: producer, logger: logger)
         do {
             // One metadata round trip proves the cluster answers (and the credentials work).
@@ -188,7 +188,7 @@ final class KafkaBroker: Broker {
         guard kind == .queue else {
             throw BrokerError(.wrongDestinationKind, "'\(queue)' is a stream, not a queue", backend: backendName, destination: queue)
         }
-        return try await start(KafkaConsumer(broker: self, destination: queue, mode: .queue(options)))
+        return try await start(RdKafka.offPool { try KafkaConsumer(broker: self, destination: queue, mode: .queue(options)) })
     }
 
     func consumeStream(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer {
@@ -198,7 +198,7 @@ final class KafkaBroker: Broker {
         guard kind == .stream else {
             throw BrokerError(.wrongDestinationKind, "'\(stream)' is a queue, not a stream", backend: backendName, destination: stream)
         }
-        return try await start(KafkaConsumer(broker: self, destination: stream, mode: .stream(group: group, options)))
+        return try await start(RdKafka.offPool { try KafkaConsumer(broker: self, destination: stream, mode: .stream(group: group, options)) })
     }
 
     private func start(_ consumer: KafkaConsumer) async throws -> KafkaConsumer {

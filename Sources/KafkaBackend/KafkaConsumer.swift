@@ -30,7 +30,9 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         let due: Date
     }
 
-    struct PartitionState {
+    /// Per-partition bookkeeping. A class, so updates under the state lock mutate in place
+    /// (a struct copied out of the dictionary would copy its growing arrays on every write).
+    final class PartitionState {
         var order: [Int64] = []
         var head = 0
         var done: Set<Int64> = []
@@ -40,13 +42,15 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         var held = 0
         var blocked = 0
 
+        init(epoch: Int) { self.epoch = epoch }
+
         /// The offset to commit: the first not-done one, or one past the last handed out.
         var commitOffset: Int64? {
             if head < order.count { return order[head] }
             return last.map { $0 + 1 }
         }
 
-        mutating func markDone(_ offset: Int64) {
+        func markDone(_ offset: Int64) {
             done.insert(offset)
             while head < order.count, done.remove(order[head]) != nil { head += 1 }
             if head > 1024 && head * 2 > order.count {
@@ -156,17 +160,23 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     /// Subscribes, starts the poll thread and waits until the group assigned this member its
     /// partitions (possibly none), so a `latest` start sees every later publish.
     func start() async throws {
-        rd_kafka_poll_set_consumer(handle.rk)
-        consumerQueue.withLock { $0 = rd_kafka_queue_get_consumer(handle.rk) }
-        let subscription = PartitionList(topics.map { (TopicPartition(topic: $0, partition: -1), Int64(-1001)) })
-        let err = rd_kafka_subscribe(handle.rk, subscription.list)
+        // Subscribing takes librdkafka's locks: it happens on the poll thread, which also
+        // owns closing the handle (so it runs even when subscribing failed).
+        let err: rd_kafka_resp_err_t = await withCheckedContinuation { continuation in
+            let thread = Thread { [self] in
+                rd_kafka_poll_set_consumer(handle.rk)
+                consumerQueue.withLock { $0 = rd_kafka_queue_get_consumer(handle.rk) }
+                let subscription = PartitionList(topics.map { (TopicPartition(topic: $0, partition: -1), Int64(-1001)) })
+                continuation.resume(returning: rd_kafka_subscribe(handle.rk, subscription.list))
+                loop()
+            }
+            thread.name = "kafka-consumer"
+            thread.start()
+        }
         guard err == RD_KAFKA_RESP_ERR_NO_ERROR else {
             await stopAndWait()
             throw RdKafka.brokerError(err, "cannot subscribe to \(topics)", server: settings.server, destination: destination)
         }
-        let thread = Thread { [self] in self.loop() }
-        thread.name = "kafka-consumer"
-        thread.start()
         let joined = await waitForJoin(timeout: settings.operationTimeout)
         if !joined {
             let detail = handle.lastErrorDetail.map { "; last error \($0)" } ?? ""
@@ -330,7 +340,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         state.withLock { s in
             for (record, due) in zip(records, dues) {
                 let tp = record.topicPartition
-                guard var p = s.partitions[tp] else { continue }  // not assigned any more
+                guard let p = s.partitions[tp] else { continue }  // not assigned any more
                 p.order.append(record.offset)
                 p.last = record.offset
                 if let due {
@@ -340,7 +350,6 @@ final class KafkaConsumer: MessageConsumer, Sendable {
                     s.ready.append((record, p.epoch))
                     s.readyBytes += record.value.count
                 }
-                s.partitions[tp] = p
             }
         }
     }
@@ -378,9 +387,8 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             var due: [Held] = []
             var keep: [Held] = []
             for held in s.held {
-                if held.due <= now, var p = s.partitions[held.record.topicPartition], p.epoch == held.epoch {
+                if held.due <= now, let p = s.partitions[held.record.topicPartition], p.epoch == held.epoch {
                     p.held -= 1
-                    s.partitions[held.record.topicPartition] = p
                     s.ready.append((held.record, held.epoch))
                     s.readyBytes += held.record.value.count
                     due.append(held)
@@ -424,9 +432,8 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         let wakeUp = state.withLock { s -> Bool in
             s.outstanding -= 1
             let tp = record.topicPartition
-            if var p = s.partitions[tp], p.epoch == epoch {
+            if let p = s.partitions[tp], p.epoch == epoch {
                 p.markDone(record.offset)
-                s.partitions[tp] = p
                 s.dirty.insert(tp)
             }
             // Wake the poll thread only if a record waits for exactly this free slot.
@@ -439,13 +446,12 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     func retryInPlace(_ record: KafkaRecord, epoch: Int, after delay: Duration, nextAttempt: Int, firstFailureAt: Date) {
         let tp = record.topicPartition
         let live = state.withLock { s -> Bool in
-            guard var p = s.partitions[tp], p.epoch == epoch, !s.closing else {
+            guard let p = s.partitions[tp], p.epoch == epoch, !s.closing else {
                 s.outstanding -= 1
                 return false
             }
             p.blocked += 1
             s.blockedTotal += 1
-            s.partitions[tp] = p
             return true
         }
         guard live else { return }
@@ -454,12 +460,11 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             try? await Task.sleep(for: delay)
             let still = self.state.withLock { s -> Bool in
                 s.blockedTotal = max(0, s.blockedTotal - 1)
-                guard var p = s.partitions[tp], p.epoch == epoch, !s.closing else {
+                guard let p = s.partitions[tp], p.epoch == epoch, !s.closing else {
                     s.outstanding -= 1
                     return false
                 }
                 p.blocked = max(0, p.blocked - 1)
-                s.partitions[tp] = p
                 return true
             }
             if still {
@@ -522,9 +527,8 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             let candidates = sync ? Set(s.partitions.keys) : s.dirty
             for tp in candidates where only == nil || only!.contains(tp) {
                 // Async commits may fail unseen: a sync commit (close, revoke) always sends.
-                guard var p = s.partitions[tp], let offset = p.commitOffset, sync || offset != p.committed else { continue }
+                guard let p = s.partitions[tp], let offset = p.commitOffset, sync || offset != p.committed else { continue }
                 p.committed = offset
-                s.partitions[tp] = p
                 out.append((tp, offset))
             }
             if only == nil { s.dirty = [] } else { s.dirty.subtract(only!) }

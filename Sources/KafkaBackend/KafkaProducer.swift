@@ -49,6 +49,7 @@ final class KafkaProducer: Sendable {
         let done = Mutex<(done: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
     }
     private let poll = PollState()
+    private let enqueueThread = ConnectionThread(name: "kafka-producer")
 
     init(settings: KafkaConfiguration, logger: Logger) throws {
         self.settings = settings
@@ -96,16 +97,20 @@ final class KafkaProducer: Sendable {
         }
         guard poll.running.load(ordering: .relaxed) else { throw BrokerError.closed("kafka producer", backend: "kafka", destination: destination) }
         let collector = BatchCollector(count: records.count)
-        for (index, record) in records.enumerated() {
-            let completion = Completion { result in collector.complete(index, result) }
-            await enqueue(record, completion: completion, destination: destination)
+        // rd_kafka_producev takes librdkafka's locks (and waits on a full queue), so the
+        // enqueueing runs on the producer's own thread: one hop per publish call.
+        try await enqueueThread.run { [self] in
+            for (index, record) in records.enumerated() {
+                let completion = Completion { result in collector.complete(index, result) }
+                enqueue(record, completion: completion, destination: destination)
+            }
         }
         return try await collector.wait()
     }
 
-    /// Enqueues one record; on QUEUE_FULL waits (without blocking a thread) for room. Errors
+    /// Enqueues one record (on the enqueue thread); on QUEUE_FULL waits for room. Errors
     /// complete the record's completion.
-    private func enqueue(_ record: OutgoingRecord, completion: Completion, destination: String) async {
+    private func enqueue(_ record: OutgoingRecord, completion: Completion, destination: String) {
         let opaque = Unmanaged.passRetained(completion).toOpaque()
         var attempts = 0
         while true {
@@ -113,7 +118,7 @@ final class KafkaProducer: Sendable {
             if err == RD_KAFKA_RESP_ERR_NO_ERROR { return }
             if err == RD_KAFKA_RESP_ERR__QUEUE_FULL && attempts < 30_000 && poll.running.load(ordering: .relaxed) {
                 attempts += 1
-                try? await Task.sleep(for: .milliseconds(1))
+                usleep(1000)
                 continue
             }
             Unmanaged<Completion>.fromOpaque(opaque).release()
@@ -164,6 +169,7 @@ final class KafkaProducer: Sendable {
     /// Flushes, stops the poll thread and destroys the handle.
     func close(timeout: Duration) async {
         guard poll.running.load(ordering: .relaxed) else { return }
+        enqueueThread.shutdown()
         await flush(timeout: timeout)
         poll.running.store(false, ordering: .relaxed)
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in

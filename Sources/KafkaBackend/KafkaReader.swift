@@ -11,12 +11,17 @@ enum KafkaReader {
         var properties = settings.common.merging(settings.consumer) { $1 }
         properties["group.id"] = settings.clientID + ".reader"
         let callbacks = RdKafkaCallbacks(logger: broker.logger, role: "reader")
-        let handle = try RdKafkaHandle(type: RD_KAFKA_CONSUMER, properties: properties, callbacks: callbacks)
         let timeout = settings.operationTimeout
+        let frozen = properties
         return try await withCheckedThrowingContinuation { continuation in
             let thread = Thread {
-                continuation.resume(with: Result { try readBlocking(handle: handle, ranges: ranges, limit: limit, timeout: timeout, server: settings.server) })
-                handle.destroy()
+                do {
+                    let handle = try RdKafkaHandle(type: RD_KAFKA_CONSUMER, properties: frozen, callbacks: callbacks)
+                    continuation.resume(with: Result { try readBlocking(handle: handle, ranges: ranges, limit: limit, timeout: timeout, server: settings.server) })
+                    handle.destroy()
+                } catch {
+                    continuation.resume(throwing: error)
+                }
             }
             thread.name = "kafka-reader"
             thread.start()

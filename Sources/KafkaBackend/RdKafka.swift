@@ -62,6 +62,16 @@ enum RdKafka {
         return conf
     }
 
+    /// Runs `body` on a thread of its own: for librdkafka calls that take its locks or create
+    /// threads (`rd_kafka_new`, `rd_kafka_destroy`), never on the cooperative pool.
+    static func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            let thread = Thread { continuation.resume(with: Result { try body() }) }
+            thread.name = "kafka-setup"
+            thread.start()
+        }
+    }
+
     static func cString(_ buffer: [CChar]) -> String {
         let bytes = buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }
         return String(decoding: bytes, as: UTF8.self)

@@ -48,9 +48,23 @@ final class MockCluster: @unchecked Sendable {
         }
     }
 
+    private let destroyed = Mutex(false)
+
+    /// Destroys the cluster on a thread of its own: tearing it down joins librdkafka threads,
+    /// which must not block the cooperative pool. Idempotent.
+    func shutdown() async {
+        guard destroyed.withLock({ done in defer { done = true }; return !done }) else { return }
+        _ = try? await TestEnvironment.blocking { [self] in
+            rd_kafka_mock_cluster_destroy(self.cluster)
+            rd_kafka_destroy(self.owner)
+        }
+    }
+
     deinit {
-        rd_kafka_mock_cluster_destroy(cluster)
-        rd_kafka_destroy(owner)
+        if !destroyed.withLock({ $0 }) {
+            rd_kafka_mock_cluster_destroy(cluster)
+            rd_kafka_destroy(owner)
+        }
     }
 
     static let produce: Int16 = 0
@@ -61,7 +75,7 @@ final class MockCluster: @unchecked Sendable {
     static let shared: MockCluster = try! MockCluster()
 }
 
-@Suite("Conformance: kafka on librdkafka's mock cluster")
+@Suite("Conformance: kafka on librdkafka's mock cluster", .serialized)
 struct KafkaMockConformanceTests {
     @Test("case", arguments: ConformanceSuite.cases(for: KafkaBackend.capabilities))
     func conformance(_ testCase: ConformanceCase) async throws {
@@ -79,7 +93,7 @@ struct KafkaMockConformanceTests {
 }
 
 /// Faults injected into the mock cluster while BrokerKit produces and consumes.
-@Suite("Kafka faults (mock cluster)")
+@Suite("Kafka faults (mock cluster)", .serialized)
 struct KafkaFaultTests {
     func connect(_ cluster: MockCluster, _ options: [String: String] = [:]) async throws -> any Broker {
         try await KafkaTestSupport.connect(KafkaTestSupport.mockOptions.merging(["operation.timeout": "60s"]) { $1 }.merging(options) { $1 }, url: cluster.url)
@@ -122,6 +136,7 @@ struct KafkaFaultTests {
         let got = try await drain(consumer, expecting: Set(sent))
         await consumer.close()
         await broker.close()
+        await cluster.shutdown()
         #expect(Set(sent).isSubset(of: Set(got)), "lost \(Set(sent).subtracting(got).sorted())")
         #expect(got.count == Set(got).count, "the idempotent producer wrote duplicates")
     }
@@ -143,6 +158,7 @@ struct KafkaFaultTests {
         let second = try await drain(consumer, expecting: Set(after))
         await consumer.close()
         await broker.close()
+        await cluster.shutdown()
         #expect(Set(after).isSubset(of: Set(second)), "the consumer did not continue after the outage")
     }
 
@@ -163,6 +179,7 @@ struct KafkaFaultTests {
         let extra = try await consumer.next(timeout: .milliseconds(500))
         await consumer.close()
         await broker.close()
+        await cluster.shutdown()
         #expect(got.sorted() == texts.sorted(), "got \(got.count) records for 30 publishes")
         #expect(extra == nil, "a duplicate after retried produce requests")
     }
@@ -192,6 +209,7 @@ struct KafkaFaultTests {
             try await Task.sleep(for: .milliseconds(100))
         }
         await broker.close()
+        await cluster.shutdown()
         #expect(depth == 0, "depth \(depth) after every message was acked")
     }
 }

@@ -47,7 +47,7 @@ struct RabbitInteropTests {
         let payload = Data([0, 0, 255, 7]) + Data("héllo ✅".utf8)
         let sent = Message(key: "user-42", payload: payload, headers: ["tenant": "acme", "ünï": "çødé 漢字"])
         try await broker.publish(sent, to: queue)
-        let result = try RabbitTestSupport.run("python3", ["-c", reader, try RabbitTestSupport.url(), queue])
+        let result = try await RabbitTestSupport.run("python3", ["-c", reader, try RabbitTestSupport.url(), queue])
         try #require(result.status == 0, "pika reader failed: \(result.output)")
         let line = try #require(result.output.split(separator: "\n").last.map(String.init))
         let json = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])
@@ -70,7 +70,7 @@ struct RabbitInteropTests {
         defer { Task { await broker.close() } }
         let queue = "bk-interop-in-\(UUID().uuidString.prefix(8))"
         try await broker.createQueue(queue)
-        let result = try RabbitTestSupport.run("python3", ["-c", writer, try RabbitTestSupport.url(), queue])
+        let result = try await RabbitTestSupport.run("python3", ["-c", writer, try RabbitTestSupport.url(), queue])
         try #require(result.status == 0, "pika writer failed: \(result.output)")
         let consumer = try await broker.consumeQueue(queue)
         let delivery = try #require(try await consumer.next(timeout: .seconds(10)))

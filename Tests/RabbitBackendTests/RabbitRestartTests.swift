@@ -5,8 +5,9 @@ import RabbitBackend
 import Testing
 
 /// RabbitMQ restarts mid-run (`rabbitmqctl stop_app` / `start_app`): publishers and
-/// consumers reconnect with backoff and redeclare, and no confirmed publish is lost.
-@Suite("amqp reconnect", .enabled(if: TestEnvironment.shouldRun(.amqp)))
+/// consumers reconnect with backoff and redeclare, and no confirmed publish is lost. Runs in
+/// the serial restart pass only (it takes the server away from every other test).
+@Suite("amqp reconnect", .enabled(if: TestEnvironment.shouldRunRestartTests(.amqp)))
 struct RabbitRestartTests {
     @Test func brokerRestartLosesNoConfirmedMessage() async throws {
         try await RabbitServerGate.shared.withExclusive {
@@ -38,10 +39,10 @@ struct RabbitRestartTests {
             }
         }
         try await Task.sleep(for: .milliseconds(300))
-        _ = try RabbitTestSupport.rabbitmqctl(["stop_app"])
+        _ = try await RabbitTestSupport.rabbitmqctl(["stop_app"])
         try await Task.sleep(for: .seconds(1))
-        _ = try RabbitTestSupport.rabbitmqctl(["start_app"])
-        _ = try? RabbitTestSupport.rabbitmqctl(["await_startup"])
+        _ = try await RabbitTestSupport.rabbitmqctl(["start_app"])
+        _ = try? await RabbitTestSupport.rabbitmqctl(["await_startup"])
         try await publisher.value
         #expect(confirmed.count == 50)
         // The same consumer (reconnected) receives every confirmed message not acked before.

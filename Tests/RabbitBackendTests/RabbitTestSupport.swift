@@ -74,7 +74,12 @@ enum RabbitTestSupport {
 
     /// Runs a program, returning its exit status and output.
     @discardableResult
-    static func run(_ executable: String, _ arguments: [String], input: String? = nil) throws -> (status: Int32, output: String) {
+    /// Runs a command on a thread of its own (never blocking the cooperative pool).
+    static func run(_ executable: String, _ arguments: [String], input: String? = nil) async throws -> (status: Int32, output: String) {
+        try await TestEnvironment.blocking { try runBlocking(executable, arguments, input: input) }
+    }
+
+    private static func runBlocking(_ executable: String, _ arguments: [String], input: String? = nil) throws -> (status: Int32, output: String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = [executable] + arguments
@@ -95,9 +100,9 @@ enum RabbitTestSupport {
         return (process.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 
-    static func rabbitmqctl(_ arguments: [String]) throws -> String {
+    static func rabbitmqctl(_ arguments: [String]) async throws -> String {
         guard let node else { throw ConformanceFailure("BROKERKIT_TEST_AMQP_NODE is not set (scripts/brokers.sh start writes it)") }
-        let result = try run("rabbitmqctl", ["-q", "-n", node] + arguments)
+        let result = try await run("rabbitmqctl", ["-q", "-n", node] + arguments)
         guard result.status == 0 else { throw ConformanceFailure("rabbitmqctl \(arguments.joined(separator: " ")) failed: \(result.output)") }
         return result.output
     }
