@@ -112,6 +112,43 @@ struct KafkaInteropTests {
         #expect(extra == nil, "the rejected record was stored")
     }
 
+    @Test func blockingRetryModeRedeliversInPlaceBeforeLaterRecords() async throws {
+        let broker = try await KafkaTestSupport.connect(["retry.mode": "blocking"])
+        let queue = "blocking-\(UUID().uuidString.prefix(8))"
+        try await broker.createQueue(queue, options: DestinationOptions(partitions: 1))
+        _ = try await broker.publish((0..<4).map { Message(key: "k", text: "b\($0)") }, to: queue)
+        let policy = RetryPolicy(maxAttempts: 3, backoff: .fixed(.milliseconds(200)))
+        let consumer = try await broker.consumeQueue(queue, options: .init(prefetch: 1, retryPolicy: policy))
+        var seen: [String] = []
+        while seen.count < 5, let delivery = try await consumer.next(timeout: .seconds(15)) {
+            seen.append("\(delivery.message.text ?? "?")#\(delivery.attempt)")
+            if delivery.message.text == "b0" && delivery.attempt == 1 {
+                try await delivery.nack(error: "first try fails")
+            } else {
+                try await delivery.ack()
+            }
+        }
+        await consumer.close()
+        #expect(seen == ["b0#1", "b0#2", "b1#1", "b2#1", "b3#1"], "order \(seen)")
+        // In place: nothing went through a retry topic.
+        let stats = try await broker.stats(for: queue)
+        #expect(stats.delayed == 0 && stats.depth == 0, "\(stats)")
+        await broker.close()
+    }
+
+    @Test func deleteRemovesTheTopicAndItsCompanions() async throws {
+        let broker = try await KafkaTestSupport.connect()
+        let queue = "deleted-\(UUID().uuidString.prefix(8))"
+        try await broker.createQueue(queue)
+        try await broker.publish(Message(text: "x"), to: queue)
+        #expect(try await broker.listDestinations().contains { $0.name == queue && $0.kind == .queue })
+        try await broker.deleteDestination(queue)
+        #expect(try await !broker.listDestinations().contains { $0.name == queue })
+        let topics = try await Self.kcat(["-L"])
+        #expect(!topics.contains(KafkaTestSupport.runPrefix + queue), "topics left: \(topics.split(separator: "\n").filter { $0.contains(queue) })")
+        await broker.close()
+    }
+
     @Test func invalidLibrdkafkaPropertyNamesIt() async throws {
         do {
             _ = try await KafkaTestSupport.connect(["rdkafka.no.such.property": "1"])
