@@ -70,6 +70,10 @@ start_rabbit() {
 start_kafka() {
     # A fresh data directory per start: the test broker keeps no state between runs.
     rm -rf "$RUN/kafka/data"
+    launch_kafka
+}
+
+launch_kafka() {
     mkdir -p "$RUN/kafka/data"
     local t0=$SECONDS
     (cd "$RUN/kafka" && nohup noida-db start --only kafka --kafka-port "$KAFKA_PORT" --data-dir "$RUN/kafka/data" >"$RUN/kafka/noida.log" 2>&1 &
@@ -89,6 +93,27 @@ restart_redis() {  # for reconnect tests: stop (AOF is flushed on shutdown) and 
     start_redis
 }
 
+stop_kafka() {
+    if [ -f "$RUN/kafka/noida.pid" ]; then
+        # SIGTERM: noida-db writes its snapshot before exiting.
+        pkill -TERM -P "$(cat "$RUN/kafka/noida.pid")" 2>/dev/null || true
+        kill -TERM "$(cat "$RUN/kafka/noida.pid")" 2>/dev/null || true
+        rm -f "$RUN/kafka/noida.pid"
+    fi
+    pkill -f "noida-db start --only kafka --kafka-port $KAFKA_PORT" 2>/dev/null || true
+}
+
+restart_kafka() {  # for reconnect tests: stop (the snapshot is written on SIGTERM), start on the same data
+    stop_kafka
+    local deadline=$((SECONDS + 20))
+    while (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; do
+        [ $SECONDS -ge $deadline ] && { echo "error: noida-db did not stop" >&2; return 1; }
+        sleep 0.1
+    done
+    sleep "${1:-0}"
+    launch_kafka
+}
+
 stop_all() {
     if [ -f "$RUN/redis/redis.pid" ]; then
         redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || kill "$(cat "$RUN/redis/redis.pid")" 2>/dev/null || true
@@ -97,12 +122,7 @@ stop_all() {
     if [ -d "$RUN/rabbitmq" ]; then
         rabbitmqctl -n "$RABBIT_NODE" stop >/dev/null 2>&1 || true
     fi
-    if [ -f "$RUN/kafka/noida.pid" ]; then
-        pkill -P "$(cat "$RUN/kafka/noida.pid")" 2>/dev/null || true
-        kill "$(cat "$RUN/kafka/noida.pid")" 2>/dev/null || true
-        rm -f "$RUN/kafka/noida.pid"
-    fi
-    pkill -f "noida-db start --only kafka --kafka-port $KAFKA_PORT" 2>/dev/null || true
+    stop_kafka
     rm -f "$RUN/brokers.env"
 }
 
@@ -122,6 +142,7 @@ export BROKERKIT_TEST_KAFKA_URL=kafka://127.0.0.1:$KAFKA_PORT
 export BROKERKIT_TEST_AMQP_NODE=$RABBIT_NODE
 export BROKERKIT_TEST_REDIS_DIR=$RUN/redis
 export BROKERKIT_TEST_REDIS_RESTART="$PWD/scripts/brokers.sh restart-redis"
+export BROKERKIT_TEST_KAFKA_RESTART="$PWD/scripts/brokers.sh restart-kafka"
 ENV
     log "wrote $RUN/brokers.env"
     ;;
@@ -132,11 +153,14 @@ stop)
 restart-redis)
     restart_redis "${2:-0}"
     ;;
+restart-kafka)
+    restart_kafka "${2:-0}"
+    ;;
 status)
     cat "$RUN/brokers.env" 2>/dev/null || echo "not running"
     ;;
 *)
-    echo "usage: $0 start|stop|status|restart-redis [pause-seconds]" >&2
+    echo "usage: $0 start|stop|status|restart-redis|restart-kafka [pause-seconds]" >&2
     exit 2
     ;;
 esac
