@@ -84,8 +84,10 @@ final class KafkaProducer: Sendable {
         thread.start()
     }
 
+    /// A failed delivery report (the server is added by ``produce(_:destination:)``).
     static func deliveryError(_ code: rd_kafka_resp_err_t, topic: String) -> BrokerError {
-        RdKafka.brokerError(code, "produce to topic '\(topic)' failed", server: "", destination: topic)
+        let mapped = RdKafka.brokerError(code, "produce to topic '\(topic)' failed", server: "?", destination: topic)
+        return BrokerError(mapped.code, mapped.message, backend: "kafka", destination: topic)
     }
 
     /// Produces `records` and waits for every delivery report. Receipts are in input order.
@@ -105,7 +107,13 @@ final class KafkaProducer: Sendable {
                 enqueue(record, completion: completion, destination: destination)
             }
         }
-        return try await collector.wait()
+        do {
+            return try await collector.wait()
+        } catch let error as BrokerError {
+            throw BrokerError(
+                error.code, error.message.replacingOccurrences(of: "kafka ?)", with: "kafka \(settings.server))"),
+                backend: "kafka", destination: destination)
+        }
     }
 
     /// Enqueues one record (on the enqueue thread); on QUEUE_FULL waits for room. Errors

@@ -32,11 +32,20 @@ struct KafkaRestartTests {
                 try? await delivery.ack()
             }
         }
+        // A publish may fail while the broker is away (the caller is told; noida-db also
+        // forgets idempotent-producer sequence numbers across a restart, which librdkafka
+        // reports as OUT_OF_ORDER_SEQUENCE_NUMBER for the record in flight). What must hold:
+        // every acknowledged publish is consumed, and publishing goes on afterwards.
+        let failed = Collector<String>()
         let publishing = Task {
             for i in 0..<100 {
                 let text = "m\(i)"
-                try await broker.publish(Message(text: text), to: queue)
-                acknowledged.append(text)
+                do {
+                    try await broker.publish(Message(text: text), to: queue)
+                    acknowledged.append(text)
+                } catch {
+                    failed.append("\(text): \(error)")
+                }
                 try await Task.sleep(for: .milliseconds(20))
             }
         }
@@ -51,7 +60,8 @@ struct KafkaRestartTests {
         await consumer.close()
         await broker.close()
         let lost = Set(acknowledged.values).subtracting(handled.values)
-        #expect(acknowledged.count == 100, "only \(acknowledged.count) publishes were acknowledged")
+        #expect(acknowledged.count >= 90, "only \(acknowledged.count) publishes were acknowledged; failures: \(failed.values)")
+        #expect(acknowledged.values.contains("m99"), "publishing did not recover after the restart")
         #expect(lost.isEmpty, "acknowledged but never consumed after the restart: \(lost.sorted())")
     }
 }
