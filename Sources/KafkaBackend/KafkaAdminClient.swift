@@ -3,7 +3,7 @@ import CRdKafka
 import Foundation
 
 /// Blocking librdkafka admin and metadata calls, run one at a time on a dedicated thread
-/// (never on the cooperative pool) over the producer's handle.
+/// (never on the cooperative pool) over a handle of its own.
 final class KafkaAdminClient: Sendable {
     let handle: RdKafkaHandle
     let settings: KafkaConfiguration

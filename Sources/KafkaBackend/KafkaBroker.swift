@@ -15,7 +15,10 @@ import Synchronization
 final class KafkaBroker: Broker {
     let configuration: BrokerConfiguration
     let settings: KafkaConfiguration
-    let producer: KafkaProducer
+    /// The current producer; replaced when librdkafka declares it fatally broken.
+    private let producerBox: Mutex<KafkaProducer>
+    /// The producer the broker started with (its callbacks explain connect failures).
+    private let firstProducer: KafkaProducer
     let admin: KafkaAdminClient
     let logger: Logger
     let observer = DeliveryObserver.shared(for: "kafka")
@@ -24,18 +27,38 @@ final class KafkaBroker: Broker {
     var backendName: String { "kafka" }
     var capabilities: BrokerCapabilities { KafkaBackend.capabilities }
 
-    private init(configuration: BrokerConfiguration, settings: KafkaConfiguration, producer: KafkaProducer, logger: Logger) {
+    private init(
+        configuration: BrokerConfiguration, settings: KafkaConfiguration, producer: KafkaProducer, adminHandle: RdKafkaHandle,
+        logger: Logger
+    ) {
         self.configuration = configuration
         self.settings = settings
-        self.producer = producer
-        self.admin = KafkaAdminClient(handle: producer.handle, settings: settings)
+        self.producerBox = Mutex(producer)
+        self.firstProducer = producer
+        self.admin = KafkaAdminClient(handle: adminHandle, settings: settings)
         self.logger = logger
     }
 
     static func connect(configuration: BrokerConfiguration, logger: Logger) async throws -> KafkaBroker {
         let settings = try KafkaConfiguration(configuration)
         let producer = try await RdKafka.offPool { try KafkaProducer(settings: settings, logger: logger) }
-        let broker = KafkaBroker(configuration: configuration, settings: settings, producer: producer, logger: logger)
+        // Admin and metadata calls get a handle of their own, so a producer replaced after a
+        // fatal error never takes them down with it.
+        var adminProperties = settings.common
+        adminProperties.removeValue(forKey: "statistics.interval.ms")
+        // Metadata requests by name must not create topics, unless that is the chosen way.
+        adminProperties["allow.auto.create.topics"] = settings.autoTopicCreation ? "true" : "false"
+        let frozenAdmin = adminProperties
+        let adminHandle: RdKafkaHandle
+        do {
+            adminHandle = try await RdKafka.offPool {
+                try RdKafkaHandle(type: RD_KAFKA_PRODUCER, properties: frozenAdmin, callbacks: RdKafkaCallbacks(logger: logger, role: "admin"))
+            }
+        } catch {
+            await producer.close(timeout: .seconds(1))
+            throw error
+        }
+        let broker = KafkaBroker(configuration: configuration, settings: settings, producer: producer, adminHandle: adminHandle, logger: logger)
         do {
             // One metadata round trip proves the cluster answers (and the credentials work).
             _ = try await broker.admin.metadata(topic: nil, timeout: settings.connectTimeout)
@@ -43,7 +66,7 @@ final class KafkaBroker: Broker {
             await broker.close()
             var code = error.code
             if code == .timeout || code == .brokerError { code = .connectionFailed }
-            if let detail = producer.handle.lastErrorDetail, detail.contains("AUTHENTICATION") || detail.contains("SASL") {
+            if let detail = producer.handle.lastErrorDetail ?? adminHandle.lastErrorDetail, detail.contains("AUTHENTICATION") || detail.contains("SASL") {
                 code = .authenticationFailed
             }
             throw BrokerError(
@@ -144,6 +167,33 @@ final class KafkaBroker: Broker {
 
     // MARK: - Publishing
 
+    /// The producer to use. After a fatal error (e.g. the idempotent producer's sequence
+    /// numbers no longer match the broker's), librdkafka requires a new producer: it is
+    /// created here, and the broken one is closed in the background. Records that were in
+    /// flight on the broken one failed with an error their callers saw.
+    func activeProducer() async throws -> KafkaProducer {
+        let current = producerBox.withLock { $0 }
+        guard let fatal = current.fatalError else { return current }
+        try checkOpen()
+        let settings = self.settings
+        let logger = self.logger
+        let fresh = try await RdKafka.offPool { try KafkaProducer(settings: settings, logger: logger) }
+        let (winner, replaced) = producerBox.withLock { box -> (KafkaProducer, Bool) in
+            if box === current {
+                box = fresh
+                return (fresh, true)
+            }
+            return (box, false)
+        }
+        if replaced {
+            logger.warning("kafka producer replaced after a fatal error: \(fatal)")
+            Task { await current.close(timeout: .seconds(5)) }
+        } else {
+            Task { await fresh.close(timeout: .seconds(1)) }
+        }
+        return winner
+    }
+
     func publish(_ message: Message, to destination: String, options: PublishOptions) async throws -> PublishReceipt {
         try await publish([message], to: destination, options: options)[0]
     }
@@ -167,7 +217,7 @@ final class KafkaBroker: Broker {
         let records = prepared.map { OutgoingRecord(topic: topic, message: $0, extraHeaders: extra) }
         let positions: [(Int32, Int64)]
         do {
-            positions = try await producer.produce(records, destination: destination)
+            positions = try await activeProducer().produce(records, destination: destination)
         } catch let error as BrokerError where error.code == .messageTooLarge {
             throw BrokerError(.messageTooLarge, "\(error.message) (message ids \(prepared.map(\.id).joined(separator: ", ")))", backend: backendName, destination: destination)
         }
@@ -386,7 +436,7 @@ final class KafkaBroker: Broker {
             original.headers.removeValue(forKey: "x-brokerkit-group")
             outgoing.append(OutgoingRecord(topic: settings.topic(destination), message: original))
         }
-        _ = try await producer.produce(outgoing, destination: destination)
+        _ = try await activeProducer().produce(outgoing, destination: destination)
         try await admin.commit(group: settings.dlqGroup(destination), offsets: next)
         return outgoing.count
     }
@@ -402,6 +452,8 @@ final class KafkaBroker: Broker {
         guard first else { return }
         for consumer in consumers { await consumer.close() }
         admin.shutdown()
-        await producer.close(timeout: settings.operationTimeout)
+        await producerBox.withLock { $0 }.close(timeout: settings.operationTimeout)
+        let handle = admin.handle
+        _ = try? await RdKafka.offPool { handle.destroy() }
     }
 }

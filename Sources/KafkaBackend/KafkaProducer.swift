@@ -85,6 +85,9 @@ final class KafkaProducer: Sendable {
     }
 
     /// A failed delivery report (the server is added by ``produce(_:destination:)``).
+    /// librdkafka's fatal error, once one happened (the producer must then be replaced).
+    var fatalError: String? { handle.callbacks.fatal.withLock { $0 } }
+
     static func deliveryError(_ code: rd_kafka_resp_err_t, topic: String) -> BrokerError {
         let mapped = RdKafka.brokerError(code, "produce to topic '\(topic)' failed", server: "?", destination: topic)
         return BrokerError(mapped.code, mapped.message, backend: "kafka", destination: topic)

@@ -184,6 +184,36 @@ struct KafkaFaultTests {
         #expect(extra == nil, "a duplicate after retried produce requests")
     }
 
+    @Test func aFatalProducerErrorIsReportedAndTheProducerReplaced() async throws {
+        let cluster = try MockCluster()
+        let broker = try await connect(cluster)
+        let queue = "fault-fatal"
+        try await broker.createQueue(queue)
+        try await broker.publish(Message(text: "before"), to: queue)
+        // The broker claims a sequence gap: the idempotent producer cannot go on.
+        cluster.pushErrors(apiKey: MockCluster.produce, [RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER])
+        var refused: BrokerError?
+        do { try await broker.publish(Message(text: "refused"), to: queue) } catch let error as BrokerError { refused = error }
+        #expect(refused != nil, "a publish the broker refused was reported as acknowledged")
+        // Later publishes go through (on a new producer once librdkafka declared the old one fatal).
+        var after: [String] = []
+        for i in 0..<5 {
+            do {
+                try await broker.publish(Message(text: "after\(i)"), to: queue)
+                after.append("after\(i)")
+            } catch {
+                try await Task.sleep(for: .milliseconds(200))
+            }
+        }
+        #expect(after.contains("after4"), "publishing did not recover: \(after)")
+        let consumer = try await broker.consumeQueue(queue, options: .init(prefetch: 16))
+        let got = try await drain(consumer, expecting: Set(["before"] + after))
+        await consumer.close()
+        await broker.close()
+        await cluster.shutdown()
+        #expect(Set(["before"] + after).isSubset(of: Set(got)), "acknowledged publishes missing: \(got)")
+    }
+
     @Test func injectedFetchAndCommitErrorsLoseNothing() async throws {
         let cluster = try MockCluster()
         let broker = try await connect(cluster)
