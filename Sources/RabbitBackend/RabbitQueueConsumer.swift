@@ -288,7 +288,10 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
             try c.drainFrames(idle: .milliseconds(40))
             try c.cancel(Self.channel, tag: self.consumerTag)
         }
-        for quiet in [Duration.milliseconds(100), .milliseconds(50)] {
+        // Generous windows: under load a delivery the queue sent before cancel-ok can take
+        // longer than 100 ms to arrive, and one that arrives after the connection closed is
+        // returned with its delivery count raised (seen as attempts [1, 1, 2, 2] in CI).
+        for quiet in [Duration.milliseconds(250), .milliseconds(150), .milliseconds(100)] {
             _ = try? await connection.run { c in try c.drainFrames(idle: quiet) }
             await handBackBuffered()
         }
