@@ -89,12 +89,18 @@ final class KafkaBroker: Broker {
         try DestinationName.validate(destination, backend: backendName)
     }
 
+    /// The kind of an existing destination (a queue has a `.delay` topic), nil if its topic
+    /// does not exist.
+    private func existingKind(of destination: String) async throws -> DestinationKind? {
+        guard try await admin.partitions(of: settings.topic(destination)) != nil else { return nil }
+        return try await admin.partitions(of: settings.delayTopic(destination)) != nil ? .queue : .stream
+    }
+
     /// The kind of `destination`, creating it as `createAs` when missing and auto-create is on.
     func kind(of destination: String, createAs: DestinationKind?) async throws -> DestinationKind {
         if let known = state.withLock({ $0.kinds[destination] }) { return known }
         let topic = settings.topic(destination)
-        if try await admin.partitions(of: topic) != nil {
-            let kind: DestinationKind = try await admin.partitions(of: settings.delayTopic(destination)) != nil ? .queue : .stream
+        if let kind = try await existingKind(of: destination) {
             state.withLock { $0.kinds[destination] = kind }
             return kind
         }
@@ -277,8 +283,7 @@ final class KafkaBroker: Broker {
 
     func createDestination(_ name: String, kind: DestinationKind, options: DestinationOptions) async throws {
         try validate(name)
-        if try await admin.partitions(of: settings.topic(name)) != nil {
-            let existing: DestinationKind = try await admin.partitions(of: settings.delayTopic(name)) != nil ? .queue : .stream
+        if let existing = try await existingKind(of: name) {
             guard existing == kind else {
                 throw BrokerError(
                     .wrongDestinationKind, "'\(name)' already exists as a \(existing), cannot create it as a \(kind)",

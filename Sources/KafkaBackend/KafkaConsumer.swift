@@ -305,8 +305,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             handOut()
         }
         // Closing: stop handing out, commit what is done, leave the group.
-        let left = buffer.finish()
-        _ = left
+        buffer.finish()  // what the app never took stays uncommitted: the group redelivers it
         commitDirty(sync: true)
         _ = rd_kafka_consumer_close(rk)
         consumerQueue.withLock { queue in

@@ -167,14 +167,7 @@ final class KafkaProducer: Sendable {
     func flush(timeout: Duration) async {
         let handle = self.handle
         let ms = RdKafka.milliseconds(timeout)
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let thread = Thread {
-                _ = rd_kafka_flush(handle.rk, ms)
-                continuation.resume()
-            }
-            thread.name = "kafka-producer-flush"
-            thread.start()
-        }
+        _ = try? await RdKafka.offPool { _ = rd_kafka_flush(handle.rk, ms) }
     }
 
     /// Flushes, stops the poll thread and destroys the handle.
@@ -192,15 +185,11 @@ final class KafkaProducer: Sendable {
             if already { continuation.resume() }
         }
         let handle = self.handle
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let thread = Thread {
-                // Reports still queued (timed out) are failed by rd_kafka_destroy's purge.
-                rd_kafka_purge(handle.rk, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT))
-                _ = rd_kafka_poll(handle.rk, 0)
-                handle.destroy()
-                continuation.resume()
-            }
-            thread.start()
+        _ = try? await RdKafka.offPool {
+            // Reports still queued (timed out) are failed by rd_kafka_destroy's purge.
+            rd_kafka_purge(handle.rk, Int32(RD_KAFKA_PURGE_F_QUEUE | RD_KAFKA_PURGE_F_INFLIGHT))
+            _ = rd_kafka_poll(handle.rk, 0)
+            handle.destroy()
         }
     }
 }

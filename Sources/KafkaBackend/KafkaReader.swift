@@ -13,18 +13,10 @@ enum KafkaReader {
         let callbacks = RdKafkaCallbacks(logger: broker.logger, role: "reader")
         let timeout = settings.operationTimeout
         let frozen = properties
-        return try await withCheckedThrowingContinuation { continuation in
-            let thread = Thread {
-                do {
-                    let handle = try RdKafkaHandle(type: RD_KAFKA_CONSUMER, properties: frozen, callbacks: callbacks)
-                    continuation.resume(with: Result { try readBlocking(handle: handle, ranges: ranges, limit: limit, timeout: timeout, server: settings.server) })
-                    handle.destroy()
-                } catch {
-                    continuation.resume(throwing: error)
-                }
-            }
-            thread.name = "kafka-reader"
-            thread.start()
+        return try await RdKafka.offPool {
+            let handle = try RdKafkaHandle(type: RD_KAFKA_CONSUMER, properties: frozen, callbacks: callbacks)
+            defer { handle.destroy() }
+            return try readBlocking(handle: handle, ranges: ranges, limit: limit, timeout: timeout, server: settings.server)
         }
     }
 
