@@ -212,11 +212,7 @@ final class KafkaAdminClient: Sendable {
                     throw RdKafka.brokerError(rd_kafka_error_code(error), "cannot read the offsets of group '\(group)'", server: server, detail: String(cString: rd_kafka_error_string(error)))
                 }
                 guard let list = rd_kafka_group_result_partitions(first) else { return [:] }
-                var offsets: [TopicPartition: Int64] = [:]
-                for (tp, offset, err) in PartitionList.entries(of: list) where err == RD_KAFKA_RESP_ERR_NO_ERROR && offset >= 0 {
-                    offsets[tp] = offset
-                }
-                return offsets
+                return Self.committedOffsets(list)
             }
         }
     }
@@ -250,14 +246,19 @@ final class KafkaAdminClient: Sendable {
                     let list = rd_kafka_ListConsumerGroupOffsets_result_groups(result, &count), count > 0, let first = list[0],
                     rd_kafka_group_result_error(first) == nil, let parts = rd_kafka_group_result_partitions(first)
                 else { continue }
-                var offsets: [TopicPartition: Int64] = [:]
-                for (tp, offset, err) in PartitionList.entries(of: parts) where err == RD_KAFKA_RESP_ERR_NO_ERROR && offset >= 0 {
-                    offsets[tp] = offset
-                }
-                found[String(cString: rd_kafka_group_result_name(first))] = offsets
+                found[String(cString: rd_kafka_group_result_name(first))] = Self.committedOffsets(parts)
             }
             return found
         }
+    }
+
+    /// The committed offsets in a group result (partitions without one left out).
+    private static func committedOffsets(_ list: UnsafePointer<rd_kafka_topic_partition_list_t>) -> [TopicPartition: Int64] {
+        var offsets: [TopicPartition: Int64] = [:]
+        for (tp, offset, err) in PartitionList.entries(of: list) where err == RD_KAFKA_RESP_ERR_NO_ERROR && offset >= 0 {
+            offsets[tp] = offset
+        }
+        return offsets
     }
 
     /// Sets `group`'s committed offsets (the group must have no active members).
