@@ -148,6 +148,20 @@ public final class Collector<Element: Sendable>: Sendable {
     public var count: Int { storage.withLock { $0.count } }
 }
 
+/// A one-way latch that case bodies open once; waiters poll it (they run in handlers, which
+/// must stay cancellable).
+public final class Latch: Sendable {
+    private let isOpen = LockedBox(false)
+    public init() {}
+    public func open() { isOpen.withLock { $0 = true } }
+    public var opened: Bool { isOpen.withLock { $0 } }
+    /// Waits until the latch is open, at most `timeout`.
+    public func wait(timeout: Duration = .seconds(30)) async throws {
+        let deadline = ContinuousClock.now + timeout
+        while !opened, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+    }
+}
+
 /// A tiny lock box (Mutex cannot be stored in a class generic over a non-Sendable element).
 final class LockedBox<Value: Sendable>: @unchecked Sendable {
     // Safe: every access goes through `lock`.

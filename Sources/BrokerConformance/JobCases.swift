@@ -156,17 +156,22 @@ enum JobCases {
         try await jobs.dispatch(batch: (0..<6).map { ConformanceWork(n: $0, sleepMillis: 400) })
         let started = Collector<Int>()
         let finished = Collector<Int>()
+        // In-flight jobs cannot finish before stop() is requested, however late this task
+        // gets to run: a third start can only come from a worker that ignores the stop.
+        let stopRequested = Latch()
         let worker = JobWorker(broker: c.broker, queue: queue, options: .init(concurrency: 2, shutdownTimeout: .seconds(10)))
         worker.register(ConformanceWork.self) { job, _ in
             started.append(job.n)
+            try await stopRequested.wait()
             try await Task.sleep(for: .milliseconds(job.sleepMillis))
             finished.append(job.n)
         }
         let task = Task { try await worker.run() }
         try await c.eventually("two jobs started") { started.count >= 2 }
         worker.stop()
+        stopRequested.open()
         try await task.value
-        try c.expect(started.count == 2, "\(started.count) jobs started; expected only the 2 in flight")
+        try c.expect(started.count == 2, "\(started.count) jobs started (\(started.values)); expected only the 2 in flight")
         try c.expect(Set(finished.values) == Set(started.values), "in-flight jobs \(started.values) did not all finish: \(finished.values)")
         // The 4 unstarted jobs are still queued: a new worker runs exactly them, each at attempt 1.
         let later = Collector<(Int, Int)>()
