@@ -1,5 +1,6 @@
 import BrokerAPI
 import Foundation
+import Logging
 import Synchronization
 
 /// Topology, catalog, stats and dead letters over the broker's admin connection.
@@ -141,6 +142,7 @@ final class RabbitAdmin: @unchecked Sendable {
                 try c.declareQueue(Self.rpcChannel, full, arguments: arguments, destination: user)
                 try c.declareQueue(Self.rpcChannel, Self.dlqName(full), arguments: dlqArguments, destination: user)
             }
+            if kind == .stream { try await awaitStreamReady(full, destination: user) }
         } catch let error as BrokerError where error.code == .invalidConfiguration && kind == .stream
             && error.message.contains("inequivalent arg") && !error.message.contains("'x-max-")
         {
@@ -459,7 +461,55 @@ final class RabbitAdmin: @unchecked Sendable {
         try await call { c in
             try c.declareQueue(Self.rpcChannel, name, arguments: AMQPTable(["x-queue-type": .text("stream")]))
         }
+        try await awaitStreamReady(name, destination: nil)
         recorded.withLock { _ = $0.insert("catalog") }
+    }
+
+    /// Waits until a consumer can attach to the stream `name`.
+    ///
+    /// RabbitMQ 3.10 answers `queue.declare` of a stream that another client created a moment
+    /// earlier before the stream's writer is registered. In that window a publish or a consume
+    /// can crash the channel on the server (541 INTERNAL_ERROR, which closes the whole
+    /// connection and fails everything in flight on it), or a consume fails with 506 "Stream
+    /// not found" / 406 "does not have a replica on the local node". Found with four brokers
+    /// using a fresh catalog at once. A throw-away connection attaches a consumer until that
+    /// succeeds, so no crash can reach the connections that carry the application's work.
+    private func awaitStreamReady(_ name: String, destination: String?) async throws {
+        let deadline = ContinuousClock.now + settings.operationTimeout
+        var attempts = 0
+        while true {
+            attempts += 1
+            let probe = AMQPConnection(endpoint: settings.endpoint, name: "stream-probe", logger: connection.logger)
+            do {
+                try await probe.start()
+                try await probe.run { c in
+                    try c.qos(1, prefetch: 1)
+                    let tag = try c.consume(
+                        1, queue: name, tag: "bk-ready", arguments: AMQPTable(["x-stream-offset": .text("next")]), destination: destination)
+                    try c.cancel(1, tag: tag)
+                }
+                await probe.close()
+                if attempts > 1 { connection.logger.debug("stream '\(name)' ready after \(attempts) probes") }
+                return
+            } catch let error as BrokerError where Self.streamNotReady(error) {
+                await probe.close()
+                guard ContinuousClock.now < deadline else {
+                    throw BrokerError(
+                        .timeout, "stream '\(name)' did not become ready within operation.timeout (\(error.message))",
+                        backend: AMQPError.backend, destination: destination)
+                }
+                try await Task.sleep(for: .milliseconds(50))
+            } catch {
+                await probe.close()
+                throw error
+            }
+        }
+    }
+
+    /// The answers of a stream that exists but has no running writer / local replica yet.
+    static func streamNotReady(_ error: BrokerError) -> Bool {
+        error.message.contains(" 506 ") || error.message.contains(" 541 ")
+            || error.message.contains("does not have a replica on the local node")
     }
 
     /// Reads the catalog up to a marker this call appends, so it sees every earlier record.
