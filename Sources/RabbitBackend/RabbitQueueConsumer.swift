@@ -42,6 +42,8 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         var nextWaiter: UInt64 = 0
         var cancelledWaiters: Set<UInt64> = []
         var closed = false
+        /// False after ``stopFetching()``: no consumer on the broker, nothing handed out.
+        var fetching = true
         var failure: BrokerError?
         /// Handed out, not settled: delivery tags of the current session.
         var held: Set<UInt64> = []
@@ -83,6 +85,7 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
             s.generation = generation
             s.failure = nil
         }
+        guard state.withLock({ $0.fetching }) else { return }
         try connection.qos(Self.channel, prefetch: prefetch)
         consumerTag = try connection.consume(
             Self.channel, queue: full, tag: "brokerkit-\(full)-\(id)-\(generation)", destination: queue)
@@ -101,7 +104,7 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         case .delivery(let raw) where raw.channel == Self.channel:
             let generation = connection.generation
             let handout = state.withLock { s -> (CheckedContinuation<Delivery?, any Error>, Delivery)? in
-                if !s.closed, !s.waiters.isEmpty {
+                if !s.closed, s.fetching, !s.waiters.isEmpty {
                     let waiter = s.waiters.removeFirst()
                     s.held.insert(raw.deliveryTag)
                     return (waiter.continuation, makeDelivery(raw, generation: generation))
@@ -165,7 +168,7 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
                 enum Action { case resume(Delivery?), fail(any Error), wait }
                 let action = state.withLock { s -> Action in
                     if s.cancelledWaiters.remove(waiterID) != nil { return .fail(CancellationError()) }
-                    if s.closed { return .resume(nil) }
+                    if s.closed || !s.fetching { return .resume(nil) }
                     while !s.buffer.isEmpty {
                         let item = s.buffer.removeFirst()
                         guard item.generation == s.generation else { continue }
@@ -269,7 +272,32 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         }
     }
 
+    /// Cancels the broker-side consumer (after letting deliveries already on their way
+    /// arrive: acks sent just before free prefetch slots that the broker refills, and a quorum
+    /// queue returns what it delivers to a cancelled consumer with an attempt counted), then
+    /// hands back what was prefetched but never handed out. Handed-out deliveries can still be
+    /// acked: once cancelled, those acks pull in nothing new.
+    func stopFetching() async {
+        let waiters = state.withLock { s -> [CheckedContinuation<Delivery?, any Error>]? in
+            guard s.fetching, !s.closed else { return nil }
+            s.fetching = false
+            defer { s.waiters.removeAll() }
+            return s.waiters.map(\.continuation)
+        }
+        guard let waiters else { return }
+        for waiter in waiters { waiter.resume(returning: nil) }
+        _ = try? await connection.run { c in
+            try c.drainFrames(idle: .milliseconds(40))
+            try c.cancel(Self.channel, tag: self.consumerTag)
+        }
+        // A quorum queue may still deliver what it had checked out for us just after
+        // cancel-ok: read until the connection goes quiet before handing back.
+        _ = try? await connection.run { c in try c.drainFrames(idle: .milliseconds(100)) }
+        await handBackBuffered()
+    }
+
     func close() async {
+        await stopFetching()
         let waiters = state.withLock { s -> [CheckedContinuation<Delivery?, any Error>]? in
             guard !s.closed else { return nil }
             s.closed = true
@@ -278,16 +306,6 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         }
         guard let waiters else { return }
         for waiter in waiters { waiter.resume(returning: nil) }
-        // Stop deliveries, then hand back what was prefetched but never handed out. A quorum
-        // queue may still deliver what it had checked out for us just after cancel-ok, so read
-        // until the connection goes quiet, twice.
-        // Acks sent just before close free prefetch slots, and the broker refills them; let
-        // those deliveries arrive before cancelling (a quorum queue returns what it delivers
-        // to a cancelled consumer, counting an attempt).
-        _ = try? await connection.run { c in
-            try c.drainFrames(idle: .milliseconds(40))
-            try c.cancel(Self.channel, tag: self.consumerTag)
-        }
         // Generous windows: under load a delivery the queue sent before cancel-ok can take
         // longer than 100 ms to arrive, and one that arrives after the connection closed is
         // returned with its delivery count raised (seen as attempts [1, 1, 2, 2] in CI).

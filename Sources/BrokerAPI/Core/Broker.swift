@@ -34,9 +34,18 @@ public protocol MessageConsumer: Sendable {
     func next() async throws -> Delivery?
     /// Stops fetching and gives unsettled deliveries back for redelivery. Idempotent.
     func close() async
+    /// The first step of a graceful shutdown: stops fetching, so that `next()` returns `nil`
+    /// from now on and deliveries prefetched but never handed out go back unchanged, while
+    /// deliveries already handed out can still be settled (then call ``close()``).
+    /// ``DeliveryProcessor`` calls it before it waits for running handlers, so their final
+    /// acks cannot pull in new deliveries that would only be handed back. Idempotent; the
+    /// default does nothing (for consumers whose prefetch never leaves the client).
+    func stopFetching() async
 }
 
 extension MessageConsumer {
+    public func stopFetching() async {}
+
     /// The deliveries as an `AsyncSequence`; it ends when the consumer is closed.
     public var deliveries: DeliverySequence { DeliverySequence(consumer: self) }
 

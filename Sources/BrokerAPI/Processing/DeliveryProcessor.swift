@@ -118,7 +118,10 @@ public final class DeliveryProcessor: Sendable {
                         if running.add(-1) == 0 { idle.signal() }
                     }
                 }
-                // Fetching ended (stop, consumer closed or cancelled): drain with a deadline.
+                // Fetching ended (stop, consumer closed or cancelled): stop the consumer's
+                // fetching too (running handlers' acks must not pull in more), then drain with
+                // a deadline.
+                await consumer.stopFetching()
                 let deadline = ContinuousClock.now + options.shutdownTimeout
                 while running.value > 0 && ContinuousClock.now < deadline && !Task.isCancelled {
                     await idle.wait(timeout: min(deadline - ContinuousClock.now, .milliseconds(50)))
