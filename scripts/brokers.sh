@@ -8,6 +8,7 @@ RUN="$PWD/.run"
 REDIS_PORT="${BROKERKIT_REDIS_PORT:-6390}"
 AMQP_PORT="${BROKERKIT_AMQP_PORT:-5682}"
 AMQP_DIST_PORT="${BROKERKIT_AMQP_DIST_PORT:-25682}"
+AMQPS_PORT="${BROKERKIT_AMQPS_PORT:-5683}"
 KAFKA_PORT="${BROKERKIT_KAFKA_PORT:-19092}"
 RABBIT_NODE="${BROKERKIT_AMQP_NODE:-brokerkit-test@localhost}"
 
@@ -38,8 +39,43 @@ start_redis() {
     log "redis-server $(redis-server --version | awk '{print $3}') on 127.0.0.1:$REDIS_PORT ($((SECONDS - t0)) s)"
 }
 
+# A throw-away CA, a server certificate for "localhost" (DNS name only, so that connecting by
+# IP address fails host-name verification) and a client certificate for mutual TLS.
+make_tls() {
+    local dir="$RUN/tls"
+    mkdir -p "$dir"
+    (
+        cd "$dir"
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=BrokerKit test CA" \
+            -keyout ca.key -out ca.pem 2>/dev/null
+        printf 'subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\n' >server.ext
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key -out server.csr 2>/dev/null
+        openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+            -extfile server.ext -out server.pem 2>/dev/null
+        printf 'extendedKeyUsage=clientAuth\n' >client.ext
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=brokerkit-test-client" -keyout client.key -out client.csr 2>/dev/null
+        openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+            -extfile client.ext -out client.pem 2>/dev/null
+        # A CA the server's certificate does not chain to.
+        openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=Unrelated CA" \
+            -keyout other-ca.key -out other-ca.pem 2>/dev/null
+        rm -f ./*.csr ./*.ext ./*.srl
+    )
+    chmod 644 "$dir"/*
+}
+
 start_rabbit() {
     mkdir -p "$RUN/rabbitmq/mnesia" "$RUN/rabbitmq/log"
+    make_tls
+    # amqps:// on its own port: the server demands a client certificate signed by the test CA.
+    cat >"$RUN/rabbitmq/rabbitmq.conf" <<CONF
+listeners.ssl.1 = 127.0.0.1:$AMQPS_PORT
+ssl_options.cacertfile = $RUN/tls/ca.pem
+ssl_options.certfile = $RUN/tls/server.pem
+ssl_options.keyfile = $RUN/tls/server.key
+ssl_options.verify = verify_peer
+ssl_options.fail_if_no_peer_cert = true
+CONF
     chown -R rabbitmq:rabbitmq "$RUN/rabbitmq" 2>/dev/null || true
     chmod o+x "$RUN" "$PWD" 2>/dev/null || true
     local t0=$SECONDS
@@ -47,6 +83,7 @@ start_rabbit() {
     export RABBITMQ_NODENAME="$RABBIT_NODE" RABBITMQ_NODE_PORT="$AMQP_PORT" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
     export RABBITMQ_DIST_PORT="$AMQP_DIST_PORT" RABBITMQ_PID_FILE="$RUN/rabbitmq/rabbit.pid"
     export RABBITMQ_ENABLED_PLUGINS_FILE="$RUN/rabbitmq/enabled_plugins"
+    export RABBITMQ_CONFIG_FILE="$RUN/rabbitmq/rabbitmq.conf"
     echo "[]." > "$RABBITMQ_ENABLED_PLUGINS_FILE"
     chown rabbitmq:rabbitmq "$RABBITMQ_ENABLED_PLUGINS_FILE" 2>/dev/null || true
     # RabbitMQ sizes its file-handle pool from the open-files limit; 1024 wedges the node
@@ -64,7 +101,8 @@ start_rabbit() {
         sleep 1
     done
     wait_port rabbitmq "$AMQP_PORT" 30
-    log "rabbitmq-server on 127.0.0.1:$AMQP_PORT node $RABBIT_NODE ($((SECONDS - t0)) s)"
+    wait_port "rabbitmq (TLS)" "$AMQPS_PORT" 30
+    log "rabbitmq-server on 127.0.0.1:$AMQP_PORT (amqps $AMQPS_PORT) node $RABBIT_NODE ($((SECONDS - t0)) s)"
 }
 
 start_kafka() {
@@ -120,7 +158,14 @@ stop_all() {
         rm -f "$RUN/redis/redis.pid"
     fi
     if [ -d "$RUN/rabbitmq" ]; then
-        rabbitmqctl -n "$RABBIT_NODE" stop >/dev/null 2>&1 || true
+        # A wedged node can leave `rabbitmqctl stop` waiting for ever: give it a minute, then kill.
+        timeout -k 5 60 rabbitmqctl -n "$RABBIT_NODE" stop >/dev/null 2>&1 || true
+        local pid
+        pid="$(cat "$RUN/rabbitmq/rabbit.pid" 2>/dev/null || true)"
+        if [ -n "$pid" ] && grep -q beam "/proc/$pid/cmdline" 2>/dev/null; then
+            echo "warning: rabbitmq node $RABBIT_NODE did not stop; killing it" >&2
+            kill -9 "$pid" 2>/dev/null || true
+        fi
     fi
     stop_kafka
     rm -f "$RUN/brokers.env"
@@ -138,6 +183,10 @@ start)
 export BROKERKIT_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 export BROKERKIT_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/
 export BROKERKIT_TEST_KAFKA_URL=kafka://127.0.0.1:$KAFKA_PORT
+# TLS: the server's certificate names "localhost"; the CA, client certificate and key are in
+# BROKERKIT_TEST_TLS_DIR (ca.pem, client.pem, client.key, other-ca.pem).
+export BROKERKIT_TEST_AMQPS_URL=amqps://guest:guest@localhost:$AMQPS_PORT/
+export BROKERKIT_TEST_TLS_DIR=$RUN/tls
 # For restart tests: how to stop and start each server again.
 export BROKERKIT_TEST_AMQP_NODE=$RABBIT_NODE
 export BROKERKIT_TEST_REDIS_DIR=$RUN/redis

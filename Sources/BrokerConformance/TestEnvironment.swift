@@ -4,11 +4,14 @@ import Foundation
 /// under `CI=true` a missing server is a failure; locally the test is skipped with a reason.
 ///
 /// The project's `scripts/brokers.sh start` exports `BROKERKIT_TEST_REDIS_URL`,
-/// `BROKERKIT_TEST_AMQP_URL` and `BROKERKIT_TEST_KAFKA_URL`.
+/// `BROKERKIT_TEST_AMQP_URL`, `BROKERKIT_TEST_AMQPS_URL` (with `BROKERKIT_TEST_TLS_DIR`) and
+/// `BROKERKIT_TEST_KAFKA_URL`.
 public enum TestEnvironment {
     public enum Server: String, Sendable, CaseIterable {
         case redis = "REDIS"
         case amqp = "AMQP"
+        /// RabbitMQ's TLS listener (`amqps://`); its certificates are in `BROKERKIT_TEST_TLS_DIR`.
+        case amqps = "AMQPS"
         case kafka = "KAFKA"
 
         /// The environment variable holding the server's URL.
