@@ -59,21 +59,39 @@ final class KafkaBroker: Broker {
             throw error
         }
         let broker = KafkaBroker(configuration: configuration, settings: settings, producer: producer, adminHandle: adminHandle, logger: logger)
-        do {
-            // One metadata round trip proves the cluster answers (and the credentials work).
-            _ = try await broker.admin.metadata(topic: nil, timeout: settings.connectTimeout)
-        } catch let error as BrokerError {
-            await broker.close()
-            var code = error.code
-            if code == .timeout || code == .brokerError { code = .connectionFailed }
-            if let detail = producer.handle.lastErrorDetail ?? adminHandle.lastErrorDetail, detail.contains("AUTHENTICATION") || detail.contains("SASL") {
-                code = .authenticationFailed
+        // One metadata round trip proves the cluster answers (and the credentials work). It
+        // is asked in short slices so that rejected credentials, which librdkafka only
+        // reports through its error callback while it keeps retrying, fail at once instead of
+        // after the whole connect timeout.
+        let deadline = ContinuousClock.now + settings.connectTimeout
+        while true {
+            let slice = min(max(deadline - ContinuousClock.now, .milliseconds(1)), .milliseconds(500))
+            let asked = ContinuousClock.now
+            do {
+                _ = try await broker.admin.metadata(topic: nil, timeout: slice)
+                return broker
+            } catch let error as BrokerError {
+                if let reason = adminHandle.authenticationFailure ?? producer.handle.authenticationFailure {
+                    await broker.close()
+                    let user = settings.common["sasl.username"].map { "user '\($0)'" } ?? "the client"
+                    let mechanism = settings.common["sasl.mechanism"] ?? "SASL"
+                    throw BrokerError(
+                        .authenticationFailed,
+                        "kafka \(settings.server) rejected the credentials of \(user) (\(mechanism)): \(reason)", backend: "kafka")
+                }
+                if ContinuousClock.now < deadline {
+                    // An immediate failure (connection refused): pause rather than spin.
+                    if ContinuousClock.now - asked < .milliseconds(100) { try? await Task.sleep(for: .milliseconds(100)) }
+                    continue
+                }
+                await broker.close()
+                var code = error.code
+                if code == .timeout || code == .brokerError { code = .connectionFailed }
+                throw BrokerError(
+                    code, "cannot connect to kafka \(settings.server) within \(settings.connectTimeout): \(error.message)",
+                    backend: "kafka")
             }
-            throw BrokerError(
-                code, "cannot connect to kafka \(settings.server) within \(settings.connectTimeout): \(error.message)",
-                backend: "kafka")
         }
-        return broker
     }
 
     // MARK: - Names and kinds

@@ -189,6 +189,18 @@ final class RdKafkaHandle: @unchecked Sendable {
     var lastErrorDetail: String? {
         callbacks.lastError.withLock { $0.map { "\(RdKafka.errorName($0.code)): \($0.reason)" } }
     }
+
+    /// librdkafka's reason when the last connection-level error was rejected credentials
+    /// (SASL authentication failed); such errors do not heal by retrying.
+    var authenticationFailure: String? {
+        callbacks.lastError.withLock { last in
+            guard let last else { return nil }
+            switch last.code {
+            case RD_KAFKA_RESP_ERR__AUTHENTICATION, RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED: return last.reason
+            default: return nil
+            }
+        }
+    }
 }
 
 /// A topic-partition pair.
