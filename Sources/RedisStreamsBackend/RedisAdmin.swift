@@ -38,6 +38,7 @@ extension RedisBroker {
     func stats(for destination: String) async throws -> DestinationStats {
         let key = try key(destination)
         let kind = try await kind(of: key, destination: destination, createAs: nil)
+        await acksSent(for: key)
         let replies = try await client.pipeline([
             ["XLEN", RedisArgument(key)],
             ["XINFO", "GROUPS", RedisArgument(key)],

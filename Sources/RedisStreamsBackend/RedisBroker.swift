@@ -142,6 +142,12 @@ final class RedisBroker: Broker {
         state.withLock { $0.consumers[ObjectIdentifier(consumer)] = consumer }
     }
 
+    /// Waits until this process's consumers of `key` have sent the acks they recorded.
+    func acksSent(for key: String) async {
+        let consumers = state.withLock { s in s.consumers.values.compactMap { $0 as? RedisConsumer }.filter { $0.key == key } }
+        for consumer in consumers { await consumer.acksSent() }
+    }
+
     func untrack(_ consumer: AnyObject) {
         state.withLock { _ = $0.consumers.removeValue(forKey: ObjectIdentifier(consumer)) }
     }

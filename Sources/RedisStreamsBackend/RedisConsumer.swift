@@ -29,6 +29,12 @@ final class RedisConsumer: MessageConsumer, Sendable {
         var closed = false
         /// Entries a read returned while closing: never seen by the app, given back on close.
         var late: [Held] = []
+        /// Acked by the app, not yet sent (see ``RedisConsumer/ackEntry(_:)``).
+        var pendingAcks: [String] = []
+        /// Whether a flush of `pendingAcks` is running.
+        var flushing = false
+        /// Callers of ``RedisConsumer/acksSent()`` waiting for the flush to finish.
+        var flushWaiters: [CheckedContinuation<Void, Never>] = []
     }
 
     let broker: RedisBroker
@@ -226,6 +232,7 @@ final class RedisConsumer: MessageConsumer, Sendable {
         task?.cancel()
         wake.signal()
         await task?.value
+        await acksSent()
         var buffered = Set(buffer.finish().compactMap { $0.position?.offset })
         let unsettled = state.withLock { s -> [Held] in
             let held = Array(s.unsettled.values) + s.late

@@ -1,5 +1,7 @@
 import BrokerAPI
 import Foundation
+import Logging
+import Synchronization
 
 /// Queue-specific steps of ``RedisConsumer``: one group (`brokerkit`) per queue, XACK + XDEL
 /// on ack, retries parked in `<queue>:retry` until due, dead letters to `<queue>:dlq`,
@@ -79,17 +81,72 @@ extension RedisConsumer {
             backend: "redis", destination: destination)
     }
 
+    /// Acks are asynchronous, as RabbitMQ's and Kafka's are: the ack is recorded here and
+    /// returns; one flush at a time sends every ack recorded meanwhile in a single round trip
+    /// on the broker's connection (queue: `MULTI XACK … XDEL … EXEC`; stream: `XACK …`).
+    /// An ack the flush cannot deliver (connection lost) leaves the entry pending: it is
+    /// claimed again after the lease, as after a crash (at-least-once). `close()` and `stats`
+    /// wait for the flush, so this process reads its own acks.
     func ackEntry(_ held: Held) async throws {
-        let id = RedisArgument(held.entry.entryID)
-        if isQueue {
-            let replies = try await broker.client.pipeline([
-                ["MULTI"], ["XACK", RedisArgument(key), RedisArgument(group), id], ["XDEL", RedisArgument(key), id], ["EXEC"],
-            ])
-            try broker.check(replies, destination: destination)
-            guard replies[3].array?.first?.integer == 1 else { throw noLongerHeld(held) }
-        } else {
-            let reply = try await broker.client.checked(["XACK", RedisArgument(key), RedisArgument(group), id], destination: destination)
-            guard reply.integer == 1 else { throw noLongerHeld(held) }
+        let id = held.entry.entryID
+        let start = state.withLock { s -> Bool? in
+            guard !s.closed, s.unsettled[id] != nil else { return nil }
+            s.pendingAcks.append(id)
+            if s.flushing { return false }
+            s.flushing = true
+            return true
+        }
+        guard let start else { throw noLongerHeld(held) }
+        if start { Task { await self.flushAcks() } }
+    }
+
+    /// Sends recorded acks until none is left.
+    private func flushAcks() async {
+        while true {
+            let (ids, waiters) = state.withLock { s -> ([String], [CheckedContinuation<Void, Never>]) in
+                if s.pendingAcks.isEmpty {
+                    s.flushing = false
+                    defer { s.flushWaiters = [] }
+                    return ([], s.flushWaiters)
+                }
+                defer { s.pendingAcks = [] }
+                return (s.pendingAcks, [])
+            }
+            if ids.isEmpty {
+                for waiter in waiters { waiter.resume() }
+                return
+            }
+            let arguments = ids.map { RedisArgument($0) }
+            let ack: [RedisArgument] = ["XACK", RedisArgument(key), RedisArgument(group)] + arguments
+            do {
+                let acked: Int
+                if isQueue {
+                    let replies = try await broker.client.pipeline([["MULTI"], ack, ["XDEL", RedisArgument(key)] + arguments, ["EXEC"]])
+                    try broker.check(replies, destination: destination)
+                    acked = Int(replies[3].array?.first?.integer ?? 0)
+                } else {
+                    acked = Int(try await broker.client.checked(ack, destination: destination).integer ?? 0)
+                }
+                if acked < ids.count {
+                    broker.logger.warning(
+                        "redis consumer of '\(destination)': \(ids.count - acked) of \(ids.count) acked entries were no longer pending (their lease expired and another consumer claimed them, or they were given back)")
+                }
+            } catch {
+                broker.logger.warning(
+                    "redis consumer of '\(destination)': \(ids.count) acks not delivered (\(error)); those entries are delivered again after the lease")
+            }
+        }
+    }
+
+    /// Returns once every ack recorded so far has been sent (or failed).
+    func acksSent() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let idle = state.withLock { s -> Bool in
+                guard s.flushing || !s.pendingAcks.isEmpty else { return true }
+                s.flushWaiters.append(continuation)
+                return false
+            }
+            if idle { continuation.resume() }
         }
     }
 
