@@ -27,7 +27,7 @@ struct RedisAckTests {
         // No waiting: the same process reads its own acks.
         let stats = try await broker.stats(for: queue)
         #expect(stats.depth == 0 && stats.inFlight == 0, "depth \(stats.depth), in flight \(stats.inFlight) right after 200 acks")
-        let pending = try RedisTestSupport.redisCLI(["XPENDING", queue, "brokerkit"]).split(separator: "\n").first
+        let pending = try await RedisTestSupport.redisCLI(["XPENDING", queue, "brokerkit"]).split(separator: "\n").first
         #expect(pending == "0", "XPENDING summary starts with \(pending ?? "nothing")")
         await consumer.close()
         try await broker.deleteDestination(queue)
@@ -43,7 +43,7 @@ struct RedisAckTests {
         try await drain(consumer, 100)
         await consumer.close()
         // What close sent, straight from Redis: the 100 acked entries are gone.
-        #expect(try RedisTestSupport.redisCLI(["XLEN", queue]).trimmingCharacters(in: .whitespacesAndNewlines) == "50")
+        #expect(try await RedisTestSupport.redisCLI(["XLEN", queue]).trimmingCharacters(in: .whitespacesAndNewlines) == "50")
         // Past the lease, a new consumer gets exactly the 50 never acked.
         try await Task.sleep(for: .milliseconds(1200))
         let second = try await broker.consumeQueue(queue, options: .init(prefetch: 100))

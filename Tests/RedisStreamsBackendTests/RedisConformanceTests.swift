@@ -30,20 +30,23 @@ enum RedisTestSupport {
         try await Brokers.connect(url: try url(), options: options, registry: registry)
     }
 
-    /// Runs redis-cli against the test server; returns stdout.
+    /// Runs redis-cli against the test server (on a thread of its own, never blocking the
+    /// cooperative pool); returns stdout.
     @discardableResult
-    static func redisCLI(_ arguments: [String]) throws -> String {
+    static func redisCLI(_ arguments: [String]) async throws -> String {
         let (host, port) = try #require(TestEnvironment.hostAndPort(try url()))
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["redis-cli", "-h", host, "-p", String(port)] + arguments
-        let output = Pipe()
-        process.standardOutput = output
-        process.standardError = output
-        try process.run()
-        let data = output.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return String(decoding: data, as: UTF8.self)
+        return try await TestEnvironment.blocking {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = ["redis-cli", "-h", host, "-p", String(port)] + arguments
+            let output = Pipe()
+            process.standardOutput = output
+            process.standardError = output
+            try process.run()
+            let data = output.fileHandleForReading.readDataToEndOfFile()
+            process.waitUntilExit()
+            return String(decoding: data, as: UTF8.self)
+        }
     }
 }
 

@@ -15,7 +15,7 @@ struct RedisInteropTests {
         let message = Message(id: "msg-1", key: "user-7", text: "héllo from BrokerKit", headers: ["source": "swift"])
         let receipt = try await broker.publish(message, to: queue)
         await broker.close()
-        let output = try RedisTestSupport.redisCLI(["XRANGE", queue, "-", "+"])
+        let output = try await RedisTestSupport.redisCLI(["XRANGE", queue, "-", "+"])
         let lines = output.split(separator: "\n").map(String.init)
         #expect(lines.first == receipt.position?.offset)
         func value(after field: String) -> String? {
@@ -32,8 +32,8 @@ struct RedisInteropTests {
         let broker = try await RedisTestSupport.connect()
         let queue = "interop-in-\(UUID().uuidString.prefix(8))"
         try await broker.createQueue(queue)
-        try RedisTestSupport.redisCLI(["XADD", queue, "*", "id", "from-cli", "key", "k9", "h:origin", "redis-cli", "payload", "{\"n\":1}"])
-        try RedisTestSupport.redisCLI(["XADD", queue, "*", "payload", "bare"])
+        try await RedisTestSupport.redisCLI(["XADD", queue, "*", "id", "from-cli", "key", "k9", "h:origin", "redis-cli", "payload", "{\"n\":1}"])
+        try await RedisTestSupport.redisCLI(["XADD", queue, "*", "payload", "bare"])
         let consumer = try await broker.consumeQueue(queue)
         let first = try #require(try await consumer.next(timeout: .seconds(5)))
         let second = try #require(try await consumer.next(timeout: .seconds(5)))
@@ -53,7 +53,7 @@ struct RedisInteropTests {
 
     @Test func wrongTypeKeyIsAClearError() async throws {
         let name = "not-a-stream-\(UUID().uuidString.prefix(8))"
-        try RedisTestSupport.redisCLI(["SET", name, "plain string"])
+        try await RedisTestSupport.redisCLI(["SET", name, "plain string"])
         let broker = try await RedisTestSupport.connect()
         do {
             try await broker.publish(Message(text: "x"), to: name)
@@ -62,14 +62,23 @@ struct RedisInteropTests {
             #expect(error.code == .wrongDestinationKind)
             #expect(error.message.contains(name) && error.message.contains("string"), "\(error)")
         }
-        #expect(try RedisTestSupport.redisCLI(["GET", name]).contains("plain string"))
+        #expect(try await RedisTestSupport.redisCLI(["GET", name]).contains("plain string"))
         await broker.close()
     }
 
     @Test func wrongPasswordIsAnAuthenticationError() async throws {
         let user = "bk-\(UUID().uuidString.prefix(6).lowercased())"
-        try RedisTestSupport.redisCLI(["ACL", "SETUSER", user, "on", ">right-secret", "~*", "&*", "+@all"])
-        defer { _ = try? RedisTestSupport.redisCLI(["ACL", "DELUSER", user]) }
+        try await RedisTestSupport.redisCLI(["ACL", "SETUSER", user, "on", ">right-secret", "~*", "&*", "+@all"])
+        do {
+            try await connectAs(user)
+        } catch {
+            _ = try? await RedisTestSupport.redisCLI(["ACL", "DELUSER", user])
+            throw error
+        }
+        _ = try? await RedisTestSupport.redisCLI(["ACL", "DELUSER", user])
+    }
+
+    func connectAs(_ user: String) async throws {
         let (host, port) = try #require(TestEnvironment.hostAndPort(try RedisTestSupport.url()))
         do {
             _ = try await Brokers.connect(url: "redis://\(user):wrong-secret@\(host):\(port)", registry: RedisTestSupport.registry)
@@ -101,8 +110,8 @@ struct RedisInteropTests {
         let queue = "db3-\(UUID().uuidString.prefix(8))"
         try await broker.publish(Message(text: "in db 3"), to: queue)
         await broker.close()
-        #expect(try RedisTestSupport.redisCLI(["-n", "3", "XLEN", queue]).contains("1"))
-        #expect(try RedisTestSupport.redisCLI(["-n", "0", "EXISTS", queue]).contains("0"))
+        #expect(try await RedisTestSupport.redisCLI(["-n", "3", "XLEN", queue]).contains("1"))
+        #expect(try await RedisTestSupport.redisCLI(["-n", "0", "EXISTS", queue]).contains("0"))
     }
 
     @Test func streamRetentionTrimsStreamsNotQueues() async throws {

@@ -60,8 +60,17 @@ struct RedisRestartTests {
     }
 
     @Test func payloadAboveProtoMaxBulkLenIsAClearErrorOthersUnaffected() async throws {
-        try RedisTestSupport.redisCLI(["CONFIG", "SET", "proto-max-bulk-len", "1mb"])
-        defer { _ = try? RedisTestSupport.redisCLI(["CONFIG", "SET", "proto-max-bulk-len", "512mb"]) }
+        try await RedisTestSupport.redisCLI(["CONFIG", "SET", "proto-max-bulk-len", "1mb"])
+        do {
+            try await publishAboveTheLimit()
+        } catch {
+            _ = try? await RedisTestSupport.redisCLI(["CONFIG", "SET", "proto-max-bulk-len", "512mb"])
+            throw error
+        }
+        _ = try? await RedisTestSupport.redisCLI(["CONFIG", "SET", "proto-max-bulk-len", "512mb"])
+    }
+
+    func publishAboveTheLimit() async throws {
         let broker = try await RedisTestSupport.connect(["max.message.bytes": "16777216"])
         let queue = "bulk-\(UUID().uuidString.prefix(8))"
         let big = Message(payload: Data(repeating: 7, count: 2 * 1024 * 1024))
