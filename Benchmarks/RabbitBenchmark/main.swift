@@ -41,17 +41,25 @@ func percentile(_ values: [Double], _ p: Double) -> Double {
 
 func nowNanos() -> UInt64 { DispatchTime.now().uptimeNanoseconds }
 
+/// Payload of a latency sample: send time (ns) in bytes 0..<8, a marker in 8..<16, so that a
+/// message left over from an earlier scenario (a redelivered unacked one) is never read as
+/// a timestamp.
+let latencyMarker: UInt64 = 0x4252_4B5F_4C41_5459  // "BRK_LATY"
+
 func stamped() -> Data {
     var data = payload
     withUnsafeBytes(of: nowNanos().littleEndian) { data.replaceSubrange(0..<8, with: $0) }
+    withUnsafeBytes(of: latencyMarker.littleEndian) { data.replaceSubrange(8..<16, with: $0) }
     return data
 }
 
-func stamp(of data: Data) -> UInt64 {
-    data.prefix(8).withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
+/// Microseconds since `body` was stamped, or nil for a payload that is no latency sample.
+func latency(of body: UnsafeRawBufferPointer) -> Double? {
+    guard body.count >= 16, UInt64(littleEndian: body.loadUnaligned(fromByteOffset: 8, as: UInt64.self)) == latencyMarker else { return nil }
+    let sent = UInt64(littleEndian: body.loadUnaligned(as: UInt64.self))
+    let now = nowNanos()
+    return now >= sent ? Double(now - sent) / 1000 : nil
 }
-
-// MARK: - BrokerKit
 
 func benchmarkBrokerKit() async throws -> Figures {
     RabbitBackend.register()
@@ -82,7 +90,7 @@ func benchmarkBrokerKit() async throws -> Figures {
     let reader = Task { () -> [Double] in
         var latencies: [Double] = []
         while latencies.count < latencySamples, let delivery = try await consumer.next() {
-            latencies.append(Double(nowNanos() - stamp(of: delivery.message.payload)) / 1000)
+            if let sample = delivery.message.payload.withUnsafeBytes({ latency(of: $0) }) { latencies.append(sample) }
             try await delivery.ack()
         }
         return latencies
@@ -237,8 +245,7 @@ func benchmarkRaw() async throws -> Figures {
                 var latencies: [Double] = []
                 while latencies.count < latencySamples {
                     try consumer.receiveAndAck { body in
-                        let sent = UInt64(littleEndian: body.loadUnaligned(as: UInt64.self))
-                        latencies.append(Double(nowNanos() - sent) / 1000)
+                        if let sample = latency(of: body) { latencies.append(sample) }
                     }
                 }
                 return latencies
