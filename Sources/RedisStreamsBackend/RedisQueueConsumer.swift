@@ -89,8 +89,10 @@ extension RedisConsumer {
     /// wait for the flush, so this process reads its own acks.
     func ackEntry(_ held: Held) async throws {
         let id = held.entry.entryID
+        // Held means still unsettled here: a consumer that is closing takes acks until it
+        // gives the rest back (close empties `unsettled` when it does).
         let start = state.withLock { s -> Bool? in
-            guard !s.closed, s.unsettled[id] != nil else { return nil }
+            guard s.unsettled[id] != nil else { return nil }
             s.pendingAcks.append(id)
             if s.flushing { return false }
             s.flushing = true
