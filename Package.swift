@@ -90,21 +90,27 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        .target(
+            name: "BenchmarkSupport",
+            dependencies: ["BrokerAPI"],
+            path: "Benchmarks/BenchmarkSupport",
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "RedisBenchmark",
-            dependencies: ["BrokerAPI", "RedisStreamsBackend", "CHiredis"],
+            dependencies: ["BrokerAPI", "RedisStreamsBackend", "CHiredis", "BenchmarkSupport"],
             path: "Benchmarks/RedisBenchmark",
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "KafkaBenchmark",
-            dependencies: ["BrokerAPI", "KafkaBackend", "CRdKafka"],
+            dependencies: ["BrokerAPI", "KafkaBackend", "CRdKafka", "BenchmarkSupport"],
             path: "Benchmarks/KafkaBenchmark",
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "RabbitBenchmark",
-            dependencies: ["BrokerAPI", "RabbitBackend", "CRabbitMQ"],
+            dependencies: ["BrokerAPI", "RabbitBackend", "CRabbitMQ", "BenchmarkSupport"],
             path: "Benchmarks/RabbitBenchmark",
             swiftSettings: swiftSettings
         ),

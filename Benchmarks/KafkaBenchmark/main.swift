@@ -12,6 +12,7 @@
 //                     (raw: async commit of the consumed position every 1,000 records and
 //                     at the end; BrokerKit: ack each delivery, contiguous commits)
 //   e2e-latency       produce one record, wait until a group member has it (p50 / p99)
+import BenchmarkSupport
 import BrokerAPI
 import CRdKafka
 import Foundation
@@ -79,25 +80,6 @@ func rawProduce(_ rk: OpaquePointer, _ topic: String, _ i: Int) {
         fatalError("raw produce: \(String(cString: rd_kafka_err2str(err)))")
     }
 }
-
-func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
-    await withCheckedContinuation { continuation in
-        Thread { continuation.resume(returning: body()) }.start()
-    }
-}
-
-func measure(_ body: () async throws -> Void) async rethrows -> Duration {
-    let start = ContinuousClock.now
-    try await body()
-    return ContinuousClock.now - start
-}
-
-func percentile(_ values: [Duration], _ p: Double) -> Duration {
-    let sorted = values.sorted()
-    return sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
-}
-
-func rate(_ n: Int, _ d: Duration) -> Double { Double(n) / d.timeInterval }
 
 func stream(_ label: String) async throws -> (name: String, topic: String) {
     let name = "\(label)-\(run)"
@@ -288,7 +270,6 @@ let kitLatencies = try await Task.detached {
 }.value
 await latencyConsumer.close()
 await latencyBroker.close()
-func ms(_ d: Duration) -> String { String(format: "%.3f", d.timeInterval * 1000) }
 rows.append(("e2e latency p50 (ms)", ms(percentile(kitLatencies, 0.5)), ms(percentile(rawLatencies, 0.5)),
              String(format: "%.2f", percentile(rawLatencies, 0.5).timeInterval / percentile(kitLatencies, 0.5).timeInterval)))
 rows.append(("e2e latency p99 (ms)", ms(percentile(kitLatencies, 0.99)), ms(percentile(rawLatencies, 0.99)),

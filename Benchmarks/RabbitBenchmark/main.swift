@@ -9,6 +9,7 @@
 // message published (confirmed) one at a time and received by a running consumer.
 // Messages are 256-byte persistent messages on durable quorum queues.
 
+import BenchmarkSupport
 import BrokerAPI
 import CRabbitMQ
 import Foundation
@@ -30,8 +31,6 @@ struct Figures {
     var p50 = 0.0
     var p99 = 0.0
 }
-
-func rate(_ count: Int, _ duration: Duration) -> Double { Double(count) / duration.timeInterval }
 
 func percentile(_ values: [Double], _ p: Double) -> Double {
     let sorted = values.sorted()

@@ -10,6 +10,7 @@
 //                     raw acks each read batch in one MULTI/EXEC; BrokerKit with one handler
 //                     (next + ack) and with 16 (DeliveryProcessor); its acks are asynchronous
 //   e2e-latency       publish one message, wait until a group consumer has it (p50 / p99)
+import BenchmarkSupport
 import BrokerAPI
 import CHiredis
 import Foundation
@@ -78,25 +79,6 @@ func fields(_ i: Int) -> [Data] {
     [Data("id".utf8), Data("m\(i)".utf8), Data("ts".utf8), Data("\(Int(Date().timeIntervalSince1970 * 1000))".utf8),
      Data("payload".utf8), payload]
 }
-
-func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
-    await withCheckedContinuation { continuation in
-        Thread { continuation.resume(returning: body()) }.start()
-    }
-}
-
-func measure(_ body: () async throws -> Void) async rethrows -> Duration {
-    let start = ContinuousClock.now
-    try await body()
-    return ContinuousClock.now - start
-}
-
-func percentile(_ values: [Duration], _ p: Double) -> Duration {
-    let sorted = values.sorted()
-    return sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
-}
-
-func rate(_ n: Int, _ d: Duration) -> Double { Double(n) / d.timeInterval }
 
 final class Counter: @unchecked Sendable {
     // Safe: every access holds `lock`.
@@ -285,7 +267,6 @@ for i in 0..<latencySamples {
 }
 await latencyConsumer.close()
 try await broker.deleteDestination(latencyQueue)
-func ms(_ d: Duration) -> String { String(format: "%.3f", d.timeInterval * 1000) }
 rows.append(("e2e latency p50 (ms)", ms(percentile(kitLatencies, 0.5)), ms(percentile(rawLatencies, 0.5)),
              String(format: "%.2f", percentile(rawLatencies, 0.5).timeInterval / percentile(kitLatencies, 0.5).timeInterval)))
 rows.append(("e2e latency p99 (ms)", ms(percentile(kitLatencies, 0.99)), ms(percentile(rawLatencies, 0.99)),

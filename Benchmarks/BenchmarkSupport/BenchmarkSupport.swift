@@ -1,0 +1,31 @@
+import BrokerAPI
+import Foundation
+
+// Helpers shared by the benchmark executables (BrokerKit against a raw C client, same run).
+
+/// Runs `body` on a thread of its own: raw C clients block, and must not do so on the
+/// cooperative pool.
+public func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+    await withCheckedContinuation { continuation in
+        Thread { continuation.resume(returning: body()) }.start()
+    }
+}
+
+/// Wall-clock time of `body`.
+public func measure(_ body: () async throws -> Void) async rethrows -> Duration {
+    let start = ContinuousClock.now
+    try await body()
+    return ContinuousClock.now - start
+}
+
+/// The `p` quantile (0...1) of `values`.
+public func percentile(_ values: [Duration], _ p: Double) -> Duration {
+    let sorted = values.sorted()
+    return sorted[min(sorted.count - 1, Int(Double(sorted.count) * p))]
+}
+
+/// Operations per second.
+public func rate(_ n: Int, _ d: Duration) -> Double { Double(n) / d.timeInterval }
+
+/// Milliseconds with three decimals.
+public func ms(_ d: Duration) -> String { String(format: "%.3f", d.timeInterval * 1000) }
