@@ -29,6 +29,14 @@ wait_port() {  # name port seconds
     done
 }
 
+wait_port_closed() {  # name port seconds
+    local deadline=$((SECONDS + $3))
+    while (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; do
+        if [ $SECONDS -ge $deadline ]; then echo "error: $1 did not stop (port $2 still open after $3 s)" >&2; return 1; fi
+        sleep 0.1
+    done
+}
+
 start_redis() {
     mkdir -p "$RUN/redis"
     local t0=$SECONDS
@@ -122,11 +130,7 @@ launch_kafka() {
 
 restart_redis() {  # for reconnect tests: stop (AOF is flushed on shutdown) and start again
     redis-cli -p "$REDIS_PORT" shutdown >/dev/null 2>&1 || true
-    local deadline=$((SECONDS + 20))
-    while (exec 3<>"/dev/tcp/127.0.0.1/$REDIS_PORT") 2>/dev/null; do
-        [ $SECONDS -ge $deadline ] && { echo "error: redis did not stop" >&2; return 1; }
-        sleep 0.1
-    done
+    wait_port_closed redis "$REDIS_PORT" 20
     sleep "${1:-0}"
     start_redis
 }
@@ -143,11 +147,7 @@ stop_kafka() {
 
 restart_kafka() {  # for reconnect tests: stop (the snapshot is written on SIGTERM), start on the same data
     stop_kafka
-    local deadline=$((SECONDS + 20))
-    while (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null; do
-        [ $SECONDS -ge $deadline ] && { echo "error: noida-db did not stop" >&2; return 1; }
-        sleep 0.1
-    done
+    wait_port_closed noida-db "$KAFKA_PORT" 20
     sleep "${1:-0}"
     launch_kafka
 }
