@@ -42,7 +42,8 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         var nextWaiter: UInt64 = 0
         var cancelledWaiters: Set<UInt64> = []
         var closed = false
-        /// False after ``stopFetching()``: no consumer on the broker, nothing handed out.
+        /// False after ``stopFetching()`` (and so after ``close()``): no consumer on the
+        /// broker, nothing handed out.
         var fetching = true
         var failure: BrokerError?
         /// Handed out, not settled: delivery tags of the current session.
@@ -104,7 +105,7 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         case .delivery(let raw) where raw.channel == Self.channel:
             let generation = connection.generation
             let handout = state.withLock { s -> (CheckedContinuation<Delivery?, any Error>, Delivery)? in
-                if !s.closed, s.fetching, !s.waiters.isEmpty {
+                if s.fetching, !s.waiters.isEmpty {
                     let waiter = s.waiters.removeFirst()
                     s.held.insert(raw.deliveryTag)
                     return (waiter.continuation, makeDelivery(raw, generation: generation))
@@ -168,7 +169,7 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
                 enum Action { case resume(Delivery?), fail(any Error), wait }
                 let action = state.withLock { s -> Action in
                     if s.cancelledWaiters.remove(waiterID) != nil { return .fail(CancellationError()) }
-                    if s.closed || !s.fetching { return .resume(nil) }
+                    if !s.fetching { return .resume(nil) }
                     while !s.buffer.isEmpty {
                         let item = s.buffer.removeFirst()
                         guard item.generation == s.generation else { continue }
@@ -279,7 +280,7 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
     /// acked: once cancelled, those acks pull in nothing new.
     func stopFetching() async {
         let waiters = state.withLock { s -> [CheckedContinuation<Delivery?, any Error>]? in
-            guard s.fetching, !s.closed else { return nil }
+            guard s.fetching else { return nil }
             s.fetching = false
             defer { s.waiters.removeAll() }
             return s.waiters.map(\.continuation)
@@ -297,15 +298,13 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
     }
 
     func close() async {
+        // stopFetching() has resumed every waiting next() with nil, and no new one waits.
         await stopFetching()
-        let waiters = state.withLock { s -> [CheckedContinuation<Delivery?, any Error>]? in
-            guard !s.closed else { return nil }
-            s.closed = true
-            defer { s.waiters.removeAll() }
-            return s.waiters.map(\.continuation)
+        let first = state.withLock { s -> Bool in
+            defer { s.closed = true }
+            return !s.closed
         }
-        guard let waiters else { return }
-        for waiter in waiters { waiter.resume(returning: nil) }
+        guard first else { return }
         // Generous windows: under load a delivery the queue sent before cancel-ok can take
         // longer than 100 ms to arrive, and one that arrives after the connection closed is
         // returned with its delivery count raised (seen as attempts [1, 1, 2, 2] in CI).
