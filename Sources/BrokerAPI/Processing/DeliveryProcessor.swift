@@ -223,6 +223,9 @@ final class AsyncSemaphore: Sendable {
 
     init(_ permits: Int) { state = Mutex(State(permits: permits)) }
 
+    /// Permits not taken right now.
+    var available: Int { state.withLock { $0.permits } }
+
     func acquire() async throws {
         let id: UInt64? = state.withLock { s in
             if s.permits > 0 {
@@ -235,12 +238,23 @@ final class AsyncSemaphore: Sendable {
         guard let id else { return }
         try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-                let cancelled = state.withLock { s -> Bool in
-                    if s.cancelled.remove(id) != nil { return true }
+                // A release may have come between the check above and here: take its permit
+                // instead of waiting for a release that already happened.
+                enum Registration { case waiting, cancelled, acquired }
+                let registration = state.withLock { s -> Registration in
+                    if s.cancelled.remove(id) != nil { return .cancelled }
+                    if s.permits > 0 {
+                        s.permits -= 1
+                        return .acquired
+                    }
                     s.waiters.append((id, continuation))
-                    return false
+                    return .waiting
                 }
-                if cancelled { continuation.resume(throwing: CancellationError()) }
+                switch registration {
+                case .waiting: break
+                case .cancelled: continuation.resume(throwing: CancellationError())
+                case .acquired: continuation.resume()
+                }
             }
         } onCancel: {
             let continuation = state.withLock { s -> CheckedContinuation<Void, any Error>? in
