@@ -35,6 +35,9 @@ public enum TraceContext {
     ) async throws -> T {
         let context = extract(from: delivery.message.headers)
         return try await withSpan("process \(delivery.destination)", context: context, ofKind: .consumer) { span in
+            // Setting attributes on a span nobody records (no tracer bootstrapped) would still
+            // build a dictionary per message.
+            guard span.isRecording else { return try await body() }
             span.attributes["messaging.system"] = delivery.backend
             span.attributes["messaging.destination.name"] = delivery.destination
             span.attributes["messaging.message.id"] = delivery.message.id

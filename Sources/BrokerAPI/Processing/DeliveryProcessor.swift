@@ -79,13 +79,15 @@ public final class DeliveryProcessor: Sendable {
     public func run() async throws {
         let slots = AsyncSemaphore(options.concurrency)
         let gate = KeyGate()
-        let (stream, continuation) = AsyncStream.makeStream(of: (Delivery, UInt64?).self)
+        // One fetch task hands deliveries, in arrival order, to `concurrency` long-lived
+        // workers (no task per message). `slots` bounds fetched-but-unfinished deliveries.
+        let work = WorkQueue<(Delivery, UInt64?)>()
         let consumer = self.consumer
         let ordered = options.orderedByKey || options.orderedByPartition
         let byPartition = options.orderedByPartition
         let logger = self.logger
         let task = Task {
-            defer { continuation.finish() }
+            defer { work.finish() }
             while !Task.isCancelled {
                 do {
                     try await slots.acquire()
@@ -93,7 +95,7 @@ public final class DeliveryProcessor: Sendable {
                     let orderKey = byPartition
                         ? "\(delivery.destination)#\(delivery.position?.partition ?? 0)" : delivery.message.key
                     let ticket = ordered ? await gate.enqueue(orderKey) : nil
-                    continuation.yield((delivery, ticket))
+                    work.push((delivery, ticket))
                 } catch is CancellationError {
                     return
                 } catch {
@@ -106,29 +108,32 @@ public final class DeliveryProcessor: Sendable {
         fetcher.withLock { $0 = task }
         if isStopping { task.cancel() }
 
-        let running = RunningCount()
+        let workers = RunningCount()
         let idle = WakeSignal()
         await withTaskCancellationHandler {
             await withDiscardingTaskGroup { group in
-                for await (delivery, ticket) in stream {
-                    running.add(1)
+                for _ in 0..<options.concurrency {
+                    workers.add(1)
                     group.addTask { [self] in
-                        await self.handle(delivery, ticket: ticket, gate: gate)
-                        slots.release()
-                        if running.add(-1) == 0 { idle.signal() }
+                        // Ends once fetching has ended and every fetched delivery is taken.
+                        while let (delivery, ticket) = await work.next() {
+                            await self.handle(delivery, ticket: ticket, gate: gate)
+                            slots.release()
+                        }
+                        if workers.add(-1) == 0 { idle.signal() }
                     }
                 }
                 // Fetching ended (stop, consumer closed or cancelled): stop the consumer's
                 // fetching too (running handlers' acks must not pull in more), then drain with
                 // a deadline.
+                await task.value
                 await consumer.stopFetching()
                 let deadline = ContinuousClock.now + options.shutdownTimeout
-                while running.value > 0 && ContinuousClock.now < deadline && !Task.isCancelled {
+                while workers.value > 0 && ContinuousClock.now < deadline && !Task.isCancelled {
                     await idle.wait(timeout: min(deadline - ContinuousClock.now, .milliseconds(50)))
                 }
-                let finished = running.value == 0
-                if !finished {
-                    logger.warning("shutdown timeout reached; cancelling \(running.value) running handlers")
+                if workers.value > 0 {
+                    logger.warning("shutdown timeout reached; cancelling \(workers.value) running handlers")
                     group.cancelAll()
                 }
             }
@@ -311,6 +316,62 @@ actor KeyGate {
             queues[key] = line
             if let next = waiting.removeValue(forKey: line[0]) { next.resume() }
         }
+    }
+}
+
+/// A FIFO handing items from one producer to several waiting consumers; `next()` returns
+/// `nil` once finished and drained.
+final class WorkQueue<Item: Sendable>: Sendable {
+    private struct State {
+        var items: [Item] = []
+        var head = 0
+        var waiters: [CheckedContinuation<Item?, Never>] = []
+        var finished = false
+    }
+    private let state = Mutex(State())
+
+    func push(_ item: Item) {
+        let waiter = state.withLock { s -> CheckedContinuation<Item?, Never>? in
+            if !s.waiters.isEmpty { return s.waiters.removeFirst() }
+            s.items.append(item)
+            return nil
+        }
+        waiter?.resume(returning: item)
+    }
+
+    func finish() {
+        let waiters = state.withLock { s -> [CheckedContinuation<Item?, Never>] in
+            s.finished = true
+            defer { s.waiters = [] }
+            return s.waiters
+        }
+        for waiter in waiters { waiter.resume(returning: nil) }
+    }
+
+    func next() async -> Item? {
+        if let ready = state.withLock({ take(&$0) }) { return ready }
+        return await withCheckedContinuation { continuation in
+            let ready = state.withLock { s -> Item?? in
+                if let ready = take(&s) { return ready }
+                s.waiters.append(continuation)
+                return .none
+            }
+            if let ready { continuation.resume(returning: ready) }
+        }
+    }
+
+    /// The next item, `.some(nil)` when finished and drained, `nil` when the caller must wait.
+    private func take(_ s: inout State) -> Item?? {
+        if s.head < s.items.count {
+            let item = s.items[s.head]
+            s.head += 1
+            if s.head == s.items.count {
+                s.items.removeAll(keepingCapacity: true)
+                s.head = 0
+            }
+            return .some(item)
+        }
+        return s.finished ? .some(nil) : .none
     }
 }
 
