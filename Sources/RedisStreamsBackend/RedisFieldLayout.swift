@@ -34,9 +34,20 @@ enum RedisFieldLayout {
         let firstFailureAt: Date?
     }
 
+    private static let idField = Data("id".utf8)
+    private static let keyField = Data("key".utf8)
+    private static let timestampField = Data("ts".utf8)
+    private static let attemptField = Data("attempt".utf8)
+    private static let firstFailureField = Data("ff".utf8)
+    private static let payloadField = Data("payload".utf8)
+
     /// Parses `[entryID, [field, value, ...]]`; `nil` for deleted entries (no fields).
+    /// Field names are compared as bytes and numbers parsed from bytes: this runs once per
+    /// consumed message.
     static func entry(from reply: RedisReply) -> Entry? {
-        guard let parts = reply.array, parts.count == 2, let entryID = parts[0].text, let flat = parts[1].array else { return nil }
+        guard case .array(let parts) = reply, parts.count == 2, let entryID = parts[0].text, case .array(let flat) = parts[1] else {
+            return nil
+        }
         var id: String?
         var key: String?
         var timestamp: Date?
@@ -46,24 +57,45 @@ enum RedisFieldLayout {
         var payload = Data()
         var index = 0
         while index + 1 < flat.count {
-            let name = flat[index].text ?? ""
+            defer { index += 2 }
+            guard case .string(let name) = flat[index] else { continue }
             let value = flat[index + 1]
             switch name {
-            case "id": id = value.text
-            case "key": key = value.text
-            case "ts": timestamp = value.integer.map { Date(timeIntervalSince1970: Double($0) / 1000) }
-            case "attempt": attempt = max(1, Int(value.integer ?? 1))
-            case "ff": firstFailure = value.integer.map { Date(timeIntervalSince1970: Double($0) / 1000) }
-            case "payload": payload = value.data ?? Data()
+            case idField: id = value.text
+            case keyField: key = value.text
+            case timestampField: timestamp = integer(value).map { Date(timeIntervalSince1970: Double($0) / 1000) }
+            case attemptField: attempt = max(1, Int(integer(value) ?? 1))
+            case firstFailureField: firstFailure = integer(value).map { Date(timeIntervalSince1970: Double($0) / 1000) }
+            case payloadField: payload = value.data ?? Data()
             default:
-                if name.hasPrefix("h:") { headers[String(name.dropFirst(2))] = value.text ?? "" }
+                if name.count > 2, name[name.startIndex] == UInt8(ascii: "h"), name[name.startIndex + 1] == UInt8(ascii: ":") {
+                    headers[String(decoding: name.dropFirst(2), as: UTF8.self)] = value.text ?? ""
+                }
             }
-            index += 2
         }
-        let entryTime = Int64(entryID.split(separator: "-").first ?? "").map { Date(timeIntervalSince1970: Double($0) / 1000) }
-        let message = Message(
-            id: id ?? entryID, key: key, payload: payload, headers: headers, timestamp: timestamp ?? entryTime ?? Date())
+        // Without a `ts` field, the entry id's milliseconds are the creation time.
+        let created = timestamp
+            ?? entryID.utf8.firstIndex(of: UInt8(ascii: "-")).flatMap { Int64(entryID[..<$0]) }.map { Date(timeIntervalSince1970: Double($0) / 1000) }
+            ?? Date()
+        let message = Message(id: id ?? entryID, key: key, payload: payload, headers: headers, timestamp: created)
         return Entry(entryID: entryID, message: message, attempt: attempt, firstFailureAt: firstFailure)
+    }
+
+    /// A decimal integer reply or bulk string, parsed without making a `String`.
+    private static func integer(_ reply: RedisReply) -> Int64? {
+        guard case .string(let bytes) = reply else { return reply.integer }
+        guard !bytes.isEmpty, bytes.count <= 19 else { return reply.integer }
+        var value: Int64 = 0
+        var negative = false
+        for (offset, byte) in bytes.enumerated() {
+            if offset == 0 && byte == UInt8(ascii: "-") && bytes.count > 1 {
+                negative = true
+                continue
+            }
+            guard byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") else { return nil }
+            value = value * 10 + Int64(byte - UInt8(ascii: "0"))
+        }
+        return negative ? -value : value
     }
 
     /// Entries of an XREADGROUP / XRANGE reply's entry list.

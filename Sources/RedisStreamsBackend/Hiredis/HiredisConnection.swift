@@ -138,23 +138,23 @@ extension Array where Element == RedisArgument {
     /// Calls `body` with C argv / argvlen arrays that stay valid for the call. All arguments
     /// are copied into one contiguous buffer (one allocation per command).
     func withCArguments<T>(_ body: (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>, UnsafePointer<Int>) -> T) -> T {
-        let total = reduce(0) { $0 + $1.bytes.count }
+        var lengths: [Int] = []
+        lengths.reserveCapacity(count)
+        var total = 0
+        for argument in self {
+            let length = argument.count
+            lengths.append(length)
+            total += length
+        }
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: Swift.max(1, total), alignment: 1)
         defer { buffer.deallocate() }
         var pointers: [UnsafePointer<CChar>?] = []
-        var lengths: [Int] = []
         pointers.reserveCapacity(count)
-        lengths.reserveCapacity(count)
         var offset = 0
-        for argument in self {
-            let length = argument.bytes.count
-            if length > 0 {
-                argument.bytes.withUnsafeBytes { source in
-                    (buffer + offset).copyMemory(from: source.baseAddress!, byteCount: length)
-                }
-            }
+        for (index, argument) in enumerated() {
+            let length = lengths[index]
+            if length > 0 { argument.copyBytes(to: buffer + offset) }
             pointers.append(UnsafePointer((buffer + offset).assumingMemoryBound(to: CChar.self)))
-            lengths.append(length)
             offset += length
         }
         return pointers.withUnsafeMutableBufferPointer { argv in

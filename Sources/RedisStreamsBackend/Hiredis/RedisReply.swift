@@ -47,14 +47,42 @@ enum RedisReply: Sendable, Equatable {
     }
 }
 
-/// One argument of a Redis command: text or raw bytes.
+/// One argument of a Redis command: text or raw bytes. Kept as given and copied straight
+/// into the command buffer (no intermediate `Data` for text: converting every field name and
+/// id went through a generic, dynamically cast initializer and showed up in profiles).
 struct RedisArgument: Sendable, ExpressibleByStringLiteral {
-    let bytes: Data
-    init(_ text: String) { bytes = Data(text.utf8) }
-    init(_ data: Data) { bytes = data }
-    init(_ value: Int) { bytes = Data(String(value).utf8) }
-    init(_ value: Int64) { bytes = Data(String(value).utf8) }
+    private enum Storage: Sendable {
+        case text(String)
+        case data(Data)
+    }
+    private let storage: Storage
+    init(_ text: String) { storage = .text(text) }
+    init(_ data: Data) { storage = .data(data) }
+    init(_ value: Int) { storage = .text(String(value)) }
+    init(_ value: Int64) { storage = .text(String(value)) }
     init(stringLiteral value: String) { self.init(value) }
+
+    /// Length in bytes.
+    var count: Int {
+        switch storage {
+        case .text(let text): return text.utf8.count
+        case .data(let data): return data.count
+        }
+    }
+
+    /// Copies the bytes to `destination` (which has room for ``count`` bytes).
+    func copyBytes(to destination: UnsafeMutableRawPointer) {
+        switch storage {
+        case .text(var text):
+            text.withUTF8 { source in
+                if let base = source.baseAddress { destination.copyMemory(from: base, byteCount: source.count) }
+            }
+        case .data(let data):
+            data.withUnsafeBytes { source in
+                if let base = source.baseAddress { destination.copyMemory(from: base, byteCount: source.count) }
+            }
+        }
+    }
 }
 
 /// A failure talking to Redis below the BrokerError level: I/O (reconnect and retry may
