@@ -1,7 +1,7 @@
 // BrokerKit's Redis Streams backend against raw hiredis doing the same work, in one run.
 //
 //   swift build -c release --product RedisBenchmark
-//   .build/release/RedisBenchmark [redis://127.0.0.1:6390] [messages]
+//   .build/release/RedisBenchmark [redis://127.0.0.1:6390] [messages] [rounds, default 3]
 //
 // Scenarios (same message count and 256-byte payload for both sides):
 //   publish-awaited   one XADD per message, each awaited before the next
@@ -19,6 +19,7 @@ import RedisStreamsBackend
 let arguments = CommandLine.arguments
 let url = arguments.count > 1 ? arguments[1] : (ProcessInfo.processInfo.environment["BROKERKIT_TEST_REDIS_URL"] ?? "redis://127.0.0.1:6379")
 let count = arguments.count > 2 ? Int(arguments[2]) ?? 20_000 : 20_000
+let roundCount = max(1, arguments.count > 3 ? Int(arguments[3]) ?? 3 : 3)
 let latencySamples = 2_000
 let payload = Data(repeating: 0x61, count: 256)
 let batch = 100
@@ -99,182 +100,200 @@ let run = UUID().uuidString.prefix(6)
 print("BrokerKit Redis Streams backend vs raw hiredis \(RedisStreamsBackend.libraryVersion) — \(count) messages of \(payload.count) B, \(url)")
 print("")
 
-var rows: [(String, String, String, String)] = []
+/// One scenario's figures in one round: throughput in msg/s, latency in ms.
+struct Row {
+    let name: String
+    let kit: Double
+    let raw: Double
+    /// BrokerKit ÷ raw for throughput, raw ÷ BrokerKit for latency.
+    let ratio: Double
+}
 
-// publish-awaited
-let rawAwaitedKey = "bench-raw-awaited-\(run)"
-let rawAwaited = await onThread {
-    let raw = Raw(host: host, port: port)
-    let start = ContinuousClock.now
-    for i in 0..<count {
-        raw.append([Data("XADD".utf8), Data(rawAwaitedKey.utf8), Data("*".utf8)] + fields(i))
-        raw.reply()
-    }
-    let elapsed = ContinuousClock.now - start
-    raw.command(["DEL", rawAwaitedKey])
-    return elapsed
-}
-let kitAwaitedQueue = "awaited-\(run)"
-try await broker.createQueue(kitAwaitedQueue)
-let kitAwaited = try await measure {
-    for i in 0..<count { try await broker.publish(Message(id: "m\(i)", payload: payload), to: kitAwaitedQueue) }
-}
-try await broker.deleteDestination(kitAwaitedQueue)
-rows.append(("publish-awaited (msg/s)", String(format: "%.0f", rate(count, kitAwaited)), String(format: "%.0f", rate(count, rawAwaited)),
-             String(format: "%.2f", rate(count, kitAwaited) / rate(count, rawAwaited))))
+/// Every scenario once, raw side first. Names carry the round so rounds never share keys.
+@MainActor func measureRound(_ round: Int) async throws -> [Row] {
+    var rows: [Row] = []
 
-// publish-batched
-let rawBatchKey = "bench-raw-batched-\(run)"
-let rawBatched = await onThread {
-    let raw = Raw(host: host, port: port)
-    let start = ContinuousClock.now
-    var i = 0
-    while i < count {
-        let n = min(batch, count - i)
-        for j in 0..<n { raw.append([Data("XADD".utf8), Data(rawBatchKey.utf8), Data("*".utf8)] + fields(i + j)) }
-        for _ in 0..<n { raw.reply() }
-        i += n
-    }
-    return ContinuousClock.now - start
-}
-let kitBatchQueue = "batched-\(run)"
-try await broker.createQueue(kitBatchQueue)
-let kitBatched = try await measure {
-    var i = 0
-    while i < count {
-        let n = min(batch, count - i)
-        _ = try await broker.publish((0..<n).map { Message(id: "m\(i + $0)", payload: payload) }, to: kitBatchQueue)
-        i += n
-    }
-}
-rows.append(("publish-batched (msg/s)", String(format: "%.0f", rate(count, kitBatched)), String(format: "%.0f", rate(count, rawBatched)),
-             String(format: "%.2f", rate(count, kitBatched) / rate(count, rawBatched))))
-
-// consume-ack: both sides drain what they published, acking every message (XACK + XDEL in
-// MULTI/EXEC, checked). BrokerKit acks asynchronously (recorded, then flushed in one round
-// trip per batch of acks), so the raw side does the best a hand-written hiredis consumer
-// does: read a batch of 100, ack the whole batch in one MULTI XACK … XDEL … EXEC, repeat.
-// "one handler": BrokerKit's `next()` + `ack()` loop; "16 handlers": its DeliveryProcessor.
-func rawConsume(_ key: String) async -> Duration {
-    await onThread {
+    // publish-awaited
+    let rawAwaitedKey = "bench-raw-awaited-\(run)-\(round)"
+    let rawAwaited = await onThread {
         let raw = Raw(host: host, port: port)
-        raw.command(["XGROUP", "CREATE", key, "g", "0", "MKSTREAM"])
         let start = ContinuousClock.now
-        var done = 0
-        while done < count {
-            raw.append([Data("XREADGROUP".utf8), Data("GROUP".utf8), Data("g".utf8), Data("c".utf8), Data("COUNT".utf8),
-                        Data("\(batch)".utf8), Data("BLOCK".utf8), Data("100".utf8), Data("STREAMS".utf8), Data(key.utf8), Data(">".utf8)])
-            let ids = raw.reply().map { Data($0.utf8) }
-            guard !ids.isEmpty else { continue }
-            raw.append([Data("MULTI".utf8)])
-            raw.append([Data("XACK".utf8), Data(key.utf8), Data("g".utf8)] + ids)
-            raw.append([Data("XDEL".utf8), Data(key.utf8)] + ids)
-            raw.append([Data("EXEC".utf8)])
-            for _ in 0..<4 { raw.reply() }
-            done += ids.count
+        for i in 0..<count {
+            raw.append([Data("XADD".utf8), Data(rawAwaitedKey.utf8), Data("*".utf8)] + fields(i))
+            raw.reply()
         }
         let elapsed = ContinuousClock.now - start
-        raw.command(["DEL", key])
+        raw.command(["DEL", rawAwaitedKey])
         return elapsed
     }
-}
+    let kitAwaitedQueue = "awaited-\(run)-\(round)"
+    try await broker.createQueue(kitAwaitedQueue)
+    let kitAwaited = try await measure {
+        for i in 0..<count { try await broker.publish(Message(id: "m\(i)", payload: payload), to: kitAwaitedQueue) }
+    }
+    try await broker.deleteDestination(kitAwaitedQueue)
+    rows.append(Row(name: "publish-awaited (msg/s)", kit: rate(count, kitAwaited), raw: rate(count, rawAwaited), ratio: rate(count, kitAwaited) / rate(count, rawAwaited)))
 
-func fill(raw key: String, queue: String) async throws {
-    await onThread {
+    // publish-batched
+    let rawBatchKey = "bench-raw-batched-\(run)-\(round)"
+    let rawBatched = await onThread {
         let raw = Raw(host: host, port: port)
+        let start = ContinuousClock.now
         var i = 0
         while i < count {
             let n = min(batch, count - i)
-            for j in 0..<n { raw.append([Data("XADD".utf8), Data(key.utf8), Data("*".utf8)] + fields(i + j)) }
+            for j in 0..<n { raw.append([Data("XADD".utf8), Data(rawBatchKey.utf8), Data("*".utf8)] + fields(i + j)) }
             for _ in 0..<n { raw.reply() }
             i += n
         }
+        return ContinuousClock.now - start
     }
-    try await broker.createQueue(queue)
-    var i = 0
-    while i < count {
-        let n = min(batch, count - i)
-        _ = try await broker.publish((0..<n).map { Message(id: "m\(i + $0)", payload: payload) }, to: queue)
-        i += n
+    let kitBatchQueue = "batched-\(run)-\(round)"
+    try await broker.createQueue(kitBatchQueue)
+    let kitBatched = try await measure {
+        var i = 0
+        while i < count {
+            let n = min(batch, count - i)
+            _ = try await broker.publish((0..<n).map { Message(id: "m\(i + $0)", payload: payload) }, to: kitBatchQueue)
+            i += n
+        }
     }
+    rows.append(Row(name: "publish-batched (msg/s)", kit: rate(count, kitBatched), raw: rate(count, rawBatched), ratio: rate(count, kitBatched) / rate(count, rawBatched)))
+
+    // consume-ack: both sides drain what they published, acking every message (XACK + XDEL in
+    // MULTI/EXEC, checked). BrokerKit acks asynchronously (recorded, then flushed in one round
+    // trip per batch of acks), so the raw side does the best a hand-written hiredis consumer
+    // does: read a batch of 100, ack the whole batch in one MULTI XACK … XDEL … EXEC, repeat.
+    // "one handler": BrokerKit's `next()` + `ack()` loop; "16 handlers": its DeliveryProcessor.
+    func rawConsume(_ key: String) async -> Duration {
+        await onThread {
+            let raw = Raw(host: host, port: port)
+            raw.command(["XGROUP", "CREATE", key, "g", "0", "MKSTREAM"])
+            let start = ContinuousClock.now
+            var done = 0
+            while done < count {
+                raw.append([Data("XREADGROUP".utf8), Data("GROUP".utf8), Data("g".utf8), Data("c".utf8), Data("COUNT".utf8),
+                            Data("\(batch)".utf8), Data("BLOCK".utf8), Data("100".utf8), Data("STREAMS".utf8), Data(key.utf8), Data(">".utf8)])
+                let ids = raw.reply().map { Data($0.utf8) }
+                guard !ids.isEmpty else { continue }
+                raw.append([Data("MULTI".utf8)])
+                raw.append([Data("XACK".utf8), Data(key.utf8), Data("g".utf8)] + ids)
+                raw.append([Data("XDEL".utf8), Data(key.utf8)] + ids)
+                raw.append([Data("EXEC".utf8)])
+                for _ in 0..<4 { raw.reply() }
+                done += ids.count
+            }
+            let elapsed = ContinuousClock.now - start
+            raw.command(["DEL", key])
+            return elapsed
+        }
+    }
+
+    func fill(raw key: String, queue: String) async throws {
+        await onThread {
+            let raw = Raw(host: host, port: port)
+            var i = 0
+            while i < count {
+                let n = min(batch, count - i)
+                for j in 0..<n { raw.append([Data("XADD".utf8), Data(key.utf8), Data("*".utf8)] + fields(i + j)) }
+                for _ in 0..<n { raw.reply() }
+                i += n
+            }
+        }
+        try await broker.createQueue(queue)
+        var i = 0
+        while i < count {
+            let n = min(batch, count - i)
+            _ = try await broker.publish((0..<n).map { Message(id: "m\(i + $0)", payload: payload) }, to: queue)
+            i += n
+        }
+    }
+
+    let rawSequential = await rawConsume(rawBatchKey)
+    let consumer = try await broker.consumeQueue(kitBatchQueue, options: .init(prefetch: batch))
+    let kitSequential = try await measure {
+        for _ in 0..<count {
+            guard let delivery = try await consumer.next() else { fatalError("consumer ended") }
+            try await delivery.ack()
+        }
+    }
+    await consumer.close()
+    try await broker.deleteDestination(kitBatchQueue)
+    rows.append(Row(name: "consume-ack, one handler (msg/s)", kit: rate(count, kitSequential), raw: rate(count, rawSequential), ratio: rate(count, kitSequential) / rate(count, rawSequential)))
+
+    let rawConcurrentKey = "bench-raw-concurrent-\(run)-\(round)"
+    let kitConcurrentQueue = "concurrent-\(run)-\(round)"
+    try await fill(raw: rawConcurrentKey, queue: kitConcurrentQueue)
+    let rawConcurrent = await rawConsume(rawConcurrentKey)
+    let handled = Counter()
+    let concurrentConsumer = try await broker.consumeQueue(kitConcurrentQueue, options: .init(prefetch: batch))
+    let processor = DeliveryProcessor(consumer: concurrentConsumer, options: .init(concurrency: 16, orderedByKey: false)) { _ in
+        handled.increment()
+    }
+    let kitConcurrent = try await measure {
+        let running = Task { try await processor.run() }
+        while handled.value < count { try await Task.sleep(for: .milliseconds(1)) }
+        processor.stop()
+        try await running.value
+    }
+    try await broker.deleteDestination(kitConcurrentQueue)
+    rows.append(Row(name: "consume-ack, 16 handlers (msg/s)", kit: rate(count, kitConcurrent), raw: rate(count, rawConcurrent), ratio: rate(count, kitConcurrent) / rate(count, rawConcurrent)))
+
+    // e2e latency: publish one message, wait for a blocked group reader to get it.
+    let rawLatencyKey = "bench-raw-latency-\(run)-\(round)"
+    let rawLatencies: [Duration] = await onThread {
+        let producer = Raw(host: host, port: port)
+        let reader = Raw(host: host, port: port)
+        reader.command(["XGROUP", "CREATE", rawLatencyKey, "g", "$", "MKSTREAM"])
+        var samples: [Duration] = []
+        for i in 0..<latencySamples {
+            reader.append([Data("XREADGROUP".utf8), Data("GROUP".utf8), Data("g".utf8), Data("c".utf8), Data("COUNT".utf8), Data("1".utf8),
+                           Data("BLOCK".utf8), Data("1000".utf8), Data("STREAMS".utf8), Data(rawLatencyKey.utf8), Data(">".utf8)])
+            // Flush the blocking read before publishing.
+            var done: Int32 = 0
+            while done == 0 { _ = redisBufferWrite(reader.context, &done) }
+            let start = ContinuousClock.now
+            producer.append([Data("XADD".utf8), Data(rawLatencyKey.utf8), Data("*".utf8)] + fields(i))
+            producer.reply()
+            let ids = reader.reply()
+            samples.append(ContinuousClock.now - start)
+            if let id = ids.first { reader.command(["XACK", rawLatencyKey, "g", id]) }
+        }
+        producer.command(["DEL", rawLatencyKey])
+        return samples
+    }
+    let latencyQueue = "latency-\(run)-\(round)"
+    try await broker.createQueue(latencyQueue)
+    let latencyConsumer = try await broker.consumeQueue(latencyQueue, options: .init(prefetch: 1))
+    // Off the main actor, as the measured scenarios above (see `measure`).
+    let kitLatencies: [Duration] = try await Task.detached {
+        var samples: [Duration] = []
+        for i in 0..<latencySamples {
+            let start = ContinuousClock.now
+            try await broker.publish(Message(id: "l\(i)", payload: payload), to: latencyQueue)
+            guard let delivery = try await latencyConsumer.next() else { fatalError("consumer ended") }
+            samples.append(ContinuousClock.now - start)
+            try await delivery.ack()
+        }
+        return samples
+    }.value
+    await latencyConsumer.close()
+    try await broker.deleteDestination(latencyQueue)
+    rows.append(Row(name: "e2e latency p50 (ms)", kit: percentile(kitLatencies, 0.5).timeInterval * 1000, raw: percentile(rawLatencies, 0.5).timeInterval * 1000,
+                 ratio: percentile(rawLatencies, 0.5).timeInterval / percentile(kitLatencies, 0.5).timeInterval))
+    rows.append(Row(name: "e2e latency p99 (ms)", kit: percentile(kitLatencies, 0.99).timeInterval * 1000, raw: percentile(rawLatencies, 0.99).timeInterval * 1000,
+                 ratio: percentile(rawLatencies, 0.99).timeInterval / percentile(kitLatencies, 0.99).timeInterval))
+    return rows
 }
 
-let rawSequential = await rawConsume(rawBatchKey)
-let consumer = try await broker.consumeQueue(kitBatchQueue, options: .init(prefetch: batch))
-let kitSequential = try await measure {
-    for _ in 0..<count {
-        guard let delivery = try await consumer.next() else { fatalError("consumer ended") }
-        try await delivery.ack()
-    }
+// Rounds: this VM's figures swing between runs (other processes, CPU frequency), so every
+// scenario runs `rounds` times, raw and BrokerKit back to back, and the table shows medians;
+// each round's ratio compares two runs made under the same conditions.
+var rounds: [[Row]] = []
+for round in 1...roundCount {
+    print("round \(round) of \(roundCount)…")
+    rounds.append(try await measureRound(round))
 }
-await consumer.close()
-try await broker.deleteDestination(kitBatchQueue)
-rows.append(("consume-ack, one handler (msg/s)", String(format: "%.0f", rate(count, kitSequential)), String(format: "%.0f", rate(count, rawSequential)),
-             String(format: "%.2f", rate(count, kitSequential) / rate(count, rawSequential))))
-
-let rawConcurrentKey = "bench-raw-concurrent-\(run)"
-let kitConcurrentQueue = "concurrent-\(run)"
-try await fill(raw: rawConcurrentKey, queue: kitConcurrentQueue)
-let rawConcurrent = await rawConsume(rawConcurrentKey)
-let handled = Counter()
-let concurrentConsumer = try await broker.consumeQueue(kitConcurrentQueue, options: .init(prefetch: batch))
-let processor = DeliveryProcessor(consumer: concurrentConsumer, options: .init(concurrency: 16, orderedByKey: false)) { _ in
-    handled.increment()
-}
-let kitConcurrent = try await measure {
-    let running = Task { try await processor.run() }
-    while handled.value < count { try await Task.sleep(for: .milliseconds(1)) }
-    processor.stop()
-    try await running.value
-}
-try await broker.deleteDestination(kitConcurrentQueue)
-rows.append(("consume-ack, 16 handlers (msg/s)", String(format: "%.0f", rate(count, kitConcurrent)), String(format: "%.0f", rate(count, rawConcurrent)),
-             String(format: "%.2f", rate(count, kitConcurrent) / rate(count, rawConcurrent))))
-
-// e2e latency: publish one message, wait for a blocked group reader to get it.
-let rawLatencyKey = "bench-raw-latency-\(run)"
-let rawLatencies: [Duration] = await onThread {
-    let producer = Raw(host: host, port: port)
-    let reader = Raw(host: host, port: port)
-    reader.command(["XGROUP", "CREATE", rawLatencyKey, "g", "$", "MKSTREAM"])
-    var samples: [Duration] = []
-    for i in 0..<latencySamples {
-        reader.append([Data("XREADGROUP".utf8), Data("GROUP".utf8), Data("g".utf8), Data("c".utf8), Data("COUNT".utf8), Data("1".utf8),
-                       Data("BLOCK".utf8), Data("1000".utf8), Data("STREAMS".utf8), Data(rawLatencyKey.utf8), Data(">".utf8)])
-        // Flush the blocking read before publishing.
-        var done: Int32 = 0
-        while done == 0 { _ = redisBufferWrite(reader.context, &done) }
-        let start = ContinuousClock.now
-        producer.append([Data("XADD".utf8), Data(rawLatencyKey.utf8), Data("*".utf8)] + fields(i))
-        producer.reply()
-        let ids = reader.reply()
-        samples.append(ContinuousClock.now - start)
-        if let id = ids.first { reader.command(["XACK", rawLatencyKey, "g", id]) }
-    }
-    producer.command(["DEL", rawLatencyKey])
-    return samples
-}
-let latencyQueue = "latency-\(run)"
-try await broker.createQueue(latencyQueue)
-let latencyConsumer = try await broker.consumeQueue(latencyQueue, options: .init(prefetch: 1))
-// Off the main actor, as the measured scenarios above (see `measure`).
-let kitLatencies: [Duration] = try await Task.detached {
-    var samples: [Duration] = []
-    for i in 0..<latencySamples {
-        let start = ContinuousClock.now
-        try await broker.publish(Message(id: "l\(i)", payload: payload), to: latencyQueue)
-        guard let delivery = try await latencyConsumer.next() else { fatalError("consumer ended") }
-        samples.append(ContinuousClock.now - start)
-        try await delivery.ack()
-    }
-    return samples
-}.value
-await latencyConsumer.close()
-try await broker.deleteDestination(latencyQueue)
-rows.append(("e2e latency p50 (ms)", ms(percentile(kitLatencies, 0.5)), ms(percentile(rawLatencies, 0.5)),
-             String(format: "%.2f", percentile(rawLatencies, 0.5).timeInterval / percentile(kitLatencies, 0.5).timeInterval)))
-rows.append(("e2e latency p99 (ms)", ms(percentile(kitLatencies, 0.99)), ms(percentile(rawLatencies, 0.99)),
-             String(format: "%.2f", percentile(rawLatencies, 0.99).timeInterval / percentile(kitLatencies, 0.99).timeInterval)))
 await broker.close()
 
 // The fixed cost every awaited call pays: a hop from a Swift task to a connection thread and back.
@@ -283,8 +302,17 @@ let hops = try await measure { for _ in 0..<count { _ = try await hopThread.run 
 hopThread.shutdown()
 print("task → connection thread → task hop: \(String(format: "%.1f", hops.timeInterval / Double(count) * 1_000_000)) µs per call")
 print("")
-print("| scenario | BrokerKit | raw hiredis | ratio (BrokerKit / raw speed) |")
-print("|---|---:|---:|---:|")
-for row in rows { print("| \(row.0) | \(row.1) | \(row.2) | \(row.3) |") }
+func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+}
+print("| scenario | BrokerKit | raw hiredis | ratio (BrokerKit / raw speed) | ratio per round |")
+print("|---|---:|---:|---:|---|")
+for (index, first) in rounds[0].enumerated() {
+    let all = rounds.map { $0[index] }
+    let format = first.name.contains("latency") ? "%.3f" : "%.0f"
+    let ratios = all.map { String(format: "%.2f", $0.ratio) }.joined(separator: " / ")
+    print("| \(first.name) | \(String(format: format, median(all.map(\.kit)))) | \(String(format: format, median(all.map(\.raw)))) | \(String(format: "%.2f", median(all.map(\.ratio)))) | \(ratios) |")
+}
 print("")
-print("ratio: throughput BrokerKit ÷ raw; for latency raw ÷ BrokerKit (1.00 = as fast as raw; the target is ≥ 0.80).")
+print("medians of \(roundCount) rounds; ratio: throughput BrokerKit ÷ raw, latency raw ÷ BrokerKit (1.00 = as fast as raw; the target is ≥ 0.80).")
