@@ -176,12 +176,22 @@ final class RedisConsumer: MessageConsumer, Sendable {
         }
     }
 
-    /// Hands entries to the app; `deliveryCount` is Redis's count for the entry.
+    /// Hands entries to the app; `deliveryCount` is Redis's count for the entry. One lock for
+    /// the whole read, not one per entry.
     func deliver(_ entries: [(RedisFieldLayout.Entry, Int)]) {
-        for (entry, deliveryCount) in entries {
-            let attempt = entry.attempt + max(0, deliveryCount - 1)
-            push(Held(entry: entry, attempt: attempt))
+        let held = entries.map { entry, deliveryCount in Held(entry: entry, attempt: entry.attempt + max(0, deliveryCount - 1)) }
+        let accepted = state.withLock { s -> Bool in
+            guard !s.closed else {
+                s.late.append(contentsOf: held)
+                return false
+            }
+            s.outstanding += held.count
+            for item in held { s.unsettled[item.entry.entryID] = item }
+            return true
         }
+        guard accepted else { return }
+        let rejected = buffer.push(contentsOf: held.map(makeDelivery))
+        for delivery in rejected { if let id = delivery.position?.offset { settled(id) } }
     }
 
     func push(_ held: Held) {
@@ -195,12 +205,15 @@ final class RedisConsumer: MessageConsumer, Sendable {
             return true
         }
         guard accepted else { return }
+        if !buffer.push(makeDelivery(held)) { settled(held.entry.entryID) }
+    }
+
+    private func makeDelivery(_ held: Held) -> Delivery {
         let entry = held.entry
-        let delivery = Delivery(
+        return Delivery(
             message: entry.message, destination: destination, group: isQueue ? nil : group, attempt: held.attempt,
             firstFailureAt: entry.firstFailureAt, position: Position(partition: 0, offset: entry.entryID),
             retryPolicy: retryPolicy, backend: "redis", settler: RedisSettler(consumer: self, held: held), observer: broker.observer)
-        if !buffer.push(delivery) { settled(entry.entryID) }
     }
 
     /// Called when a delivery was settled (or given back): frees a prefetch slot. The fetch

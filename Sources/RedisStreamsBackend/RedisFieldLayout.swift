@@ -34,20 +34,10 @@ enum RedisFieldLayout {
         let firstFailureAt: Date?
     }
 
-    private static let idField = Data("id".utf8)
-    private static let keyField = Data("key".utf8)
-    private static let timestampField = Data("ts".utf8)
-    private static let attemptField = Data("attempt".utf8)
-    private static let firstFailureField = Data("ff".utf8)
-    private static let payloadField = Data("payload".utf8)
-
-    /// Parses `[entryID, [field, value, ...]]`; `nil` for deleted entries (no fields).
-    /// Field names are compared as bytes and numbers parsed from bytes: this runs once per
-    /// consumed message.
-    static func entry(from reply: RedisReply) -> Entry? {
-        guard case .array(let parts) = reply, parts.count == 2, let entryID = parts[0].text, case .array(let flat) = parts[1] else {
-            return nil
-        }
+    /// Collects one entry's fields. Names are compared as bytes and numbers parsed from
+    /// bytes: this runs once per consumed message (straight from hiredis's reply for
+    /// XREADGROUP, see `HiredisConnection.decodeStreamRead`).
+    struct FieldCollector {
         var id: String?
         var key: String?
         var timestamp: Date?
@@ -55,51 +45,74 @@ enum RedisFieldLayout {
         var firstFailure: Date?
         var headers: [String: String] = [:]
         var payload = Data()
-        var index = 0
-        while index + 1 < flat.count {
-            defer { index += 2 }
-            guard case .string(let name) = flat[index] else { continue }
-            let value = flat[index + 1]
-            switch name {
-            case idField: id = value.text
-            case keyField: key = value.text
-            case timestampField: timestamp = integer(value).map { Date(timeIntervalSince1970: Double($0) / 1000) }
-            case attemptField: attempt = max(1, Int(integer(value) ?? 1))
-            case firstFailureField: firstFailure = integer(value).map { Date(timeIntervalSince1970: Double($0) / 1000) }
-            case payloadField: payload = value.data ?? Data()
-            default:
-                if name.count > 2, name[name.startIndex] == UInt8(ascii: "h"), name[name.startIndex + 1] == UInt8(ascii: ":") {
-                    headers[String(decoding: name.dropFirst(2), as: UTF8.self)] = value.text ?? ""
-                }
+
+        mutating func add(name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
+            if Self.equals(name, "payload") {
+                payload = Data(value)
+            } else if Self.equals(name, "id") {
+                id = String(decoding: value, as: UTF8.self)
+            } else if Self.equals(name, "key") {
+                key = String(decoding: value, as: UTF8.self)
+            } else if Self.equals(name, "ts") {
+                timestamp = Self.integer(value).map { Date(timeIntervalSince1970: Double($0) / 1000) }
+            } else if Self.equals(name, "attempt") {
+                attempt = max(1, Int(Self.integer(value) ?? 1))
+            } else if Self.equals(name, "ff") {
+                firstFailure = Self.integer(value).map { Date(timeIntervalSince1970: Double($0) / 1000) }
+            } else if name.count > 2, name[0] == UInt8(ascii: "h"), name[1] == UInt8(ascii: ":") {
+                headers[String(decoding: UnsafeRawBufferPointer(rebasing: name[2...]), as: UTF8.self)] = String(decoding: value, as: UTF8.self)
             }
         }
-        // Without a `ts` field, the entry id's milliseconds are the creation time.
-        let created = timestamp
-            ?? entryID.utf8.firstIndex(of: UInt8(ascii: "-")).flatMap { Int64(entryID[..<$0]) }.map { Date(timeIntervalSince1970: Double($0) / 1000) }
-            ?? Date()
-        let message = Message(id: id ?? entryID, key: key, payload: payload, headers: headers, timestamp: created)
-        return Entry(entryID: entryID, message: message, attempt: attempt, firstFailureAt: firstFailure)
+
+        func entry(entryID: String) -> Entry {
+            // Without a `ts` field, the entry id's milliseconds are the creation time.
+            let created = timestamp
+                ?? entryID.utf8.firstIndex(of: UInt8(ascii: "-")).flatMap { Int64(entryID[..<$0]) }.map { Date(timeIntervalSince1970: Double($0) / 1000) }
+                ?? Date()
+            let message = Message(id: id ?? entryID, key: key, payload: payload, headers: headers, timestamp: created)
+            return Entry(entryID: entryID, message: message, attempt: attempt, firstFailureAt: firstFailure)
+        }
+
+        private static func equals(_ bytes: UnsafeRawBufferPointer, _ name: StaticString) -> Bool {
+            bytes.count == name.utf8CodeUnitCount && (bytes.count == 0 || memcmp(bytes.baseAddress!, name.utf8Start, bytes.count) == 0)
+        }
+
+        /// A decimal integer, parsed without making a `String`.
+        static func integer(_ bytes: UnsafeRawBufferPointer) -> Int64? {
+            guard !bytes.isEmpty, bytes.count <= 19 else { return nil }
+            var value: Int64 = 0
+            var negative = false
+            for (offset, byte) in bytes.enumerated() {
+                if offset == 0 && byte == UInt8(ascii: "-") && bytes.count > 1 {
+                    negative = true
+                    continue
+                }
+                guard byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") else { return nil }
+                value = value * 10 + Int64(byte - UInt8(ascii: "0"))
+            }
+            return negative ? -value : value
+        }
     }
 
-    /// A decimal integer reply or bulk string, parsed without making a `String`.
-    private static func integer(_ reply: RedisReply) -> Int64? {
-        guard case .string(let bytes) = reply else { return reply.integer }
-        guard !bytes.isEmpty, bytes.count <= 19 else { return reply.integer }
-        var value: Int64 = 0
-        var negative = false
-        for (offset, byte) in bytes.enumerated() {
-            if offset == 0 && byte == UInt8(ascii: "-") && bytes.count > 1 {
-                negative = true
-                continue
-            }
-            guard byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") else { return nil }
-            value = value * 10 + Int64(byte - UInt8(ascii: "0"))
+    /// Parses `[entryID, [field, value, ...]]`; `nil` for deleted entries (no fields).
+    static func entry(from reply: RedisReply) -> Entry? {
+        guard case .array(let parts) = reply, parts.count == 2, let entryID = parts[0].text, case .array(let flat) = parts[1] else {
+            return nil
         }
-        return negative ? -value : value
+        var fields = FieldCollector()
+        var index = 0
+        while index + 1 < flat.count {
+            if let name = flat[index].data, let value = flat[index + 1].data {
+                name.withUnsafeBytes { name in value.withUnsafeBytes { value in fields.add(name: name, value: value) } }
+            }
+            index += 2
+        }
+        return fields.entry(entryID: entryID)
     }
 
     /// Entries of an XREADGROUP / XRANGE reply's entry list.
     static func entries(_ list: RedisReply) -> (valid: [Entry], deleted: [String]) {
+        if case .entries(let decoded) = list { return (decoded.valid, decoded.deleted) }
         var valid: [Entry] = []
         var deleted: [String] = []
         for item in list.array ?? [] {

@@ -38,6 +38,26 @@ public final class DeliveryBuffer: Sendable {
         }
     }
 
+    /// Adds deliveries in order under one lock (waiting callers get the first ones). Returns
+    /// those not taken because the buffer is finished (empty otherwise).
+    @discardableResult
+    public func push(contentsOf deliveries: [Delivery]) -> [Delivery] {
+        guard !deliveries.isEmpty else { return [] }
+        let (handed, rejected) = state.withLock { s -> ([(CheckedContinuation<Delivery?, any Error>, Delivery)], [Delivery]) in
+            guard !s.finished else { return ([], deliveries) }
+            var handed: [(CheckedContinuation<Delivery?, any Error>, Delivery)] = []
+            var index = 0
+            while index < deliveries.count && !s.waiters.isEmpty {
+                handed.append((s.waiters.removeFirst().1, deliveries[index]))
+                index += 1
+            }
+            s.items.append(contentsOf: deliveries[index...])
+            return (handed, [])
+        }
+        for (continuation, delivery) in handed { continuation.resume(returning: delivery) }
+        return rejected
+    }
+
     /// Ends the buffer: waiters get `nil` (or `error`); returns what was still buffered.
     @discardableResult
     public func finish(error: BrokerError? = nil) -> [Delivery] {

@@ -89,10 +89,11 @@ final class HiredisConnection {
         }
         var replies: [RedisReply] = []
         replies.reserveCapacity(commands.count)
-        for _ in commands {
+        for args in commands {
             var raw: UnsafeMutableRawPointer?
             if redisGetReply(context, &raw) != REDIS_OK || raw == nil { throw fail(context) }
-            replies.append(Self.decode(raw!.assumingMemoryBound(to: redisReply.self)))
+            let reply = raw!.assumingMemoryBound(to: redisReply.self)
+            replies.append(args.first?.isText("XREADGROUP") == true ? Self.decodeStreamRead(reply) : Self.decode(reply))
             freeReplyObject(raw)
         }
         return replies
@@ -108,6 +109,52 @@ final class HiredisConnection {
         withUnsafeBytes(of: context.pointee.errstr) { raw in
             String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
         }
+    }
+
+    /// An XREADGROUP reply, `[[stream, [[id, [field, value, …]], …]], …]`, with each
+    /// stream's entry list parsed into entries right here, without building a reply tree
+    /// first (the consumer's hot path).
+    static func decodeStreamRead(_ reply: UnsafeMutablePointer<redisReply>) -> RedisReply {
+        let r = reply.pointee
+        guard r.type == REDIS_REPLY_ARRAY else { return decode(reply) }
+        var streams: [RedisReply] = []
+        streams.reserveCapacity(r.elements)
+        for i in 0..<r.elements {
+            guard let stream = r.element[i], stream.pointee.type == REDIS_REPLY_ARRAY, stream.pointee.elements == 2,
+                let name = stream.pointee.element[0], let list = stream.pointee.element[1], list.pointee.type == REDIS_REPLY_ARRAY
+            else {
+                streams.append(r.element[i].map { decode($0) } ?? .null)
+                continue
+            }
+            var valid: [RedisFieldLayout.Entry] = []
+            var deleted: [String] = []
+            valid.reserveCapacity(list.pointee.elements)
+            for j in 0..<list.pointee.elements {
+                guard let item = list.pointee.element[j]?.pointee, item.type == REDIS_REPLY_ARRAY, item.elements == 2,
+                    let idReply = item.element[0]?.pointee, idReply.type == REDIS_REPLY_STRING, let idBytes = idReply.str
+                else { continue }
+                let entryID = String(decoding: UnsafeRawBufferPointer(start: idBytes, count: idReply.len), as: UTF8.self)
+                guard let flat = item.element[1]?.pointee, flat.type == REDIS_REPLY_ARRAY else {
+                    deleted.append(entryID)  // deleted while pending: no fields
+                    continue
+                }
+                var fields = RedisFieldLayout.FieldCollector()
+                var k = 0
+                while k + 1 < flat.elements {
+                    if let name = flat.element[k]?.pointee, let value = flat.element[k + 1]?.pointee,
+                        name.type == REDIS_REPLY_STRING, value.type == REDIS_REPLY_STRING
+                    {
+                        fields.add(
+                            name: UnsafeRawBufferPointer(start: name.str, count: name.len),
+                            value: UnsafeRawBufferPointer(start: value.str, count: value.len))
+                    }
+                    k += 2
+                }
+                valid.append(fields.entry(entryID: entryID))
+            }
+            streams.append(.array([decode(name), .entries(StreamEntries(valid: valid, deleted: deleted))]))
+        }
+        return .array(streams)
     }
 
     static func decode(_ reply: UnsafeMutablePointer<redisReply>) -> RedisReply {

@@ -8,6 +8,9 @@ enum RedisReply: Sendable, Equatable {
     case array([RedisReply])
     case null
     case error(String)
+    /// A stream's entry list, parsed while decoding (XREADGROUP replies only: see
+    /// `HiredisConnection.decodeStreamRead`).
+    case entries(StreamEntries)
 
     var text: String? {
         switch self {
@@ -47,6 +50,16 @@ enum RedisReply: Sendable, Equatable {
     }
 }
 
+/// Entries parsed straight from a hiredis reply. Equal when they hold the same entry ids.
+struct StreamEntries: Sendable, Equatable {
+    let valid: [RedisFieldLayout.Entry]
+    let deleted: [String]
+
+    static func == (lhs: StreamEntries, rhs: StreamEntries) -> Bool {
+        lhs.valid.map(\.entryID) == rhs.valid.map(\.entryID) && lhs.deleted == rhs.deleted
+    }
+}
+
 /// One argument of a Redis command: text or raw bytes. Kept as given and copied straight
 /// into the command buffer (no intermediate `Data` for text: converting every field name and
 /// id went through a generic, dynamically cast initializer and showed up in profiles).
@@ -61,6 +74,12 @@ struct RedisArgument: Sendable, ExpressibleByStringLiteral {
     init(_ value: Int) { storage = .text(String(value)) }
     init(_ value: Int64) { storage = .text(String(value)) }
     init(stringLiteral value: String) { self.init(value) }
+
+    /// Whether this is the text `command` (exactly).
+    func isText(_ command: String) -> Bool {
+        if case .text(let text) = storage { return text == command }
+        return false
+    }
 
     /// Length in bytes.
     var count: Int {
