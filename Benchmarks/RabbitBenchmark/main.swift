@@ -2,7 +2,7 @@
 // work, in the same run, against the same broker.
 //
 //   swift build -c release --product RabbitBenchmark
-//   BROKERKIT_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5682/ .build/release/RabbitBenchmark [scale]
+//   BROKERKIT_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5682/ .build/release/RabbitBenchmark [scale] [rounds, default 3]
 //
 // Measured, for both: publish with confirms awaited one at a time; pipelined batch publish
 // (batches of 500, all confirmed); consume-and-ack (prefetch 256); end-to-end latency of a
@@ -18,6 +18,7 @@ import RabbitBackend
 let environment = ProcessInfo.processInfo.environment
 let url = environment["BROKERKIT_TEST_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5682/"
 let scale = Int(CommandLine.arguments.dropFirst().first ?? "") ?? 1
+let roundCount = max(1, Int(CommandLine.arguments.dropFirst(2).first ?? "") ?? 3)
 let singles = 2_000 * scale
 let batched = 20_000 * scale
 let batchSize = 500
@@ -275,20 +276,40 @@ func benchmarkRaw() async throws -> Figures {
 
 print("RabbitMQ benchmark against \(BrokerURL.redact(url)) (rabbitmq-c \(RabbitBackend.libraryVersion))")
 print("\(singles) single publishes, \(batched) batched (\(batchSize)/batch), consume+ack \(singles + batched), \(latencySamples) latency samples; 256-byte persistent messages, quorum queues")
+// Rounds: this VM's figures swing between runs, so both sides run `roundCount` times back to
+// back; the table shows medians, and each round's ratio compares two runs made under the
+// same conditions.
 do {
-    let raw = try await benchmarkRaw()
-    let kit = try await benchmarkBrokerKit()
-    func row(_ name: String, _ k: Double, _ r: Double, _ unit: String, higherIsBetter: Bool = true) {
-        let ratio = higherIsBetter ? k / r : r / k
-        print(name.padding(toLength: 34, withPad: " ", startingAt: 0)
-            + String(format: "%12.0f %12.0f %8.0f%%  %@", k, r, ratio * 100, unit))
+    var rounds: [(kit: Figures, raw: Figures)] = []
+    for round in 1...roundCount {
+        print("round \(round) of \(roundCount)…")
+        let raw = try await benchmarkRaw()
+        let kit = try await benchmarkBrokerKit()
+        rounds.append((kit, raw))
     }
-    print("measure".padding(toLength: 34, withPad: " ", startingAt: 0) + "   BrokerKit  raw librabbitmq  ratio")
-    row("publish, confirm awaited each", kit.publishOne, raw.publishOne, "msg/s")
-    row("publish, pipelined batches", kit.publishBatch, raw.publishBatch, "msg/s")
-    row("consume + ack", kit.consume, raw.consume, "msg/s")
-    row("end-to-end latency p50", kit.p50, raw.p50, "µs (ratio: raw/BrokerKit)", higherIsBetter: false)
-    row("end-to-end latency p99", kit.p99, raw.p99, "µs (ratio: raw/BrokerKit)", higherIsBetter: false)
+    func median(_ values: [Double]) -> Double {
+        let sorted = values.sorted()
+        return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+    }
+    func row(_ name: String, _ path: KeyPath<Figures, Double>, _ unit: String, higherIsBetter: Bool = true) {
+        var kit: [Double] = []
+        var raw: [Double] = []
+        var ratios: [Double] = []
+        for round in rounds {
+            kit.append(round.kit[keyPath: path])
+            raw.append(round.raw[keyPath: path])
+            ratios.append(higherIsBetter ? kit[kit.count - 1] / raw[raw.count - 1] : raw[raw.count - 1] / kit[kit.count - 1])
+        }
+        print(name.padding(toLength: 34, withPad: " ", startingAt: 0)
+            + String(format: "%12.0f %12.0f %8.0f%%  ", median(kit), median(raw), median(ratios) * 100)
+            + unit + "  [rounds: " + ratios.map { String(format: "%.0f%%", $0 * 100) }.joined(separator: " / ") + "]")
+    }
+    print("measure (medians of \(roundCount) rounds)".padding(toLength: 34, withPad: " ", startingAt: 0) + "   BrokerKit  raw librabbitmq  ratio")
+    row("publish, confirm awaited each", \.publishOne, "msg/s")
+    row("publish, pipelined batches", \.publishBatch, "msg/s")
+    row("consume + ack", \.consume, "msg/s")
+    row("end-to-end latency p50", \.p50, "µs (ratio: raw/BrokerKit)", higherIsBetter: false)
+    row("end-to-end latency p99", \.p99, "µs (ratio: raw/BrokerKit)", higherIsBetter: false)
 } catch {
     print("benchmark failed: \(error)")
     exit(1)
