@@ -1,7 +1,7 @@
 // BrokerKit's Kafka backend against raw librdkafka doing the same work, in one run.
 //
 //   swift build -c release --product KafkaBenchmark
-//   .build/release/KafkaBenchmark [kafka://127.0.0.1:19092] [messages]
+//   .build/release/KafkaBenchmark [kafka://127.0.0.1:19092] [messages] [rounds, default 3]
 //
 // Scenarios (same message count, 256-byte payload, 3-partition topics, same producer
 // settings: idempotent, acks=all, linger 5 ms):
@@ -22,6 +22,7 @@ import Synchronization
 let arguments = CommandLine.arguments
 let url = arguments.count > 1 ? arguments[1] : (ProcessInfo.processInfo.environment["BROKERKIT_TEST_KAFKA_URL"] ?? "kafka://127.0.0.1:9092")
 let count = arguments.count > 2 ? Int(arguments[2]) ?? 20_000 : 20_000
+let roundCount = max(1, arguments.count > 3 ? Int(arguments[3]) ?? 3 : 3)
 let latencySamples = 500
 let payload = Data(repeating: 0x61, count: 256)
 let run = String(UUID().uuidString.prefix(6)).lowercased()
@@ -97,191 +98,218 @@ func warmRaw(_ rk: OpaquePointer, _ topic: String) {
 
 print("BrokerKit Kafka backend vs raw librdkafka \(KafkaBackend.libraryVersion) — \(count) messages of \(payload.count) B, \(url)")
 print("")
-var rows: [(String, String, String, String)] = []
-@MainActor func row(_ name: String, kit: Double, raw: Double) {
-    rows.append((name, String(format: "%.0f", kit), String(format: "%.0f", raw), String(format: "%.2f", kit / raw)))
+/// One scenario's figures in one round: throughput in msg/s, latency in ms.
+struct Row {
+    let name: String
+    let kit: Double
+    let raw: Double
+    /// BrokerKit ÷ raw for throughput, raw ÷ BrokerKit for latency.
+    let ratio: Double
 }
 
-// produce-awaited
-let awaitedCount = min(count, 2_000)
-let rawAwaitedTopic = try await stream("raw-awaited").topic
-let rawAwaited: Duration = await onThread {
-    let rk = rawHandle(RD_KAFKA_PRODUCER, producerProperties, producer: true)
-    defer { rd_kafka_destroy(rk) }
-    warmRaw(rk, rawAwaitedTopic)
-    let start = ContinuousClock.now
-    for i in 0..<awaitedCount {
-        rawProduce(rk, rawAwaitedTopic, i)
-        while delivered.update({ $0 }) <= i { rd_kafka_poll(rk, 1) }
-    }
-    return ContinuousClock.now - start
-}
-let kitAwaitedStream = try await stream("kit-awaited").name
-try await broker.publish(Message(payload: payload), to: kitAwaitedStream)  // warm-up, as warmRaw
-// BrokerKit runs off the main actor, as a server's request handlers do.
-let kitAwaited = try await Task.detached {
-    try await measure {
+/// Every scenario once, raw side first. Topic and group names carry the round.
+@MainActor func measureRound(_ round: Int) async throws -> [Row] {
+    var rows: [Row] = []
+    func row(_ name: String, kit: Double, raw: Double) { rows.append(Row(name: name, kit: kit, raw: raw, ratio: kit / raw)) }
+    // produce-awaited
+    let awaitedCount = min(count, 2_000)
+    let rawAwaitedTopic = try await stream("raw-awaited-r\(round)").topic
+    let rawAwaited: Duration = await onThread {
+        let rk = rawHandle(RD_KAFKA_PRODUCER, producerProperties, producer: true)
+        defer { rd_kafka_destroy(rk) }
+        warmRaw(rk, rawAwaitedTopic)
+        let start = ContinuousClock.now
         for i in 0..<awaitedCount {
-            try await broker.publish(Message(key: "k\(i % 64)", payload: payload), to: kitAwaitedStream)
+            rawProduce(rk, rawAwaitedTopic, i)
+            while delivered.update({ $0 }) <= i { rd_kafka_poll(rk, 1) }
         }
+        return ContinuousClock.now - start
     }
-}.value
-row("produce awaited (msg/s)", kit: rate(awaitedCount, kitAwaited), raw: rate(awaitedCount, rawAwaited))
-
-// produce-batched
-let rawBatchTopic = try await stream("raw-batched").topic
-let rawBatched: Duration = await onThread {
-    let rk = rawHandle(RD_KAFKA_PRODUCER, producerProperties, producer: true)
-    defer { rd_kafka_destroy(rk) }
-    warmRaw(rk, rawBatchTopic)
-    let start = ContinuousClock.now
-    for i in 0..<count {
-        rawProduce(rk, rawBatchTopic, i)
-        if i % 1000 == 0 { rd_kafka_poll(rk, 0) }
-    }
-    _ = rd_kafka_flush(rk, 60_000)
-    let took = ContinuousClock.now - start
-    if delivered.update({ $0 }) != count { fatalError("raw batched: \(delivered.update { $0 }) reports") }
-    return took
-}
-let kitBatchStream = try await stream("kit-batched").name
-try await broker.publish(Message(payload: payload), to: kitBatchStream)  // warm-up, as warmRaw
-let kitBatched = try await Task.detached { try await measure {
-    try await withThrowingTaskGroup(of: Void.self) { group in
-        for start in stride(from: 0, to: count, by: 1000) {
-            group.addTask {
-                let messages = (start..<min(count, start + 1000)).map { Message(key: "k\($0 % 64)", payload: payload) }
-                _ = try await broker.publish(messages, to: kitBatchStream)
+    let kitAwaitedStream = try await stream("kit-awaited-r\(round)").name
+    try await broker.publish(Message(payload: payload), to: kitAwaitedStream)  // warm-up, as warmRaw
+    // BrokerKit runs off the main actor, as a server's request handlers do.
+    let kitAwaited = try await Task.detached {
+        try await measure {
+            for i in 0..<awaitedCount {
+                try await broker.publish(Message(key: "k\(i % 64)", payload: payload), to: kitAwaitedStream)
             }
         }
-        try await group.waitForAll()
-    }
-} }.value
-row("produce batched (msg/s)", kit: rate(count, kitBatched), raw: rate(count, rawBatched))
+    }.value
+    row("produce awaited (msg/s)", kit: rate(awaitedCount, kitAwaited), raw: rate(awaitedCount, rawAwaited))
 
-// consume-commit, both reading the batched topics (count records each)
-let rawConsume: Duration = await onThread {
-    let rk = rawHandle(RD_KAFKA_CONSUMER, [
-        "bootstrap.servers": bootstrap, "group.id": "bench.raw-\(run)", "enable.auto.commit": "false",
-        "enable.auto.offset.store": "false",
-        "auto.offset.reset": "earliest", "partition.assignment.strategy": "roundrobin", "fetch.wait.max.ms": "100",
-    ])
-    defer { rd_kafka_destroy(rk) }
-    rd_kafka_poll_set_consumer(rk)
-    let topics = rd_kafka_topic_partition_list_new(1)
-    rd_kafka_topic_partition_list_add(topics, rawBatchTopic, -1)
-    _ = rd_kafka_subscribe(rk, topics)
-    rd_kafka_topic_partition_list_destroy(topics)
-    var got = 0
-    var start: ContinuousClock.Instant?
-    while got < count {
-        guard let message = rd_kafka_consumer_poll(rk, 100) else { continue }
-        if message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR {
-            if start == nil { start = .now }
-            got += 1
-            let list = rd_kafka_topic_partition_list_new(1)!
-            let element = rd_kafka_topic_partition_list_add(list, rd_kafka_topic_name(message.pointee.rkt), message.pointee.partition)
-            element?.pointee.offset = message.pointee.offset + 1
-            _ = rd_kafka_offsets_store(rk, list)
-            rd_kafka_topic_partition_list_destroy(list)
-            if got % 1000 == 0 { _ = rd_kafka_commit(rk, nil, 1) }
-        }
-        rd_kafka_message_destroy(message)
-    }
-    _ = rd_kafka_commit(rk, nil, 0)
-    let took = ContinuousClock.now - start!
-    _ = rd_kafka_consumer_close(rk)
-    return took
-}
-let kitConsume = try await Task.detached {
-    let consumer = try await broker.consumeStream(kitBatchStream, group: "kit-\(run)", options: .init(start: .earliest, prefetch: 1000))
-    var kitStart: ContinuousClock.Instant?
-    var kitGot = 0
-    while kitGot < count {
-        guard let delivery = try await consumer.next() else { fatalError("consumer ended") }
-        if kitStart == nil { kitStart = .now }
-        kitGot += 1
-        try await delivery.ack()
-    }
-    let took = ContinuousClock.now - kitStart!
-    await consumer.close()
-    return took
-}.value
-row("consume + commit (msg/s)", kit: rate(count, kitConsume), raw: rate(count, rawConsume))
-
-// e2e latency
-let rawLatencyTopic = try await stream("raw-latency").topic
-let rawLatencies: [Duration] = await onThread {
-    let producer = rawHandle(RD_KAFKA_PRODUCER, producerProperties.merging(["linger.ms": "0"]) { $1 }, producer: true)
-    let consumer = rawHandle(RD_KAFKA_CONSUMER, [
-        "bootstrap.servers": bootstrap, "group.id": "bench.raw-lat-\(run)", "enable.auto.commit": "false",
-        "auto.offset.reset": "latest", "fetch.wait.max.ms": "100", "partition.assignment.strategy": "roundrobin",
-    ])
-    defer {
-        _ = rd_kafka_consumer_close(consumer)
-        rd_kafka_destroy(consumer)
-        rd_kafka_destroy(producer)
-    }
-    rd_kafka_poll_set_consumer(consumer)
-    let topics = rd_kafka_topic_partition_list_new(1)
-    rd_kafka_topic_partition_list_add(topics, rawLatencyTopic, -1)
-    _ = rd_kafka_subscribe(consumer, topics)
-    rd_kafka_topic_partition_list_destroy(topics)
-    // Wait for the assignment before measuring.
-    while true {
-        var assigned: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
-        _ = rd_kafka_assignment(consumer, &assigned)
-        let n = assigned?.pointee.cnt ?? 0
-        if let assigned { rd_kafka_topic_partition_list_destroy(assigned) }
-        if n > 0 { break }
-        if let m = rd_kafka_consumer_poll(consumer, 50) { rd_kafka_message_destroy(m) }
-    }
-    Thread.sleep(forTimeInterval: 1)
-    var samples: [Duration] = []
-    for i in 0..<latencySamples {
+    // produce-batched
+    let rawBatchTopic = try await stream("raw-batched-r\(round)").topic
+    let rawBatched: Duration = await onThread {
+        let rk = rawHandle(RD_KAFKA_PRODUCER, producerProperties, producer: true)
+        defer { rd_kafka_destroy(rk) }
+        warmRaw(rk, rawBatchTopic)
         let start = ContinuousClock.now
-        rawProduce(producer, rawLatencyTopic, i)
-        rd_kafka_poll(producer, 0)
-        while true {
-            rd_kafka_poll(producer, 0)
-            guard let message = rd_kafka_consumer_poll(consumer, 1) else { continue }
-            let ok = message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR
+        for i in 0..<count {
+            rawProduce(rk, rawBatchTopic, i)
+            if i % 1000 == 0 { rd_kafka_poll(rk, 0) }
+        }
+        _ = rd_kafka_flush(rk, 60_000)
+        let took = ContinuousClock.now - start
+        if delivered.update({ $0 }) != count { fatalError("raw batched: \(delivered.update { $0 }) reports") }
+        return took
+    }
+    let kitBatchStream = try await stream("kit-batched-r\(round)").name
+    try await broker.publish(Message(payload: payload), to: kitBatchStream)  // warm-up, as warmRaw
+    let kitBatched = try await Task.detached { try await measure {
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for start in stride(from: 0, to: count, by: 1000) {
+                group.addTask {
+                    let messages = (start..<min(count, start + 1000)).map { Message(key: "k\($0 % 64)", payload: payload) }
+                    _ = try await broker.publish(messages, to: kitBatchStream)
+                }
+            }
+            try await group.waitForAll()
+        }
+    } }.value
+    row("produce batched (msg/s)", kit: rate(count, kitBatched), raw: rate(count, rawBatched))
+
+    // consume-commit, both reading the batched topics (count records each)
+    let rawConsume: Duration = await onThread {
+        let rk = rawHandle(RD_KAFKA_CONSUMER, [
+            "bootstrap.servers": bootstrap, "group.id": "bench.raw-\(run)-\(round)", "enable.auto.commit": "false",
+            "enable.auto.offset.store": "false",
+            "auto.offset.reset": "earliest", "partition.assignment.strategy": "roundrobin", "fetch.wait.max.ms": "100",
+        ])
+        defer { rd_kafka_destroy(rk) }
+        rd_kafka_poll_set_consumer(rk)
+        let topics = rd_kafka_topic_partition_list_new(1)
+        rd_kafka_topic_partition_list_add(topics, rawBatchTopic, -1)
+        _ = rd_kafka_subscribe(rk, topics)
+        rd_kafka_topic_partition_list_destroy(topics)
+        var got = 0
+        var start: ContinuousClock.Instant?
+        while got < count {
+            guard let message = rd_kafka_consumer_poll(rk, 100) else { continue }
+            if message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR {
+                if start == nil { start = .now }
+                got += 1
+                let list = rd_kafka_topic_partition_list_new(1)!
+                let element = rd_kafka_topic_partition_list_add(list, rd_kafka_topic_name(message.pointee.rkt), message.pointee.partition)
+                element?.pointee.offset = message.pointee.offset + 1
+                _ = rd_kafka_offsets_store(rk, list)
+                rd_kafka_topic_partition_list_destroy(list)
+                if got % 1000 == 0 { _ = rd_kafka_commit(rk, nil, 1) }
+            }
             rd_kafka_message_destroy(message)
-            if ok { break }
         }
-        samples.append(ContinuousClock.now - start)
+        _ = rd_kafka_commit(rk, nil, 0)
+        let took = ContinuousClock.now - start!
+        _ = rd_kafka_consumer_close(rk)
+        return took
     }
-    return samples
-}
-let latencyBroker = try await Brokers.connect(url: url, options: ["prefix": "bench.", "linger": "0", "statistics.interval": "0"])
-let kitLatencyStream = try await stream("kit-latency").name
-let latencyConsumer = try await latencyBroker.consumeStream(kitLatencyStream, group: "kit-lat-\(run)", options: .init(start: .latest, prefetch: 1))
-try await Task.sleep(for: .seconds(1))
-let kitLatencies = try await Task.detached {
-    var samples: [Duration] = []
-    for i in 0..<latencySamples {
-        let start = ContinuousClock.now
-        try await latencyBroker.publish(Message(key: "k\(i % 64)", payload: payload), to: kitLatencyStream)
-        guard let delivery = try await latencyConsumer.next() else { fatalError("consumer ended") }
-        samples.append(ContinuousClock.now - start)
-        try await delivery.ack()
-    }
-    return samples
-}.value
-await latencyConsumer.close()
-await latencyBroker.close()
-rows.append(("e2e latency p50 (ms)", ms(percentile(kitLatencies, 0.5)), ms(percentile(rawLatencies, 0.5)),
-             String(format: "%.2f", percentile(rawLatencies, 0.5).timeInterval / percentile(kitLatencies, 0.5).timeInterval)))
-rows.append(("e2e latency p99 (ms)", ms(percentile(kitLatencies, 0.99)), ms(percentile(rawLatencies, 0.99)),
-             String(format: "%.2f", percentile(rawLatencies, 0.99).timeInterval / percentile(kitLatencies, 0.99).timeInterval)))
+    let kitConsume = try await Task.detached {
+        let consumer = try await broker.consumeStream(kitBatchStream, group: "kit-\(run)-\(round)", options: .init(start: .earliest, prefetch: 1000))
+        var kitStart: ContinuousClock.Instant?
+        var kitGot = 0
+        while kitGot < count {
+            guard let delivery = try await consumer.next() else { fatalError("consumer ended") }
+            if kitStart == nil { kitStart = .now }
+            kitGot += 1
+            try await delivery.ack()
+        }
+        let took = ContinuousClock.now - kitStart!
+        await consumer.close()
+        return took
+    }.value
+    row("consume + commit (msg/s)", kit: rate(count, kitConsume), raw: rate(count, rawConsume))
 
-for label in ["raw-awaited", "kit-awaited", "raw-batched", "kit-batched", "raw-latency", "kit-latency"] {
-    try? await broker.deleteDestination("\(label)-\(run)")
+    // e2e latency
+    let rawLatencyTopic = try await stream("raw-latency-r\(round)").topic
+    let rawLatencies: [Duration] = await onThread {
+        let producer = rawHandle(RD_KAFKA_PRODUCER, producerProperties.merging(["linger.ms": "0"]) { $1 }, producer: true)
+        let consumer = rawHandle(RD_KAFKA_CONSUMER, [
+            "bootstrap.servers": bootstrap, "group.id": "bench.raw-lat-\(run)-\(round)", "enable.auto.commit": "false",
+            "auto.offset.reset": "latest", "fetch.wait.max.ms": "100", "partition.assignment.strategy": "roundrobin",
+        ])
+        defer {
+            _ = rd_kafka_consumer_close(consumer)
+            rd_kafka_destroy(consumer)
+            rd_kafka_destroy(producer)
+        }
+        rd_kafka_poll_set_consumer(consumer)
+        let topics = rd_kafka_topic_partition_list_new(1)
+        rd_kafka_topic_partition_list_add(topics, rawLatencyTopic, -1)
+        _ = rd_kafka_subscribe(consumer, topics)
+        rd_kafka_topic_partition_list_destroy(topics)
+        // Wait for the assignment before measuring.
+        while true {
+            var assigned: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
+            _ = rd_kafka_assignment(consumer, &assigned)
+            let n = assigned?.pointee.cnt ?? 0
+            if let assigned { rd_kafka_topic_partition_list_destroy(assigned) }
+            if n > 0 { break }
+            if let m = rd_kafka_consumer_poll(consumer, 50) { rd_kafka_message_destroy(m) }
+        }
+        Thread.sleep(forTimeInterval: 1)
+        var samples: [Duration] = []
+        for i in 0..<latencySamples {
+            let start = ContinuousClock.now
+            rawProduce(producer, rawLatencyTopic, i)
+            rd_kafka_poll(producer, 0)
+            while true {
+                rd_kafka_poll(producer, 0)
+                guard let message = rd_kafka_consumer_poll(consumer, 1) else { continue }
+                let ok = message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR
+                rd_kafka_message_destroy(message)
+                if ok { break }
+            }
+            samples.append(ContinuousClock.now - start)
+        }
+        return samples
+    }
+    let latencyBroker = try await Brokers.connect(url: url, options: ["prefix": "bench.", "linger": "0", "statistics.interval": "0"])
+    let kitLatencyStream = try await stream("kit-latency-r\(round)").name
+    let latencyConsumer = try await latencyBroker.consumeStream(kitLatencyStream, group: "kit-lat-\(run)-\(round)", options: .init(start: .latest, prefetch: 1))
+    try await Task.sleep(for: .seconds(1))
+    let kitLatencies = try await Task.detached {
+        var samples: [Duration] = []
+        for i in 0..<latencySamples {
+            let start = ContinuousClock.now
+            try await latencyBroker.publish(Message(key: "k\(i % 64)", payload: payload), to: kitLatencyStream)
+            guard let delivery = try await latencyConsumer.next() else { fatalError("consumer ended") }
+            samples.append(ContinuousClock.now - start)
+            try await delivery.ack()
+        }
+        return samples
+    }.value
+    await latencyConsumer.close()
+    await latencyBroker.close()
+    rows.append(Row(name: "e2e latency p50 (ms)", kit: percentile(kitLatencies, 0.5).timeInterval * 1000, raw: percentile(rawLatencies, 0.5).timeInterval * 1000,
+                     ratio: percentile(rawLatencies, 0.5).timeInterval / percentile(kitLatencies, 0.5).timeInterval))
+    rows.append(Row(name: "e2e latency p99 (ms)", kit: percentile(kitLatencies, 0.99).timeInterval * 1000, raw: percentile(rawLatencies, 0.99).timeInterval * 1000,
+                     ratio: percentile(rawLatencies, 0.99).timeInterval / percentile(kitLatencies, 0.99).timeInterval))
+
+    for label in ["raw-awaited", "kit-awaited", "raw-batched", "kit-batched", "raw-latency", "kit-latency"] {
+        try? await broker.deleteDestination("\(label)-r\(round)-\(run)")
+    }
+    return rows
+}
+
+// Rounds: this VM's figures swing between runs, so every scenario runs `roundCount` times,
+// raw and BrokerKit back to back; the table shows medians and each round's ratio.
+var rounds: [[Row]] = []
+for round in 1...roundCount {
+    print("round \(round) of \(roundCount)…")
+    rounds.append(try await measureRound(round))
 }
 await broker.close()
 
-print("| scenario | BrokerKit | raw librdkafka | ratio (BrokerKit / raw speed) |")
-print("|---|---:|---:|---:|")
-for row in rows { print("| \(row.0) | \(row.1) | \(row.2) | \(row.3) |") }
+func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+}
+print("| scenario | BrokerKit | raw librdkafka | ratio (BrokerKit / raw speed) | ratio per round |")
+print("|---|---:|---:|---:|---|")
+for index in rounds[0].indices {
+    let all = rounds.map { $0[index] }
+    let format = all[0].name.contains("latency") ? "%.3f" : "%.0f"
+    let ratios = all.map { String(format: "%.2f", $0.ratio) }.joined(separator: " / ")
+    print("| \(all[0].name) | \(String(format: format, median(all.map(\.kit)))) | \(String(format: format, median(all.map(\.raw)))) | \(String(format: "%.2f", median(all.map(\.ratio)))) | \(ratios) |")
+}
 print("")
-print("ratio: throughput BrokerKit ÷ raw; for latency raw ÷ BrokerKit (1.00 = as fast as raw; the target is ≥ 0.80).")
+print("medians of \(roundCount) rounds; ratio: throughput BrokerKit ÷ raw, latency raw ÷ BrokerKit (1.00 = as fast as raw; the target is ≥ 0.80).")
