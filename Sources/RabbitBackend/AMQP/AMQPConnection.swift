@@ -121,23 +121,36 @@ final class AMQPConnection: @unchecked Sendable {
     }
 
     /// Runs `body` on the connection's thread, interrupting the pump's wait.
+    ///
+    /// The job is queued *before* the pump is told about it: told first, the pump would hand
+    /// the thread back to a queue that does not hold the job yet and go round again, spinning
+    /// on a core while the caller — possibly preempted on the other one — has still to queue
+    /// it (measured: publisher confirms with a 3–5 ms tail on 2 cores).
     @discardableResult
     func run<T: Sendable>(_ body: @escaping @Sendable (AMQPConnection) throws -> T) async throws -> T {
-        pendingJobs.add(1, ordering: .acquiringAndReleasing)
-        wake()
-        return try await thread.run { [self] in
-            pendingJobs.subtract(1, ordering: .acquiringAndReleasing)
-            return try body(self)
+        try await withCheckedThrowingContinuation { continuation in
+            let accepted = thread.trySubmit { [self] in
+                pendingJobs.subtract(1, ordering: .acquiringAndReleasing)
+                continuation.resume(with: Result { try body(self) })
+            }
+            if accepted {
+                pendingJobs.add(1, ordering: .acquiringAndReleasing)
+                wake()
+            } else {
+                continuation.resume(throwing: BrokerError.closed("connection thread '\(thread.name)'"))
+            }
         }
     }
 
     /// Fire-and-forget variant of ``run(_:)``.
     func submit(_ body: @escaping @Sendable (AMQPConnection) -> Void) {
-        pendingJobs.add(1, ordering: .acquiringAndReleasing)
-        wake()
-        thread.submit { [self] in
+        let accepted = thread.trySubmit { [self] in
             pendingJobs.subtract(1, ordering: .acquiringAndReleasing)
             body(self)
+        }
+        if accepted {
+            pendingJobs.add(1, ordering: .acquiringAndReleasing)
+            wake()
         }
     }
 
