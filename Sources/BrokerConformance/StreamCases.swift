@@ -44,6 +44,10 @@ enum StreamCases {
                         let delivery = try await member.next(timeout: .seconds(3))
                     {
                         byMember[index].append(delivery.message.text ?? "")
+                        // Work takes time: a member that is quick to start must not be able to
+                        // drain all 80 before the other one reads at all (it happened on a
+                        // loaded machine: "80 / 0").
+                        try await Task.sleep(for: .milliseconds(5))
                         try await delivery.ack()
                     }
                 }

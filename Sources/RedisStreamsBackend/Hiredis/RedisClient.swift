@@ -111,6 +111,16 @@ final class RedisClient: Sendable {
                 if let socketTimeout, connection.isConnected { connection.setTimeout(socketTimeout) }
                 defer { if socketTimeout != nil { connection.setTimeout(connection.endpoint.commandTimeout) } }
                 let replies = try connection.pipeline(commands)
+                // A restarted Redis answers every command with LOADING until its dataset is
+                // back in memory: nothing ran, so the whole round trip is tried again.
+                if retry, !replies.isEmpty, replies.allSatisfy({ $0.errorText?.hasPrefix("LOADING") == true }),
+                    ContinuousClock.now + delay < deadline
+                {
+                    logger.warning("redis \(server) is loading its dataset; retrying in \(delay)")
+                    Thread.sleep(forTimeInterval: delay.timeInterval)
+                    delay = min(delay * 2, .seconds(1))
+                    continue
+                }
                 var results: [Result<[RedisReply], any Error>] = []
                 var offset = 0
                 for request in group {
