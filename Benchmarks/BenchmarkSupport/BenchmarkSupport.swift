@@ -34,3 +34,40 @@ public func rate(_ n: Int, _ d: Duration) -> Double { Double(n) / d.timeInterval
 
 /// Milliseconds with three decimals.
 public func ms(_ d: Duration) -> String { String(format: "%.3f", d.timeInterval * 1000) }
+
+/// One scenario's figures in one round: throughput in msg/s, latency in ms.
+public struct Row: Sendable {
+    public let name: String
+    public let kit: Double
+    public let raw: Double
+    /// BrokerKit ÷ raw for throughput, raw ÷ BrokerKit for latency.
+    public let ratio: Double
+
+    public init(name: String, kit: Double, raw: Double, ratio: Double) {
+        self.name = name
+        self.kit = kit
+        self.raw = raw
+        self.ratio = ratio
+    }
+}
+
+/// The median of `values` (not empty).
+public func median(_ values: [Double]) -> Double {
+    let sorted = values.sorted()
+    return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+}
+
+/// Prints the rounds as one markdown table: each scenario's medians and every round's ratio.
+/// Every round lists the same scenarios in the same order.
+public func printRounds(_ rounds: [[Row]], rawName: String) {
+    print("| scenario | BrokerKit | \(rawName) | ratio (BrokerKit / raw speed) | ratio per round |")
+    print("|---|---:|---:|---:|---|")
+    for index in rounds[0].indices {
+        let all = rounds.map { $0[index] }
+        let format = all[0].name.contains("latency") ? "%.3f" : "%.0f"
+        let ratios = all.map { String(format: "%.2f", $0.ratio) }.joined(separator: " / ")
+        print("| \(all[0].name) | \(String(format: format, median(all.map(\.kit)))) | \(String(format: format, median(all.map(\.raw)))) | \(String(format: "%.2f", median(all.map(\.ratio)))) | \(ratios) |")
+    }
+    print("")
+    print("medians of \(rounds.count) rounds; ratio: throughput BrokerKit ÷ raw, latency raw ÷ BrokerKit (1.00 = as fast as raw; the target is ≥ 0.80).")
+}

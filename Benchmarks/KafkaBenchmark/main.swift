@@ -98,15 +98,6 @@ func warmRaw(_ rk: OpaquePointer, _ topic: String) {
 
 print("BrokerKit Kafka backend vs raw librdkafka \(KafkaBackend.libraryVersion) — \(count) messages of \(payload.count) B, \(url)")
 print("")
-/// One scenario's figures in one round: throughput in msg/s, latency in ms.
-struct Row {
-    let name: String
-    let kit: Double
-    let raw: Double
-    /// BrokerKit ÷ raw for throughput, raw ÷ BrokerKit for latency.
-    let ratio: Double
-}
-
 /// Every scenario once, raw side first. Topic and group names carry the round.
 @MainActor func measureRound(_ round: Int) async throws -> [Row] {
     var rows: [Row] = []
@@ -299,17 +290,4 @@ for round in 1...roundCount {
 }
 await broker.close()
 
-func median(_ values: [Double]) -> Double {
-    let sorted = values.sorted()
-    return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
-}
-print("| scenario | BrokerKit | raw librdkafka | ratio (BrokerKit / raw speed) | ratio per round |")
-print("|---|---:|---:|---:|---|")
-for index in rounds[0].indices {
-    let all = rounds.map { $0[index] }
-    let format = all[0].name.contains("latency") ? "%.3f" : "%.0f"
-    let ratios = all.map { String(format: "%.2f", $0.ratio) }.joined(separator: " / ")
-    print("| \(all[0].name) | \(String(format: format, median(all.map(\.kit)))) | \(String(format: format, median(all.map(\.raw)))) | \(String(format: "%.2f", median(all.map(\.ratio)))) | \(ratios) |")
-}
-print("")
-print("medians of \(roundCount) rounds; ratio: throughput BrokerKit ÷ raw, latency raw ÷ BrokerKit (1.00 = as fast as raw; the target is ≥ 0.80).")
+printRounds(rounds, rawName: "raw librdkafka")

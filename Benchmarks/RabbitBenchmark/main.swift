@@ -287,10 +287,6 @@ do {
         let kit = try await benchmarkBrokerKit()
         rounds.append((kit, raw))
     }
-    func median(_ values: [Double]) -> Double {
-        let sorted = values.sorted()
-        return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
-    }
     func row(_ name: String, _ path: KeyPath<Figures, Double>, _ unit: String, higherIsBetter: Bool = true) {
         var kit: [Double] = []
         var raw: [Double] = []

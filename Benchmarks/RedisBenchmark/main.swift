@@ -100,15 +100,6 @@ let run = UUID().uuidString.prefix(6)
 print("BrokerKit Redis Streams backend vs raw hiredis \(RedisStreamsBackend.libraryVersion) — \(count) messages of \(payload.count) B, \(url)")
 print("")
 
-/// One scenario's figures in one round: throughput in msg/s, latency in ms.
-struct Row {
-    let name: String
-    let kit: Double
-    let raw: Double
-    /// BrokerKit ÷ raw for throughput, raw ÷ BrokerKit for latency.
-    let ratio: Double
-}
-
 /// Every scenario once, raw side first. Names carry the round so rounds never share keys.
 @MainActor func measureRound(_ round: Int) async throws -> [Row] {
     var rows: [Row] = []
@@ -302,17 +293,4 @@ let hops = try await measure { for _ in 0..<count { _ = try await hopThread.run 
 hopThread.shutdown()
 print("task → connection thread → task hop: \(String(format: "%.1f", hops.timeInterval / Double(count) * 1_000_000)) µs per call")
 print("")
-func median(_ values: [Double]) -> Double {
-    let sorted = values.sorted()
-    return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
-}
-print("| scenario | BrokerKit | raw hiredis | ratio (BrokerKit / raw speed) | ratio per round |")
-print("|---|---:|---:|---:|---|")
-for (index, first) in rounds[0].enumerated() {
-    let all = rounds.map { $0[index] }
-    let format = first.name.contains("latency") ? "%.3f" : "%.0f"
-    let ratios = all.map { String(format: "%.2f", $0.ratio) }.joined(separator: " / ")
-    print("| \(first.name) | \(String(format: format, median(all.map(\.kit)))) | \(String(format: format, median(all.map(\.raw)))) | \(String(format: "%.2f", median(all.map(\.ratio)))) | \(ratios) |")
-}
-print("")
-print("medians of \(roundCount) rounds; ratio: throughput BrokerKit ÷ raw, latency raw ÷ BrokerKit (1.00 = as fast as raw; the target is ≥ 0.80).")
+printRounds(rounds, rawName: "raw hiredis")
