@@ -71,3 +71,30 @@ public func printRounds(_ rounds: [[Row]], rawName: String) {
     print("")
     print("medians of \(rounds.count) rounds; ratio: throughput BrokerKit ÷ raw, latency raw ÷ BrokerKit (1.00 = as fast as raw; the target is ≥ 0.80).")
 }
+
+/// End-to-end latency samples for BrokerKit, off the main actor: `publish(i)` one message,
+/// then wait until `consumer` has it (and ack it), `count` times.
+public func sampleLatencies(
+    _ count: Int, consumer: any MessageConsumer, publish: @escaping @Sendable (Int) async throws -> Void
+) async throws -> [Duration] {
+    try await Task.detached {
+        var samples: [Duration] = []
+        for i in 0..<count {
+            let start = ContinuousClock.now
+            try await publish(i)
+            guard let delivery = try await consumer.next() else { fatalError("consumer ended") }
+            samples.append(ContinuousClock.now - start)
+            try await delivery.ack()
+        }
+        return samples
+    }.value
+}
+
+/// The p50 and p99 rows for two sets of latency samples.
+public func latencyRows(kit: [Duration], raw: [Duration]) -> [Row] {
+    [("p50", 0.5), ("p99", 0.99)].map { label, p in
+        Row(
+            name: "e2e latency \(label) (ms)", kit: percentile(kit, p).timeInterval * 1000, raw: percentile(raw, p).timeInterval * 1000,
+            ratio: percentile(raw, p).timeInterval / percentile(kit, p).timeInterval)
+    }
+}

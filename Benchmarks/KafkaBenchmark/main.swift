@@ -257,23 +257,12 @@ print("")
     let kitLatencyStream = try await stream("kit-latency-r\(round)").name
     let latencyConsumer = try await latencyBroker.consumeStream(kitLatencyStream, group: "kit-lat-\(run)-\(round)", options: .init(start: .latest, prefetch: 1))
     try await Task.sleep(for: .seconds(1))
-    let kitLatencies = try await Task.detached {
-        var samples: [Duration] = []
-        for i in 0..<latencySamples {
-            let start = ContinuousClock.now
-            try await latencyBroker.publish(Message(key: "k\(i % 64)", payload: payload), to: kitLatencyStream)
-            guard let delivery = try await latencyConsumer.next() else { fatalError("consumer ended") }
-            samples.append(ContinuousClock.now - start)
-            try await delivery.ack()
-        }
-        return samples
-    }.value
+    let kitLatencies = try await sampleLatencies(latencySamples, consumer: latencyConsumer) { i in
+        try await latencyBroker.publish(Message(key: "k\(i % 64)", payload: payload), to: kitLatencyStream)
+    }
     await latencyConsumer.close()
     await latencyBroker.close()
-    rows.append(Row(name: "e2e latency p50 (ms)", kit: percentile(kitLatencies, 0.5).timeInterval * 1000, raw: percentile(rawLatencies, 0.5).timeInterval * 1000,
-                     ratio: percentile(rawLatencies, 0.5).timeInterval / percentile(kitLatencies, 0.5).timeInterval))
-    rows.append(Row(name: "e2e latency p99 (ms)", kit: percentile(kitLatencies, 0.99).timeInterval * 1000, raw: percentile(rawLatencies, 0.99).timeInterval * 1000,
-                     ratio: percentile(rawLatencies, 0.99).timeInterval / percentile(kitLatencies, 0.99).timeInterval))
+    rows += latencyRows(kit: kitLatencies, raw: rawLatencies)
 
     for label in ["raw-awaited", "kit-awaited", "raw-batched", "kit-batched", "raw-latency", "kit-latency"] {
         try? await broker.deleteDestination("\(label)-r\(round)-\(run)")

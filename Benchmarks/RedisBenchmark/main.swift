@@ -74,6 +74,17 @@ final class Raw: @unchecked Sendable {
     }
 
     func command(_ args: [String]) { append(args.map { Data($0.utf8) }); reply() }
+
+    /// XADDs `count` messages to `key` in pipelined batches of `batch`.
+    func addAll(to key: String) {
+        var i = 0
+        while i < count {
+            let n = min(batch, count - i)
+            for j in 0..<n { append([Data("XADD".utf8), Data(key.utf8), Data("*".utf8)] + fields(i + j)) }
+            for _ in 0..<n { reply() }
+            i += n
+        }
+    }
 }
 
 func fields(_ i: Int) -> [Data] {
@@ -130,13 +141,7 @@ print("")
     let rawBatched = await onThread {
         let raw = Raw(host: host, port: port)
         let start = ContinuousClock.now
-        var i = 0
-        while i < count {
-            let n = min(batch, count - i)
-            for j in 0..<n { raw.append([Data("XADD".utf8), Data(rawBatchKey.utf8), Data("*".utf8)] + fields(i + j)) }
-            for _ in 0..<n { raw.reply() }
-            i += n
-        }
+        raw.addAll(to: rawBatchKey)
         return ContinuousClock.now - start
     }
     let kitBatchQueue = "batched-\(run)-\(round)"
@@ -182,14 +187,7 @@ print("")
 
     func fill(raw key: String, queue: String) async throws {
         await onThread {
-            let raw = Raw(host: host, port: port)
-            var i = 0
-            while i < count {
-                let n = min(batch, count - i)
-                for j in 0..<n { raw.append([Data("XADD".utf8), Data(key.utf8), Data("*".utf8)] + fields(i + j)) }
-                for _ in 0..<n { raw.reply() }
-                i += n
-            }
+            Raw(host: host, port: port).addAll(to: key)
         }
         try await broker.createQueue(queue)
         var i = 0
@@ -256,24 +254,12 @@ print("")
     let latencyQueue = "latency-\(run)-\(round)"
     try await broker.createQueue(latencyQueue)
     let latencyConsumer = try await broker.consumeQueue(latencyQueue, options: .init(prefetch: 1))
-    // Off the main actor, as the measured scenarios above (see `measure`).
-    let kitLatencies: [Duration] = try await Task.detached {
-        var samples: [Duration] = []
-        for i in 0..<latencySamples {
-            let start = ContinuousClock.now
-            try await broker.publish(Message(id: "l\(i)", payload: payload), to: latencyQueue)
-            guard let delivery = try await latencyConsumer.next() else { fatalError("consumer ended") }
-            samples.append(ContinuousClock.now - start)
-            try await delivery.ack()
-        }
-        return samples
-    }.value
+    let kitLatencies = try await sampleLatencies(latencySamples, consumer: latencyConsumer) { i in
+        try await broker.publish(Message(id: "l\(i)", payload: payload), to: latencyQueue)
+    }
     await latencyConsumer.close()
     try await broker.deleteDestination(latencyQueue)
-    rows.append(Row(name: "e2e latency p50 (ms)", kit: percentile(kitLatencies, 0.5).timeInterval * 1000, raw: percentile(rawLatencies, 0.5).timeInterval * 1000,
-                 ratio: percentile(rawLatencies, 0.5).timeInterval / percentile(kitLatencies, 0.5).timeInterval))
-    rows.append(Row(name: "e2e latency p99 (ms)", kit: percentile(kitLatencies, 0.99).timeInterval * 1000, raw: percentile(rawLatencies, 0.99).timeInterval * 1000,
-                 ratio: percentile(rawLatencies, 0.99).timeInterval / percentile(kitLatencies, 0.99).timeInterval))
+    rows += latencyRows(kit: kitLatencies, raw: rawLatencies)
     return rows
 }
 
