@@ -176,10 +176,16 @@ final class RedisConsumer: MessageConsumer, Sendable {
         }
     }
 
-    /// Hands entries to the app; `deliveryCount` is Redis's count for the entry. One lock for
-    /// the whole read, not one per entry.
+    /// Hands entries to the app; `deliveryCount` is Redis's count for the entry.
     func deliver(_ entries: [(RedisFieldLayout.Entry, Int)]) {
-        let held = entries.map { entry, deliveryCount in Held(entry: entry, attempt: entry.attempt + max(0, deliveryCount - 1)) }
+        hand(entries.map { entry, deliveryCount in Held(entry: entry, attempt: entry.attempt + max(0, deliveryCount - 1)) })
+    }
+
+    func push(_ held: Held) { hand([held]) }
+
+    /// Counts `held` as outstanding and buffers them for the app, under one lock for the whole
+    /// read (while closing they are kept aside to be given back).
+    private func hand(_ held: [Held]) {
         let accepted = state.withLock { s -> Bool in
             guard !s.closed else {
                 s.late.append(contentsOf: held)
@@ -190,22 +196,9 @@ final class RedisConsumer: MessageConsumer, Sendable {
             return true
         }
         guard accepted else { return }
-        let rejected = buffer.push(contentsOf: held.map(makeDelivery))
-        for delivery in rejected { if let id = delivery.position?.offset { settled(id) } }
-    }
-
-    func push(_ held: Held) {
-        let accepted = state.withLock { s -> Bool in
-            guard !s.closed else {
-                s.late.append(held)
-                return false
-            }
-            s.outstanding += 1
-            s.unsettled[held.entry.entryID] = held
-            return true
+        for delivery in buffer.push(contentsOf: held.map(makeDelivery)) {
+            if let id = delivery.position?.offset { settled(id) }
         }
-        guard accepted else { return }
-        if !buffer.push(makeDelivery(held)) { settled(held.entry.entryID) }
     }
 
     private func makeDelivery(_ held: Held) -> Delivery {

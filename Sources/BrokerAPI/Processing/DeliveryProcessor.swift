@@ -375,7 +375,7 @@ final class WorkQueue<Item: Sendable>: Sendable {
     }
 }
 
-/// A shared counter of running handlers.
+/// A shared counter (the processor counts its live workers with it).
 final class RunningCount: Sendable {
     private let count = Atomic<Int>(0)
     @discardableResult

@@ -106,6 +106,15 @@ final class RedisClient: Sendable {
         let retry = group.allSatisfy(\.retry)
         let deadline = group.map(\.deadline).min()!
         let socketTimeout = group.count == 1 ? group[0].socketTimeout : nil
+        /// Sleeps before another try (doubling the pause) if retrying is allowed and the
+        /// deadline leaves room; says whether to try again.
+        func backOff(_ why: String) -> Bool {
+            guard retry, ContinuousClock.now + delay < deadline else { return false }
+            logger.warning("redis \(server): \(why); retrying in \(delay)")
+            Thread.sleep(forTimeInterval: delay.timeInterval)
+            delay = min(delay * 2, .seconds(1))
+            return true
+        }
         while true {
             do {
                 if let socketTimeout, connection.isConnected { connection.setTimeout(socketTimeout) }
@@ -113,12 +122,9 @@ final class RedisClient: Sendable {
                 let replies = try connection.pipeline(commands)
                 // A restarted Redis answers every command with LOADING until its dataset is
                 // back in memory: nothing ran, so the whole round trip is tried again.
-                if retry, !replies.isEmpty, replies.allSatisfy({ $0.errorText?.hasPrefix("LOADING") == true }),
-                    ContinuousClock.now + delay < deadline
+                if !replies.isEmpty, replies.allSatisfy({ $0.errorText?.hasPrefix("LOADING") == true }),
+                    backOff("loading its dataset")
                 {
-                    logger.warning("redis \(server) is loading its dataset; retrying in \(delay)")
-                    Thread.sleep(forTimeInterval: delay.timeInterval)
-                    delay = min(delay * 2, .seconds(1))
                     continue
                 }
                 var results: [Result<[RedisReply], any Error>] = []
@@ -129,13 +135,10 @@ final class RedisClient: Sendable {
                 }
                 return results
             } catch let failure as RedisFailure {
-                guard case .io = failure, retry, ContinuousClock.now + delay < deadline else {
+                guard case .io = failure, backOff("\(failure); reconnecting") else {
                     let error = RedisClient.map(failure, server: server, destination: nil)
                     return group.map { _ in .failure(error) }
                 }
-                logger.warning("redis \(server): \(failure); reconnecting in \(delay)")
-                Thread.sleep(forTimeInterval: delay.timeInterval)
-                delay = min(delay * 2, .seconds(1))
                 do { try connection.connect() } catch let again as RedisFailure {
                     if case .server = again {
                         let error = RedisClient.map(again, server: server, destination: nil)

@@ -1,7 +1,7 @@
 import Foundation
 
 /// A decoded hiredis reply (RESP2).
-enum RedisReply: Sendable, Equatable {
+enum RedisReply: Sendable {
     case string(Data)
     case status(String)
     case integer(Int64)
@@ -42,7 +42,10 @@ enum RedisReply: Sendable, Equatable {
         return nil
     }
 
-    var isNull: Bool { self == .null }
+    var isNull: Bool {
+        if case .null = self { return true }
+        return false
+    }
 
     var errorText: String? {
         if case .error(let text) = self { return text }
@@ -50,14 +53,10 @@ enum RedisReply: Sendable, Equatable {
     }
 }
 
-/// Entries parsed straight from a hiredis reply. Equal when they hold the same entry ids.
-struct StreamEntries: Sendable, Equatable {
+/// Entries parsed straight from a hiredis reply.
+struct StreamEntries: Sendable {
     let valid: [RedisFieldLayout.Entry]
     let deleted: [String]
-
-    static func == (lhs: StreamEntries, rhs: StreamEntries) -> Bool {
-        lhs.valid.map(\.entryID) == rhs.valid.map(\.entryID) && lhs.deleted == rhs.deleted
-    }
 }
 
 /// One argument of a Redis command: text or raw bytes. Kept as given and copied straight
