@@ -11,6 +11,13 @@ public func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> 
     }
 }
 
+/// ``onThread(_:)`` for a body that throws.
+public func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try body() }) }.start()
+    }
+}
+
 /// Wall-clock time of `body`, run off the main actor as a server's request handlers run.
 /// (Called from top-level code, a closure would otherwise be main-actor isolated and every
 /// `await` into BrokerKit would hop off the main actor and back: two thread wake-ups per

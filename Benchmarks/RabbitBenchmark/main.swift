@@ -201,13 +201,6 @@ final class RawConnection {
     }
 }
 
-/// Runs blocking work on its own thread.
-func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread { continuation.resume(with: Result { try body() }) }.start()
-    }
-}
-
 func benchmarkRaw() async throws -> Figures {
     let queue = "bench-raw-\(UUID().uuidString.prefix(6))"
     var figures = try await onThread { () throws -> Figures in
