@@ -41,6 +41,8 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         let epoch: Int
         var held = 0
         var blocked = 0
+        /// In `State.dirty` (saves hashing the topic name on every settle).
+        var isDirty = false
 
         init(epoch: Int) { self.epoch = epoch }
 
@@ -51,8 +53,12 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         }
 
         func markDone(_ offset: Int64) {
-            done.insert(offset)
-            while head < order.count, done.remove(order[head]) != nil { head += 1 }
+            if head < order.count && order[head] == offset && done.isEmpty {
+                head += 1  // settled in fetch order: the common case, no set needed
+            } else {
+                done.insert(offset)
+                while head < order.count, done.remove(order[head]) != nil { head += 1 }
+            }
             if head > 1024 && head * 2 > order.count {
                 order.removeFirst(head)
                 head = 0
@@ -91,6 +97,8 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     let handle: RdKafkaHandle
     let buffer = DeliveryBuffer()
     let state = Mutex(State())
+    /// Serializes ``handOut()`` (see there).
+    private let handOutGate = Mutex<(running: Bool, again: Bool)>((false, false))
     private let consumerQueue: Mutex<OpaquePointer?>
     // Poll-thread-only scratch space. `nonisolated(unsafe)` is sound: only `loop()` touches them.
     private nonisolated(unsafe) var batch = [UnsafeMutablePointer<rd_kafka_message_t>?](repeating: nil, count: 256)
@@ -353,9 +361,35 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         }
     }
 
-    /// Hands ready records out while prefetch slots are free (poll thread only, so fetch
-    /// order is kept).
+    /// Hands ready records out while prefetch slots are free. Called by the poll thread and
+    /// by settling threads (so a fast reader refills its own window without waiting for the
+    /// poll thread to wake); one caller at a time, so fetch order is kept — a call that finds
+    /// another one running asks it for one more pass instead.
     private func handOut() {
+        let mine = handOutGate.withLock { gate -> Bool in
+            if gate.running {
+                gate.again = true
+                return false
+            }
+            gate.running = true
+            return true
+        }
+        guard mine else { return }
+        while true {
+            handOutPass()
+            let again = handOutGate.withLock { gate -> Bool in
+                if gate.again {
+                    gate.again = false
+                    return true
+                }
+                gate.running = false
+                return false
+            }
+            if !again { return }
+        }
+    }
+
+    private func handOutPass() {
         let batch = state.withLock { s -> [(record: KafkaRecord, epoch: Int)] in
             var out: [(record: KafkaRecord, epoch: Int)] = []
             while s.readyHead < s.ready.count && s.outstanding < prefetch {
@@ -375,7 +409,10 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             }
             return out
         }
-        for item in batch { push(item.record, epoch: item.epoch, attempt: nil, firstFailureAt: nil) }
+        guard !batch.isEmpty else { return }
+        // One lock and one wake-up of a waiting reader for the whole batch.
+        let rejected = buffer.push(contentsOf: batch.map { delivery(for: $0.record, epoch: $0.epoch, attempt: nil, firstFailureAt: nil) })
+        if !rejected.isEmpty { state.withLock { $0.outstanding -= rejected.count } }
     }
 
     /// Releases held records that are due; returns how long the next poll may wait (ms).
@@ -405,42 +442,50 @@ final class KafkaConsumer: MessageConsumer, Sendable {
 
     /// Builds the delivery for `record` and buffers it.
     func push(_ record: KafkaRecord, epoch: Int, attempt: Int?, firstFailureAt: Date?) {
-        var message = KafkaRecordLayout.message(from: record)
-        var recordAttempt = 1
-        var firstFailure: Date?
-        if let text = message.headers[HeaderName.attempt], let n = Int(text) { recordAttempt = max(1, n) }
-        if let text = message.headers[HeaderName.firstFailureAt] { firstFailure = ISO8601.parse(text) }
-        for name in KafkaRecordLayout.transport { message.headers.removeValue(forKey: name) }
+        if !buffer.push(delivery(for: record, epoch: epoch, attempt: attempt, firstFailureAt: firstFailureAt)) {
+            state.withLock { $0.outstanding -= 1 }
+        }
+    }
+
+    /// The delivery for `record`; `attempt` / `firstFailureAt` override what its headers say.
+    private func delivery(for record: KafkaRecord, epoch: Int, attempt: Int?, firstFailureAt: Date?) -> Delivery {
+        let consumed = KafkaRecordLayout.consumed(from: record)
         let settler = KafkaSettler(
-            consumer: self, record: record, message: message, epoch: epoch, attempt: attempt ?? recordAttempt,
-            firstFailureAt: firstFailureAt ?? firstFailure)
-        let delivery = Delivery(
-            message: message, destination: destination, group: group, attempt: settler.attempt,
+            consumer: self, record: record, message: consumed.message, epoch: epoch,
+            attempt: attempt ?? max(1, consumed.attempt ?? 1),
+            firstFailureAt: firstFailureAt ?? consumed.firstFailureAt)
+        return Delivery(
+            message: consumed.message, destination: destination, group: group, attempt: settler.attempt,
             firstFailureAt: settler.firstFailureAt,
             position: Position(partition: Int(record.partition), offset: record.offset),
             retryPolicy: retryPolicy, backend: "kafka", settler: settler, observer: broker.observer)
-        if !buffer.push(delivery) {
-            state.withLock { $0.outstanding -= 1 }
-        }
     }
 
     // MARK: - Settlement (any thread)
 
     /// Marks `record` settled: its offset may be committed once all earlier ones are.
     func settle(_ record: KafkaRecord, epoch: Int) {
-        let wakeUp = state.withLock { s -> Bool in
+        let actions = state.withLock { s -> (refill: Bool, wake: Bool) in
             s.outstanding -= 1
             let tp = record.topicPartition
             if let p = s.partitions[tp], p.epoch == epoch {
                 p.markDone(record.offset)
-                s.dirty.insert(tp)
+                if !p.isDirty {
+                    p.isDirty = true
+                    s.dirty.insert(tp)
+                }
             }
-            // Wake the poll thread when a record waits for exactly this free slot. (Waking
-            // only after a quarter of the window is free measured no better.)
-            return (s.readyHead < s.ready.count && s.outstanding == prefetch - 1) || !s.paused.isEmpty
+            // Records wait for free slots: refill here once a batch of slots is free.
+            let refill = s.readyHead < s.ready.count && prefetch - s.outstanding >= refillBatch
+            // Paused partitions may resume now: that is the poll thread's job.
+            return (refill, !s.paused.isEmpty)
         }
-        if wakeUp { wake() }
+        if actions.refill { handOut() }
+        if actions.wake { wake() }
     }
+
+    /// Free prefetch slots that make a settling thread refill the window itself.
+    var refillBatch: Int { max(1, min(64, prefetch / 4)) }
 
     /// Redelivers `record` in place after `delay`, pausing its partition meanwhile.
     func retryInPlace(_ record: KafkaRecord, epoch: Int, after delay: Duration, nextAttempt: Int, firstFailureAt: Date) {
@@ -526,6 +571,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             var out: [(TopicPartition, Int64)] = []
             let candidates = sync ? Set(s.partitions.keys) : s.dirty
             for tp in candidates where only == nil || only!.contains(tp) {
+                if let p = s.partitions[tp] { p.isDirty = false }
                 // Async commits may fail unseen: a sync commit (close, revoke) always sends.
                 guard let p = s.partitions[tp], let offset = p.commitOffset, sync || offset != p.committed else { continue }
                 p.committed = offset

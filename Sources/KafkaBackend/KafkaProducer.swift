@@ -16,6 +16,29 @@ enum KafkaRecordLayout {
     /// Transport headers consumers remove from ``Message/headers``.
     static let transport: Set<String> = [idHeader, HeaderName.attempt, HeaderName.deliverAt, HeaderName.firstFailureAt]
 
+    /// What a consumer hands the app: the message without the transport headers, and the
+    /// attempt and first-failure time those carried (one pass over the headers).
+    static func consumed(from record: KafkaRecord) -> (message: Message, attempt: Int?, firstFailureAt: Date?) {
+        var headers: [String: String] = [:]
+        var id: String?
+        var attempt: Int?
+        var firstFailureAt: Date?
+        for (name, value) in record.headers {
+            switch name {
+            case idHeader: id = value
+            case HeaderName.attempt: attempt = Int(value)
+            case HeaderName.firstFailureAt: firstFailureAt = ISO8601.parse(value)
+            case HeaderName.deliverAt: continue
+            default: headers[name] = value
+            }
+        }
+        let message = Message(
+            id: id ?? "\(record.topic)-\(record.partition)-\(record.offset)",
+            key: record.key.map { String(decoding: $0, as: UTF8.self) },
+            payload: record.value, headers: headers, timestamp: record.timestamp ?? Date())
+        return (message, attempt, firstFailureAt)
+    }
+
     /// The message a record carries (id from the header, else `topic-partition-offset`).
     static func message(from record: KafkaRecord) -> Message {
         var headers: [String: String] = [:]

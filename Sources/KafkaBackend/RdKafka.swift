@@ -236,8 +236,9 @@ final class PartitionList {
     var entries: [(TopicPartition, Int64, rd_kafka_resp_err_t)] { Self.entries(of: list) }
 }
 
-/// Message fields of a consumed record, copied out of librdkafka's buffers.
-struct KafkaRecord: Sendable {
+/// Message fields of a consumed record, copied out of librdkafka's buffers. A class: a
+/// record moves through the poll batch, the ready list and its settler, one retain a move.
+final class KafkaRecord: Sendable {
     let topic: String
     let partition: Int32
     let offset: Int64
@@ -248,7 +249,7 @@ struct KafkaRecord: Sendable {
 
     var topicPartition: TopicPartition { TopicPartition(topic: topic, partition: partition) }
 
-    init(_ message: UnsafePointer<rd_kafka_message_t>) {
+    convenience init(_ message: UnsafePointer<rd_kafka_message_t>) {
         var names: [OpaquePointer: String] = [:]
         self.init(message, topicNames: &names)
     }

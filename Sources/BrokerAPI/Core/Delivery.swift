@@ -26,70 +26,99 @@ public protocol DeliverySettler: Sendable {
 /// }
 /// ```
 public struct Delivery: Sendable {
-    /// The message.
-    public let message: Message
-    /// The queue or stream it came from.
-    public let destination: String
-    /// The consumer group, for stream deliveries.
-    public let group: String?
-    /// 1-based delivery attempt.
-    public let attempt: Int
-    /// When the message first failed, if it failed before.
-    public let firstFailureAt: Date?
-    /// Where the message sits in the destination.
-    public let position: Position?
-    /// The policy ``nack(error:delay:)`` applies.
-    public let retryPolicy: RetryPolicy
-    /// The backend that delivered it.
-    public let backend: String
+    /// Everything in one immutable box: a delivery passes through buffers, arrays and task
+    /// boundaries, and each copy of the struct is one retain instead of one per field.
+    private final class Storage: Sendable {
+        let message: Message
+        let destination: String
+        let group: String?
+        let attempt: Int
+        let firstFailureAt: Date?
+        let position: Position?
+        let retryPolicy: RetryPolicy
+        let backend: String
+        let settler: any DeliverySettler
+        /// Set once settled; copies made by ``withRetryPolicy(_:)`` use their origin's.
+        private let settledFlag = Atomic<Bool>(false)
+        private let origin: Storage?
+        let observer: DeliveryObserver?
 
-    private let settler: any DeliverySettler
-    private let settled: SettledFlag
-    private let observer: DeliveryObserver?
+        /// Sets the settled flag; returns `false` if it was already set.
+        func settle() -> Bool {
+            (origin ?? self).settledFlag.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged
+        }
+        var isSettled: Bool { (origin ?? self).settledFlag.load(ordering: .acquiring) }
+        /// The storage whose flag this one uses.
+        var root: Storage { origin ?? self }
+
+        init(
+            message: Message, destination: String, group: String?, attempt: Int, firstFailureAt: Date?,
+            position: Position?, retryPolicy: RetryPolicy, backend: String, settler: any DeliverySettler,
+            origin: Storage?, observer: DeliveryObserver?
+        ) {
+            self.message = message
+            self.destination = destination
+            self.group = group
+            self.attempt = attempt
+            self.firstFailureAt = firstFailureAt
+            self.position = position
+            self.retryPolicy = retryPolicy
+            self.backend = backend
+            self.settler = settler
+            self.origin = origin
+            self.observer = observer
+        }
+    }
+
+    private let storage: Storage
+
+    /// The message.
+    public var message: Message { storage.message }
+    /// The queue or stream it came from.
+    public var destination: String { storage.destination }
+    /// The consumer group, for stream deliveries.
+    public var group: String? { storage.group }
+    /// 1-based delivery attempt.
+    public var attempt: Int { storage.attempt }
+    /// When the message first failed, if it failed before.
+    public var firstFailureAt: Date? { storage.firstFailureAt }
+    /// Where the message sits in the destination.
+    public var position: Position? { storage.position }
+    /// The policy ``nack(error:delay:)`` applies.
+    public var retryPolicy: RetryPolicy { storage.retryPolicy }
+    /// The backend that delivered it.
+    public var backend: String { storage.backend }
+
+    private var settler: any DeliverySettler { storage.settler }
+    private var observer: DeliveryObserver? { storage.observer }
 
     public init(
         message: Message, destination: String, group: String? = nil, attempt: Int,
         firstFailureAt: Date?, position: Position?, retryPolicy: RetryPolicy, backend: String,
         settler: any DeliverySettler, observer: DeliveryObserver? = nil
     ) {
-        self.message = message
-        self.destination = destination
-        self.group = group
-        self.attempt = max(1, attempt)
-        self.firstFailureAt = firstFailureAt
-        self.position = position
-        self.retryPolicy = retryPolicy
-        self.backend = backend
-        self.settler = settler
-        self.settled = SettledFlag()
-        self.observer = observer
+        storage = Storage(
+            message: message, destination: destination, group: group, attempt: max(1, attempt),
+            firstFailureAt: firstFailureAt, position: position, retryPolicy: retryPolicy, backend: backend,
+            settler: settler, origin: nil, observer: observer)
     }
 
     /// The same delivery (sharing its settled state) with another retry policy, e.g. a
     /// job type's own policy.
     public func withRetryPolicy(_ policy: RetryPolicy) -> Delivery {
-        Delivery(copying: self, retryPolicy: policy)
+        Delivery(storage: Storage(
+            message: message, destination: destination, group: group, attempt: attempt,
+            firstFailureAt: firstFailureAt, position: position, retryPolicy: policy, backend: backend,
+            settler: settler, origin: storage.root, observer: observer))
     }
 
-    private init(copying other: Delivery, retryPolicy: RetryPolicy) {
-        self.message = other.message
-        self.destination = other.destination
-        self.group = other.group
-        self.attempt = other.attempt
-        self.firstFailureAt = other.firstFailureAt
-        self.position = other.position
-        self.retryPolicy = retryPolicy
-        self.backend = other.backend
-        self.settler = other.settler
-        self.settled = other.settled
-        self.observer = other.observer
-    }
+    private init(storage: Storage) { self.storage = storage }
 
     /// Whether the delivery has been settled.
-    public var isSettled: Bool { settled.isSet }
+    public var isSettled: Bool { storage.isSettled }
 
     private func claim(_ action: String) throws {
-        guard settled.set() else {
+        guard storage.settle() else {
             throw BrokerError(
                 .alreadySettled, "message '\(message.id)' was already settled; cannot \(action)",
                 backend: backend, destination: destination)
@@ -158,12 +187,4 @@ public struct Delivery: Sendable {
             original: message, originalDestination: destination, attempts: attempt,
             lastError: lastError, failedAt: now, firstFailureAt: firstFailureAt ?? now)
     }
-}
-
-/// A thread-safe one-shot flag.
-final class SettledFlag: Sendable {
-    private let flag = Mutex(false)
-    /// Sets the flag; returns `false` if it was already set.
-    func set() -> Bool { flag.withLock { old in defer { old = true }; return !old } }
-    var isSet: Bool { flag.withLock { $0 } }
 }

@@ -5,7 +5,9 @@ import Synchronization
 /// `CancellationError` when its task is cancelled (the waiting slot is freed, nothing is lost).
 public final class DeliveryBuffer: Sendable {
     private struct State {
-        var items: [Delivery] = []
+        /// Taken slots are set to nil at once: the app owns a delivery it took, and the
+        /// compaction below then never runs a delivery's deinit under the lock.
+        var items: [Delivery?] = []
         var head = 0
         var waiters: [(UInt64, CheckedContinuation<Delivery?, any Error>)] = []
         var nextWaiter: UInt64 = 0
@@ -51,7 +53,7 @@ public final class DeliveryBuffer: Sendable {
                 handed.append((s.waiters.removeFirst().1, deliveries[index]))
                 index += 1
             }
-            s.items.append(contentsOf: deliveries[index...])
+            s.items.append(contentsOf: deliveries[index...].lazy.map { Optional($0) })
             return (handed, [])
         }
         for (continuation, delivery) in handed { continuation.resume(returning: delivery) }
@@ -66,7 +68,7 @@ public final class DeliveryBuffer: Sendable {
             s.failure = error
             let waiters = s.waiters.map(\.1)
             s.waiters = []
-            let left = Array(s.items[s.head...])
+            let left = s.items[s.head...].compactMap { $0 }
             s.items = []
             s.head = 0
             return (waiters, left)
@@ -83,8 +85,7 @@ public final class DeliveryBuffer: Sendable {
     public func next() async throws -> Delivery? {
         enum Immediate { case item(Delivery), end, error(BrokerError), wait(UInt64) }
         let immediate = state.withLock { s -> Immediate in
-            if s.head < s.items.count {
-                let item = s.items[s.head]
+            if s.head < s.items.count, let item = s.items[s.head].take() {
                 s.head += 1
                 if s.head > 256 && s.head * 2 > s.items.count {
                     s.items.removeFirst(s.head)
@@ -106,8 +107,7 @@ public final class DeliveryBuffer: Sendable {
                     enum Registration { case registered, cancelled, item(Delivery), end, error(BrokerError) }
                     let registration = state.withLock { s -> Registration in
                         if s.cancelled.remove(id) != nil { return .cancelled }
-                        if s.head < s.items.count {
-                            let item = s.items[s.head]
+                        if s.head < s.items.count, let item = s.items[s.head].take() {
                             s.head += 1
                             return .item(item)
                         }
