@@ -1,7 +1,7 @@
 // BrokerKit's Kafka backend against raw librdkafka doing the same work, in one run.
 //
 //   swift build -c release --product KafkaBenchmark
-//   .build/release/KafkaBenchmark [kafka://127.0.0.1:19092] [messages] [rounds, default 3]
+//   .build/release/KafkaBenchmark [kafka://127.0.0.1:19092 | mock] [messages] [rounds, default 3]
 //
 // Scenarios (same message count, 256-byte payload, 3-partition topics, same producer
 // settings: idempotent, acks=all, linger 5 ms):
@@ -20,7 +20,22 @@ import KafkaBackend
 import Synchronization
 
 let arguments = CommandLine.arguments
-let url = arguments.count > 1 ? arguments[1] : (ProcessInfo.processInfo.environment["BROKERKIT_TEST_KAFKA_URL"] ?? "kafka://127.0.0.1:9092")
+let target = arguments.count > 1 ? arguments[1] : (ProcessInfo.processInfo.environment["BROKERKIT_TEST_KAFKA_URL"] ?? "kafka://127.0.0.1:9092")
+
+/// `mock`: librdkafka's in-process mock cluster (one broker) instead of a server. It
+/// answers an empty fetch after the request's `fetch.wait.max.ms` as Kafka does; noida-db
+/// answers at once, so a consumer that has fetched everything and is still processing
+/// busy-polls it (see docs/benchmarks.md).
+func startMockCluster() -> (owner: OpaquePointer, cluster: OpaquePointer) {
+    var errstr = [CChar](repeating: 0, count: 256)
+    let conf = rd_kafka_conf_new()
+    _ = rd_kafka_conf_set(conf, "log_level", "0", &errstr, errstr.count)
+    guard let owner = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errstr, errstr.count),
+          let cluster = rd_kafka_mock_cluster_new(owner, 1) else { fatalError("cannot start the mock cluster") }
+    return (owner, cluster)
+}
+let mock = target == "mock" ? startMockCluster() : nil
+let url = mock.map { "kafka://" + String(cString: rd_kafka_mock_cluster_bootstraps($0.cluster)) } ?? target
 let count = arguments.count > 2 ? Int(arguments[2]) ?? 20_000 : 20_000
 let roundCount = max(1, arguments.count > 3 ? Int(arguments[3]) ?? 3 : 3)
 let latencySamples = 500
@@ -30,7 +45,9 @@ let run = String(UUID().uuidString.prefix(6)).lowercased()
 KafkaBackend.register()
 let parsed = try BrokerURL(url)
 let bootstrap = parsed.hosts.map { "\($0.name):\($0.port ?? 9092)" }.joined(separator: ",")
-let broker = try await Brokers.connect(url: url, options: ["prefix": "bench.", "statistics.interval": "0"])
+// The mock cluster creates topics when asked for their metadata: BrokerKit must know that.
+let mockOptions = target == "mock" ? ["topic.creation": "auto"] : [:]
+let broker = try await Brokers.connect(url: url, options: ["prefix": "bench.", "statistics.interval": "0"].merging(mockOptions) { $1 })
 
 // MARK: - Raw librdkafka
 
@@ -209,62 +226,66 @@ print("")
     }.value
     row("consume + commit (msg/s)", kit: rate(count, kitConsume), raw: rate(count, rawConsume))
 
-    // e2e latency
-    let rawLatencyTopic = try await stream("raw-latency-r\(round)").topic
-    let rawLatencies: [Duration] = await onThread {
-        let producer = rawHandle(RD_KAFKA_PRODUCER, producerProperties.merging(["linger.ms": "0"]) { $1 }, producer: true)
-        let consumer = rawHandle(RD_KAFKA_CONSUMER, [
-            "bootstrap.servers": bootstrap, "group.id": "bench.raw-lat-\(run)-\(round)", "enable.auto.commit": "false",
-            "auto.offset.reset": "latest", "fetch.wait.max.ms": "100", "partition.assignment.strategy": "roundrobin",
-        ])
-        defer {
-            _ = rd_kafka_consumer_close(consumer)
-            rd_kafka_destroy(consumer)
-            rd_kafka_destroy(producer)
-        }
-        rd_kafka_poll_set_consumer(consumer)
-        let topics = rd_kafka_topic_partition_list_new(1)
-        rd_kafka_topic_partition_list_add(topics, rawLatencyTopic, -1)
-        _ = rd_kafka_subscribe(consumer, topics)
-        rd_kafka_topic_partition_list_destroy(topics)
-        // Wait for the assignment before measuring.
-        while true {
-            var assigned: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
-            _ = rd_kafka_assignment(consumer, &assigned)
-            let n = assigned?.pointee.cnt ?? 0
-            if let assigned { rd_kafka_topic_partition_list_destroy(assigned) }
-            if n > 0 { break }
-            if let m = rd_kafka_consumer_poll(consumer, 50) { rd_kafka_message_destroy(m) }
-        }
-        Thread.sleep(forTimeInterval: 1)
-        var samples: [Duration] = []
-        for i in 0..<latencySamples {
-            let start = ContinuousClock.now
-            rawProduce(producer, rawLatencyTopic, i)
-            rd_kafka_poll(producer, 0)
-            while true {
-                rd_kafka_poll(producer, 0)
-                guard let message = rd_kafka_consumer_poll(consumer, 1) else { continue }
-                let ok = message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR
-                rd_kafka_message_destroy(message)
-                if ok { break }
+    // e2e latency (not on the mock cluster: it answers a waiting fetch only when
+    // fetch.wait.max.ms is over, so every sample on both sides is ≈ 100 ms)
+    if mock == nil {
+        let rawLatencyTopic = try await stream("raw-latency-r\(round)").topic
+        let rawLatencies: [Duration] = await onThread {
+            let producer = rawHandle(RD_KAFKA_PRODUCER, producerProperties.merging(["linger.ms": "0"]) { $1 }, producer: true)
+            let consumer = rawHandle(RD_KAFKA_CONSUMER, [
+                "bootstrap.servers": bootstrap, "group.id": "bench.raw-lat-\(run)-\(round)", "enable.auto.commit": "false",
+                "auto.offset.reset": "latest", "fetch.wait.max.ms": "100", "partition.assignment.strategy": "roundrobin",
+            ])
+            defer {
+                _ = rd_kafka_consumer_close(consumer)
+                rd_kafka_destroy(consumer)
+                rd_kafka_destroy(producer)
             }
-            samples.append(ContinuousClock.now - start)
+            rd_kafka_poll_set_consumer(consumer)
+            let topics = rd_kafka_topic_partition_list_new(1)
+            rd_kafka_topic_partition_list_add(topics, rawLatencyTopic, -1)
+            _ = rd_kafka_subscribe(consumer, topics)
+            rd_kafka_topic_partition_list_destroy(topics)
+            // Wait for the assignment before measuring.
+            while true {
+                var assigned: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
+                _ = rd_kafka_assignment(consumer, &assigned)
+                let n = assigned?.pointee.cnt ?? 0
+                if let assigned { rd_kafka_topic_partition_list_destroy(assigned) }
+                if n > 0 { break }
+                if let m = rd_kafka_consumer_poll(consumer, 50) { rd_kafka_message_destroy(m) }
+            }
+            Thread.sleep(forTimeInterval: 1)
+            var samples: [Duration] = []
+            for i in 0..<latencySamples {
+                let start = ContinuousClock.now
+                rawProduce(producer, rawLatencyTopic, i)
+                rd_kafka_poll(producer, 0)
+                while true {
+                    rd_kafka_poll(producer, 0)
+                    guard let message = rd_kafka_consumer_poll(consumer, 1) else { continue }
+                    let ok = message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR
+                    rd_kafka_message_destroy(message)
+                    if ok { break }
+                }
+                samples.append(ContinuousClock.now - start)
+            }
+            return samples
         }
-        return samples
+        let latencyBroker = try await Brokers.connect(url: url, options: ["prefix": "bench.", "linger": "0", "statistics.interval": "0"].merging(mockOptions) { $1 })
+        let kitLatencyStream = try await stream("kit-latency-r\(round)").name
+        let latencyConsumer = try await latencyBroker.consumeStream(kitLatencyStream, group: "kit-lat-\(run)-\(round)", options: .init(start: .latest, prefetch: 1))
+        try await Task.sleep(for: .seconds(1))
+        let kitLatencies = try await sampleLatencies(latencySamples, consumer: latencyConsumer) { i in
+            try await latencyBroker.publish(Message(key: "k\(i % 64)", payload: payload), to: kitLatencyStream)
+        }
+        await latencyConsumer.close()
+        await latencyBroker.close()
+        rows += latencyRows(kit: kitLatencies, raw: rawLatencies)
     }
-    let latencyBroker = try await Brokers.connect(url: url, options: ["prefix": "bench.", "linger": "0", "statistics.interval": "0"])
-    let kitLatencyStream = try await stream("kit-latency-r\(round)").name
-    let latencyConsumer = try await latencyBroker.consumeStream(kitLatencyStream, group: "kit-lat-\(run)-\(round)", options: .init(start: .latest, prefetch: 1))
-    try await Task.sleep(for: .seconds(1))
-    let kitLatencies = try await sampleLatencies(latencySamples, consumer: latencyConsumer) { i in
-        try await latencyBroker.publish(Message(key: "k\(i % 64)", payload: payload), to: kitLatencyStream)
-    }
-    await latencyConsumer.close()
-    await latencyBroker.close()
-    rows += latencyRows(kit: kitLatencies, raw: rawLatencies)
 
-    for label in ["raw-awaited", "kit-awaited", "raw-batched", "kit-batched", "raw-latency", "kit-latency"] {
+    // (The 2.0.2 mock cluster does not answer DeleteTopics; its topics go with the process.)
+    for label in ["raw-awaited", "kit-awaited", "raw-batched", "kit-batched", "raw-latency", "kit-latency"] where mock == nil {
         try? await broker.deleteDestination("\(label)-r\(round)-\(run)")
     }
     return rows
@@ -280,3 +301,7 @@ for round in 1...roundCount {
 await broker.close()
 
 printRounds(rounds, rawName: "raw librdkafka")
+if let mock {
+    rd_kafka_mock_cluster_destroy(mock.cluster)
+    rd_kafka_destroy(mock.owner)
+}
