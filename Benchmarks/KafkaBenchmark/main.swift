@@ -113,6 +113,18 @@ func warmRaw(_ rk: OpaquePointer, _ topic: String) {
     delivered.update { $0 = 0 }
 }
 
+/// Times `body` on a fresh raw producer (warmed up on `topic`), on a thread of its own.
+func timedRawProducer(_ topic: String, _ body: @escaping @Sendable (OpaquePointer) -> Void) async -> Duration {
+    await onThread {
+        let rk = rawHandle(RD_KAFKA_PRODUCER, producerProperties, producer: true)
+        defer { rd_kafka_destroy(rk) }
+        warmRaw(rk, topic)
+        let start = ContinuousClock.now
+        body(rk)
+        return ContinuousClock.now - start
+    }
+}
+
 print("BrokerKit Kafka backend vs raw librdkafka \(KafkaBackend.libraryVersion) — \(count) messages of \(payload.count) B, \(url)")
 print("")
 /// Every scenario once, raw side first. Topic and group names carry the round.
@@ -122,16 +134,11 @@ print("")
     // produce-awaited
     let awaitedCount = min(count, 2_000)
     let rawAwaitedTopic = try await stream("raw-awaited-r\(round)").topic
-    let rawAwaited: Duration = await onThread {
-        let rk = rawHandle(RD_KAFKA_PRODUCER, producerProperties, producer: true)
-        defer { rd_kafka_destroy(rk) }
-        warmRaw(rk, rawAwaitedTopic)
-        let start = ContinuousClock.now
+    let rawAwaited = await timedRawProducer(rawAwaitedTopic) { rk in
         for i in 0..<awaitedCount {
             rawProduce(rk, rawAwaitedTopic, i)
             while delivered.update({ $0 }) <= i { rd_kafka_poll(rk, 1) }
         }
-        return ContinuousClock.now - start
     }
     let kitAwaitedStream = try await stream("kit-awaited-r\(round)").name
     try await broker.publish(Message(payload: payload), to: kitAwaitedStream)  // warm-up, as warmRaw
@@ -147,20 +154,14 @@ print("")
 
     // produce-batched
     let rawBatchTopic = try await stream("raw-batched-r\(round)").topic
-    let rawBatched: Duration = await onThread {
-        let rk = rawHandle(RD_KAFKA_PRODUCER, producerProperties, producer: true)
-        defer { rd_kafka_destroy(rk) }
-        warmRaw(rk, rawBatchTopic)
-        let start = ContinuousClock.now
+    let rawBatched = await timedRawProducer(rawBatchTopic) { rk in
         for i in 0..<count {
             rawProduce(rk, rawBatchTopic, i)
             if i % 1000 == 0 { rd_kafka_poll(rk, 0) }
         }
         _ = rd_kafka_flush(rk, 60_000)
-        let took = ContinuousClock.now - start
-        if delivered.update({ $0 }) != count { fatalError("raw batched: \(delivered.update { $0 }) reports") }
-        return took
     }
+    if delivered.update({ $0 }) != count { fatalError("raw batched: \(delivered.update { $0 }) reports") }
     let kitBatchStream = try await stream("kit-batched-r\(round)").name
     try await broker.publish(Message(payload: payload), to: kitBatchStream)  // warm-up, as warmRaw
     let kitBatched = try await Task.detached { try await measure {

@@ -571,9 +571,10 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             var out: [(TopicPartition, Int64)] = []
             let candidates = sync ? Set(s.partitions.keys) : s.dirty
             for tp in candidates where only == nil || only!.contains(tp) {
-                if let p = s.partitions[tp] { p.isDirty = false }
+                guard let p = s.partitions[tp] else { continue }
+                p.isDirty = false
                 // Async commits may fail unseen: a sync commit (close, revoke) always sends.
-                guard let p = s.partitions[tp], let offset = p.commitOffset, sync || offset != p.committed else { continue }
+                guard let offset = p.commitOffset, sync || offset != p.committed else { continue }
                 p.committed = offset
                 out.append((tp, offset))
             }

@@ -13,11 +13,9 @@ import Synchronization
 /// and `x-brokerkit-deliver-at`; consumers strip those before the app sees the message.
 enum KafkaRecordLayout {
     static let idHeader = "x-brokerkit-id"
-    /// Transport headers consumers remove from ``Message/headers``.
-    static let transport: Set<String> = [idHeader, HeaderName.attempt, HeaderName.deliverAt, HeaderName.firstFailureAt]
-
-    /// What a consumer hands the app: the message without the transport headers, and the
-    /// attempt and first-failure time those carried (one pass over the headers).
+    /// What a consumer hands the app: the message without the transport headers (id,
+    /// attempt, first failure, deliver-at), and the attempt and first-failure time those
+    /// carried (one pass over the headers).
     static func consumed(from record: KafkaRecord) -> (message: Message, attempt: Int?, firstFailureAt: Date?) {
         var headers: [String: String] = [:]
         var id: String?
@@ -32,14 +30,10 @@ enum KafkaRecordLayout {
             default: headers[name] = value
             }
         }
-        let message = Message(
-            id: id ?? "\(record.topic)-\(record.partition)-\(record.offset)",
-            key: record.key.map { String(decoding: $0, as: UTF8.self) },
-            payload: record.value, headers: headers, timestamp: record.timestamp ?? Date())
-        return (message, attempt, firstFailureAt)
+        return (message(of: record, id: id, headers: headers), attempt, firstFailureAt)
     }
 
-    /// The message a record carries (id from the header, else `topic-partition-offset`).
+    /// The message a record carries, every header but the id kept.
     static func message(from record: KafkaRecord) -> Message {
         var headers: [String: String] = [:]
         var id: String?
@@ -47,7 +41,12 @@ enum KafkaRecordLayout {
             if name == idHeader { id = value; continue }
             headers[name] = value
         }
-        return Message(
+        return message(of: record, id: id, headers: headers)
+    }
+
+    /// `record` as a message with `headers` (id from the header, else `topic-partition-offset`).
+    private static func message(of record: KafkaRecord, id: String?, headers: [String: String]) -> Message {
+        Message(
             id: id ?? "\(record.topic)-\(record.partition)-\(record.offset)",
             key: record.key.map { String(decoding: $0, as: UTF8.self) },
             payload: record.value, headers: headers, timestamp: record.timestamp ?? Date())

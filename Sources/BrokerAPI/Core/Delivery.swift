@@ -43,13 +43,13 @@ public struct Delivery: Sendable {
         private let origin: Storage?
         let observer: DeliveryObserver?
 
-        /// Sets the settled flag; returns `false` if it was already set.
-        func settle() -> Bool {
-            (origin ?? self).settledFlag.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged
-        }
-        var isSettled: Bool { (origin ?? self).settledFlag.load(ordering: .acquiring) }
         /// The storage whose flag this one uses.
         var root: Storage { origin ?? self }
+        /// Sets the settled flag; returns `false` if it was already set.
+        func settle() -> Bool {
+            root.settledFlag.compareExchange(expected: false, desired: true, ordering: .acquiringAndReleasing).exchanged
+        }
+        var isSettled: Bool { root.settledFlag.load(ordering: .acquiring) }
 
         init(
             message: Message, destination: String, group: String?, attempt: Int, firstFailureAt: Date?,
