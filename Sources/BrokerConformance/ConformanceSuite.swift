@@ -28,14 +28,24 @@ public struct ConformanceCase: Sendable, CustomStringConvertible {
 /// The shared conformance suite every backend must pass.
 ///
 /// Set `BROKERKIT_CONFORMANCE_STRESS=N` to run every case N times in parallel (each run with
-/// its own destinations) to shake out races.
+/// its own destinations) to shake out races, and `BROKERKIT_CONFORMANCE_CASES=a,b` to run only
+/// the cases whose name contains one of the comma-separated parts (to chase one flaky case).
 public enum ConformanceSuite {
     /// Every case, in a stable order.
     public static let allCases: [ConformanceCase] = QueueCases.all + StreamCases.all + JobCases.all + ErrorCases.all
 
     /// The cases a backend with `capabilities` must pass.
     public static func cases(for capabilities: BrokerCapabilities) -> [ConformanceCase] {
-        allCases.filter { capabilities.isSuperset(of: $0.requires) }
+        let only = selectedNames
+        return allCases.filter { testCase in
+            capabilities.isSuperset(of: testCase.requires) && (only.isEmpty || only.contains { testCase.name.contains($0) })
+        }
+    }
+
+    /// Name parts from `BROKERKIT_CONFORMANCE_CASES` (empty: every case).
+    public static var selectedNames: [String] {
+        (ProcessInfo.processInfo.environment["BROKERKIT_CONFORMANCE_CASES"] ?? "")
+            .split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
     }
 
     /// The cases a backend with `capabilities` skips, with the capabilities it lacks.
