@@ -26,25 +26,39 @@ final class KafkaConsumer: MessageConsumer, Sendable {
 
     struct Held: Sendable {
         let record: KafkaRecord
-        let epoch: Int
+        let partition: PartitionState
         let due: Date
     }
 
+    /// A fetched record waiting for a prefetch slot. Its delivery is built by the poll thread
+    /// when the record arrives, so a reader that refills its own window only moves it.
+    struct Ready {
+        let delivery: Delivery
+        let record: KafkaRecord
+        let partition: PartitionState
+    }
+
     /// Per-partition bookkeeping. A class, so updates under the state lock mutate in place
-    /// (a struct copied out of the dictionary would copy its growing arrays on every write).
-    final class PartitionState {
+    /// (a struct copied out of the dictionary would copy its growing arrays on every write),
+    /// and records, deliveries and settlers point at their partition's state directly: one
+    /// object per assignment, so `live` tells whether a record still belongs to this member
+    /// without hashing its topic name. Read and written only under the state lock.
+    final class PartitionState: @unchecked Sendable {
+        let topicPartition: TopicPartition
+        /// False once the partition is revoked or assigned anew: settles become no-ops and
+        /// records not yet handed out are dropped (the new owner redelivers them).
+        var live = true
         var order: [Int64] = []
         var head = 0
         var done: Set<Int64> = []
         var last: Int64?
         var committed: Int64?
-        let epoch: Int
         var held = 0
         var blocked = 0
         /// In `State.dirty` (saves hashing the topic name on every settle).
         var isDirty = false
 
-        init(epoch: Int) { self.epoch = epoch }
+        init(_ topicPartition: TopicPartition) { self.topicPartition = topicPartition }
 
         /// The offset to commit: the first not-done one, or one past the last handed out.
         var commitOffset: Int64? {
@@ -68,12 +82,11 @@ final class KafkaConsumer: MessageConsumer, Sendable {
 
     struct State {
         var partitions: [TopicPartition: PartitionState] = [:]
-        var epochs = 0
         var outstanding = 0
         /// Fetched and due, waiting for a free prefetch slot (handed out by the poll thread,
         /// in fetch order). Polling continues meanwhile, so rebalances are served; only
         /// past `readyLimit` are partitions paused.
-        var ready: [(record: KafkaRecord, epoch: Int)] = []
+        var ready: [Ready?] = []
         var readyHead = 0
         var readyBytes = 0
         var blockedTotal = 0
@@ -323,6 +336,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         handle.destroy()
         let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
             s.finished = true
+            for p in s.partitions.values { p.live = false }
             s.partitions = [:]
             s.held = []
             s.ready = []
@@ -336,26 +350,44 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         for waiter in waiters { waiter.resume() }
     }
 
-    /// Takes fetched records: holds those not yet due, queues the rest for handing out.
+    /// Takes fetched records: holds those not yet due, queues the rest for handing out, their
+    /// deliveries built here (outside the lock). Rebalances run on this thread too (inside the
+    /// poll), so the partitions looked up first stay assigned until the records are queued.
     private func accept(_ records: [KafkaRecord]) {
         if records.isEmpty { return }
         let now = Date()
-        let dues = records.map { record -> Date? in
-            guard let value = record.headers.first(where: { $0.0 == HeaderName.deliverAt })?.1 else { return nil }
-            return ISO8601.parse(value).flatMap { $0 > now ? $0 : nil }
+        var partitions: [PartitionState?] = []
+        partitions.reserveCapacity(records.count)
+        state.withLock { s in
+            var last: PartitionState?
+            for record in records {
+                if let p = last, p.topicPartition.partition == record.partition, p.topicPartition.topic == record.topic {
+                    partitions.append(p)
+                } else {
+                    last = s.partitions[record.topicPartition]  // nil: not assigned any more
+                    partitions.append(last)
+                }
+            }
+        }
+        var items: [(record: KafkaRecord, partition: PartitionState, due: Date?, delivery: Delivery?)] = []
+        items.reserveCapacity(records.count)
+        for (record, partition) in zip(records, partitions) {
+            guard let partition else { continue }
+            let due = record.headers.first(where: { $0.0 == HeaderName.deliverAt }).flatMap { ISO8601.parse($0.1) }.flatMap { $0 > now ? $0 : nil }
+            let delivery = due == nil ? self.delivery(for: record, partition: partition, attempt: nil, firstFailureAt: nil) : nil
+            items.append((record, partition, due, delivery))
         }
         state.withLock { s in
-            for (record, due) in zip(records, dues) {
-                let tp = record.topicPartition
-                guard let p = s.partitions[tp] else { continue }  // not assigned any more
-                p.order.append(record.offset)
-                p.last = record.offset
-                if let due {
+            for item in items where item.partition.live {
+                let p = item.partition
+                p.order.append(item.record.offset)
+                p.last = item.record.offset
+                if let due = item.due {
                     p.held += 1
-                    s.held.append(Held(record: record, epoch: p.epoch, due: due))
-                } else {
-                    s.ready.append((record, p.epoch))
-                    s.readyBytes += record.value.count
+                    s.held.append(Held(record: item.record, partition: p, due: due))
+                } else if let delivery = item.delivery {
+                    s.ready.append(Ready(delivery: delivery, record: item.record, partition: p))
+                    s.readyBytes += item.record.value.count
                 }
             }
         }
@@ -390,15 +422,16 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     }
 
     private func handOutPass() {
-        let batch = state.withLock { s -> [(record: KafkaRecord, epoch: Int)] in
-            var out: [(record: KafkaRecord, epoch: Int)] = []
+        let batch = state.withLock { s -> [Delivery] in
+            var out: [Delivery] = []
             while s.readyHead < s.ready.count && s.outstanding < prefetch {
-                let next = s.ready[s.readyHead]
+                guard let next = s.ready[s.readyHead] else { s.readyHead += 1; continue }
+                s.ready[s.readyHead] = nil  // the app holds it now; nothing to free at compaction
                 s.readyHead += 1
                 s.readyBytes -= next.record.value.count
-                guard s.partitions[next.record.topicPartition]?.epoch == next.epoch else { continue }
+                guard next.partition.live else { continue }
                 s.outstanding += 1
-                out.append(next)
+                out.append(next.delivery)
             }
             if s.readyHead == s.ready.count {
                 s.ready.removeAll(keepingCapacity: true)
@@ -411,7 +444,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         }
         guard !batch.isEmpty else { return }
         // One lock and one wake-up of a waiting reader for the whole batch.
-        let rejected = buffer.push(contentsOf: batch.map { delivery(for: $0.record, epoch: $0.epoch, attempt: nil, firstFailureAt: nil) })
+        let rejected = buffer.push(contentsOf: batch)
         if !rejected.isEmpty { state.withLock { $0.outstanding -= rejected.count } }
     }
 
@@ -422,36 +455,46 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             guard !s.held.isEmpty else { return ([], nil) }
             var due: [Held] = []
             var keep: [Held] = []
-            for held in s.held {
-                if held.due <= now, let p = s.partitions[held.record.topicPartition], p.epoch == held.epoch {
-                    p.held -= 1
-                    s.ready.append((held.record, held.epoch))
-                    s.readyBytes += held.record.value.count
+            for held in s.held where held.partition.live {
+                if held.due <= now {
+                    held.partition.held -= 1
                     due.append(held)
-                } else if held.due > now, s.partitions[held.record.topicPartition]?.epoch == held.epoch {
+                } else {
                     keep.append(held)
                 }
             }
             s.held = keep
             return (due, keep.map(\.due).min())
         }
-        _ = due
+        if !due.isEmpty {
+            // Built outside the lock; only this thread revokes partitions, so they stay live.
+            let items = due.map { held in
+                Ready(delivery: delivery(for: held.record, partition: held.partition, attempt: nil, firstFailureAt: nil),
+                      record: held.record, partition: held.partition)
+            }
+            state.withLock { s in
+                for item in items where item.partition.live {
+                    s.ready.append(item)
+                    s.readyBytes += item.record.value.count
+                }
+            }
+        }
         guard let next else { return 100 }
         return Int32(max(1, min(100, Int((next.timeIntervalSince(now) * 1000).rounded(.up)))))
     }
 
     /// Builds the delivery for `record` and buffers it.
-    func push(_ record: KafkaRecord, epoch: Int, attempt: Int?, firstFailureAt: Date?) {
-        if !buffer.push(delivery(for: record, epoch: epoch, attempt: attempt, firstFailureAt: firstFailureAt)) {
+    func push(_ record: KafkaRecord, partition: PartitionState, attempt: Int?, firstFailureAt: Date?) {
+        if !buffer.push(delivery(for: record, partition: partition, attempt: attempt, firstFailureAt: firstFailureAt)) {
             state.withLock { $0.outstanding -= 1 }
         }
     }
 
     /// The delivery for `record`; `attempt` / `firstFailureAt` override what its headers say.
-    private func delivery(for record: KafkaRecord, epoch: Int, attempt: Int?, firstFailureAt: Date?) -> Delivery {
+    private func delivery(for record: KafkaRecord, partition: PartitionState, attempt: Int?, firstFailureAt: Date?) -> Delivery {
         let consumed = KafkaRecordLayout.consumed(from: record)
         let settler = KafkaSettler(
-            consumer: self, record: record, message: consumed.message, epoch: epoch,
+            consumer: self, record: record, message: consumed.message, partition: partition,
             attempt: attempt ?? max(1, consumed.attempt ?? 1),
             firstFailureAt: firstFailureAt ?? consumed.firstFailureAt)
         return Delivery(
@@ -464,15 +507,14 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     // MARK: - Settlement (any thread)
 
     /// Marks `record` settled: its offset may be committed once all earlier ones are.
-    func settle(_ record: KafkaRecord, epoch: Int) {
+    func settle(_ record: KafkaRecord, partition p: PartitionState) {
         let actions = state.withLock { s -> (refill: Bool, wake: Bool) in
             s.outstanding -= 1
-            let tp = record.topicPartition
-            if let p = s.partitions[tp], p.epoch == epoch {
+            if p.live {
                 p.markDone(record.offset)
                 if !p.isDirty {
                     p.isDirty = true
-                    s.dirty.insert(tp)
+                    s.dirty.insert(p.topicPartition)
                 }
             }
             // Records wait for free slots: refill here once a batch of slots is free.
@@ -488,10 +530,9 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     var refillBatch: Int { max(1, min(64, prefetch / 4)) }
 
     /// Redelivers `record` in place after `delay`, pausing its partition meanwhile.
-    func retryInPlace(_ record: KafkaRecord, epoch: Int, after delay: Duration, nextAttempt: Int, firstFailureAt: Date) {
-        let tp = record.topicPartition
+    func retryInPlace(_ record: KafkaRecord, partition p: PartitionState, after delay: Duration, nextAttempt: Int, firstFailureAt: Date) {
         let live = state.withLock { s -> Bool in
-            guard let p = s.partitions[tp], p.epoch == epoch, !s.closing else {
+            guard p.live, !s.closing else {
                 s.outstanding -= 1
                 return false
             }
@@ -505,7 +546,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             try? await Task.sleep(for: delay)
             let still = self.state.withLock { s -> Bool in
                 s.blockedTotal = max(0, s.blockedTotal - 1)
-                guard let p = s.partitions[tp], p.epoch == epoch, !s.closing else {
+                guard p.live, !s.closing else {
                     s.outstanding -= 1
                     return false
                 }
@@ -513,7 +554,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
                 return true
             }
             if still {
-                self.push(record, epoch: epoch, attempt: nextAttempt, firstFailureAt: firstFailureAt)
+                self.push(record, partition: p, attempt: nextAttempt, firstFailureAt: firstFailureAt)
                 self.wake()
             }
         }
@@ -521,15 +562,15 @@ final class KafkaConsumer: MessageConsumer, Sendable {
 
     /// Gives `record` back: redelivered at once unless the consumer is closing (then its
     /// offset stays uncommitted, so the next member of the group gets it).
-    func release(_ record: KafkaRecord, epoch: Int, attempt: Int, firstFailureAt: Date?) {
+    func release(_ record: KafkaRecord, partition: PartitionState, attempt: Int, firstFailureAt: Date?) {
         let redeliver = state.withLock { s -> Bool in
-            guard !s.closing, s.partitions[record.topicPartition]?.epoch == epoch else {
+            guard !s.closing, partition.live else {
                 s.outstanding -= 1
                 return false
             }
             return true
         }
-        if redeliver { push(record, epoch: epoch, attempt: attempt, firstFailureAt: firstFailureAt) } else { wake() }
+        if redeliver { push(record, partition: partition, attempt: attempt, firstFailureAt: firstFailureAt) } else { wake() }
     }
 
     // MARK: - Pauses and commits (poll thread)
@@ -602,8 +643,8 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             if let partitions { resolveStartOffsets(partitions) }
             state.withLock { s in
                 for tp in tps {
-                    s.epochs += 1
-                    s.partitions[tp] = PartitionState(epoch: s.epochs)
+                    s.partitions[tp]?.live = false
+                    s.partitions[tp] = PartitionState(tp)
                 }
                 s.paused.subtract(tps)
             }
@@ -622,7 +663,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         case RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS:
             commitDirty(sync: true, only: Set(tps))
             state.withLock { s in
-                for tp in tps { s.partitions.removeValue(forKey: tp) }
+                for tp in tps { s.partitions.removeValue(forKey: tp)?.live = false }
                 s.paused.subtract(tps)
                 s.held.removeAll { tps.contains($0.record.topicPartition) }
             }
@@ -635,6 +676,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         default:
             logger.warning("kafka rebalance error \(RdKafka.errorName(err))")
             state.withLock { s in
+                for p in s.partitions.values { p.live = false }
                 s.partitions = [:]
                 s.paused = []
                 s.held = []
@@ -708,12 +750,12 @@ struct KafkaSettler: DeliverySettler {
     let consumer: KafkaConsumer
     let record: KafkaRecord
     let message: Message
-    let epoch: Int
+    let partition: KafkaConsumer.PartitionState
     let attempt: Int
     let firstFailureAt: Date?
 
     func ack() async throws {
-        consumer.settle(record, epoch: epoch)
+        consumer.settle(record, partition: partition)
     }
 
     func retry(after delay: Duration, nextAttempt: Int, firstFailureAt: Date, lastError: String) async throws {
@@ -730,12 +772,12 @@ struct KafkaSettler: DeliverySettler {
                 _ = try await consumer.broker.activeProducer().produce([outgoing], destination: consumer.destination)
             } catch {
                 // Not moved: give it back so it is not lost.
-                consumer.release(record, epoch: epoch, attempt: attempt, firstFailureAt: self.firstFailureAt)
+                consumer.release(record, partition: partition, attempt: attempt, firstFailureAt: self.firstFailureAt)
                 throw error
             }
-            consumer.settle(record, epoch: epoch)
+            consumer.settle(record, partition: partition)
         } else {
-            consumer.retryInPlace(record, epoch: epoch, after: delay, nextAttempt: nextAttempt, firstFailureAt: firstFailureAt)
+            consumer.retryInPlace(record, partition: partition, after: delay, nextAttempt: nextAttempt, firstFailureAt: firstFailureAt)
         }
     }
 
@@ -745,10 +787,10 @@ struct KafkaSettler: DeliverySettler {
         let outgoing = OutgoingRecord(topic: consumer.settings.dlqTopic(consumer.destination), message: dlq)
         try await consumer.broker.ensureDLQ(consumer.destination)
         _ = try await consumer.broker.activeProducer().produce([outgoing], destination: consumer.destination)
-        consumer.settle(record, epoch: epoch)
+        consumer.settle(record, partition: partition)
     }
 
     func release() async throws {
-        consumer.release(record, epoch: epoch, attempt: attempt, firstFailureAt: firstFailureAt)
+        consumer.release(record, partition: partition, attempt: attempt, firstFailureAt: firstFailureAt)
     }
 }
