@@ -87,6 +87,8 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         /// in fetch order). Polling continues meanwhile, so rebalances are served; only
         /// past `readyLimit` are partitions paused.
         var ready: [Ready?] = []
+        /// Handed out, kept until settled: see ``KafkaConsumer/releaseSettled()``.
+        var handedOut: [Delivery] = []
         var readyHead = 0
         var readyBytes = 0
         var blockedTotal = 0
@@ -306,6 +308,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             let closing = state.withLock { $0.closing }
             if closing { break }
             let waitMs = releaseDueHeld()
+            releaseSettled()
             handOut()
             applyPauses()
             if ContinuousClock.now - lastCommit >= .milliseconds(100) {
@@ -340,6 +343,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             s.partitions = [:]
             s.held = []
             s.ready = []
+            s.handedOut = []
             s.readyHead = 0
             s.readyBytes = 0
             let all = s.finishWaiters + s.joinWaiters
@@ -432,6 +436,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
                 guard next.partition.live else { continue }
                 s.outstanding += 1
                 out.append(next.delivery)
+                s.handedOut.append(next.delivery)
             }
             if s.readyHead == s.ready.count {
                 s.ready.removeAll(keepingCapacity: true)
@@ -446,6 +451,25 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         // One lock and one wake-up of a waiting reader for the whole batch.
         let rejected = buffer.push(contentsOf: batch)
         if !rejected.isEmpty { state.withLock { $0.outstanding -= rejected.count } }
+    }
+
+    /// Drops this thread's references to settled deliveries. By then the app's task has
+    /// usually dropped its copy, so a delivery is freed here, on the thread that allocated it.
+    /// With glibc's malloc, a free from another thread takes the allocating thread's arena
+    /// lock; when the app's task freed every delivery, both threads blocked on that lock
+    /// (measured with `perf`, see docs/benchmarks.md).
+    private func releaseSettled() {
+        let settled = state.withLock { s -> [Delivery] in
+            guard !s.handedOut.isEmpty else { return [] }
+            var keep: [Delivery] = []
+            var done: [Delivery] = []
+            for delivery in s.handedOut {
+                if delivery.isSettled { done.append(delivery) } else { keep.append(delivery) }
+            }
+            s.handedOut = keep
+            return done
+        }
+        _ = settled  // released here, outside the lock
     }
 
     /// Releases held records that are due; returns how long the next poll may wait (ms).
