@@ -34,8 +34,9 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     /// when the record arrives, so a reader that refills its own window only moves it.
     struct Ready {
         let delivery: Delivery
-        let record: KafkaRecord
         let partition: PartitionState
+        /// What it counts towards `State.readyBytes`.
+        var bytes: Int { delivery.message.payload.count }
     }
 
     /// Per-partition bookkeeping. A class, so updates under the state lock mutate in place
@@ -101,6 +102,12 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         var finished = false
         var finishWaiters: [CheckedContinuation<Void, Never>] = []
         var joinError: BrokerError?
+
+        /// Queues `item` for handing out.
+        mutating func enqueue(_ item: Ready) {
+            ready.append(item)
+            readyBytes += item.bytes
+        }
     }
 
     let broker: KafkaBroker
@@ -373,25 +380,29 @@ final class KafkaConsumer: MessageConsumer, Sendable {
                 }
             }
         }
-        var items: [(record: KafkaRecord, partition: PartitionState, due: Date?, delivery: Delivery?)] = []
+        enum Accepted {
+            case held(Held)
+            case ready(Ready)
+        }
+        var items: [(partition: PartitionState, offset: Int64, accepted: Accepted)] = []
         items.reserveCapacity(records.count)
         for (record, partition) in zip(records, partitions) {
             guard let partition else { continue }
             let due = record.headers.first(where: { $0.0 == HeaderName.deliverAt }).flatMap { ISO8601.parse($0.1) }.flatMap { $0 > now ? $0 : nil }
-            let delivery = due == nil ? self.delivery(for: record, partition: partition, attempt: nil, firstFailureAt: nil) : nil
-            items.append((record, partition, due, delivery))
+            let accepted: Accepted = due.map { .held(Held(record: record, partition: partition, due: $0)) }
+                ?? .ready(Ready(delivery: delivery(for: record, partition: partition, attempt: nil, firstFailureAt: nil), partition: partition))
+            items.append((partition, record.offset, accepted))
         }
         state.withLock { s in
-            for item in items where item.partition.live {
-                let p = item.partition
-                p.order.append(item.record.offset)
-                p.last = item.record.offset
-                if let due = item.due {
+            for (p, offset, accepted) in items where p.live {
+                p.order.append(offset)
+                p.last = offset
+                switch accepted {
+                case .held(let held):
                     p.held += 1
-                    s.held.append(Held(record: item.record, partition: p, due: due))
-                } else if let delivery = item.delivery {
-                    s.ready.append(Ready(delivery: delivery, record: item.record, partition: p))
-                    s.readyBytes += item.record.value.count
+                    s.held.append(held)
+                case .ready(let item):
+                    s.enqueue(item)
                 }
             }
         }
@@ -432,7 +443,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
                 guard let next = s.ready[s.readyHead] else { s.readyHead += 1; continue }
                 s.ready[s.readyHead] = nil  // the app holds it now; nothing to free at compaction
                 s.readyHead += 1
-                s.readyBytes -= next.record.value.count
+                s.readyBytes -= next.bytes
                 guard next.partition.live else { continue }
                 s.outstanding += 1
                 out.append(next.delivery)
@@ -460,14 +471,10 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     /// (measured with `perf`, see docs/benchmarks.md).
     private func releaseSettled() {
         let settled = state.withLock { s -> [Delivery] in
-            guard !s.handedOut.isEmpty else { return [] }
-            var keep: [Delivery] = []
-            var done: [Delivery] = []
-            for delivery in s.handedOut {
-                if delivery.isSettled { done.append(delivery) } else { keep.append(delivery) }
-            }
-            s.handedOut = keep
-            return done
+            let split = s.handedOut.partition { $0.isSettled }  // order does not matter here
+            guard split < s.handedOut.endIndex else { return [] }
+            defer { s.handedOut.removeSubrange(split...) }
+            return Array(s.handedOut[split...])
         }
         _ = settled  // released here, outside the lock
     }
@@ -493,14 +500,10 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         if !due.isEmpty {
             // Built outside the lock; only this thread revokes partitions, so they stay live.
             let items = due.map { held in
-                Ready(delivery: delivery(for: held.record, partition: held.partition, attempt: nil, firstFailureAt: nil),
-                      record: held.record, partition: held.partition)
+                Ready(delivery: delivery(for: held.record, partition: held.partition, attempt: nil, firstFailureAt: nil), partition: held.partition)
             }
             state.withLock { s in
-                for item in items where item.partition.live {
-                    s.ready.append(item)
-                    s.readyBytes += item.record.value.count
-                }
+                for item in items where item.partition.live { s.enqueue(item) }
             }
         }
         guard let next else { return 100 }
