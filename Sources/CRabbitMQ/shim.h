@@ -24,7 +24,8 @@ static inline amqp_rpc_reply_t bk_amqp_login_plain_properties(amqp_connection_st
 }
 
 /* Waits until the socket or the wake-up descriptor is readable, or timeout_ms passes.
-   Returns 1 when the socket is readable, 0 otherwise (-1 on poll error). */
+   Returns bit 1 when the socket is readable (or poll failed: the caller's read reports it),
+   bit 2 when the wake-up descriptor is; 0 on timeout. */
 static inline int bk_poll_two(int socket_fd, int wake_fd, int timeout_ms) {
     struct pollfd fds[2];
     fds[0].fd = socket_fd;
@@ -34,7 +35,8 @@ static inline int bk_poll_two(int socket_fd, int wake_fd, int timeout_ms) {
     fds[1].events = POLLIN;
     fds[1].revents = 0;
     int n = poll(fds, wake_fd >= 0 ? 2 : 1, timeout_ms);
-    if (n < 0) return -1;
-    return (fds[0].revents & (POLLIN | POLLERR | POLLHUP)) ? 1 : 0;
+    if (n < 0) return 1; /* let the caller's read report it */
+    return ((fds[0].revents & (POLLIN | POLLERR | POLLHUP)) ? 1 : 0)
+        | ((wake_fd >= 0 && (fds[1].revents & (POLLIN | POLLERR | POLLHUP))) ? 2 : 0);
 }
 #endif

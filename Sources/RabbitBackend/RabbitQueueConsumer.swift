@@ -37,7 +37,10 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
     }
 
     private struct State {
+        /// Prefetched, not handed out yet: `buffer[bufferHead...]` (taken items are dropped in
+        /// bulk, so taking one is O(1)).
         var buffer: [Buffered] = []
+        var bufferHead = 0
         var waiters: [(id: UInt64, continuation: CheckedContinuation<Delivery?, any Error>)] = []
         var nextWaiter: UInt64 = 0
         var cancelledWaiters: Set<UInt64> = []
@@ -49,8 +52,34 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         /// Handed out, not settled: delivery tags of the current session.
         var held: Set<UInt64> = []
         var generation: UInt64 = 0
-        /// Acks waiting for the connection's thread.
+        /// Acks waiting for the connection's thread (see ``RabbitQueueConsumer/ack(_:generation:)``).
         var pendingAcks: [UInt64] = []
+        /// The connection's pump was nudged to write `pendingAcks` and has not yet.
+        var ackNudged = false
+
+        var buffered: Int { buffer.count - bufferHead }
+
+        mutating func takeBuffered() -> Buffered? {
+            guard bufferHead < buffer.count else { return nil }
+            let item = buffer[bufferHead]
+            bufferHead += 1
+            if bufferHead == buffer.count {
+                buffer.removeAll(keepingCapacity: true)
+                bufferHead = 0
+            } else if bufferHead >= 64 && bufferHead * 2 >= buffer.count {
+                buffer.removeFirst(bufferHead)
+                bufferHead = 0
+            }
+            return item
+        }
+
+        mutating func clearBuffer() -> [Buffered] {
+            defer {
+                buffer.removeAll()
+                bufferHead = 0
+            }
+            return Array(buffer[bufferHead...])
+        }
     }
     private let state = Mutex(State())
 
@@ -65,7 +94,11 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         connection.onOpen = { [weak self] in try self?.opened() }
         connection.onLost = { [weak self] error in self?.lost(error) }
         connection.onIncoming = { [weak self] incoming in self?.handle(incoming) }
+        connection.onTurn = { [weak self] idle in self?.turn(idle: idle) }
     }
+
+    /// Pending acks that make the connection's thread write them without waiting to go idle.
+    var ackBatch: Int { max(1, min(64, prefetch / 4)) }
 
     func start() async throws {
         do {
@@ -85,6 +118,7 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         state.withLock { s in
             s.generation = generation
             s.failure = nil
+            s.pendingAcks.removeAll()  // tags of an earlier session
         }
         guard state.withLock({ $0.fetching }) else { return }
         try connection.qos(Self.channel, prefetch: prefetch)
@@ -95,8 +129,9 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
     private func lost(_ error: BrokerError) {
         // The broker requeues everything this session held; drop our copies.
         state.withLock { s in
-            s.buffer.removeAll()
+            _ = s.clearBuffer()
             s.held.removeAll()
+            s.pendingAcks.removeAll()
         }
     }
 
@@ -104,18 +139,17 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         switch incoming {
         case .delivery(let raw) where raw.channel == Self.channel:
             let generation = connection.generation
-            let handout = state.withLock { s -> (CheckedContinuation<Delivery?, any Error>, Delivery)? in
+            let waiter = state.withLock { s -> CheckedContinuation<Delivery?, any Error>? in
                 if s.fetching, !s.waiters.isEmpty {
-                    let waiter = s.waiters.removeFirst()
                     s.held.insert(raw.deliveryTag)
-                    return (waiter.continuation, makeDelivery(raw, generation: generation))
+                    return s.waiters.removeFirst().continuation
                 }
                 s.buffer.append(Buffered(raw: raw, generation: generation))
                 return nil
             }
-            if let (continuation, delivery) = handout {
+            if let waiter {
                 broker.observer.record(.delivered, destination: queue)
-                continuation.resume(returning: delivery)
+                waiter.resume(returning: makeDelivery(raw, generation: generation))
             }
         case .consumerCancelled(Self.channel, _):
             fail(BrokerError(.unknownDestination, "'\(queue)' was deleted", backend: AMQPError.backend, destination: queue))
@@ -166,24 +200,28 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         }
         let delivery: Delivery? = try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Delivery?, any Error>) in
-                enum Action { case resume(Delivery?), fail(any Error), wait }
+                enum Action { case take(Buffered), end, fail(any Error), wait(nudge: Bool) }
                 let action = state.withLock { s -> Action in
                     if s.cancelledWaiters.remove(waiterID) != nil { return .fail(CancellationError()) }
-                    if !s.fetching { return .resume(nil) }
-                    while !s.buffer.isEmpty {
-                        let item = s.buffer.removeFirst()
+                    if !s.fetching { return .end }
+                    while let item = s.takeBuffered() {
                         guard item.generation == s.generation else { continue }
                         s.held.insert(item.raw.deliveryTag)
-                        return .resume(makeDelivery(item.raw, generation: item.generation))
+                        return .take(item)
                     }
                     if let failure = s.failure { return .fail(failure) }
                     s.waiters.append((waiterID, continuation))
-                    return .wait
+                    // Nothing buffered: if the acks not yet written are what keeps the broker
+                    // from sending more (its prefetch window is nearly used up), write them now.
+                    let nudge = !s.ackNudged && !s.pendingAcks.isEmpty && s.held.count + s.pendingAcks.count + ackBatch >= prefetch
+                    if nudge { s.ackNudged = true }
+                    return .wait(nudge: nudge)
                 }
                 switch action {
-                case .resume(let delivery): continuation.resume(returning: delivery)
+                case .take(let item): continuation.resume(returning: makeDelivery(item.raw, generation: item.generation))
+                case .end: continuation.resume(returning: nil)
                 case .fail(let error): continuation.resume(throwing: error)
-                case .wait: break
+                case .wait(let nudge): if nudge && connection.isWaiting { connection.nudge() }
                 }
             }
         } onCancel: {
@@ -202,38 +240,61 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
     /// Throws unless the delivery is still held by this consumer's current session.
     func checkHeld(_ tag: UInt64, generation: UInt64) throws {
         let held = state.withLock { $0.generation == generation && $0.held.contains(tag) && !$0.closed }
-        guard held else {
-            throw BrokerError(
-                .closed, "delivery is no longer held (its consumer closed or its connection dropped); the broker redelivers it",
-                backend: AMQPError.backend, destination: queue)
-        }
+        guard held else { throw notHeld }
     }
 
-    /// `basic.ack` of a held delivery. Acks are written by the connection's thread in
-    /// batches (AMQP acks have no reply, so awaiting the socket write would only add a thread
-    /// hop per message); a connection that drops before the write makes the broker redeliver.
+    private var notHeld: BrokerError {
+        BrokerError(
+            .closed, "delivery is no longer held (its consumer closed or its connection dropped); the broker redelivers it",
+            backend: AMQPError.backend, destination: queue)
+    }
+
+    /// `basic.ack` of a held delivery. AMQP acks have no reply, so the ack is recorded and
+    /// the connection's thread writes recorded acks in batches (one `multiple` ack when it
+    /// covers them all): when it has nothing left to read, when `ackBatch` are recorded, or
+    /// when the app waits for deliveries that the broker holds back for want of acks. While
+    /// deliveries are handed out, its wait lasts at most `ackDelay`, so an ack reaches the
+    /// broker within a few milliseconds. Recording instead of writing each ack spares a
+    /// thread wake-up per message; a connection that drops before the write makes the broker
+    /// redeliver, as it would for an ack lost in flight.
     func ack(_ tag: UInt64, generation: UInt64) async throws {
-        try checkHeld(tag, generation: generation)
-        let first = state.withLock { s -> Bool in
-            s.held.remove(tag)
+        let recorded = state.withLock { s -> Bool? in
+            guard s.generation == generation, !s.closed, s.held.remove(tag) != nil else { return nil }
             s.pendingAcks.append(tag)
-            return s.pendingAcks.count == 1
+            guard !s.ackNudged, s.pendingAcks.count >= ackBatch else { return false }
+            s.ackNudged = true
+            return true
         }
-        if first {
-            connection.submit { [self] c in
-                let (tags, lowestUnsettled) = state.withLock { s -> ([UInt64], UInt64) in
-                    defer { s.pendingAcks.removeAll(keepingCapacity: true) }
-                    let lowest = min(s.held.min() ?? .max, s.buffer.first?.raw.deliveryTag ?? .max)
-                    return (s.generation == generation ? s.pendingAcks : [], lowest)
-                }
-                guard c.generation == generation, let highest = tags.max() else { return }
-                if highest < lowestUnsettled {
-                    // Every delivery up to `highest` is settled: one ack covers them all.
-                    try? c.ack(Self.channel, tag: highest, multiple: true)
-                } else {
-                    for tag in tags { try? c.ack(Self.channel, tag: tag) }
-                }
-            }
+        guard let nudge = recorded else { throw notHeld }
+        if nudge && connection.isWaiting { connection.nudge() }
+    }
+
+    /// Longest wait of the connection's thread while deliveries are handed out (see ``ack(_:generation:)``).
+    static let ackDelay = Duration.milliseconds(5)
+
+    /// The connection's turn (on its thread): writes recorded acks when it is about to wait or
+    /// when a batch is full.
+    private func turn(idle: Bool) -> Duration? {
+        let waitLimit: Duration? = state.withLock { $0.held.isEmpty } ? nil : Self.ackDelay
+        writeAcks(onlyFullBatch: !idle)
+        return waitLimit
+    }
+
+    /// Writes the recorded acks (on the connection's thread).
+    private func writeAcks(onlyFullBatch: Bool = false) {
+        let (tags, lowestUnsettled, generation) = state.withLock { s -> ([UInt64], UInt64, UInt64) in
+            guard !s.pendingAcks.isEmpty, !onlyFullBatch || s.pendingAcks.count >= ackBatch else { return ([], 0, 0) }
+            s.ackNudged = false
+            defer { s.pendingAcks.removeAll(keepingCapacity: true) }
+            let firstBuffered = s.bufferHead < s.buffer.count ? s.buffer[s.bufferHead].raw.deliveryTag : .max
+            return (s.pendingAcks, min(s.held.min() ?? .max, firstBuffered), s.generation)
+        }
+        guard connection.generation == generation, let highest = tags.max() else { return }
+        if highest < lowestUnsettled {
+            // Every delivery up to `highest` is settled: one ack covers them all.
+            try? connection.ack(Self.channel, tag: highest, multiple: true)
+        } else {
+            for tag in tags { try? connection.ack(Self.channel, tag: tag) }
         }
     }
 
@@ -248,8 +309,8 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
     /// Publishes copies (same attempt) of prefetched deliveries nobody took, then acks them.
     private func handBackBuffered() async {
         let leftovers = state.withLock { s -> [Buffered] in
-            defer { s.buffer.removeAll() }
-            return s.buffer.filter { $0.generation == s.generation }
+            let generation = s.generation
+            return s.clearBuffer().filter { $0.generation == generation }
         }
         guard !leftovers.isEmpty else { return }
         let copies = leftovers.map { item -> AMQPOutgoing in
@@ -288,12 +349,16 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         guard let waiters else { return }
         for waiter in waiters { waiter.resume(returning: nil) }
         _ = try? await connection.run { c in
+            self.writeAcks()
             try c.drainFrames(idle: .milliseconds(40))
             try c.cancel(Self.channel, tag: self.consumerTag)
         }
         // A quorum queue may still deliver what it had checked out for us just after
         // cancel-ok: read until the connection goes quiet before handing back.
-        _ = try? await connection.run { c in try c.drainFrames(idle: .milliseconds(100)) }
+        _ = try? await connection.run { c in
+            self.writeAcks()
+            try c.drainFrames(idle: .milliseconds(100))
+        }
         await handBackBuffered()
     }
 
@@ -309,9 +374,13 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         // longer than 100 ms to arrive, and one that arrives after the connection closed is
         // returned with its delivery count raised (seen as attempts [1, 1, 2, 2] in CI).
         for quiet in [Duration.milliseconds(250), .milliseconds(150), .milliseconds(100)] {
-            _ = try? await connection.run { c in try c.drainFrames(idle: quiet) }
+            _ = try? await connection.run { c in
+                self.writeAcks()
+                try c.drainFrames(idle: quiet)
+            }
             await handBackBuffered()
         }
+        _ = try? await connection.run { _ in self.writeAcks() }
         await connection.close()
         broker.untrack(id)
     }

@@ -55,6 +55,8 @@ final class AMQPConnection: @unchecked Sendable {
     private let sessions = Atomic<UInt64>(0)
     private let wakeRead: Int32
     private let wakeWrite: Int32
+    /// True while the pump waits in `poll(2)` (see ``isWaiting``).
+    private let waiting = Atomic<Bool>(false)
 
     // MARK: Thread-confined
 
@@ -74,6 +76,10 @@ final class AMQPConnection: @unchecked Sendable {
     var onLost: ((BrokerError) -> Void)?
     /// Called on the thread about every ``tickInterval`` while the pump runs.
     var onTick: (() -> Void)?
+    /// Called on the thread on every turn of the pump: `idle` is true when nothing is left to
+    /// read and the pump is about to wait. Owners write what they batched up (acks) here; a
+    /// returned duration shortens that wait (to write what is batched meanwhile soon).
+    var onTurn: ((_ idle: Bool) -> Duration?)?
     var tickInterval: Duration = .milliseconds(100)
 
     init(endpoint: AMQPEndpoint, name: String, logger: Logger) {
@@ -161,14 +167,24 @@ final class AMQPConnection: @unchecked Sendable {
         thread.shutdown()
     }
 
+    /// Whether the pump is waiting for the socket (or about to, after its idle ``onTurn``).
+    /// Set before that `onTurn` runs, so an owner that batches work under its own lock, and
+    /// checks this after adding to the batch, either has its work taken by that `onTurn` or
+    /// sees `true` and calls ``nudge()``.
+    var isWaiting: Bool { waiting.load(ordering: .sequentiallyConsistent) }
+
+    /// Interrupts the pump's wait, so that it goes round (and calls ``onTurn``) at once.
+    func nudge() { wake() }
+
     private func wake() {
         var byte: UInt8 = 1
         _ = write(wakeWrite, &byte, 1)
     }
 
     private func drainWake() {
-        var buffer = [UInt8](repeating: 0, count: 64)
-        while read(wakeRead, &buffer, buffer.count) > 0 {}
+        withUnsafeTemporaryAllocation(of: UInt8.self, capacity: 64) { buffer in
+            while read(wakeRead, buffer.baseAddress, buffer.count) > 0 {}
+        }
     }
 
     // MARK: - Pump (on the thread)
@@ -185,11 +201,15 @@ final class AMQPConnection: @unchecked Sendable {
             }
             do {
                 if amqp_frames_enqueued(state) != 0 || amqp_data_in_buffer(state) != 0 {
+                    _ = onTurn?(false)
                     try readFrame(timeout: .zero)
                 } else {
-                    let readable = bk_poll_two(amqp_get_sockfd(state), wakeRead, 100)
-                    drainWake()
-                    if readable != 0 || ContinuousClock.now - lastTick >= tickInterval {
+                    waiting.store(true, ordering: .sequentiallyConsistent)
+                    let limit = onTurn?(true).map { max(0, Int($0.milliseconds)) } ?? 100
+                    let ready = bk_poll_two(amqp_get_sockfd(state), wakeRead, Int32(min(100, limit)))
+                    waiting.store(false, ordering: .sequentiallyConsistent)
+                    if ready & 2 != 0 { drainWake() }
+                    if ready & 1 != 0 || ContinuousClock.now - lastTick >= tickInterval {
                         // A zero-timeout read also lets rabbitmq-c send and check heartbeats.
                         try readFrame(timeout: .zero)
                     }
@@ -210,8 +230,7 @@ final class AMQPConnection: @unchecked Sendable {
         let now = ContinuousClock.now
         let at = reconnectAt ?? now
         if now < at {
-            _ = bk_poll_two(wakeRead, -1, Int32(max(1, min(100, (at - now).milliseconds))))
-            drainWake()
+            if bk_poll_two(wakeRead, -1, Int32(max(1, min(100, (at - now).milliseconds)))) != 0 { drainWake() }
             if now - lastTick >= tickInterval {
                 lastTick = now
                 onTick?()
