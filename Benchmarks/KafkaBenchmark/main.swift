@@ -82,10 +82,11 @@ let producerProperties = [
     "max.in.flight.requests.per.connection": "5",
 ]
 
-/// One record with the same content BrokerKit writes: key, payload and an id header.
+/// One record with the same content BrokerKit writes: key, payload and an id header (a
+/// fresh id from the same generator BrokerKit's messages use).
 func rawProduce(_ rk: OpaquePointer, _ topic: String, _ i: Int) {
     let key = Array("k\(i % 64)".utf8)
-    let id = Array(UUID().uuidString.lowercased().utf8)
+    let id = Array(Message.newID().utf8)
     while true {
         let headers = rd_kafka_headers_new(1)
         _ = rd_kafka_header_add(headers, "x-brokerkit-id", -1, id, id.count)

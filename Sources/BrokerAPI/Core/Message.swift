@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 
 /// A message as published and as delivered: payload bytes plus routing key and headers.
 ///
@@ -46,8 +47,95 @@ public struct Message: Sendable, Hashable {
             + headers.reduce(0) { $0 + $1.key.utf8.count + $1.value.utf8.count }
     }
 
-    /// A new random message id.
-    public static func newID() -> String { UUID().uuidString.lowercased() }
+    /// A new random message id: a version-4 UUID in lowercase text
+    /// (`xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`), as `UUID().uuidString.lowercased()` gives,
+    /// but drawn from a pool of system randomness (see ``MessageIDs``) instead of opening
+    /// `/dev/urandom` for each id: ≈ 0.1 µs instead of ≈ 4 µs on Linux.
+    public static func newID() -> String { MessageIDs.next() }
+}
+
+/// Random bytes for ``Message/newID()``, read from the operating system's generator
+/// (`/dev/urandom`, `arc4random_buf` on Apple platforms) 4 KiB at a time, 16 bytes per id. A
+/// forked child process starts with an empty pool, so parent and child never hand out the
+/// same ids.
+enum MessageIDs {
+    private struct Pool {
+        var bytes = [UInt8](repeating: 0, count: 4096)
+        var used = 4096
+        var forks = -1
+    }
+    private static let pool = Mutex(Pool())
+    /// Counts forks (in the child): a pool filled before the last fork is refilled.
+    private static let forks = Atomic<Int>(0)
+    private static let watchForks: Void = {
+        _ = pthread_atfork(nil, nil) { MessageIDs.forks.add(1, ordering: .relaxed) }
+    }()
+
+    static func next() -> String {
+        _ = watchForks
+        var uuid = (UInt64(0), UInt64(0))
+        pool.withLock { pool in
+            let forks = forks.load(ordering: .relaxed)
+            if pool.used + 16 > pool.bytes.count || pool.forks != forks {
+                fillRandom(&pool.bytes)
+                pool.used = 0
+                pool.forks = forks
+            }
+            pool.bytes.withUnsafeBytes { raw in
+                uuid.0 = raw.loadUnaligned(fromByteOffset: pool.used, as: UInt64.self)
+                uuid.1 = raw.loadUnaligned(fromByteOffset: pool.used + 8, as: UInt64.self)
+            }
+            pool.used += 16
+        }
+        return format(uuid)
+    }
+
+    /// The 16 bytes as UUID text, with the version (4) and variant (10xx) bits set.
+    static func format(_ uuid: (UInt64, UInt64)) -> String {
+        var bytes = uuid
+        return withUnsafeMutableBytes(of: &bytes) { raw in
+            raw[6] = (raw[6] & 0x0F) | 0x40
+            raw[8] = (raw[8] & 0x3F) | 0x80
+            let digits: StaticString = "0123456789abcdef"
+            return String(unsafeUninitializedCapacity: 36) { out in
+                var o = 0
+                for i in 0..<16 {
+                    if i == 4 || i == 6 || i == 8 || i == 10 {
+                        out[o] = UInt8(ascii: "-")
+                        o += 1
+                    }
+                    out[o] = digits.utf8Start[Int(raw[i] >> 4)]
+                    out[o + 1] = digits.utf8Start[Int(raw[i] & 0x0F)]
+                    o += 2
+                }
+                return o
+            }
+        }
+    }
+
+    private static func fillRandom(_ bytes: inout [UInt8]) {
+        bytes.withUnsafeMutableBytes { buffer in
+            #if canImport(Darwin)
+            arc4random_buf(buffer.baseAddress!, buffer.count)
+            #else
+            var filled = 0
+            let fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC)
+            if fd >= 0 {
+                while filled < buffer.count {
+                    let n = read(fd, buffer.baseAddress! + filled, buffer.count - filled)
+                    if n > 0 { filled += n } else if n == 0 || errno != EINTR { break }
+                }
+                close(fd)
+            }
+            guard filled < buffer.count else { return }
+            // No /dev/urandom (a chroot): the standard library's generator, 8 bytes at a time.
+            var generator = SystemRandomNumberGenerator()
+            for offset in stride(from: 0, to: buffer.count, by: 8) {
+                buffer.storeBytes(of: generator.next(), toByteOffset: offset, as: UInt64.self)
+            }
+            #endif
+        }
+    }
 }
 
 /// Reserved header names BrokerKit uses for retries, DLQ envelopes, jobs and tracing.
