@@ -152,17 +152,30 @@ final class RawConnection {
         try check("confirm.select")
     }
 
+    /// Publishes the AMQP message BrokerKit sends for a message with no key and no headers
+    /// (see RabbitMessageMapping): persistent, `mandatory`, a message id, the `timestamp`
+    /// property and the `x-brokerkit-timestamp-ms` header, so the broker does the same work.
     func publish(_ queue: String, _ body: Data) throws {
         var properties = amqp_basic_properties_t()
-        properties._flags = amqp_flags_t(AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG)
+        properties._flags = amqp_flags_t(
+            AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_HEADERS_FLAG)
         properties.delivery_mode = 2
-        let id = UUID().uuidString.lowercased()
+        let millis = Int64((Date().timeIntervalSince1970 * 1000).rounded())
+        properties.timestamp = UInt64(millis / 1000)
+        var header = amqp_table_entry_t()
+        header.key = amqp_cstring_bytes("x-brokerkit-timestamp-ms")
+        header.value.kind = UInt8(AMQP_FIELD_KIND_I64.rawValue)
+        header.value.value.i64 = millis
+        let id = Message.newID()  // the same id generator BrokerKit's messages use
         let status = id.withCString { idPointer in
             body.withUnsafeBytes { buffer in
-                properties.message_id = amqp_bytes_t(len: strlen(idPointer), bytes: UnsafeMutableRawPointer(mutating: idPointer))
-                return amqp_basic_publish(
-                    state, 1, amqp_empty_bytes, amqp_cstring_bytes(queue), 1, 0, &properties,
-                    amqp_bytes_t(len: buffer.count, bytes: UnsafeMutableRawPointer(mutating: buffer.baseAddress)))
+                withUnsafeMutablePointer(to: &header) { entry in
+                    properties.headers = amqp_table_t(num_entries: 1, entries: entry)
+                    properties.message_id = amqp_bytes_t(len: strlen(idPointer), bytes: UnsafeMutableRawPointer(mutating: idPointer))
+                    return amqp_basic_publish(
+                        state, 1, amqp_empty_bytes, amqp_cstring_bytes(queue), 1, 0, &properties,
+                        amqp_bytes_t(len: buffer.count, bytes: UnsafeMutableRawPointer(mutating: buffer.baseAddress)))
+                }
             }
         }
         guard status == 0 else { throw RawError(description: "publish failed") }

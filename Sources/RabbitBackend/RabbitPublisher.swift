@@ -48,11 +48,11 @@ final class RabbitPublisher: @unchecked Sendable {
     func publish(_ messages: [AMQPOutgoing], destination: String?) async -> [BrokerError?] {
         guard !messages.isEmpty else { return [] }
         let batch = ConfirmBatch(count: messages.count, deadline: ContinuousClock.now + operationTimeout)
-        do {
-            try await connection.run { _ in self.send(messages, batch: batch, destination: destination) }
-        } catch {
-            let failure = error as? BrokerError
-                ?? BrokerError(.closed, "publisher is closed", backend: AMQPError.backend, destination: destination)
+        // Not `run`: the caller waits for the confirms anyway, so resuming it once the send
+        // job is done would only add a wake-up of its task per call.
+        let accepted = connection.submit { _ in self.send(messages, batch: batch, destination: destination) }
+        if !accepted {
+            let failure = BrokerError(.closed, "publisher is closed", backend: AMQPError.backend, destination: destination)
             for index in messages.indices { batch.complete(index, failure) }
         }
         return await batch.wait()
@@ -76,7 +76,8 @@ final class RabbitPublisher: @unchecked Sendable {
     }
 
     private func send(_ messages: [AMQPOutgoing], batch: ConfirmBatch, destination: String?) {
-        for (index, message) in messages.enumerated() {
+        for index in messages.indices {
+            let message = messages[index]
             if closed {
                 batch.complete(index, BrokerError.closed("publisher", backend: AMQPError.backend, destination: destination))
                 continue

@@ -148,8 +148,10 @@ final class AMQPConnection: @unchecked Sendable {
         }
     }
 
-    /// Fire-and-forget variant of ``run(_:)``.
-    func submit(_ body: @escaping @Sendable (AMQPConnection) -> Void) {
+    /// Fire-and-forget variant of ``run(_:)``: false when the thread no longer takes jobs
+    /// (the connection is closed), and then `body` never runs.
+    @discardableResult
+    func submit(_ body: @escaping @Sendable (AMQPConnection) -> Void) -> Bool {
         let accepted = thread.trySubmit { [self] in
             pendingJobs.subtract(1, ordering: .acquiringAndReleasing)
             body(self)
@@ -158,6 +160,7 @@ final class AMQPConnection: @unchecked Sendable {
             pendingJobs.add(1, ordering: .acquiringAndReleasing)
             wake()
         }
+        return accepted
     }
 
     /// Closes the session politely and ends the thread. Idempotent.
@@ -565,9 +568,10 @@ final class AMQPConnection: @unchecked Sendable {
     }
 
     /// Throws for a non-OK status of a non-RPC call (publish, ack): the socket broke.
-    func checkStatus(_ status: Int32, _ what: String, destination: String? = nil) throws {
+    /// `what` is built only on failure (publishes and acks call this once per message).
+    func checkStatus(_ status: Int32, _ what: @autoclosure () -> String, destination: String? = nil) throws {
         guard status != AMQP_STATUS_OK.rawValue else { return }
-        let error = AMQPError.library(status, what: what, destination: destination, url: endpoint.redactedURL)
+        let error = AMQPError.library(status, what: what(), destination: destination, url: endpoint.redactedURL)
         markBroken(error)
         throw error
     }

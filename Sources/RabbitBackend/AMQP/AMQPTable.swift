@@ -25,7 +25,10 @@ enum AMQPValue: Sendable, Hashable {
     case array([AMQPValue])
     case void
 
-    static func text(_ text: String) -> AMQPValue { .string(Data(text.utf8)) }
+    static func text(_ text: String) -> AMQPValue {
+        var text = text
+        return .string(text.withUTF8 { Data(buffer: $0) })
+    }
 
     /// The value as text, for BrokerKit's string headers: strings as UTF-8, numbers and
     /// booleans in their usual spelling; tables, arrays and void have none.
@@ -192,11 +195,20 @@ final class AMQPArena {
     func bytes(_ data: Data) -> amqp_bytes_t {
         guard !data.isEmpty else { return amqp_bytes_t(len: 0, bytes: nil) }
         let pointer = allocate(data.count)
-        data.copyBytes(to: pointer.assumingMemoryBound(to: UInt8.self), count: data.count)
+        data.withUnsafeBytes { pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         return amqp_bytes_t(len: data.count, bytes: pointer)
     }
 
-    func bytes(_ text: String) -> amqp_bytes_t { bytes(Data(text.utf8)) }
+    /// The UTF-8 bytes of `text`, copied straight from the string's storage.
+    func bytes(_ text: String) -> amqp_bytes_t {
+        var text = text
+        return text.withUTF8 { utf8 in
+            guard let base = utf8.baseAddress, utf8.count > 0 else { return amqp_bytes_t(len: 0, bytes: nil) }
+            let pointer = allocate(utf8.count)
+            pointer.copyMemory(from: base, byteCount: utf8.count)
+            return amqp_bytes_t(len: utf8.count, bytes: pointer)
+        }
+    }
 
     /// A NUL-terminated copy of `text` (for the few C calls that take `const char *`).
     func cString(_ text: String) -> UnsafePointer<CChar> {
