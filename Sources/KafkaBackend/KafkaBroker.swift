@@ -224,9 +224,7 @@ final class KafkaBroker: Broker {
 
     func publish(_ messages: [Message], to destination: String, options: PublishOptions) async throws -> [PublishReceipt] {
         try validate(destination)
-        let prepared = try messages.map {
-            try PublishValidation.prepare($0, to: destination, configuration: configuration, backend: backendName)
-        }
+        let prepared = try PublishValidation.prepare(messages, to: destination, configuration: configuration, backend: backendName)
         if prepared.isEmpty { return [] }
         let kind = try await kind(of: destination, createAs: .queue)
         var topic = settings.topic(destination)

@@ -71,9 +71,7 @@ final class RabbitBroker: Broker {
 
     func publish(_ messages: [Message], to destination: String, options: PublishOptions) async throws -> [PublishReceipt] {
         let full = try fullName(destination)
-        let prepared = try messages.map {
-            try PublishValidation.prepare($0, to: destination, configuration: configuration, backend: backendName)
-        }
+        let prepared = try PublishValidation.prepare(messages, to: destination, configuration: configuration, backend: backendName)
         guard !prepared.isEmpty else { return [] }
         try await admin.ensureForPublish(full, user: destination)
         var routingKey = full

@@ -14,16 +14,26 @@ import Foundation
 /// | `h:<name>` | one header | no |
 /// | `payload` | the payload bytes, unchanged | yes (empty if missing) |
 enum RedisFieldLayout {
-    static func fields(for message: Message, attempt: Int = 1, firstFailureAt: Date? = nil) -> [RedisArgument] {
-        var fields: [RedisArgument] = ["id", RedisArgument(message.id)]
-        if let key = message.key { fields += ["key", RedisArgument(key)] }
-        fields += ["ts", RedisArgument(Int64((message.timestamp.timeIntervalSince1970 * 1000).rounded()))]
-        if attempt > 1 { fields += ["attempt", RedisArgument(attempt)] }
-        if let firstFailureAt { fields += ["ff", RedisArgument(Int64((firstFailureAt.timeIntervalSince1970 * 1000).rounded()))] }
-        for (name, value) in message.headers.sorted(by: { $0.key < $1.key }) {
-            fields += [RedisArgument("h:" + name), RedisArgument(value)]
+    /// `after` comes first (a command such as `XADD key *`): the whole command is built in
+    /// one array, sized once (this runs once per published message).
+    static func fields(
+        for message: Message, attempt: Int = 1, firstFailureAt: Date? = nil, after prefix: [RedisArgument] = []
+    ) -> [RedisArgument] {
+        var fields = prefix
+        fields.reserveCapacity(prefix.count + 12 + 2 * message.headers.count)
+        func add(_ name: RedisArgument, _ value: RedisArgument) {
+            fields.append(name)
+            fields.append(value)
         }
-        fields += ["payload", RedisArgument(message.payload)]
+        add("id", RedisArgument(message.id))
+        if let key = message.key { add("key", RedisArgument(key)) }
+        add("ts", RedisArgument(Int64((message.timestamp.timeIntervalSince1970 * 1000).rounded())))
+        if attempt > 1 { add("attempt", RedisArgument(attempt)) }
+        if let firstFailureAt { add("ff", RedisArgument(Int64((firstFailureAt.timeIntervalSince1970 * 1000).rounded()))) }
+        if !message.headers.isEmpty {
+            for (name, value) in message.headers.sorted(by: { $0.key < $1.key }) { add(RedisArgument("h:" + name), RedisArgument(value)) }
+        }
+        add("payload", RedisArgument(message.payload))
         return fields
     }
 

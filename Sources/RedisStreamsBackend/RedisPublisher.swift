@@ -10,9 +10,7 @@ extension RedisBroker {
 
     func publish(_ messages: [Message], to destination: String, options: PublishOptions) async throws -> [PublishReceipt] {
         let key = try key(destination)
-        let prepared = try messages.map {
-            try PublishValidation.prepare($0, to: destination, configuration: configuration, backend: backendName)
-        }
+        let prepared = try PublishValidation.prepare(messages, to: destination, configuration: configuration, backend: backendName)
         for message in prepared where message.payload.count > maxBulkLength {
             throw BrokerError(
                 .messageTooLarge,
@@ -42,9 +40,8 @@ extension RedisBroker {
                 trim = ["MINID", "~", RedisArgument(max(0, minID))]
             }
         }
-        let commands = prepared.map { message -> [RedisArgument] in
-            ["XADD", RedisArgument(key)] + trim + ["*"] + RedisFieldLayout.fields(for: message)
-        }
+        let xadd: [RedisArgument] = ["XADD", RedisArgument(key)] + trim + ["*"]
+        let commands = prepared.map { RedisFieldLayout.fields(for: $0, after: xadd) }
         let replies = try await client.pipeline(commands)
         try check(replies, destination: destination)
         observer.record(.published, destination: destination, count: prepared.count)

@@ -5,20 +5,34 @@ public enum PublishValidation {
     public static func prepare(
         _ message: Message, to destination: String, configuration: BrokerConfiguration, backend: String
     ) throws -> Message {
+        try prepare([message], to: destination, configuration: configuration, backend: backend)[0]
+    }
+
+    /// ``prepare(_:to:configuration:backend:)`` for a batch: the destination name, the size
+    /// limit and the trace context are looked up once, not once per message. An empty batch
+    /// is returned as is.
+    public static func prepare(
+        _ messages: [Message], to destination: String, configuration: BrokerConfiguration, backend: String
+    ) throws -> [Message] {
+        guard !messages.isEmpty else { return [] }
         try DestinationName.validate(destination, backend: backend)
-        let size = message.encodedSize
         let limit = configuration.maxMessageBytes
-        if size > limit {
-            throw BrokerError(
-                .messageTooLarge,
-                "message '\(message.id)' is \(size) bytes; the limit (max.message.bytes) is \(limit)",
-                backend: backend, destination: destination)
+        let trace = TraceContext.currentHeaders()
+        return try messages.map { message in
+            let size = message.encodedSize
+            if size > limit {
+                throw BrokerError(
+                    .messageTooLarge,
+                    "message '\(message.id)' is \(size) bytes; the limit (max.message.bytes) is \(limit)",
+                    backend: backend, destination: destination)
+            }
+            for key in message.headers.keys where key.isEmpty {
+                throw BrokerError(.invalidConfiguration, "message '\(message.id)' has an empty header name", backend: backend, destination: destination)
+            }
+            guard let trace else { return message }
+            var prepared = message
+            for (key, value) in trace where prepared.headers[key] == nil { prepared.headers[key] = value }
+            return prepared
         }
-        for key in message.headers.keys where key.isEmpty {
-            throw BrokerError(.invalidConfiguration, "message '\(message.id)' has an empty header name", backend: backend, destination: destination)
-        }
-        var prepared = message
-        TraceContext.inject(into: &prepared.headers)
-        return prepared
     }
 }

@@ -40,9 +40,7 @@ final class MemoryBroker: Broker {
 
     func publish(_ messages: [Message], to destination: String, options: PublishOptions) async throws -> [PublishReceipt] {
         let full = try name(destination)
-        let prepared = try messages.map {
-            try PublishValidation.prepare($0, to: destination, configuration: configuration, backend: backendName)
-        }
+        let prepared = try PublishValidation.prepare(messages, to: destination, configuration: configuration, backend: backendName)
         let receipts = try await store.publish(
             prepared, to: full, deliverAt: options.deliverAt, autoCreate: configuration.autoCreate,
             defaultPartitions: defaultPartitions, maxMessages: maxMessages)

@@ -16,10 +16,16 @@ public enum TraceContext {
 
     /// Adds the current task's trace context to `headers` (existing keys are kept).
     public static func inject(into headers: inout [String: String]) {
-        guard let context = ServiceContext.current else { return }
+        guard let injected = currentHeaders() else { return }
+        for (key, value) in injected where headers[key] == nil { headers[key] = value }
+    }
+
+    /// The headers ``inject(into:)`` adds for the current task's context (nil without one).
+    public static func currentHeaders() -> [String: String]? {
+        guard let context = ServiceContext.current else { return nil }
         var injected: [String: String] = [:]
         InstrumentationSystem.instrument.inject(context, into: &injected, using: HeadersInjector())
-        for (key, value) in injected where headers[key] == nil { headers[key] = value }
+        return injected
     }
 
     /// The trace context carried by `headers`.
