@@ -57,12 +57,6 @@ enum KafkaRecordLayout {
 /// blocks), so publish calls run on the caller's task; delivery reports arrive on a dedicated
 /// poll thread and resume the awaiting tasks.
 final class KafkaProducer: Sendable {
-    /// Resumes one awaiting publish; retained in the message opaque until its delivery report.
-    final class Completion: Sendable {
-        let body: @Sendable (Result<(Int32, Int64), BrokerError>) -> Void
-        init(_ body: @escaping @Sendable (Result<(Int32, Int64), BrokerError>) -> Void) { self.body = body }
-    }
-
     let handle: RdKafkaHandle
     let settings: KafkaConfiguration
     /// Poll-thread state, shared with the thread (noncopyable primitives live in a class).
@@ -81,13 +75,12 @@ final class KafkaProducer: Sendable {
         ) { conf in
             rd_kafka_conf_set_dr_msg_cb(conf) { _, message, _ in
                 guard let message, let opaque = message.pointee._private else { return }
-                let completion = Unmanaged<Completion>.fromOpaque(opaque).takeRetainedValue()
                 let m = message.pointee
                 if m.err == RD_KAFKA_RESP_ERR_NO_ERROR {
-                    completion.body(.success((m.partition, m.offset)))
+                    BatchCollector.report(opaque, .success((m.partition, m.offset)))
                 } else {
                     let topic = m.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? "?"
-                    completion.body(.failure(KafkaProducer.deliveryError(m.err, topic: topic)))
+                    BatchCollector.report(opaque, .failure(KafkaProducer.deliveryError(m.err, topic: topic)))
                 }
             }
         }
@@ -126,11 +119,13 @@ final class KafkaProducer: Sendable {
         let collector = BatchCollector(count: records.count)
         // rd_kafka_producev takes librdkafka's locks (and waits on a full queue), so the
         // enqueueing runs on the producer's own thread: one hop per publish call.
-        try await enqueueThread.run { [self] in
-            for (index, record) in records.enumerated() {
-                let completion = Completion { result in collector.complete(index, result) }
-                enqueue(record, completion: completion, destination: destination)
+        do {
+            try await enqueueThread.run { [self] in
+                for index in records.indices { enqueue(records[index], slot: collector.slot(index), destination: destination) }
             }
+        } catch {
+            collector.abandon()
+            throw error
         }
         do {
             return try await collector.wait()
@@ -143,8 +138,7 @@ final class KafkaProducer: Sendable {
 
     /// Enqueues one record (on the enqueue thread); on QUEUE_FULL waits for room. Errors
     /// complete the record's completion.
-    private func enqueue(_ record: OutgoingRecord, completion: Completion, destination: String) {
-        let opaque = Unmanaged.passRetained(completion).toOpaque()
+    private func enqueue(_ record: OutgoingRecord, slot opaque: UnsafeMutableRawPointer, destination: String) {
         var attempts = 0
         while true {
             let err = tryEnqueue(record, opaque: opaque)
@@ -154,7 +148,6 @@ final class KafkaProducer: Sendable {
                 usleep(1000)
                 continue
             }
-            Unmanaged<Completion>.fromOpaque(opaque).release()
             let error: BrokerError
             if err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE {
                 error = BrokerError(
@@ -164,7 +157,7 @@ final class KafkaProducer: Sendable {
             } else {
                 error = RdKafka.brokerError(err, "cannot enqueue a record for topic '\(record.topic)'", server: settings.server, destination: destination)
             }
-            completion.body(.failure(error))
+            BatchCollector.report(opaque, .failure(error))
             return
         }
     }
@@ -226,7 +219,10 @@ struct OutgoingRecord: Sendable {
 
     init(topic: String, message: Message, extraHeaders: [String: String] = [:]) {
         self.topic = topic
-        key = message.key.map { Data($0.utf8) }
+        key = message.key.map { key in
+            var key = key
+            return key.withUTF8 { Data(buffer: $0) }
+        }
         value = message.payload
         var headers: [(String, String)] = [(KafkaRecordLayout.idHeader, message.id)]
         for (name, value) in message.headers.sorted(by: { $0.key < $1.key }) where extraHeaders[name] == nil {
@@ -240,25 +236,76 @@ struct OutgoingRecord: Sendable {
     func makeHeaders() -> OpaquePointer? {
         guard !headers.isEmpty, let list = rd_kafka_headers_new(headers.count) else { return nil }
         for (name, value) in headers {
-            var bytes = Array(value.utf8)
-            if bytes.isEmpty { bytes = [0] ; _ = rd_kafka_header_add(list, name, -1, bytes, 0); continue }
-            _ = rd_kafka_header_add(list, name, -1, bytes, bytes.count)
+            var value = value
+            value.withUTF8 { utf8 in
+                // librdkafka copies the value; an empty one still needs a non-null pointer.
+                if let base = utf8.baseAddress, utf8.count > 0 {
+                    _ = rd_kafka_header_add(list, name, -1, base, utf8.count)
+                } else {
+                    withUnsafeBytes(of: UInt8(0)) { _ = rd_kafka_header_add(list, name, -1, $0.baseAddress, 0) }
+                }
+            }
         }
         return list
     }
 }
 
 /// Gathers the delivery reports of one publish call.
-private final class BatchCollector: Sendable {
+///
+/// Each record's librdkafka opaque points at its slot in one buffer per call, `(collector,
+/// index)`, instead of at an object per record: the collector is retained once for the whole
+/// call (released by its last report, or by ``abandon()`` for records never enqueued).
+final class BatchCollector: Sendable {
     private struct State {
         var results: [(Int32, Int64)?]
         var failure: BrokerError?
         var left: Int
         var continuation: CheckedContinuation<[(Int32, Int64)], any Error>?
     }
+    private struct Slot {
+        let collector: Unmanaged<BatchCollector>
+        let index: Int
+    }
     private let state: Mutex<State>
+    /// Written once by `init`, read by report callbacks: immutable while shared.
+    private nonisolated(unsafe) let slots: UnsafeMutablePointer<Slot>
+    private let count: Int
 
-    init(count: Int) { state = Mutex(State(results: Array(repeating: nil, count: count), failure: nil, left: count, continuation: nil)) }
+    init(count: Int) {
+        self.count = count
+        state = Mutex(State(results: Array(repeating: nil, count: count), failure: nil, left: count, continuation: nil))
+        slots = .allocate(capacity: count)
+        // Each outstanding record's report needs the collector alive: one retain for all of
+        // them, dropped when the last report arrives.
+        let retained = Unmanaged.passUnretained(self)
+        for index in 0..<count { (slots + index).initialize(to: Slot(collector: retained, index: index)) }
+        _ = Unmanaged.passRetained(self)
+    }
+
+    deinit {
+        slots.deinitialize(count: count)
+        slots.deallocate()
+    }
+
+    /// The opaque for record `index`.
+    func slot(_ index: Int) -> UnsafeMutableRawPointer { UnsafeMutableRawPointer(slots + index) }
+
+    /// Records the report for the record whose opaque is `opaque`.
+    static func report(_ opaque: UnsafeMutableRawPointer, _ result: Result<(Int32, Int64), BrokerError>) {
+        let slot = opaque.assumingMemoryBound(to: Slot.self).pointee
+        slot.collector.takeUnretainedValue().complete(slot.index, result)
+    }
+
+    /// The records were never handed to librdkafka (the enqueue thread is gone): no report
+    /// will come, so the collector's own retain is dropped here.
+    func abandon() {
+        let owned = state.withLock { s -> Bool in
+            guard s.left > 0 else { return false }
+            s.left = 0
+            return true
+        }
+        if owned { Unmanaged.passUnretained(self).release() }
+    }
 
     /// Waits until every record has its report; throws the first failure.
     func wait() async throws -> [(Int32, Int64)] {
@@ -275,18 +322,21 @@ private final class BatchCollector: Sendable {
         }
     }
 
-    func complete(_ index: Int, _ result: Result<(Int32, Int64), BrokerError>) {
-        let finished = state.withLock { s -> (CheckedContinuation<[(Int32, Int64)], any Error>, Result<[(Int32, Int64)], BrokerError>)? in
+    private func complete(_ index: Int, _ result: Result<(Int32, Int64), BrokerError>) {
+        let (finished, last) = state.withLock { s -> ((CheckedContinuation<[(Int32, Int64)], any Error>, Result<[(Int32, Int64)], BrokerError>)?, Bool) in
+            guard s.left > 0 else { return (nil, false) }
             switch result {
             case .success(let value): s.results[index] = value
             case .failure(let error): if s.failure == nil { s.failure = error }
             }
             s.left -= 1
-            guard s.left == 0, let continuation = s.continuation else { return nil }
+            guard s.left == 0 else { return (nil, false) }
+            guard let continuation = s.continuation else { return (nil, true) }
             s.continuation = nil
-            if let failure = s.failure { return (continuation, .failure(failure)) }
-            return (continuation, .success(s.results.map { $0! }))
+            if let failure = s.failure { return ((continuation, .failure(failure)), true) }
+            return ((continuation, .success(s.results.map { $0! })), true)
         }
         if let (continuation, result) = finished { continuation.resume(with: result.mapError { $0 as any Error }) }
+        if last { Unmanaged.passUnretained(self).release() }
     }
 }
