@@ -56,6 +56,9 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         var pendingAcks: [UInt64] = []
         /// The connection's pump was nudged to write `pendingAcks` and has not yet.
         var ackNudged = false
+        /// Prefetched deliveries being handed back (copies published, originals not yet
+        /// acked): no `multiple` ack may cover them before their copies are confirmed.
+        var handingBack: Set<UInt64> = []
 
         var buffered: Int { buffer.count - bufferHead }
 
@@ -119,6 +122,7 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
             s.generation = generation
             s.failure = nil
             s.pendingAcks.removeAll()  // tags of an earlier session
+            s.handingBack.removeAll()
         }
         guard state.withLock({ $0.fetching }) else { return }
         try connection.qos(Self.channel, prefetch: prefetch)
@@ -132,6 +136,7 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
             _ = s.clearBuffer()
             s.held.removeAll()
             s.pendingAcks.removeAll()
+            s.handingBack.removeAll()
         }
     }
 
@@ -287,7 +292,8 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
             s.ackNudged = false
             defer { s.pendingAcks.removeAll(keepingCapacity: true) }
             let firstBuffered = s.bufferHead < s.buffer.count ? s.buffer[s.bufferHead].raw.deliveryTag : .max
-            return (s.pendingAcks, min(s.held.min() ?? .max, firstBuffered), s.generation)
+            let lowest = min(s.held.min() ?? .max, firstBuffered, s.handingBack.min() ?? .max)
+            return (s.pendingAcks, lowest, s.generation)
         }
         guard connection.generation == generation, let highest = tags.max() else { return }
         if highest < lowestUnsettled {
@@ -310,7 +316,9 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
     private func handBackBuffered() async {
         let leftovers = state.withLock { s -> [Buffered] in
             let generation = s.generation
-            return s.clearBuffer().filter { $0.generation == generation }
+            let leftovers = s.clearBuffer().filter { $0.generation == generation }
+            s.handingBack.formUnion(leftovers.map(\.raw.deliveryTag))
+            return leftovers
         }
         guard !leftovers.isEmpty else { return }
         let copies = leftovers.map { item -> AMQPOutgoing in
@@ -329,7 +337,11 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
                 guard c.generation == generation else { return }
                 for tag in tags { try c.ack(Self.channel, tag: tag) }
             }
+            // (Not acked because the session broke: the broker requeues them anyway.)
+            state.withLock { $0.handingBack.subtract(tags) }
         } catch {
+            // Their copies may not exist: they stay out of `multiple` acks for this session,
+            // and the broker redelivers them when it ends.
             broker.logger.warning("could not hand back \(leftovers.count) prefetched message(s) of '\(queue)': \(error); the broker redelivers them")
         }
     }
