@@ -214,6 +214,9 @@ struct OutgoingRecord: Sendable {
     let topic: String
     let key: Data?
     let value: Data
+    /// The message id, sent as the first header (`x-brokerkit-id`).
+    let id: String
+    /// Every other header, in the order they are sent (usually none: no array then).
     let headers: [(String, String)]
     let timestampMilliseconds: Int64
 
@@ -224,29 +227,36 @@ struct OutgoingRecord: Sendable {
             return key.withUTF8 { Data(buffer: $0) }
         }
         value = message.payload
-        var headers: [(String, String)] = [(KafkaRecordLayout.idHeader, message.id)]
-        for (name, value) in message.headers.sorted(by: { $0.key < $1.key }) where extraHeaders[name] == nil {
-            headers.append((name, value))
+        id = message.id
+        var headers: [(String, String)] = []
+        if !message.headers.isEmpty || !extraHeaders.isEmpty {
+            headers.reserveCapacity(message.headers.count + extraHeaders.count)
+            for (name, value) in message.headers.sorted(by: { $0.key < $1.key }) where extraHeaders[name] == nil {
+                headers.append((name, value))
+            }
+            for (name, value) in extraHeaders.sorted(by: { $0.key < $1.key }) { headers.append((name, value)) }
         }
-        for (name, value) in extraHeaders.sorted(by: { $0.key < $1.key }) { headers.append((name, value)) }
         self.headers = headers
         timestampMilliseconds = Int64((message.timestamp.timeIntervalSince1970 * 1000).rounded())
     }
 
     func makeHeaders() -> OpaquePointer? {
-        guard !headers.isEmpty, let list = rd_kafka_headers_new(headers.count) else { return nil }
-        for (name, value) in headers {
-            var value = value
-            value.withUTF8 { utf8 in
-                // librdkafka copies the value; an empty one still needs a non-null pointer.
-                if let base = utf8.baseAddress, utf8.count > 0 {
-                    _ = rd_kafka_header_add(list, name, -1, base, utf8.count)
-                } else {
-                    withUnsafeBytes(of: UInt8(0)) { _ = rd_kafka_header_add(list, name, -1, $0.baseAddress, 0) }
-                }
+        guard let list = rd_kafka_headers_new(1 + headers.count) else { return nil }
+        Self.add(KafkaRecordLayout.idHeader, id, to: list)
+        for (name, value) in headers { Self.add(name, value, to: list) }
+        return list
+    }
+
+    private static func add(_ name: String, _ value: String, to list: OpaquePointer) {
+        var value = value
+        value.withUTF8 { utf8 in
+            // librdkafka copies the value; an empty one still needs a non-null pointer.
+            if let base = utf8.baseAddress, utf8.count > 0 {
+                _ = rd_kafka_header_add(list, name, -1, base, utf8.count)
+            } else {
+                withUnsafeBytes(of: UInt8(0)) { _ = rd_kafka_header_add(list, name, -1, $0.baseAddress, 0) }
             }
         }
-        return list
     }
 }
 
