@@ -222,10 +222,7 @@ struct OutgoingRecord: Sendable {
 
     init(topic: String, message: Message, extraHeaders: [String: String] = [:]) {
         self.topic = topic
-        key = message.key.map { key in
-            var key = key
-            return key.withUTF8 { Data(buffer: $0) }
-        }
+        key = message.key.map(Data.init(utf8Of:))
         value = message.payload
         id = message.id
         var headers: [(String, String)] = []

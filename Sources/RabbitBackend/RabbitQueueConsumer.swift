@@ -60,8 +60,6 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         /// acked): no `multiple` ack may cover them before their copies are confirmed.
         var handingBack: Set<UInt64> = []
 
-        var buffered: Int { buffer.count - bufferHead }
-
         mutating func takeBuffered() -> Buffered? {
             guard bufferHead < buffer.count else { return nil }
             let item = buffer[bufferHead]

@@ -30,9 +30,7 @@ enum RedisFieldLayout {
         add("ts", RedisArgument(Int64((message.timestamp.timeIntervalSince1970 * 1000).rounded())))
         if attempt > 1 { add("attempt", RedisArgument(attempt)) }
         if let firstFailureAt { add("ff", RedisArgument(Int64((firstFailureAt.timeIntervalSince1970 * 1000).rounded()))) }
-        if !message.headers.isEmpty {
-            for (name, value) in message.headers.sorted(by: { $0.key < $1.key }) { add(RedisArgument("h:" + name), RedisArgument(value)) }
-        }
+        for (name, value) in message.headers.sorted(by: { $0.key < $1.key }) { add(RedisArgument("h:" + name), RedisArgument(value)) }
         add("payload", RedisArgument(message.payload))
         return fields
     }

@@ -31,7 +31,7 @@ public enum PublishValidation {
             }
             guard let trace else { return message }
             var prepared = message
-            for (key, value) in trace where prepared.headers[key] == nil { prepared.headers[key] = value }
+            TraceContext.add(trace, to: &prepared.headers)
             return prepared
         }
     }

@@ -17,6 +17,11 @@ public enum TraceContext {
     /// Adds the current task's trace context to `headers` (existing keys are kept).
     public static func inject(into headers: inout [String: String]) {
         guard let injected = currentHeaders() else { return }
+        add(injected, to: &headers)
+    }
+
+    /// Adds headers from ``currentHeaders()`` to `headers`, keeping existing keys.
+    public static func add(_ injected: [String: String], to headers: inout [String: String]) {
         for (key, value) in injected where headers[key] == nil { headers[key] = value }
     }
 

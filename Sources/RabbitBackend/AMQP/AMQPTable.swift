@@ -1,3 +1,4 @@
+import BrokerAPI
 import CRabbitMQ
 import Foundation
 
@@ -25,10 +26,7 @@ enum AMQPValue: Sendable, Hashable {
     case array([AMQPValue])
     case void
 
-    static func text(_ text: String) -> AMQPValue {
-        var text = text
-        return .string(text.withUTF8 { Data(buffer: $0) })
-    }
+    static func text(_ text: String) -> AMQPValue { .string(Data(utf8Of: text)) }
 
     /// The value as text, for BrokerKit's string headers: strings as UTF-8, numbers and
     /// booleans in their usual spelling; tables, arrays and void have none.
