@@ -145,11 +145,17 @@ stop_kafka() {
     pkill -f "noida-db start --only kafka --kafka-port $KAFKA_PORT" 2>/dev/null || true
 }
 
-restart_kafka() {  # for reconnect tests: stop (the snapshot is written on SIGTERM), start on the same data
-    stop_kafka
-    wait_port_closed noida-db "$KAFKA_PORT" 20
+restart_kafka() {  # for reconnect tests: stop the Kafka service (data is saved), start it on the same data
+    # Not SIGTERM: on SIGTERM noida-db goes on acknowledging produce requests on open
+    # connections while it writes its snapshot, and those records are lost on the next start
+    # (measured: 76 acknowledged, 2 kept). `noida-db stop kafka` drops the connections first.
+    local t0=$SECONDS
+    noida-db stop kafka --data-dir "$RUN/kafka/data" >/dev/null 2>&1
+    wait_port_closed noida-db "$KAFKA_PORT" 60
     sleep "${1:-0}"
-    launch_kafka
+    noida-db start kafka --data-dir "$RUN/kafka/data" >/dev/null 2>&1
+    wait_port kafka "$KAFKA_PORT" 60
+    log "noida-db Kafka service restarted on 127.0.0.1:$KAFKA_PORT ($((SECONDS - t0)) s)"
 }
 
 stop_all() {
