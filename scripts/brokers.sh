@@ -10,6 +10,7 @@ AMQP_PORT="${BROKERKIT_AMQP_PORT:-5682}"
 AMQP_DIST_PORT="${BROKERKIT_AMQP_DIST_PORT:-25682}"
 AMQPS_PORT="${BROKERKIT_AMQPS_PORT:-5683}"
 KAFKA_PORT="${BROKERKIT_KAFKA_PORT:-19092}"
+KAFKA_TLS_PORT="${BROKERKIT_KAFKA_TLS_PORT:-19093}"
 RABBIT_NODE="${BROKERKIT_AMQP_NODE:-brokerkit-test@localhost}"
 
 log() { echo "==> $*"; }
@@ -64,6 +65,11 @@ make_tls() {
         openssl req -newkey rsa:2048 -nodes -subj "/CN=brokerkit-test-client" -keyout client.key -out client.csr 2>/dev/null
         openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
             -extfile client.ext -out client.pem 2>/dev/null
+        # The TLS Kafka broker advertises 127.0.0.1, so its certificate names that address too.
+        printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >kafka-server.ext
+        openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout kafka-server.key -out kafka-server.csr 2>/dev/null
+        openssl x509 -req -in kafka-server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 \
+            -extfile kafka-server.ext -out kafka-server.pem 2>/dev/null
         # A CA the server's certificate does not chain to.
         openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=Unrelated CA" \
             -keyout other-ca.key -out other-ca.pem 2>/dev/null
@@ -128,6 +134,48 @@ launch_kafka() {
     log "noida-db (Kafka protocol) on 127.0.0.1:$KAFKA_PORT ($((SECONDS - t0)) s)"
 }
 
+# noida-db has no TLS listener, so the TLS broker is a second noida-db behind socat. It runs
+# in a network namespace of its own, listening on (and advertising) 127.0.0.1:$KAFKA_TLS_PORT
+# there; socat inside the namespace bridges it to a Unix socket, and socat outside terminates
+# TLS on 127.0.0.1:$KAFKA_TLS_PORT, the address clients learn from the broker's metadata. The
+# TLS side demands a client certificate signed by the test CA. Needs root (unshare -n).
+start_kafka_tls() {
+    local dir="$RUN/kafka-tls"
+    rm -rf "$dir"
+    mkdir -p "$dir/data"
+    [ -f "$RUN/tls/kafka-server.pem" ] || make_tls
+    local t0=$SECONDS
+    setsid unshare -n bash -c "ip link set lo up
+        noida-db start --only kafka --kafka-port $KAFKA_TLS_PORT --data-dir '$dir/data' >'$dir/noida.log' 2>&1 &
+        exec socat UNIX-LISTEN:'$dir/kafka.sock',fork,unlink-early TCP:127.0.0.1:$KAFKA_TLS_PORT" \
+        >"$dir/namespace.log" 2>&1 </dev/null &
+    echo $! >"$dir/namespace.pid"
+    setsid socat "OPENSSL-LISTEN:$KAFKA_TLS_PORT,bind=127.0.0.1,reuseaddr,fork,cert=$RUN/tls/kafka-server.pem,key=$RUN/tls/kafka-server.key,cafile=$RUN/tls/ca.pem,verify=1" \
+        "UNIX-CONNECT:$dir/kafka.sock" >"$dir/socat.log" 2>&1 </dev/null &
+    echo $! >"$dir/socat.pid"
+    # Ready when a TLS client gets the broker's metadata through both bridges.
+    local deadline=$((SECONDS + 60))
+    until kcat -L -m 5 -b "127.0.0.1:$KAFKA_TLS_PORT" -X security.protocol=ssl -X "ssl.ca.location=$RUN/tls/ca.pem" \
+        -X "ssl.certificate.location=$RUN/tls/client.pem" -X "ssl.key.location=$RUN/tls/client.key" >/dev/null 2>&1; do
+        if [ $SECONDS -ge $deadline ]; then
+            echo "error: the TLS Kafka broker did not answer on 127.0.0.1:$KAFKA_TLS_PORT; logs:" >&2
+            tail -n 20 "$dir"/*.log >&2 || true
+            return 1
+        fi
+        sleep 0.5
+    done
+    log "noida-db behind TLS (socat) on 127.0.0.1:$KAFKA_TLS_PORT ($((SECONDS - t0)) s)"
+}
+
+stop_kafka_tls() {
+    local f
+    for f in "$RUN/kafka-tls/socat.pid" "$RUN/kafka-tls/namespace.pid"; do
+        # Each was started as a session leader: the signal reaches its whole process group.
+        if [ -f "$f" ]; then kill -TERM -- "-$(cat "$f")" 2>/dev/null || true; rm -f "$f"; fi
+    done
+    pkill -f "noida-db start --only kafka --kafka-port $KAFKA_TLS_PORT" 2>/dev/null || true
+}
+
 restart_redis() {  # for reconnect tests: stop (AOF is flushed on shutdown) and start again
     redis-cli -p "$REDIS_PORT" shutdown >/dev/null 2>&1 || true
     wait_port_closed redis "$REDIS_PORT" 20
@@ -174,6 +222,7 @@ stop_all() {
         fi
     fi
     stop_kafka
+    stop_kafka_tls
     rm -f "$RUN/brokers.env"
 }
 
@@ -185,6 +234,7 @@ start)
     start_redis
     start_rabbit
     start_kafka
+    start_kafka_tls
     cat >"$RUN/brokers.env" <<ENV
 export BROKERKIT_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 export BROKERKIT_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/
@@ -193,6 +243,8 @@ export BROKERKIT_TEST_KAFKA_URL=kafka://127.0.0.1:$KAFKA_PORT
 # BROKERKIT_TEST_TLS_DIR (ca.pem, client.pem, client.key, other-ca.pem).
 export BROKERKIT_TEST_AMQPS_URL=amqps://guest:guest@localhost:$AMQPS_PORT/
 export BROKERKIT_TEST_TLS_DIR=$RUN/tls
+# Kafka over TLS (client certificate required; kafka-server.pem names localhost and 127.0.0.1).
+export BROKERKIT_TEST_KAFKA_TLS_URL=kafka+ssl://127.0.0.1:$KAFKA_TLS_PORT
 # For restart tests: how to stop and start each server again.
 export BROKERKIT_TEST_AMQP_NODE=$RABBIT_NODE
 export BROKERKIT_TEST_REDIS_DIR=$RUN/redis

@@ -16,7 +16,7 @@ if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
 
 packages=(pkg-config librdkafka-dev librabbitmq-dev libhiredis-dev)
 if [ "$mode" = test ]; then
-    packages+=(redis-server rabbitmq-server kcat python3-pip openssl)
+    packages+=(redis-server rabbitmq-server kcat python3-pip openssl socat iproute2 util-linux)
 fi
 
 missing=()

@@ -5,7 +5,7 @@ import Foundation
 ///
 /// The project's `scripts/brokers.sh start` exports `BROKERKIT_TEST_REDIS_URL`,
 /// `BROKERKIT_TEST_AMQP_URL`, `BROKERKIT_TEST_AMQPS_URL` (with `BROKERKIT_TEST_TLS_DIR`) and
-/// `BROKERKIT_TEST_KAFKA_URL`.
+/// `BROKERKIT_TEST_KAFKA_URL` (and `BROKERKIT_TEST_KAFKA_TLS_URL`).
 public enum TestEnvironment {
     public enum Server: String, Sendable, CaseIterable {
         case redis = "REDIS"
@@ -13,6 +13,9 @@ public enum TestEnvironment {
         /// RabbitMQ's TLS listener (`amqps://`); its certificates are in `BROKERKIT_TEST_TLS_DIR`.
         case amqps = "AMQPS"
         case kafka = "KAFKA"
+        /// A Kafka-protocol broker behind TLS (`kafka+ssl://`), demanding a client certificate;
+        /// the certificates are in `BROKERKIT_TEST_TLS_DIR`.
+        case kafkaTLS = "KAFKA_TLS"
 
         /// The environment variable holding the server's URL.
         public var variable: String { "BROKERKIT_TEST_\(rawValue)_URL" }

@@ -60,9 +60,9 @@ final class KafkaBroker: Broker {
         }
         let broker = KafkaBroker(configuration: configuration, settings: settings, producer: producer, adminHandle: adminHandle, logger: logger)
         // One metadata round trip proves the cluster answers (and the credentials work). It
-        // is asked in short slices so that rejected credentials, which librdkafka only
-        // reports through its error callback while it keeps retrying, fail at once instead of
-        // after the whole connect timeout.
+        // is asked in short slices so that rejected credentials and failed TLS handshakes,
+        // which librdkafka only reports through its error callback while it keeps retrying,
+        // fail at once instead of after the whole connect timeout.
         let deadline = ContinuousClock.now + settings.connectTimeout
         while true {
             let slice = min(max(deadline - ContinuousClock.now, .milliseconds(1)), .milliseconds(500))
@@ -71,13 +71,22 @@ final class KafkaBroker: Broker {
                 _ = try await broker.admin.metadata(topic: nil, timeout: slice)
                 return broker
             } catch let error as BrokerError {
-                if let reason = adminHandle.authenticationFailure ?? producer.handle.authenticationFailure {
+                switch adminHandle.permanentFailure ?? producer.handle.permanentFailure {
+                case .authentication(let reason):
                     await broker.close()
                     let user = settings.common["sasl.username"].map { "user '\($0)'" } ?? "the client"
                     let mechanism = settings.common["sasl.mechanism"] ?? "SASL"
                     throw BrokerError(
                         .authenticationFailed,
                         "kafka \(settings.server) rejected the credentials of \(user) (\(mechanism)): \(reason)", backend: "kafka")
+                case .tlsHandshake(let reason):
+                    await broker.close()
+                    throw BrokerError(
+                        .connectionFailed,
+                        "TLS handshake with kafka \(settings.server) failed (check ssl.ca.location, ssl.certificate.location and ssl.key.location): \(reason)",
+                        backend: "kafka")
+                case nil:
+                    break
                 }
                 if ContinuousClock.now < deadline {
                     // An immediate failure (connection refused): pause rather than spin.
@@ -87,8 +96,11 @@ final class KafkaBroker: Broker {
                 await broker.close()
                 var code = error.code
                 if code == .timeout || code == .brokerError { code = .connectionFailed }
+                // The metadata call's error is generic (transport failure) and names the admin
+                // handle's last error only; the producer's may say why (refused, TLS alert).
+                let last = adminHandle.lastErrorDetail == nil ? producer.handle.lastErrorDetail.map { "; last error \($0)" } ?? "" : ""
                 throw BrokerError(
-                    code, "cannot connect to kafka \(settings.server) within \(settings.connectTimeout): \(error.message)",
+                    code, "cannot connect to kafka \(settings.server) within \(settings.connectTimeout): \(error.message)\(last)",
                     backend: "kafka")
             }
         }

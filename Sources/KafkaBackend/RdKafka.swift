@@ -190,13 +190,20 @@ final class RdKafkaHandle: @unchecked Sendable {
         callbacks.lastError.withLock { $0.map { "\(RdKafka.errorName($0.code)): \($0.reason)" } }
     }
 
-    /// librdkafka's reason when the last connection-level error was rejected credentials
-    /// (SASL authentication failed); such errors do not heal by retrying.
-    var authenticationFailure: String? {
+    /// A connection-level error that does not heal by retrying, with librdkafka's reason:
+    /// rejected credentials (SASL authentication failed) or a failed TLS handshake (a server
+    /// certificate the CA does not vouch for, or one naming another host).
+    enum PermanentFailure {
+        case authentication(String)
+        case tlsHandshake(String)
+    }
+
+    var permanentFailure: PermanentFailure? {
         callbacks.lastError.withLock { last in
             guard let last else { return nil }
             switch last.code {
-            case RD_KAFKA_RESP_ERR__AUTHENTICATION, RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED: return last.reason
+            case RD_KAFKA_RESP_ERR__AUTHENTICATION, RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED: return .authentication(last.reason)
+            case RD_KAFKA_RESP_ERR__SSL: return .tlsHandshake(last.reason)
             default: return nil
             }
         }
