@@ -129,6 +129,30 @@ func timedRawProducer(_ topic: String, _ body: @escaping @Sendable (OpaquePointe
 print("BrokerKit Kafka backend vs raw librdkafka \(KafkaBackend.libraryVersion) — \(count) messages of \(payload.count) B, \(url)")
 print("")
 /// Every scenario once, raw side first. Topic and group names carry the round.
+/// What a Swift app reading librdkafka directly does with each record: key and payload into
+/// `Data`, topic and headers into `String`s. Returns a byte count so the work is not dropped.
+nonisolated(unsafe) var copied = 0
+func copyOut(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> Int {
+    let m = message.pointee
+    let topic = String(cString: rd_kafka_topic_name(m.rkt))
+    let payload = m.payload.map { Data(bytes: $0, count: m.len) } ?? Data()
+    let key = m.key.map { Data(bytes: $0, count: m.key_len) }
+    var headers: [(String, String)] = []
+    var hdrs: OpaquePointer?
+    if rd_kafka_message_headers(message, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs {
+        var index = 0
+        var name: UnsafePointer<CChar>?
+        var value: UnsafeRawPointer?
+        var size = 0
+        while rd_kafka_header_get_all(hdrs, index, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
+            let bytes = value.map { UnsafeRawBufferPointer(start: $0, count: size) } ?? UnsafeRawBufferPointer(start: nil, count: 0)
+            headers.append((String(cString: name!), String(decoding: bytes, as: UTF8.self)))
+            index += 1
+        }
+    }
+    return topic.utf8.count + payload.count + (key?.count ?? 0) + headers.count
+}
+
 @MainActor func measureRound(_ round: Int) async throws -> [Row] {
     var rows: [Row] = []
     func row(_ name: String, kit: Double, raw: Double) { rows.append(Row(name: name, kit: kit, raw: raw, ratio: kit / raw)) }
@@ -178,10 +202,13 @@ print("")
     } }.value
     row("produce batched (msg/s)", kit: rate(count, kitBatched), raw: rate(count, rawBatched))
 
-    // consume-commit, both reading the batched topics (count records each)
-    let rawConsume: Duration = await onThread {
+    // consume-commit, both reading the batched topics (count records each). The raw
+    // consumer runs twice: once touching nothing but the offset (librdkafka's floor), once
+    // copying each record's key, payload and headers into Swift values first, as an app
+    // using librdkafka directly from Swift does (swift-kafka-client's consumer copies them).
+    @Sendable func rawConsume(copyingOut: Bool) -> Duration {
         let rk = rawHandle(RD_KAFKA_CONSUMER, [
-            "bootstrap.servers": bootstrap, "group.id": "bench.raw-\(run)-\(round)", "enable.auto.commit": "false",
+            "bootstrap.servers": bootstrap, "group.id": "bench.raw-\(copyingOut ? "copy-" : "")\(run)-\(round)", "enable.auto.commit": "false",
             "enable.auto.offset.store": "false",
             "auto.offset.reset": "earliest", "partition.assignment.strategy": "roundrobin", "fetch.wait.max.ms": "100",
         ])
@@ -198,6 +225,7 @@ print("")
             if message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR {
                 if start == nil { start = .now }
                 got += 1
+                if copyingOut { copied &+= copyOut(message) }
                 let list = rd_kafka_topic_partition_list_new(1)!
                 let element = rd_kafka_topic_partition_list_add(list, rd_kafka_topic_name(message.pointee.rkt), message.pointee.partition)
                 element?.pointee.offset = message.pointee.offset + 1
@@ -212,6 +240,8 @@ print("")
         _ = rd_kafka_consumer_close(rk)
         return took
     }
+    let rawConsumeFloor = await onThread { rawConsume(copyingOut: false) }
+    let rawConsumeCopying = await onThread { rawConsume(copyingOut: true) }
     let kitConsume = try await Task.detached {
         let consumer = try await broker.consumeStream(kitBatchStream, group: "kit-\(run)-\(round)", options: .init(start: .earliest, prefetch: 1000))
         var kitStart: ContinuousClock.Instant?
@@ -226,7 +256,8 @@ print("")
         await consumer.close()
         return took
     }.value
-    row("consume + commit (msg/s)", kit: rate(count, kitConsume), raw: rate(count, rawConsume))
+    row("consume + commit (msg/s)", kit: rate(count, kitConsume), raw: rate(count, rawConsumeFloor))
+    row("  vs raw copying records out", kit: rate(count, kitConsume), raw: rate(count, rawConsumeCopying))
 
     // e2e latency (not on the mock cluster: it answers a waiting fetch only when
     // fetch.wait.max.ms is over, so every sample on both sides is ≈ 100 ms)
