@@ -11,6 +11,9 @@ AMQP_DIST_PORT="${BROKERKIT_AMQP_DIST_PORT:-25682}"
 AMQPS_PORT="${BROKERKIT_AMQPS_PORT:-5683}"
 KAFKA_PORT="${BROKERKIT_KAFKA_PORT:-19092}"
 KAFKA_TLS_PORT="${BROKERKIT_KAFKA_TLS_PORT:-19093}"
+KAFKA_SASL_PORT="${BROKERKIT_KAFKA_SASL_PORT:-19094}"
+KAFKA_SASL_USER=alice
+KAFKA_SASL_PASSWORD=alice-secret
 RABBIT_NODE="${BROKERKIT_AMQP_NODE:-brokerkit-test@localhost}"
 
 log() { echo "==> $*"; }
@@ -134,46 +137,77 @@ launch_kafka() {
     log "noida-db (Kafka protocol) on 127.0.0.1:$KAFKA_PORT ($((SECONDS - t0)) s)"
 }
 
-# noida-db has no TLS listener, so the TLS broker is a second noida-db behind socat. It runs
-# in a network namespace of its own, listening on (and advertising) 127.0.0.1:$KAFKA_TLS_PORT
-# there; socat inside the namespace bridges it to a Unix socket, and socat outside terminates
-# TLS on 127.0.0.1:$KAFKA_TLS_PORT, the address clients learn from the broker's metadata. The
-# TLS side demands a client certificate signed by the test CA. Needs root (unshare -n).
-start_kafka_tls() {
-    local dir="$RUN/kafka-tls"
+# noida-db has neither TLS nor SASL, so the TLS and the SASL brokers are further noida-db
+# instances behind a front: each runs in a network namespace of its own, listening on (and
+# advertising) 127.0.0.1:PORT there, and socat inside the namespace bridges it to a Unix
+# socket. The front listens on 127.0.0.1:PORT outside, the address clients learn from the
+# broker's metadata, and passes authenticated connections on to that socket. Needs root
+# (unshare -n).
+launch_namespaced_kafka() {  # name port
+    local dir="$RUN/$1"
     rm -rf "$dir"
     mkdir -p "$dir/data"
-    [ -f "$RUN/tls/kafka-server.pem" ] || make_tls
-    local t0=$SECONDS
     setsid unshare -n bash -c "ip link set lo up
-        noida-db start --only kafka --kafka-port $KAFKA_TLS_PORT --data-dir '$dir/data' >'$dir/noida.log' 2>&1 &
-        exec socat UNIX-LISTEN:'$dir/kafka.sock',fork,unlink-early TCP:127.0.0.1:$KAFKA_TLS_PORT" \
+        noida-db start --only kafka --kafka-port $2 --data-dir '$dir/data' >'$dir/noida.log' 2>&1 &
+        exec socat UNIX-LISTEN:'$dir/kafka.sock',fork,unlink-early TCP:127.0.0.1:$2" \
         >"$dir/namespace.log" 2>&1 </dev/null &
     echo $! >"$dir/namespace.pid"
-    setsid socat "OPENSSL-LISTEN:$KAFKA_TLS_PORT,bind=127.0.0.1,reuseaddr,fork,cert=$RUN/tls/kafka-server.pem,key=$RUN/tls/kafka-server.key,cafile=$RUN/tls/ca.pem,verify=1" \
-        "UNIX-CONNECT:$dir/kafka.sock" >"$dir/socat.log" 2>&1 </dev/null &
-    echo $! >"$dir/socat.pid"
-    # Ready when a TLS client gets the broker's metadata through both bridges.
+}
+
+wait_kafka_front() {  # name port kcat-options...
+    local name=$1 port=$2
+    shift 2
+    # Ready when a client gets the broker's metadata through the front and both bridges.
     local deadline=$((SECONDS + 60))
-    until kcat -L -m 5 -b "127.0.0.1:$KAFKA_TLS_PORT" -X security.protocol=ssl -X "ssl.ca.location=$RUN/tls/ca.pem" \
-        -X "ssl.certificate.location=$RUN/tls/client.pem" -X "ssl.key.location=$RUN/tls/client.key" >/dev/null 2>&1; do
+    until kcat -L -m 5 -b "127.0.0.1:$port" "$@" >/dev/null 2>&1; do
         if [ $SECONDS -ge $deadline ]; then
-            echo "error: the TLS Kafka broker did not answer on 127.0.0.1:$KAFKA_TLS_PORT; logs:" >&2
-            tail -n 20 "$dir"/*.log >&2 || true
+            echo "error: the $name Kafka broker did not answer on 127.0.0.1:$port; logs:" >&2
+            tail -n 20 "$RUN/kafka-$name"/*.log >&2 || true
             return 1
         fi
         sleep 0.5
     done
+}
+
+# TLS: socat terminates TLS and demands a client certificate signed by the test CA.
+start_kafka_tls() {
+    local dir="$RUN/kafka-tls" t0=$SECONDS
+    [ -f "$RUN/tls/kafka-server.pem" ] || make_tls
+    launch_namespaced_kafka kafka-tls "$KAFKA_TLS_PORT"
+    setsid socat "OPENSSL-LISTEN:$KAFKA_TLS_PORT,bind=127.0.0.1,reuseaddr,fork,cert=$RUN/tls/kafka-server.pem,key=$RUN/tls/kafka-server.key,cafile=$RUN/tls/ca.pem,verify=1" \
+        "UNIX-CONNECT:$dir/kafka.sock" >"$dir/front.log" 2>&1 </dev/null &
+    echo $! >"$dir/front.pid"
+    wait_kafka_front tls "$KAFKA_TLS_PORT" -X security.protocol=ssl -X "ssl.ca.location=$RUN/tls/ca.pem" \
+        -X "ssl.certificate.location=$RUN/tls/client.pem" -X "ssl.key.location=$RUN/tls/client.key"
     log "noida-db behind TLS (socat) on 127.0.0.1:$KAFKA_TLS_PORT ($((SECONDS - t0)) s)"
 }
 
-stop_kafka_tls() {
-    local f
-    for f in "$RUN/kafka-tls/socat.pid" "$RUN/kafka-tls/namespace.pid"; do
-        # Each was started as a session leader: the signal reaches its whole process group.
-        if [ -f "$f" ]; then kill -TERM -- "-$(cat "$f")" 2>/dev/null || true; rm -f "$f"; fi
+# SASL: scripts/kafka-sasl-front.py authenticates PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512
+# against one user, then splices the connection through.
+start_kafka_sasl() {
+    local dir="$RUN/kafka-sasl" t0=$SECONDS
+    launch_namespaced_kafka kafka-sasl "$KAFKA_SASL_PORT"
+    # The front waits (up to 60 s) for the broker behind the socket before it listens.
+    setsid python3 scripts/kafka-sasl-front.py "127.0.0.1:$KAFKA_SASL_PORT" "$dir/kafka.sock" "$KAFKA_SASL_USER:$KAFKA_SASL_PASSWORD" \
+        >"$dir/front.log" 2>&1 </dev/null &
+    echo $! >"$dir/front.pid"
+    wait_kafka_front sasl "$KAFKA_SASL_PORT" -X security.protocol=sasl_plaintext -X sasl.mechanism=PLAIN \
+        -X "sasl.username=$KAFKA_SASL_USER" -X "sasl.password=$KAFKA_SASL_PASSWORD"
+    log "noida-db behind SASL (PLAIN, SCRAM) on 127.0.0.1:$KAFKA_SASL_PORT ($((SECONDS - t0)) s)"
+}
+
+stop_namespaced_kafka() {
+    local dir f
+    for dir in "$RUN/kafka-tls" "$RUN/kafka-sasl"; do
+        for f in "$dir/front.pid" "$dir/namespace.pid"; do
+            # Each was started as a session leader: the signal reaches its whole process group.
+            if [ -f "$f" ]; then kill -TERM -- "-$(cat "$f")" 2>/dev/null || true; rm -f "$f"; fi
+        done
     done
-    pkill -f "noida-db start --only kafka --kafka-port $KAFKA_TLS_PORT" 2>/dev/null || true
+    # Leftovers of a start whose pid files are gone.
+    pkill -f "noida-db start --only kafka --kafka-port ($KAFKA_TLS_PORT|$KAFKA_SASL_PORT)" 2>/dev/null || true
+    pkill -f "OPENSSL-LISTEN:$KAFKA_TLS_PORT," 2>/dev/null || true
+    pkill -f "kafka-sasl-front.py 127.0.0.1:$KAFKA_SASL_PORT " 2>/dev/null || true
 }
 
 restart_redis() {  # for reconnect tests: stop (AOF is flushed on shutdown) and start again
@@ -222,7 +256,7 @@ stop_all() {
         fi
     fi
     stop_kafka
-    stop_kafka_tls
+    stop_namespaced_kafka
     rm -f "$RUN/brokers.env"
 }
 
@@ -235,6 +269,7 @@ start)
     start_rabbit
     start_kafka
     start_kafka_tls
+    start_kafka_sasl
     cat >"$RUN/brokers.env" <<ENV
 export BROKERKIT_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 export BROKERKIT_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/
@@ -245,6 +280,8 @@ export BROKERKIT_TEST_AMQPS_URL=amqps://guest:guest@localhost:$AMQPS_PORT/
 export BROKERKIT_TEST_TLS_DIR=$RUN/tls
 # Kafka over TLS (client certificate required; kafka-server.pem names localhost and 127.0.0.1).
 export BROKERKIT_TEST_KAFKA_TLS_URL=kafka+ssl://127.0.0.1:$KAFKA_TLS_PORT
+# Kafka with SASL (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512), this user and password.
+export BROKERKIT_TEST_KAFKA_SASL_URL=kafka://$KAFKA_SASL_USER:$KAFKA_SASL_PASSWORD@127.0.0.1:$KAFKA_SASL_PORT
 # For restart tests: how to stop and start each server again.
 export BROKERKIT_TEST_AMQP_NODE=$RABBIT_NODE
 export BROKERKIT_TEST_REDIS_DIR=$RUN/redis

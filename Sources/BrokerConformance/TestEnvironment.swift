@@ -5,7 +5,7 @@ import Foundation
 ///
 /// The project's `scripts/brokers.sh start` exports `BROKERKIT_TEST_REDIS_URL`,
 /// `BROKERKIT_TEST_AMQP_URL`, `BROKERKIT_TEST_AMQPS_URL` (with `BROKERKIT_TEST_TLS_DIR`) and
-/// `BROKERKIT_TEST_KAFKA_URL` (and `BROKERKIT_TEST_KAFKA_TLS_URL`).
+/// `BROKERKIT_TEST_KAFKA_URL` (and `BROKERKIT_TEST_KAFKA_TLS_URL`, `BROKERKIT_TEST_KAFKA_SASL_URL`).
 public enum TestEnvironment {
     public enum Server: String, Sendable, CaseIterable {
         case redis = "REDIS"
@@ -16,6 +16,9 @@ public enum TestEnvironment {
         /// A Kafka-protocol broker behind TLS (`kafka+ssl://`), demanding a client certificate;
         /// the certificates are in `BROKERKIT_TEST_TLS_DIR`.
         case kafkaTLS = "KAFKA_TLS"
+        /// A Kafka-protocol broker demanding SASL (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512); the
+        /// URL carries the user and password.
+        case kafkaSASL = "KAFKA_SASL"
 
         /// The environment variable holding the server's URL.
         public var variable: String { "BROKERKIT_TEST_\(rawValue)_URL" }

@@ -185,3 +185,87 @@ final class SASLRejectingListener: @unchecked Sendable {
         }
     }
 }
+
+/// SASL that succeeds, against a broker: noida-db (which has no authentication) in a network
+/// namespace of its own, reachable only through `scripts/kafka-sasl-front.py`, which answers
+/// the SASL part of the Kafka protocol (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512 per RFC 5802)
+/// for one user and then splices the connection through (`scripts/brokers.sh` sets it up).
+/// Every connection librdkafka opens — bootstrap, broker, group coordinator — authenticates.
+@Suite("Kafka SASL against a broker", .enabled(if: TestEnvironment.shouldRun(.kafkaSASL)))
+struct KafkaSASLBrokerTests {
+    func url() throws -> String { try TestEnvironment.requireURL(.kafkaSASL) }
+
+    /// Publishes to a new queue and a new stream, and reads both back (the stream through a
+    /// consumer group), over `url` with `options`.
+    func roundTrip(url: String, _ options: [String: String] = [:]) async throws {
+        let broker = try await KafkaTestSupport.connect(options.merging(["connect.timeout": "10s"]) { $1 }, url: url)
+        let queue = "sasl-q-\(UUID().uuidString.prefix(8))"
+        try await broker.createQueue(queue, options: DestinationOptions(partitions: 1))
+        try await broker.publish(Message(key: "k", text: "over sasl", headers: ["h": "v"]), to: queue)
+        let consumer = try await broker.consumeQueue(queue)
+        let delivery = try #require(try await consumer.next(timeout: .seconds(20)))
+        #expect(delivery.message.text == "over sasl")
+        #expect(delivery.message.headers["h"] == "v")
+        try await delivery.ack()
+        await consumer.close()
+        let stream = "sasl-s-\(UUID().uuidString.prefix(8))"
+        try await broker.createStream(stream, options: DestinationOptions(partitions: 2))
+        for i in 0..<6 { try await broker.publish(Message(key: "k\(i % 2)", text: "e\(i)"), to: stream) }
+        let reader = try await broker.consumeStream(stream, group: "sasl-readers", options: .init(start: .earliest))
+        var texts: [String] = []
+        while texts.count < 6, let d = try await reader.next(timeout: .seconds(20)) {
+            texts.append(d.message.text ?? "")
+            try await d.ack()
+        }
+        #expect(Set(texts) == Set((0..<6).map { "e\($0)" }))
+        await reader.close()
+        try await broker.deleteDestination(queue)
+        try await broker.deleteDestination(stream)
+        await broker.close()
+    }
+
+    @Test func plainWithTheURLsCredentialsCarriesQueueAndStreamMessages() async throws {
+        try await roundTrip(url: try url())
+    }
+
+    @Test(arguments: ["scram-sha-256", "scram-sha-512"])
+    func scramCarriesQueueAndStreamMessages(mechanism: String) async throws {
+        try await roundTrip(url: try url(), ["sasl.mechanism": mechanism])
+    }
+
+    @Test func credentialsFromOptionsInsteadOfTheURL() async throws {
+        let withCredentials = try url()
+        let (host, port) = try #require(TestEnvironment.hostAndPort(withCredentials))
+        let user = try #require(withCredentials.split(separator: "@").first?.split(separator: "/").last?.split(separator: ":"))
+        try await roundTrip(
+            url: "kafka://\(host):\(port)",
+            ["security.protocol": "sasl_plaintext", "sasl.username": String(user[0]), "sasl.password": String(user[1]), "sasl.mechanism": "scram-sha-256"])
+    }
+
+    @Test func aWrongPasswordIsAuthenticationFailedAtOnce() async throws {
+        let wrong = try url().replacingOccurrences(of: #":[^:@/]+@"#, with: ":not-the-password@", options: .regularExpression)
+        let started = ContinuousClock.now
+        do {
+            let broker = try await KafkaTestSupport.connect(["connect.timeout": "10s", "sasl.mechanism": "scram-sha-512"], url: wrong)
+            await broker.close()
+            Issue.record("connecting with a wrong password succeeded")
+        } catch let error as BrokerError {
+            #expect(error.code == .authenticationFailed, "\(error)")
+            #expect(error.message.contains("SCRAM-SHA-512"), "\(error)")
+            #expect(!error.description.contains("not-the-password"), "the password leaked: \(error)")
+        }
+        #expect(ContinuousClock.now - started < .seconds(8))
+    }
+
+    @Test func noCredentialsAgainstASASLBrokerIsAConnectionFailure() async throws {
+        let (host, port) = try #require(TestEnvironment.hostAndPort(try url()))
+        do {
+            let broker = try await KafkaTestSupport.connect(["connect.timeout": "4s"], url: "kafka://\(host):\(port)")
+            await broker.close()
+            Issue.record("connecting without credentials succeeded")
+        } catch let error as BrokerError {
+            #expect(error.code == .connectionFailed, "\(error)")
+            #expect(error.message.contains("\(host):\(port)"), "\(error)")
+        }
+    }
+}
