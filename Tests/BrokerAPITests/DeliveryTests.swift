@@ -1,5 +1,6 @@
 import BrokerAPI
 import Foundation
+import Synchronization
 import Testing
 
 @Suite("Delivery and processor")
@@ -37,6 +38,37 @@ struct DeliveryTests {
         try await run.value
         let stats = try await broker.stats(for: "work")
         #expect(stats.depth == 0 && stats.inFlight == 0 && stats.deadLettered == 1)
+        await broker.close()
+    }
+
+    /// Workers wait for deliveries inside the consumer; a stop ends those waits at once,
+    /// while a handler that is running when the stop comes finishes uncancelled.
+    @Test func stopEndsWaitingWorkersAtOnceAndLetsRunningHandlersFinish() async throws {
+        let broker = try await broker()
+        try await broker.createQueue("idle")
+        let consumer = try await broker.consumeQueue("idle")
+        let outcome = Mutex<(started: Bool, finished: Bool, cancelled: Bool)>((false, false, false))
+        let processor = DeliveryProcessor(consumer: consumer, options: .init(concurrency: 8)) { _ in
+            outcome.withLock { $0.started = true }
+            do {
+                try await Task.sleep(for: .milliseconds(300))
+                outcome.withLock { $0.finished = true }
+            } catch {
+                outcome.withLock { $0.cancelled = true }
+            }
+        }
+        let run = Task { try await processor.run() }
+        try await broker.publish(Message(text: "slow"), to: "idle")
+        let deadline = ContinuousClock.now + .seconds(5)
+        while !outcome.withLock({ $0.started }) && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        let stopped = ContinuousClock.now
+        processor.stop()
+        try await run.value
+        // Seven idle workers and the running handler: done when the handler is, not later.
+        #expect(ContinuousClock.now - stopped < .seconds(2))
+        let result = outcome.withLock { $0 }
+        #expect(result.started && result.finished && !result.cancelled, "\(result)")
+        #expect(try await broker.stats(for: "idle").depth == 0)
         await broker.close()
     }
 

@@ -53,7 +53,18 @@ public final class DeliveryProcessor: Sendable {
     let handler: Handler
     let logger: Logger
     private let stopping = Atomic<Bool>(false)
-    private let fetcher = Mutex<Task<Void, Never>?>(nil)
+    /// The workers of ``run()`` and what each is doing; see ``stop()``.
+    private let workers = Mutex<[WorkerState]>([])
+    /// Signalled by ``stop()`` and by the last worker to end.
+    private let ended = WakeSignal()
+
+    private struct WorkerState {
+        var task: Task<Void, Never>?
+        /// Taking the next delivery (waiting for its turn, or in `consumer.next()`): a stop
+        /// may cancel it. Once a worker starts a handler, only the shutdown timeout or a hard
+        /// stop cancels it.
+        var fetching = true
+    }
 
     public init(
         consumer: any MessageConsumer, options: Options = Options(), logger: Logger = Logger(label: "brokerkit.processor"),
@@ -68,7 +79,10 @@ public final class DeliveryProcessor: Sendable {
     /// Asks ``run()`` to drain and return. Safe to call more than once, from any task.
     public func stop() {
         guard !stopping.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        fetcher.withLock { $0?.cancel() }
+        // Workers waiting for a delivery stop waiting; running handlers go on.
+        let waiting = workers.withLock { $0.filter(\.fetching).compactMap(\.task) }
+        for task in waiting { task.cancel() }
+        ended.signal()
     }
 
     /// Whether ``stop()`` was called.
@@ -77,78 +91,90 @@ public final class DeliveryProcessor: Sendable {
     /// Processes deliveries until ``stop()`` is called, the consumer ends, or the task is
     /// cancelled (a hard stop: handlers are cancelled and their deliveries released).
     public func run() async throws {
-        let slots = AsyncSemaphore(options.concurrency)
+        // `concurrency` long-lived workers each take their next delivery from the consumer
+        // themselves, one at a time (`turn`), so that per-key tickets follow arrival order;
+        // a delivery already fetched is taken without a task switch. Each worker holds at
+        // most one delivery, which bounds fetched-but-unfinished deliveries.
         let gate = KeyGate()
-        // One fetch task hands deliveries, in arrival order, to `concurrency` long-lived
-        // workers (no task per message). `slots` bounds fetched-but-unfinished deliveries.
-        let work = WorkQueue<(Delivery, UInt64?)>()
-        let consumer = self.consumer
+        let turn = AsyncSemaphore(1)
+        let live = RunningCount()
+        let count = options.concurrency
+        live.add(count)
+        workers.withLock { $0 = Array(repeating: WorkerState(), count: count) }
+        let tasks = (0..<count).map { index in
+            Task { [self] in
+                await work(index, turn: turn, gate: gate)
+                if live.add(-1) == 0 { ended.signal() }
+            }
+        }
+        workers.withLock { states in for (index, task) in tasks.enumerated() { states[index].task = task } }
+        // A stop that came before the tasks were recorded could not cancel them.
+        if isStopping { for task in tasks { task.cancel() } }
+
+        await withTaskCancellationHandler {
+            // Fetching ends (stop, or the consumer closed): stop the consumer's fetching too
+            // (running handlers' acks must not pull in more), then drain with a deadline.
+            while !isStopping && live.value > 0 && !Task.isCancelled { await ended.wait(timeout: .seconds(1)) }
+            await consumer.stopFetching()
+            let deadline = ContinuousClock.now + options.shutdownTimeout
+            while live.value > 0 && ContinuousClock.now < deadline && !Task.isCancelled {
+                await ended.wait(timeout: min(deadline - ContinuousClock.now, .milliseconds(50)))
+            }
+            if live.value > 0 {
+                logger.warning("shutdown timeout reached; cancelling \(live.value) running handlers")
+                for task in tasks { task.cancel() }
+            }
+            for task in tasks { await task.value }
+        } onCancel: {
+            self.stop()
+            for task in tasks { task.cancel() }
+        }
+        await consumer.close()
+    }
+
+    /// One worker: takes a delivery in its turn (with its per-key ticket), handles it, repeats.
+    private func work(_ index: Int, turn: AsyncSemaphore, gate: KeyGate) async {
         let ordered = options.orderedByKey || options.orderedByPartition
         let byPartition = options.orderedByPartition
-        let logger = self.logger
-        let task = Task {
-            defer { work.finish() }
-            while !Task.isCancelled {
+        while !isStopping && !Task.isCancelled {
+            let delivery: Delivery
+            let ticket: UInt64?
+            do {
+                try await turn.acquire()
+                defer { turn.release() }
+                if isStopping { return }
                 do {
-                    try await slots.acquire()
-                    guard let delivery = try await consumer.next() else { return }
-                    let orderKey = byPartition
-                        ? "\(delivery.destination)#\(delivery.position?.partition ?? 0)" : delivery.message.key
-                    let ticket = ordered ? await gate.enqueue(orderKey) : nil
-                    work.push((delivery, ticket))
+                    guard let next = try await consumer.next() else { return }
+                    delivery = next
                 } catch is CancellationError {
                     return
                 } catch {
+                    // Paused holding the turn: one report per pause, not one per worker.
                     logger.error("consumer failed: \(error)")
-                    slots.release()
-                    try? await Task.sleep(for: .milliseconds(200))
+                    try await Task.sleep(for: .milliseconds(200))
+                    continue
                 }
+                let orderKey = byPartition ? "\(delivery.destination)#\(delivery.position?.partition ?? 0)" : delivery.message.key
+                ticket = ordered ? gate.enqueue(orderKey) : nil
+            } catch {
+                return  // cancelled while waiting for the turn or pausing
             }
-        }
-        fetcher.withLock { $0 = task }
-        if isStopping { task.cancel() }
-
-        let workers = RunningCount()
-        let idle = WakeSignal()
-        await withTaskCancellationHandler {
-            await withDiscardingTaskGroup { group in
-                for _ in 0..<options.concurrency {
-                    workers.add(1)
-                    group.addTask { [self] in
-                        // Ends once fetching has ended and every fetched delivery is taken.
-                        while let (delivery, ticket) = await work.next() {
-                            await self.handle(delivery, ticket: ticket, gate: gate)
-                            slots.release()
-                        }
-                        if workers.add(-1) == 0 { idle.signal() }
-                    }
-                }
-                // Fetching ended (stop, consumer closed or cancelled): stop the consumer's
-                // fetching too (running handlers' acks must not pull in more), then drain with
-                // a deadline.
-                await task.value
-                await consumer.stopFetching()
-                let deadline = ContinuousClock.now + options.shutdownTimeout
-                while workers.value > 0 && ContinuousClock.now < deadline && !Task.isCancelled {
-                    await idle.wait(timeout: min(deadline - ContinuousClock.now, .milliseconds(50)))
-                }
-                if workers.value > 0 {
-                    logger.warning("shutdown timeout reached; cancelling \(workers.value) running handlers")
-                    group.cancelAll()
-                }
+            // From here on a stop no longer cancels this worker; one that came first wins.
+            let go = workers.withLock { states -> Bool in
+                if isStopping { return false }
+                states[index].fetching = false
+                return true
             }
-        } onCancel: {
-            self.stop()
-            task.cancel()
+            await handle(delivery, ticket: ticket, gate: gate)
+            if !go { return }
+            workers.withLock { $0[index].fetching = true }
         }
-        task.cancel()
-        await consumer.close()
     }
 
     private func handle(_ delivery: Delivery, ticket: UInt64?, gate: KeyGate) async {
         if let ticket { await gate.wait(ticket) }
         await process(delivery)
-        if let ticket { await gate.done(ticket) }
+        if let ticket { gate.done(ticket) }
     }
 
     private func process(_ delivery: Delivery) async {
@@ -285,93 +311,59 @@ final class AsyncSemaphore: Sendable {
     }
 }
 
-/// Serializes work per key in arrival order; different keys run in parallel.
-actor KeyGate {
-    private var queues: [String: [UInt64]] = [:]
-    private var keyOfTicket: [UInt64: String] = [:]
-    private var waiting: [UInt64: CheckedContinuation<Void, Never>] = [:]
-    private var nextTicket: UInt64 = 0
+/// Serializes work per key in arrival order; different keys run in parallel. Taking a place
+/// and leaving are synchronous; only a ticket whose key is busy waits.
+final class KeyGate: Sendable {
+    private struct State {
+        var queues: [String: [UInt64]] = [:]
+        var keyOfTicket: [UInt64: String] = [:]
+        var waiting: [UInt64: CheckedContinuation<Void, Never>] = [:]
+        var nextTicket: UInt64 = 0
+    }
+    private let state = Mutex(State())
 
     /// Takes a place in `key`'s line; `nil` keys never wait.
     func enqueue(_ key: String?) -> UInt64? {
         guard let key else { return nil }
-        nextTicket += 1
-        queues[key, default: []].append(nextTicket)
-        keyOfTicket[nextTicket] = key
-        return nextTicket
+        return state.withLock { s in
+            s.nextTicket += 1
+            s.queues[key, default: []].append(s.nextTicket)
+            s.keyOfTicket[s.nextTicket] = key
+            return s.nextTicket
+        }
+    }
+
+    private static func isFirst(_ ticket: UInt64, _ s: State) -> Bool {
+        guard let key = s.keyOfTicket[ticket] else { return true }
+        return s.queues[key]?.first == ticket
     }
 
     func wait(_ ticket: UInt64) async {
-        guard let key = keyOfTicket[ticket], queues[key]?.first != ticket else { return }
-        await withCheckedContinuation { waiting[ticket] = $0 }
+        if state.withLock({ Self.isFirst(ticket, $0) }) { return }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            // The ticket ahead may have left since the check above.
+            let now = state.withLock { s -> Bool in
+                if Self.isFirst(ticket, s) { return true }
+                s.waiting[ticket] = continuation
+                return false
+            }
+            if now { continuation.resume() }
+        }
     }
 
     func done(_ ticket: UInt64) {
-        guard let key = keyOfTicket.removeValue(forKey: ticket) else { return }
-        var line = queues[key] ?? []
-        line.removeAll { $0 == ticket }
-        if line.isEmpty {
-            queues[key] = nil
-        } else {
-            queues[key] = line
-            if let next = waiting.removeValue(forKey: line[0]) { next.resume() }
-        }
-    }
-}
-
-/// A FIFO handing items from one producer to several waiting consumers; `next()` returns
-/// `nil` once finished and drained.
-final class WorkQueue<Item: Sendable>: Sendable {
-    private struct State {
-        var items: [Item] = []
-        var head = 0
-        var waiters: [CheckedContinuation<Item?, Never>] = []
-        var finished = false
-    }
-    private let state = Mutex(State())
-
-    func push(_ item: Item) {
-        let waiter = state.withLock { s -> CheckedContinuation<Item?, Never>? in
-            if !s.waiters.isEmpty { return s.waiters.removeFirst() }
-            s.items.append(item)
-            return nil
-        }
-        waiter?.resume(returning: item)
-    }
-
-    func finish() {
-        let waiters = state.withLock { s -> [CheckedContinuation<Item?, Never>] in
-            s.finished = true
-            defer { s.waiters = [] }
-            return s.waiters
-        }
-        for waiter in waiters { waiter.resume(returning: nil) }
-    }
-
-    func next() async -> Item? {
-        if let ready = state.withLock({ take(&$0) }) { return ready }
-        return await withCheckedContinuation { continuation in
-            let ready = state.withLock { s -> Item?? in
-                if let ready = take(&s) { return ready }
-                s.waiters.append(continuation)
-                return .none
+        let next = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            guard let key = s.keyOfTicket.removeValue(forKey: ticket) else { return nil }
+            var line = s.queues[key] ?? []
+            line.removeAll { $0 == ticket }
+            if line.isEmpty {
+                s.queues[key] = nil
+                return nil
             }
-            if let ready { continuation.resume(returning: ready) }
+            s.queues[key] = line
+            return s.waiting.removeValue(forKey: line[0])
         }
-    }
-
-    /// The next item, `.some(nil)` when finished and drained, `nil` when the caller must wait.
-    private func take(_ s: inout State) -> Item?? {
-        if s.head < s.items.count {
-            let item = s.items[s.head]
-            s.head += 1
-            if s.head == s.items.count {
-                s.items.removeAll(keepingCapacity: true)
-                s.head = 0
-            }
-            return .some(item)
-        }
-        return s.finished ? .some(nil) : .none
+        next?.resume()
     }
 }
 
