@@ -131,8 +131,10 @@ start_kafka() {
 launch_kafka() {
     mkdir -p "$RUN/kafka/data"
     local t0=$SECONDS
-    (cd "$RUN/kafka" && nohup noida-db start --only kafka --kafka-port "$KAFKA_PORT" --data-dir "$RUN/kafka/data" >"$RUN/kafka/noida.log" 2>&1 &
-        echo $! >"$RUN/kafka/noida.pid")
+    # exec: no shell stays behind holding the caller's stdout (a pipe would never see EOF).
+    (cd "$RUN/kafka" && exec nohup noida-db start --only kafka --kafka-port "$KAFKA_PORT" --data-dir "$RUN/kafka/data" \
+        >"$RUN/kafka/noida.log" 2>&1 </dev/null) &
+    echo $! >"$RUN/kafka/noida.pid"
     wait_port kafka "$KAFKA_PORT" 30
     log "noida-db (Kafka protocol) on 127.0.0.1:$KAFKA_PORT ($((SECONDS - t0)) s)"
 }
