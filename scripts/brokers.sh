@@ -33,6 +33,19 @@ wait_port() {  # name port seconds
     done
 }
 
+wait_until() {  # seconds what log-dir command...: runs the command until it succeeds
+    local deadline=$((SECONDS + $1)) what=$2 logs=$3
+    shift 3
+    until "$@" >/dev/null 2>&1; do
+        if [ $SECONDS -ge $deadline ]; then
+            echo "error: $what; log:" >&2
+            tail -n 40 "$logs"/*.log >&2 || true
+            return 1
+        fi
+        sleep 0.5
+    done
+}
+
 wait_port_closed() {  # name port seconds
     local deadline=$((SECONDS + $3))
     while (exec 3<>"/dev/tcp/127.0.0.1/$2") 2>/dev/null; do
@@ -108,15 +121,8 @@ CONF
     ulimit -n 65536 2>/dev/null || ulimit -n 20000 2>/dev/null || true
     rabbitmq-server -detached
     # await_startup needs the node to be reachable first; retry until it is (about 5-10 s).
-    local deadline=$((SECONDS + 120))
-    until rabbitmqctl -n "$RABBIT_NODE" await_startup --timeout 30 >/dev/null 2>&1; do
-        if [ $SECONDS -ge $deadline ]; then
-            echo "error: rabbitmq node $RABBIT_NODE did not start; log:" >&2
-            tail -n 40 "$RABBITMQ_LOG_BASE"/*.log >&2 || true
-            return 1
-        fi
-        sleep 1
-    done
+    wait_until 120 "rabbitmq node $RABBIT_NODE did not start" "$RABBITMQ_LOG_BASE" \
+        rabbitmqctl -n "$RABBIT_NODE" await_startup --timeout 30
     wait_port rabbitmq "$AMQP_PORT" 30
     wait_port "rabbitmq (TLS)" "$AMQPS_PORT" 30
     log "rabbitmq-server on 127.0.0.1:$AMQP_PORT (amqps $AMQPS_PORT) node $RABBIT_NODE ($((SECONDS - t0)) s)"
@@ -160,15 +166,8 @@ wait_kafka_front() {  # name port kcat-options...
     local name=$1 port=$2
     shift 2
     # Ready when a client gets the broker's metadata through the front and both bridges.
-    local deadline=$((SECONDS + 60))
-    until kcat -L -m 5 -b "127.0.0.1:$port" "$@" >/dev/null 2>&1; do
-        if [ $SECONDS -ge $deadline ]; then
-            echo "error: the $name Kafka broker did not answer on 127.0.0.1:$port; logs:" >&2
-            tail -n 20 "$RUN/kafka-$name"/*.log >&2 || true
-            return 1
-        fi
-        sleep 0.5
-    done
+    wait_until 60 "the $name Kafka broker did not answer on 127.0.0.1:$port" "$RUN/kafka-$name" \
+        kcat -L -m 5 -b "127.0.0.1:$port" "$@"
 }
 
 # TLS: socat terminates TLS and demands a client certificate signed by the test CA.

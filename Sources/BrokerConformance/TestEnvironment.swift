@@ -64,6 +64,23 @@ public enum TestEnvironment {
         return url
     }
 
+    /// The throw-away CA's files that `scripts/brokers.sh` writes to `BROKERKIT_TEST_TLS_DIR`.
+    public struct TLSFiles: Sendable {
+        public let dir: String
+        public var ca: String { dir + "/ca.pem" }
+        /// A CA the servers' certificates do not chain to.
+        public var otherCA: String { dir + "/other-ca.pem" }
+        public var cert: String { dir + "/client.pem" }
+        public var key: String { dir + "/client.key" }
+    }
+
+    public static func tlsFiles() throws -> TLSFiles {
+        guard let dir = ProcessInfo.processInfo.environment["BROKERKIT_TEST_TLS_DIR"], !dir.isEmpty else {
+            throw ConformanceFailure("BROKERKIT_TEST_TLS_DIR is not set (scripts/brokers.sh start writes it)")
+        }
+        return TLSFiles(dir: dir)
+    }
+
     /// Host and port of a server URL (`scheme://[user:pass@]host:port/...`).
     public static func hostAndPort(_ url: String) -> (host: String, port: Int32)? {
         guard let start = url.range(of: "://") else { return nil }

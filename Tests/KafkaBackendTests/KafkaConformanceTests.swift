@@ -35,6 +35,38 @@ enum KafkaTestSupport {
         try await Brokers.connect(
             url: try url ?? self.url(), options: ["prefix": runPrefix].merging(options) { $1 }, registry: registry)
     }
+
+    /// Publishes `message` to a new queue and reads it back (payload, key, headers), then six
+    /// records to a new 2-partition stream read by a consumer group; deletes both and closes
+    /// `broker`. For connections whose transport is under test (TLS, SASL).
+    static func queueAndStreamRoundTrip(_ broker: any Broker, label: String, message: Message) async throws {
+        let queue = "\(label)-q-\(UUID().uuidString.prefix(8))"
+        try await broker.createQueue(queue, options: DestinationOptions(partitions: 1))
+        let receipt = try await broker.publish(message, to: queue)
+        #expect(receipt.messageID == message.id, "\(receipt)")
+        let consumer = try await broker.consumeQueue(queue)
+        let delivery = try #require(try await consumer.next(timeout: .seconds(20)))
+        try await delivery.ack()
+        #expect(delivery.message.payload == message.payload)
+        #expect(delivery.message.key == message.key)
+        for (name, value) in message.headers { #expect(delivery.message.headers[name] == value, "header \(name)") }
+        await consumer.close()
+        let stream = "\(label)-s-\(UUID().uuidString.prefix(8))"
+        try await broker.createStream(stream, options: DestinationOptions(partitions: 2))
+        for i in 0..<6 { try await broker.publish(Message(key: "k\(i % 3)", text: "e\(i)"), to: stream) }
+        let reader = try await broker.consumeStream(stream, group: "\(label)-readers", options: .init(start: .earliest))
+        var texts: [String] = []
+        while texts.count < 6, let d = try await reader.next(timeout: .seconds(20)) {
+            texts.append(d.message.text ?? "")
+            try await d.ack()
+        }
+        #expect(Set(texts) == Set((0..<6).map { "e\($0)" }))
+        await reader.close()
+        #expect(try await broker.stats(for: queue).depth == 0)
+        try await broker.deleteDestination(queue)
+        try await broker.deleteDestination(stream)
+        await broker.close()
+    }
 }
 
 /// The shared conformance suite against an out-of-process Kafka-protocol broker (noida-db,

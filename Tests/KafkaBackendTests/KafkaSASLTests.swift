@@ -195,33 +195,9 @@ final class SASLRejectingListener: @unchecked Sendable {
 struct KafkaSASLBrokerTests {
     func url() throws -> String { try TestEnvironment.requireURL(.kafkaSASL) }
 
-    /// Publishes to a new queue and a new stream, and reads both back (the stream through a
-    /// consumer group), over `url` with `options`.
     func roundTrip(url: String, _ options: [String: String] = [:]) async throws {
         let broker = try await KafkaTestSupport.connect(options.merging(["connect.timeout": "10s"]) { $1 }, url: url)
-        let queue = "sasl-q-\(UUID().uuidString.prefix(8))"
-        try await broker.createQueue(queue, options: DestinationOptions(partitions: 1))
-        try await broker.publish(Message(key: "k", text: "over sasl", headers: ["h": "v"]), to: queue)
-        let consumer = try await broker.consumeQueue(queue)
-        let delivery = try #require(try await consumer.next(timeout: .seconds(20)))
-        #expect(delivery.message.text == "over sasl")
-        #expect(delivery.message.headers["h"] == "v")
-        try await delivery.ack()
-        await consumer.close()
-        let stream = "sasl-s-\(UUID().uuidString.prefix(8))"
-        try await broker.createStream(stream, options: DestinationOptions(partitions: 2))
-        for i in 0..<6 { try await broker.publish(Message(key: "k\(i % 2)", text: "e\(i)"), to: stream) }
-        let reader = try await broker.consumeStream(stream, group: "sasl-readers", options: .init(start: .earliest))
-        var texts: [String] = []
-        while texts.count < 6, let d = try await reader.next(timeout: .seconds(20)) {
-            texts.append(d.message.text ?? "")
-            try await d.ack()
-        }
-        #expect(Set(texts) == Set((0..<6).map { "e\($0)" }))
-        await reader.close()
-        try await broker.deleteDestination(queue)
-        try await broker.deleteDestination(stream)
-        await broker.close()
+        try await KafkaTestSupport.queueAndStreamRoundTrip(broker, label: "sasl", message: Message(key: "k", text: "over sasl", headers: ["h": "v"]))
     }
 
     @Test func plainWithTheURLsCredentialsCarriesQueueAndStreamMessages() async throws {

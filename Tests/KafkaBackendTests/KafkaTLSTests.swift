@@ -11,20 +11,7 @@ import Testing
 /// message that gets through went over TLS.
 @Suite("Kafka over TLS", .enabled(if: TestEnvironment.shouldRun(.kafkaTLS)))
 struct KafkaTLSTests {
-    struct Files {
-        let dir: String
-        var ca: String { dir + "/ca.pem" }
-        var otherCA: String { dir + "/other-ca.pem" }
-        var cert: String { dir + "/client.pem" }
-        var key: String { dir + "/client.key" }
-    }
-
-    func files() throws -> Files {
-        guard let dir = ProcessInfo.processInfo.environment["BROKERKIT_TEST_TLS_DIR"], !dir.isEmpty else {
-            throw ConformanceFailure("BROKERKIT_TEST_TLS_DIR is not set (scripts/brokers.sh start writes it)")
-        }
-        return Files(dir: dir)
-    }
+    func files() throws -> TestEnvironment.TLSFiles { try TestEnvironment.tlsFiles() }
 
     func url() throws -> String { try TestEnvironment.requireURL(.kafkaTLS) }
 
@@ -49,35 +36,8 @@ struct KafkaTLSTests {
     @Test func mutualTLSCarriesQueueAndStreamMessages() async throws {
         let f = try files()
         let broker = try await connect(["ssl.ca.location": f.ca, "ssl.certificate.location": f.cert, "ssl.key.location": f.key])
-        let queue = "tls-q-\(UUID().uuidString.prefix(8))"
-        try await broker.createQueue(queue, options: DestinationOptions(partitions: 1))
         let sent = Message(key: "k-1", payload: Data((0..<70_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }), headers: ["h": "v"])
-        let receipt = try await broker.publish(sent, to: queue)
-        #expect(receipt.destination.hasSuffix(queue), "\(receipt)")
-        let consumer = try await broker.consumeQueue(queue)
-        let delivery = try #require(try await consumer.next(timeout: .seconds(20)))
-        try await delivery.ack()
-        #expect(delivery.message.payload == sent.payload)
-        #expect(delivery.message.key == "k-1")
-        #expect(delivery.message.headers["h"] == "v")
-        await consumer.close()
-        // A stream and its consumer group over the same TLS connection settings.
-        let stream = "tls-s-\(UUID().uuidString.prefix(8))"
-        try await broker.createStream(stream, options: DestinationOptions(partitions: 2))
-        for i in 0..<10 { try await broker.publish(Message(key: "k\(i % 3)", text: "e\(i)"), to: stream) }
-        let reader = try await broker.consumeStream(stream, group: "tls-readers", options: .init(start: .earliest))
-        var texts: [String] = []
-        while texts.count < 10, let d = try await reader.next(timeout: .seconds(20)) {
-            texts.append(d.message.text ?? "")
-            try await d.ack()
-        }
-        #expect(Set(texts) == Set((0..<10).map { "e\($0)" }))
-        await reader.close()
-        let stats = try await broker.stats(for: queue)
-        #expect(stats.depth == 0, "\(stats)")
-        try await broker.deleteDestination(queue)
-        try await broker.deleteDestination(stream)
-        await broker.close()
+        try await KafkaTestSupport.queueAndStreamRoundTrip(broker, label: "tls", message: sent)
     }
 
     @Test func serverCertificateFromAnotherCAIsAConnectionFailureNamingTLS() async throws {

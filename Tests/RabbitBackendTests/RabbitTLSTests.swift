@@ -9,20 +9,7 @@ import Testing
 /// (`scripts/brokers.sh` makes both).
 @Suite("amqps (TLS)", .enabled(if: TestEnvironment.shouldRun(.amqps)))
 struct RabbitTLSTests {
-    struct Files {
-        let dir: String
-        var ca: String { dir + "/ca.pem" }
-        var otherCA: String { dir + "/other-ca.pem" }
-        var cert: String { dir + "/client.pem" }
-        var key: String { dir + "/client.key" }
-    }
-
-    func files() throws -> Files {
-        guard let dir = ProcessInfo.processInfo.environment["BROKERKIT_TEST_TLS_DIR"], !dir.isEmpty else {
-            throw ConformanceFailure("BROKERKIT_TEST_TLS_DIR is not set (scripts/brokers.sh start writes it)")
-        }
-        return Files(dir: dir)
-    }
+    func files() throws -> TestEnvironment.TLSFiles { try TestEnvironment.tlsFiles() }
 
     func url() throws -> String { try TestEnvironment.requireURL(.amqps) }
 
