@@ -203,7 +203,9 @@ final class RdKafkaHandle: @unchecked Sendable {
             guard let last else { return nil }
             switch last.code {
             case RD_KAFKA_RESP_ERR__AUTHENTICATION, RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED: return .authentication(last.reason)
-            case RD_KAFKA_RESP_ERR__SSL: return .tlsHandshake(last.reason)
+            // A certificate the client rejects stays rejected; other TLS errors (a reset
+            // mid-handshake) may heal, and are retried until the connect timeout.
+            case RD_KAFKA_RESP_ERR__SSL where last.reason.contains("certificate"): return .tlsHandshake(last.reason)
             default: return nil
             }
         }
