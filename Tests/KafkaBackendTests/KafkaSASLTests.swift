@@ -209,17 +209,24 @@ struct KafkaSASLBrokerTests {
         try await roundTrip(url: try url(), ["sasl.mechanism": mechanism])
     }
 
+    /// The test URL with its user and password replaced (nil: none).
+    func url(user: String?, password: String?) throws -> String {
+        var components = try #require(URLComponents(string: try url()))
+        components.user = user
+        components.password = password
+        return try #require(components.string)
+    }
+
     @Test func credentialsFromOptionsInsteadOfTheURL() async throws {
-        let withCredentials = try url()
-        let (host, port) = try #require(TestEnvironment.hostAndPort(withCredentials))
-        let user = try #require(withCredentials.split(separator: "@").first?.split(separator: "/").last?.split(separator: ":"))
+        let given = try #require(URLComponents(string: try url()))
+        let user = try #require(given.user), password = try #require(given.password)
         try await roundTrip(
-            url: "kafka://\(host):\(port)",
-            ["security.protocol": "sasl_plaintext", "sasl.username": String(user[0]), "sasl.password": String(user[1]), "sasl.mechanism": "scram-sha-256"])
+            url: try url(user: nil, password: nil),
+            ["security.protocol": "sasl_plaintext", "sasl.username": user, "sasl.password": password, "sasl.mechanism": "scram-sha-256"])
     }
 
     @Test func aWrongPasswordIsAuthenticationFailedAtOnce() async throws {
-        let wrong = try url().replacingOccurrences(of: #":[^:@/]+@"#, with: ":not-the-password@", options: .regularExpression)
+        let wrong = try url(user: URLComponents(string: try url())?.user, password: "not-the-password")
         let started = ContinuousClock.now
         do {
             let broker = try await KafkaTestSupport.connect(["connect.timeout": "10s", "sasl.mechanism": "scram-sha-512"], url: wrong)
@@ -236,7 +243,7 @@ struct KafkaSASLBrokerTests {
     @Test func noCredentialsAgainstASASLBrokerIsAConnectionFailure() async throws {
         let (host, port) = try #require(TestEnvironment.hostAndPort(try url()))
         do {
-            let broker = try await KafkaTestSupport.connect(["connect.timeout": "4s"], url: "kafka://\(host):\(port)")
+            let broker = try await KafkaTestSupport.connect(["connect.timeout": "4s"], url: try url(user: nil, password: nil))
             await broker.close()
             Issue.record("connecting without credentials succeeded")
         } catch let error as BrokerError {

@@ -190,22 +190,20 @@ final class AMQPArena {
         return pointer
     }
 
-    func bytes(_ data: Data) -> amqp_bytes_t {
-        guard !data.isEmpty else { return amqp_bytes_t(len: 0, bytes: nil) }
-        let pointer = allocate(data.count)
-        data.withUnsafeBytes { pointer.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-        return amqp_bytes_t(len: data.count, bytes: pointer)
+    /// A copy of `raw` owned by the arena (empty: no bytes, a null pointer).
+    private func copy(_ raw: UnsafeRawBufferPointer) -> amqp_bytes_t {
+        guard let base = raw.baseAddress, raw.count > 0 else { return amqp_bytes_t(len: 0, bytes: nil) }
+        let pointer = allocate(raw.count)
+        pointer.copyMemory(from: base, byteCount: raw.count)
+        return amqp_bytes_t(len: raw.count, bytes: pointer)
     }
+
+    func bytes(_ data: Data) -> amqp_bytes_t { data.withUnsafeBytes { copy($0) } }
 
     /// The UTF-8 bytes of `text`, copied straight from the string's storage.
     func bytes(_ text: String) -> amqp_bytes_t {
         var text = text
-        return text.withUTF8 { utf8 in
-            guard let base = utf8.baseAddress, utf8.count > 0 else { return amqp_bytes_t(len: 0, bytes: nil) }
-            let pointer = allocate(utf8.count)
-            pointer.copyMemory(from: base, byteCount: utf8.count)
-            return amqp_bytes_t(len: utf8.count, bytes: pointer)
-        }
+        return text.withUTF8 { copy(UnsafeRawBufferPointer($0)) }
     }
 
     /// A NUL-terminated copy of `text` (for the few C calls that take `const char *`).
