@@ -259,6 +259,19 @@ stop_all() {
     stop_kafka
     stop_namespaced_kafka
     rm -f "$RUN/brokers.env"
+    wait_ports_free
+}
+
+# A server stopped above may still be exiting (noida-db writes a snapshot first), and one
+# from another checkout may hold a port: a start then saw the old server's port open and
+# went on without its own (measured: a CI run whose Kafka tests all met "connection
+# refused"). Stop returns only once every port is free, or fails naming the port.
+wait_ports_free() {
+    local port
+    for port in "$REDIS_PORT" "$AMQP_PORT" "$AMQPS_PORT" "$AMQP_DIST_PORT" "$KAFKA_PORT" "$KAFKA_TLS_PORT" "$KAFKA_SASL_PORT"; do
+        wait_port_closed "the server on port $port" "$port" 60 \
+            || { echo "error: port $port is still in use; stop what holds it (ss -ltnp), or move the test brokers with BROKERKIT_*_PORT" >&2; return 1; }
+    done
 }
 
 case "${1:-}" in
