@@ -66,6 +66,8 @@ final class KafkaProducer: Sendable {
     }
     private let poll = PollState()
     private let enqueueThread = ConnectionThread(name: "kafka-producer")
+    /// Topics whose metadata this producer asked for before its first record to them.
+    private let askedTopics = Mutex<Set<String>>([])
 
     init(settings: KafkaConfiguration, logger: Logger) throws {
         self.settings = settings
@@ -121,6 +123,7 @@ final class KafkaProducer: Sendable {
         // enqueueing runs on the producer's own thread: one hop per publish call.
         do {
             try await enqueueThread.run { [self] in
+                learnNewTopics(records)
                 for index in records.indices { enqueue(records[index], slot: collector.slot(index), destination: destination) }
             }
         } catch {
@@ -133,6 +136,31 @@ final class KafkaProducer: Sendable {
             throw BrokerError(
                 error.code, error.message.replacingOccurrences(of: "kafka ?)", with: "kafka \(settings.server))"),
                 backend: "kafka", destination: destination)
+        }
+    }
+
+    /// Asks for the metadata of topics this producer has not produced to yet (on the enqueue
+    /// thread). Left alone, librdkafka learns a new topic's partitions only at its next
+    /// once-a-second topic scan, so the first record to every topic (a queue's first retry
+    /// topic, say) waited up to a second, and with it every handler awaiting that produce.
+    /// Asked once per topic; a failure leaves the record to librdkafka's own lookup.
+    private func learnNewTopics(_ records: [OutgoingRecord]) {
+        // A batch nearly always goes to one topic: look each run of equal topics up once.
+        var fresh: [String] = []
+        askedTopics.withLock { asked in
+            var previous: String?
+            for record in records where record.topic != previous {
+                previous = record.topic
+                if asked.insert(record.topic).inserted { fresh.append(record.topic) }
+            }
+        }
+        let timeout = Int32(min(2_000, max(100, RdKafka.milliseconds(settings.operationTimeout))))
+        for topic in fresh {
+            guard let rkt = rd_kafka_topic_new(handle.rk, topic, nil) else { continue }
+            var metadata: UnsafePointer<rd_kafka_metadata>?
+            _ = rd_kafka_metadata(handle.rk, 0, rkt, &metadata, timeout)
+            if let metadata { rd_kafka_metadata_destroy(metadata) }
+            rd_kafka_topic_destroy(rkt)
         }
     }
 
