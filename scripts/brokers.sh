@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts / stops the real brokers the test suite uses, on loopback ports, with state under
-# .run/ in the repository. Usage: scripts/brokers.sh start|stop|status
+# .run/ in the repository. Usage: scripts/brokers.sh start|stop|status|costs [idle-seconds]
 # `start` writes .run/brokers.env with BROKERKIT_TEST_*_URL variables for the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,13 @@ KAFKA_SASL_PASSWORD=alice-secret
 RABBIT_NODE="${BROKERKIT_AMQP_NODE:-brokerkit-test@localhost}"
 
 log() { echo "==> $*"; }
+
+now_ms() { date +%s%3N; }
+# Start-up time of a broker, launch command to accepting connections, for `costs`.
+record_startup() {  # name start-ms
+    mkdir -p "$RUN/startup"
+    echo $(($(now_ms) - $2)) >"$RUN/startup/$1"
+}
 
 # Servers started here must not inherit the caller's open files (a test runner's pipes, a
 # build lock held by a wrapper): close every descriptor above stderr.
@@ -56,11 +63,13 @@ wait_port_closed() {  # name port seconds
 
 start_redis() {
     mkdir -p "$RUN/redis"
-    local t0=$SECONDS
+    local t0=$SECONDS ms0
+    ms0=$(now_ms)
     redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly yes --dir "$RUN/redis" \
         --daemonize yes --pidfile "$RUN/redis/redis.pid" --logfile "$RUN/redis/redis.log"
     wait_port redis "$REDIS_PORT" 20
     redis-cli -p "$REDIS_PORT" ping >/dev/null
+    record_startup redis "$ms0"
     log "redis-server $(redis-server --version | awk '{print $3}') on 127.0.0.1:$REDIS_PORT ($((SECONDS - t0)) s)"
 }
 
@@ -108,7 +117,8 @@ ssl_options.fail_if_no_peer_cert = true
 CONF
     chown -R rabbitmq:rabbitmq "$RUN/rabbitmq" 2>/dev/null || true
     chmod o+x "$RUN" "$PWD" 2>/dev/null || true
-    local t0=$SECONDS
+    local t0=$SECONDS ms0
+    ms0=$(now_ms)
     export RABBITMQ_MNESIA_BASE="$RUN/rabbitmq/mnesia" RABBITMQ_LOG_BASE="$RUN/rabbitmq/log"
     export RABBITMQ_NODENAME="$RABBIT_NODE" RABBITMQ_NODE_PORT="$AMQP_PORT" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
     export RABBITMQ_DIST_PORT="$AMQP_DIST_PORT" RABBITMQ_PID_FILE="$RUN/rabbitmq/rabbit.pid"
@@ -125,6 +135,7 @@ CONF
         rabbitmqctl -n "$RABBIT_NODE" await_startup --timeout 30
     wait_port rabbitmq "$AMQP_PORT" 30
     wait_port "rabbitmq (TLS)" "$AMQPS_PORT" 30
+    record_startup rabbitmq "$ms0"
     log "rabbitmq-server on 127.0.0.1:$AMQP_PORT (amqps $AMQPS_PORT) node $RABBIT_NODE ($((SECONDS - t0)) s)"
 }
 
@@ -136,12 +147,14 @@ start_kafka() {
 
 launch_kafka() {
     mkdir -p "$RUN/kafka/data"
-    local t0=$SECONDS
+    local t0=$SECONDS ms0
+    ms0=$(now_ms)
     # exec: no shell stays behind holding the caller's stdout (a pipe would never see EOF).
     (cd "$RUN/kafka" && exec nohup noida-db start --only kafka --kafka-port "$KAFKA_PORT" --data-dir "$RUN/kafka/data" \
         >"$RUN/kafka/noida.log" 2>&1 </dev/null) &
     echo $! >"$RUN/kafka/noida.pid"
     wait_port kafka "$KAFKA_PORT" 30
+    record_startup kafka "$ms0"
     log "noida-db (Kafka protocol) on 127.0.0.1:$KAFKA_PORT ($((SECONDS - t0)) s)"
 }
 
@@ -262,6 +275,56 @@ stop_all() {
     wait_ports_free
 }
 
+# What each running test broker costs at rest: its processes, their resident memory, their CPU
+# over an idle spell, and the start-up time `start` recorded. Prints a Markdown table.
+descendants() {  # pid: every process below it
+    local child
+    for child in $(pgrep -P "$1" 2>/dev/null); do echo "$child"; descendants "$child"; done
+}
+broker_pids() {  # name
+    local pid
+    case $1 in
+    redis) cat "$RUN/redis/redis.pid" ;;
+    rabbitmq)  # the Erlang VM, its helpers, and the Erlang port mapper it needs
+        pid="$(cat "$RUN/rabbitmq/rabbit.pid")"; echo "$pid"; descendants "$pid"; pgrep -x epmd || true ;;
+    kafka) pid="$(cat "$RUN/kafka/noida.pid")"; echo "$pid"; descendants "$pid" ;;
+    esac
+}
+broker_costs() {  # idle-seconds
+    local idle=$1 name pids ticks0=() i=0 hz
+    hz=$(getconf CLK_TCK)
+    sum_ticks() { local t=0 p; for p in "$@"; do [ -r "/proc/$p/stat" ] && t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+    local names=(redis rabbitmq kafka) labels=(
+        "redis-server $(redis-server --version | awk '{print $3}' | sed 's/v=//')"
+        "rabbitmq-server $(dpkg-query -W -f='${Version}' rabbitmq-server 2>/dev/null)"
+        "noida-db $(python3 -m pip show noida-db 2>/dev/null | awk '/^Version:/ {print $2}') (Kafka protocol, the test stand-in)")
+    for name in "${names[@]}"; do
+        pids=$(broker_pids "$name" 2>/dev/null | sort -u | tr '\n' ' ')
+        [ -n "${pids// }" ] || { echo "error: $name is not running (scripts/brokers.sh start)" >&2; return 1; }
+        # shellcheck disable=SC2086
+        ticks0[i]=$(sum_ticks $pids); i=$((i + 1))
+    done
+    sleep "$idle"
+    echo "| broker | processes | memory at idle (RSS) | CPU at idle | start-up |"
+    echo "|---|---|---:|---:|---:|"
+    i=0
+    for name in "${names[@]}"; do
+        pids=$(broker_pids "$name" 2>/dev/null | sort -u | tr '\n' ' ')
+        local count=0 rss=0 comms="" p ticks
+        for p in $pids; do
+            [ -r "/proc/$p/status" ] || continue
+            count=$((count + 1))
+            rss=$((rss + $(awk '/^VmRSS:/ {print $2}' "/proc/$p/status")))
+            comms="$comms${comms:+, }$(cat "/proc/$p/comm")"
+        done
+        # shellcheck disable=SC2086
+        ticks=$(( $(sum_ticks $pids) - ticks0[i] )); i=$((i + 1))
+        printf '| %s | %d (%s) | %d MiB | %s %% | %s s |\n' "${labels[i - 1]}" "$count" "$comms" $((rss / 1024)) \
+            "$(awk -v t="$ticks" -v hz="$hz" -v s="$idle" 'BEGIN { printf "%.1f", t / hz / s * 100 }')" \
+            "$(awk -v ms="$(cat "$RUN/startup/$name" 2>/dev/null || echo 0)" 'BEGIN { printf "%.2f", ms / 1000 }')"
+    done
+}
+
 # A server stopped above may still be exiting (noida-db writes a snapshot first), and one
 # from another checkout may hold a port: a start then saw the old server's port open and
 # went on without its own (measured: a CI run whose Kafka tests all met "connection
@@ -317,8 +380,11 @@ restart-kafka)
 status)
     cat "$RUN/brokers.env" 2>/dev/null || echo "not running"
     ;;
+costs)
+    broker_costs "${2:-10}"
+    ;;
 *)
-    echo "usage: $0 start|stop|status|restart-redis|restart-kafka [pause-seconds]" >&2
+    echo "usage: $0 start|stop|status|costs [idle-seconds]|restart-redis|restart-kafka [pause-seconds]" >&2
     exit 2
     ;;
 esac
