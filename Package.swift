@@ -16,6 +16,7 @@ let package = Package(
         .library(name: "RabbitBackend", targets: ["RabbitBackend"]),
         .library(name: "RedisStreamsBackend", targets: ["RedisStreamsBackend"]),
         .library(name: "Examples", targets: ["Examples"]),
+        .library(name: "BrokerCompare", targets: ["BrokerCompare"]),
         .executable(name: "brokerkit", targets: ["brokerkit"]),
     ],
     dependencies: [
@@ -27,6 +28,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-configuration", from: "1.4.0"),
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-system", from: "1.8.1"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         .target(
@@ -78,13 +80,22 @@ let package = Package(
                 "BrokerAPI",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "UnixSignals", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "BrokerCompare",
+            dependencies: [
+                "BrokerAPI", .product(name: "Logging", package: "swift-log"),
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
             ],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
             name: "brokerkit",
             dependencies: [
-                "BrokerAPI", "KafkaBackend", "RabbitBackend", "RedisStreamsBackend", "Examples",
+                "BrokerAPI", "KafkaBackend", "RabbitBackend", "RedisStreamsBackend", "Examples", "BrokerCompare",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -150,7 +161,7 @@ let package = Package(
         .testTarget(
             name: "ExamplesTests",
             dependencies: [
-                "Examples", "BrokerAPI", "BrokerConformance", "RedisStreamsBackend", "KafkaBackend",
+                "Examples", "BrokerAPI", "BrokerConformance", "RedisStreamsBackend", "KafkaBackend", "RabbitBackend",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: swiftSettings

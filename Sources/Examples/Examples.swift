@@ -9,8 +9,12 @@ import Foundation
 // - ``CommerceExample``: an e-commerce worker with three modules: order-import jobs, a
 //   structured-log stream aggregated by a consumer group, and a notifications queue that
 //   dead-letters a poison message without blocking the rest.
+// - ``JobsExample``: a Laravel-queue-like jobs app on a queue of its own per run: dispatch,
+//   dispatch later (checked against the due time), retries, a poison job dead-lettered and
+//   reported by a dead-letter monitor, a `maxJobs` worker that stops on its own, and a second
+//   worker shut down gracefully; `runWorkerUntilSignal` is a worker process stopped by SIGTERM.
 //
-// Both expose `run(broker:logger:...)`, which creates its destinations (or reuses them when they
+// All expose `run(broker:logger:...)`, which creates its destinations (or reuses them when they
 // exist), does its work, waits until everything settled, shuts its consumers and workers down
 // gracefully and returns a report.
 

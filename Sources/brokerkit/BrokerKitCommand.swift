@@ -28,7 +28,7 @@ struct BrokerKitCommand: AsyncParsableCommand {
             """,
         subcommands: [
             PublishCommand.self, ConsumeCommand.self, StatsCommand.self, DLQCommand.self,
-            CapabilitiesCommand.self, DemoCommand.self,
+            CapabilitiesCommand.self, DemoCommand.self, CompareCommand.self,
         ]
     )
 

@@ -27,10 +27,7 @@ struct BrokerOptions: ParsableArguments {
 
     func validate() throws {
         for option in options { _ = try Self.parseOption(option) }
-        if let logLevel, Logger.Level(rawValue: logLevel.lowercased()) == nil {
-            throw ValidationError(
-                "invalid --log-level '\(logLevel)'; use one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
-        }
+        try Self.checkLogLevel(logLevel)
         if let broker, broker.trimmingCharacters(in: .whitespaces).isEmpty {
             throw ValidationError("--broker must not be empty")
         }
@@ -66,8 +63,21 @@ struct BrokerOptions: ParsableArguments {
 
     /// A logger writing to stderr at `--log-level` (or `defaultLevel`).
     func logger(label: String = "brokerkit", defaultLevel: Logger.Level = .warning) -> Logger {
+        Self.logger(label: label, level: logLevel, defaultLevel: defaultLevel)
+    }
+
+    /// Rejects a `--log-level` that names no level.
+    static func checkLogLevel(_ text: String?) throws {
+        if let text, Logger.Level(rawValue: text.lowercased()) == nil {
+            throw ValidationError(
+                "invalid --log-level '\(text)'; use one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+        }
+    }
+
+    /// A logger at the level `text` names (any case), else at `defaultLevel`.
+    static func logger(label: String, level text: String?, defaultLevel: Logger.Level) -> Logger {
         var logger = Logger(label: label)
-        logger.logLevel = logLevel.flatMap { Logger.Level(rawValue: $0.lowercased()) } ?? defaultLevel
+        logger.logLevel = text.flatMap { Logger.Level(rawValue: $0.lowercased()) } ?? defaultLevel
         return logger
     }
 

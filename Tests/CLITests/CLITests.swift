@@ -161,7 +161,7 @@ struct CLITests {
 
     // MARK: demo
 
-    @Test("demo runs an example on memory:// and prints its report", arguments: ["chat", "commerce"])
+    @Test("demo runs an example on memory:// and prints its report", arguments: ["chat", "commerce", "jobs"])
     func demo(_ example: String) async throws {
         let result = try await CLI.run(["demo", "--example", example], timeout: .seconds(120))
         try result.expectExit(0)

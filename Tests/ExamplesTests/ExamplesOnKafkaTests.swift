@@ -30,4 +30,9 @@ struct ExamplesOnKafkaTests {
     func commerce() async throws {
         try await RealBrokerExampleChecks.commerce(on: try await broker(), backend: "kafka")
     }
+
+    @Test("jobs example on kafka: exact counts, delayed jobs on time, the poison job dead-lettered")
+    func jobs() async throws {
+        try await RealBrokerExampleChecks.jobs(on: try await broker(), backend: "kafka")
+    }
 }

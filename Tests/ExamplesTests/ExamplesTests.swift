@@ -237,6 +237,66 @@ struct CommerceExampleTests {
     }
 }
 
+@Suite("JobsExample")
+struct JobsExampleTests {
+    @Test("exact counts: retries, one dead letter, one duplicate, delayed jobs on time, maxJobs worker stops at 10")
+    func countsEverything() async throws {
+        try await withFreshBroker { broker in
+            try await RealBrokerExampleChecks.jobs(on: broker, backend: "memory")
+        }
+    }
+
+    @Test("the smallest run, with the queue kept: the broker still holds the dead letter")
+    func smallestRunKeepsQueue() async throws {
+        try await withFreshBroker { broker in
+            let report = try await JobsExample.run(broker: broker, logger: logger, jobs: 6, firstWorkerJobs: 5, keepQueue: true)
+            // 1 invoice (+ its duplicate), 1 image, 2 webhooks, 1 reminder, 1 poison charge.
+            #expect(report.dispatched == 7)
+            #expect(report.completed == 5 && report.runTwice.isEmpty && report.lost == 0)
+            #expect(report.retried == 5 && report.deadLettered == 1 && report.duplicatesDropped == 1)
+            #expect(report.attempts == 2 + 1 + (2 + 3) + 3)
+            #expect(report.firstWorkerHandled == 5)
+            #expect(report.delayed.count == 1 && report.startedEarly.isEmpty)
+            #expect(report.description.contains("queue kept"))
+            let stats = try await broker.stats(for: report.queue)
+            #expect(stats.deadLettered == 1 && stats.depth == 0 && stats.inFlight == 0 && stats.delayed == 0)
+            let entries = try await broker.deadLetters(of: report.queue, limit: 10)
+            #expect(entries.map(\.envelope.original.headers["x-brokerkit-job"]) == ["jobs.charge-card"])
+        }
+    }
+
+    @Test("the queue and its dead-letter queue are deleted unless kept; each run has its own queue")
+    func deletesItsQueue() async throws {
+        try await withFreshBroker { broker in
+            let first = try await JobsExample.run(broker: broker, logger: logger, jobs: 6)
+            let second = try await JobsExample.run(broker: broker, logger: logger, jobs: 6)
+            #expect(first.queue != second.queue)
+            #expect(first.firstWorkerHandled == 2 && second.firstWorkerHandled == 2)
+            #expect(second.completed == 5 && second.deadLettered == 1 && second.duplicatesDropped == 1)
+            let names = try await broker.listDestinations().map(\.name)
+            #expect(!names.contains(first.queue) && !names.contains(second.queue), "left: \(names)")
+        }
+    }
+
+    @Test("rejects too few jobs, a first-worker share out of range, and a backend without delays")
+    func rejectsBadArguments() async throws {
+        try await withFreshBroker { broker in
+            for (jobs, firstWorkerJobs) in [(5, nil), (30, 0), (30, 28)] as [(Int, Int?)] {
+                await #expect(throws: ExampleError.self) {
+                    _ = try await JobsExample.run(broker: broker, logger: logger, jobs: jobs, firstWorkerJobs: firstWorkerJobs)
+                }
+            }
+            let limited = LimitedBroker(base: broker, capabilities: [.queues])
+            let error = await #expect(throws: BrokerError.self) {
+                _ = try await JobsExample.run(broker: limited, logger: logger)
+            }
+            #expect(error?.code == .unsupported)
+            let destinations = try await broker.listDestinations()
+            #expect(destinations.isEmpty)
+        }
+    }
+}
+
 /// Forwards to another broker but claims fewer capabilities.
 private struct LimitedBroker: Broker {
     let base: any Broker
