@@ -209,7 +209,8 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         }
         let joined = await waitForJoin(timeout: settings.operationTimeout)
         if !joined {
-            let detail = handle.lastErrorDetail.map { "; last error \($0)" } ?? ""
+            var detail = handle.callbacks.groupState.withLock { $0 }.map { "; librdkafka: \($0)" } ?? ""
+            detail += handle.lastErrorDetail.map { "; last error \($0)" } ?? ""
             await stopAndWait()
             throw BrokerError(
                 .timeout, "group '\(groupID)' did not assign partitions within \(settings.operationTimeout) (kafka \(settings.server))\(detail)",

@@ -106,8 +106,23 @@ final class RdKafkaCallbacks: @unchecked Sendable {
         self.gauges = gauges
     }
 
+    /// The consumer group's state in the last statistics (`cgrp`), for errors such as a join
+    /// that never completes: "state up, join state wait-join, 4 rebalances (last: ...)".
+    let groupState = Mutex<String?>(nil)
+
     func recordStatistics(_ json: Data) {
         guard let object = try? JSONSerialization.jsonObject(with: json) as? [String: Any] else { return }
+        if let group = object["cgrp"] as? [String: Any] {
+            let state = group["state"] as? String ?? "?"
+            let join = group["join_state"] as? String ?? "?"
+            let count = (group["rebalance_cnt"] as? NSNumber)?.intValue ?? 0
+            let reason = (group["rebalance_reason"] as? String).flatMap { $0.isEmpty ? nil : $0 }
+            let assigned = (group["assignment_size"] as? NSNumber)?.intValue ?? 0
+            var summary = "group state \(state), join state \(join), \(count) rebalance(s)"
+            if let reason { summary += " (last: \(reason))" }
+            summary += ", \(assigned) partition(s) assigned"
+            groupState.withLock { $0 = summary }
+        }
         for (name, gauge) in gauges {
             if let value = object[name] as? NSNumber { gauge.record(value.doubleValue) }
         }

@@ -29,7 +29,11 @@ enum KafkaTestSupport {
     }
 
     /// librdkafka's mock cluster has no admin API: topics are auto-created by the broker.
-    static let mockOptions = ["topic.creation": "auto", "session.timeout": "6s"]
+    /// Its groups take 3 s for a first join and 5 s (session timeout - 1 s) for each later
+    /// rebalance; a join that went through several rebalances once took longer than the
+    /// default 30 s operation timeout in CI (competingConsumers; not reproduced in 33 runs
+    /// here), so joins on the mock get 60 s.
+    static let mockOptions = ["topic.creation": "auto", "session.timeout": "6s", "operation.timeout": "60s"]
 
     static func connect(_ options: [String: String] = [:], url: String? = nil) async throws -> any Broker {
         try await Brokers.connect(

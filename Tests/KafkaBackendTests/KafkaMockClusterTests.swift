@@ -18,7 +18,13 @@ final class MockCluster: @unchecked Sendable {
     init(brokers: Int32 = 3) throws {
         var errstr = [CChar](repeating: 0, count: 256)
         let conf = rd_kafka_conf_new()
-        _ = rd_kafka_conf_set(conf, "log_level", "0", &errstr, errstr.count)
+        // BROKERKIT_TEST_MOCK_DEBUG=mock (librdkafka debug contexts) prints the mock's own
+        // view (group states, joins, session timeouts) to stderr, for diagnosing a test.
+        if let debug = ProcessInfo.processInfo.environment["BROKERKIT_TEST_MOCK_DEBUG"] {
+            _ = rd_kafka_conf_set(conf, "debug", debug, &errstr, errstr.count)
+        } else {
+            _ = rd_kafka_conf_set(conf, "log_level", "0", &errstr, errstr.count)
+        }
         guard let owner = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errstr, errstr.count) else {
             throw ConformanceFailure("rd_kafka_new for the mock cluster failed")
         }
@@ -212,6 +218,27 @@ struct KafkaFaultTests {
         await broker.close()
         await cluster.shutdown()
         #expect(Set(["before"] + after).isSubset(of: Set(got)), "acknowledged publishes missing: \(got)")
+    }
+
+    /// The mock cluster holds a group's first join for 3 s (like Kafka's initial rebalance
+    /// delay): with a 1 s operation timeout the consumer gives up, and its error says what the
+    /// group was doing, from librdkafka's statistics.
+    @Test func aJoinThatTimesOutSaysWhatTheGroupWasDoing() async throws {
+        let cluster = try MockCluster()
+        let broker = try await connect(cluster, ["operation.timeout": "1s", "statistics.interval": "100ms"])
+        let queue = "join-timeout"
+        try await broker.createQueue(queue)
+        do {
+            let consumer = try await broker.consumeQueue(queue)
+            await consumer.close()
+            Issue.record("the consumer joined within 1 s; the mock cluster's first join takes 3 s")
+        } catch let error as BrokerError {
+            #expect(error.code == .timeout, "\(error)")
+            #expect(error.message.contains("did not assign partitions within"), "\(error)")
+            #expect(error.message.contains("join state wait-join") || error.message.contains("join state wait-sync"), "\(error)")
+        }
+        await broker.close()
+        await cluster.shutdown()
     }
 
     @Test func injectedFetchAndCommitErrorsLoseNothing() async throws {
