@@ -107,7 +107,8 @@ final class RdKafkaCallbacks: @unchecked Sendable {
     }
 
     /// The consumer group's state in the last statistics (`cgrp`), for errors such as a join
-    /// that never completes: "state up, join state wait-join, 4 rebalances (last: ...)".
+    /// that never completes: "group state up, join state wait-join, 2 rebalance(s) so far
+    /// (last reason: ...), 0 partition(s) assigned".
     let groupState = Mutex<String?>(nil)
 
     func recordStatistics(_ json: Data) {
@@ -118,8 +119,8 @@ final class RdKafkaCallbacks: @unchecked Sendable {
             let count = (group["rebalance_cnt"] as? NSNumber)?.intValue ?? 0
             let reason = (group["rebalance_reason"] as? String).flatMap { $0.isEmpty ? nil : $0 }
             let assigned = (group["assignment_size"] as? NSNumber)?.intValue ?? 0
-            var summary = "group state \(state), join state \(join), \(count) rebalance(s)"
-            if let reason { summary += " (last: \(reason))" }
+            var summary = "group state \(state), join state \(join), \(count) rebalance(s) so far"
+            if let reason { summary += " (last reason: \(reason))" }
             summary += ", \(assigned) partition(s) assigned"
             groupState.withLock { $0 = summary }
         }
