@@ -105,3 +105,53 @@ public func latencyRows(kit: [Duration], raw: [Duration]) -> [Row] {
             ratio: percentile(raw, p).timeInterval / percentile(kit, p).timeInterval)
     }
 }
+
+/// The whole host's CPU time so far, in clock ticks: (busy, total) over every CPU, from the
+/// first line of `/proc/stat`; nil where there is no `/proc/stat`.
+func hostCPUTicks() -> (busy: UInt64, total: UInt64)? {
+    guard let text = try? String(contentsOfFile: "/proc/stat", encoding: .utf8),
+          let line = text.split(separator: "\n").first, line.hasPrefix("cpu ") else { return nil }
+    // user nice system idle iowait irq softirq steal
+    let ticks = line.split(separator: " ").dropFirst().prefix(8).compactMap { UInt64($0) }
+    guard ticks.count >= 5 else { return nil }
+    let total = ticks.reduce(0, +)
+    return (total - ticks[3] - ticks[4], total)
+}
+
+/// Time spent in ``waitForQuietHost()`` so far, and how often it gave up.
+@MainActor var quietWait: (total: Duration, gaveUp: Int) = (.zero, 0)
+
+/// Waits until the host's CPUs were at most 15 % busy (over all CPUs) during half a second,
+/// for at most two minutes. Call it before each timed scenario, raw and BrokerKit alike:
+/// a broker on the same host may still be busy with the previous scenario's data. noida-db,
+/// for one, rewrites its whole Kafka state as one JSON file after every change, on a core of
+/// its own, for seconds (see docs/benchmarks.md); without this wait a timing caught that
+/// work or not by chance. No-op where `/proc/stat` is missing.
+@MainActor
+public func waitForQuietHost() async {
+    let maxBusy = 0.15
+    let window = Duration.milliseconds(500)
+    let timeout = Duration.seconds(120)
+    let start = ContinuousClock.now
+    guard var last = hostCPUTicks() else { return }
+    while ContinuousClock.now - start < timeout {
+        try? await Task.sleep(for: window)
+        guard let now = hostCPUTicks() else { return }
+        defer { last = now }
+        let total = now.total - last.total
+        if total > 0 && Double(now.busy - last.busy) / Double(total) <= maxBusy {
+            quietWait.total += ContinuousClock.now - start
+            return
+        }
+    }
+    quietWait.total += ContinuousClock.now - start
+    quietWait.gaveUp += 1
+}
+
+/// One line on ``waitForQuietHost()``'s waits, for a benchmark's output.
+@MainActor
+public func quietWaitSummary() -> String {
+    let seconds = String(format: "%.1f", quietWait.total.timeInterval)
+    let gaveUp = quietWait.gaveUp == 0 ? "" : "; \(quietWait.gaveUp) time(s) the host stayed busy for 120 s and the scenario ran anyway"
+    return "before each timed scenario the host's CPUs were let go quiet (≤ 15 % busy for 0.5 s): \(seconds) s of waiting in all\(gaveUp)."
+}

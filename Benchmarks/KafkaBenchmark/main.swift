@@ -12,6 +12,9 @@
 //                     (raw: async commit of the consumed position every 1,000 records and
 //                     at the end; BrokerKit: ack each delivery, contiguous commits)
 //   e2e-latency       produce one record, wait until a group member has it (p50 / p99)
+// Before each timed scenario, raw and BrokerKit alike, the benchmark waits until the host's
+// CPUs are quiet (BenchmarkSupport's waitForQuietHost): noida-db, when it runs on the same
+// host, rewrites its whole state to disk for seconds after every change.
 import BenchmarkSupport
 import BrokerAPI
 import CRdKafka
@@ -159,6 +162,7 @@ func copyOut(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> Int {
     // produce-awaited
     let awaitedCount = min(count, 2_000)
     let rawAwaitedTopic = try await stream("raw-awaited-r\(round)").topic
+    await waitForQuietHost()
     let rawAwaited = await timedRawProducer(rawAwaitedTopic) { rk in
         for i in 0..<awaitedCount {
             rawProduce(rk, rawAwaitedTopic, i)
@@ -167,6 +171,7 @@ func copyOut(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> Int {
     }
     let kitAwaitedStream = try await stream("kit-awaited-r\(round)").name
     try await broker.publish(Message(payload: payload), to: kitAwaitedStream)  // warm-up, as warmRaw
+    await waitForQuietHost()
     // BrokerKit runs off the main actor, as a server's request handlers do.
     let kitAwaited = try await Task.detached {
         try await measure {
@@ -179,6 +184,7 @@ func copyOut(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> Int {
 
     // produce-batched
     let rawBatchTopic = try await stream("raw-batched-r\(round)").topic
+    await waitForQuietHost()
     let rawBatched = await timedRawProducer(rawBatchTopic) { rk in
         for i in 0..<count {
             rawProduce(rk, rawBatchTopic, i)
@@ -189,6 +195,7 @@ func copyOut(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> Int {
     if delivered.update({ $0 }) != count { fatalError("raw batched: \(delivered.update { $0 }) reports") }
     let kitBatchStream = try await stream("kit-batched-r\(round)").name
     try await broker.publish(Message(payload: payload), to: kitBatchStream)  // warm-up, as warmRaw
+    await waitForQuietHost()
     let kitBatched = try await Task.detached { try await measure {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for start in stride(from: 0, to: count, by: 1000) {
@@ -240,8 +247,11 @@ func copyOut(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> Int {
         _ = rd_kafka_consumer_close(rk)
         return took
     }
+    await waitForQuietHost()
     let rawConsumeFloor = await onThread { rawConsume(copyingOut: false) }
+    await waitForQuietHost()
     let rawConsumeCopying = await onThread { rawConsume(copyingOut: true) }
+    await waitForQuietHost()
     let kitConsume = try await Task.detached {
         let consumer = try await broker.consumeStream(kitBatchStream, group: "kit-\(run)-\(round)", options: .init(start: .earliest, prefetch: 1000))
         var kitStart: ContinuousClock.Instant?
@@ -263,6 +273,7 @@ func copyOut(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> Int {
     // fetch.wait.max.ms is over, so every sample on both sides is ≈ 100 ms)
     if mock == nil {
         let rawLatencyTopic = try await stream("raw-latency-r\(round)").topic
+        await waitForQuietHost()
         let rawLatencies: [Duration] = await onThread {
             let producer = rawHandle(RD_KAFKA_PRODUCER, producerProperties.merging(["linger.ms": "0"]) { $1 }, producer: true)
             let consumer = rawHandle(RD_KAFKA_CONSUMER, [
@@ -307,6 +318,7 @@ func copyOut(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> Int {
         }
         let latencyBroker = try await Brokers.connect(url: url, options: ["prefix": "bench.", "linger": "0", "statistics.interval": "0"].merging(mockOptions) { $1 })
         let kitLatencyStream = try await stream("kit-latency-r\(round)").name
+        await waitForQuietHost()
         let latencyConsumer = try await latencyBroker.consumeStream(kitLatencyStream, group: "kit-lat-\(run)-\(round)", options: .init(start: .latest, prefetch: 1))
         try await Task.sleep(for: .seconds(1))
         let kitLatencies = try await sampleLatencies(latencySamples, consumer: latencyConsumer) { i in
@@ -334,6 +346,7 @@ for round in 1...roundCount {
 await broker.close()
 
 printRounds(rounds, rawName: "raw librdkafka")
+print(quietWaitSummary())
 if let mock {
     rd_kafka_mock_cluster_destroy(mock.cluster)
     rd_kafka_destroy(mock.owner)
