@@ -156,5 +156,5 @@ public func waitForQuietHost() async {
 public func quietWaitSummary() -> String {
     let seconds = String(format: "%.1f", quietWait.total.timeInterval)
     let gaveUp = quietWait.gaveUp == 0 ? "" : "; \(quietWait.gaveUp) time(s) the host stayed busy (first for 120 s, then 10 s) and the scenario ran anyway: these figures include other work on the host"
-    return "before each timed scenario the host's CPUs were let go quiet (≤ 15 % busy for 0.5 s): \(seconds) s of waiting in all\(gaveUp)."
+    return "before each timed scenario the benchmark waited for a quiet host (CPUs ≤ 15 % busy for 0.5 s): \(seconds) s in all\(gaveUp)."
 }
