@@ -116,6 +116,9 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     let topics: [String]
     let groupID: String
     let mode: Mode
+    /// The effective `auto.offset.reset` (after pass-through properties) is earliest, so an
+    /// `.earliest` start needs no committed-offset lookup at assignment.
+    let resetsToEarliest: Bool
     let handle: RdKafkaHandle
     let buffer = DeliveryBuffer()
     let state = Mutex(State())
@@ -168,6 +171,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         properties["group.id"] = groupID
         // Pass-through properties also win over the consumer defaults.
         for (key, value) in broker.configuration.options(withPrefix: "rdkafka.") { properties[key] = value }
+        resetsToEarliest = ["earliest", "smallest", "beginning"].contains(properties["auto.offset.reset"] ?? "largest")
         handle = try RdKafkaHandle(type: RD_KAFKA_CONSUMER, properties: properties, callbacks: callbacks) { conf in
             rd_kafka_conf_set_rebalance_cb(conf) { rk, err, partitions, opaque in
                 guard let rk, let opaque else { return }
@@ -714,8 +718,9 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     }
 
     /// Sets explicit start offsets in an assignment: seek targets (position, timestamp)
-    /// always; for partitions without a committed offset, earliest or the current end (so a
-    /// `latest` member does not miss what is published right after it joined).
+    /// always; for partitions without a committed offset, the current end for `latest` (so
+    /// a `latest` member does not miss what is published right after it joined) and the
+    /// beginning for `earliest` when `auto.offset.reset` would not already start there.
     private func resolveStartOffsets(_ list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) {
         let rk = handle.rk
         let timeout = RdKafka.milliseconds(settings.operationTimeout)
@@ -747,6 +752,11 @@ final class KafkaConsumer: MessageConsumer, Sendable {
                 // -1: no record at or after the timestamp: start at the end.
                 bk_tp_set_offset(list, Int32(i), offset >= 0 ? offset : -1)
             }
+            return
+        case .earliest where resetsToEarliest:
+            // librdkafka starts a partition with no committed offset at auto.offset.reset,
+            // which is earliest: the same as the lookup below would set, without a blocking
+            // OffsetFetch inside the rebalance callback.
             return
         case .earliest, .latest:
             let committed = rd_kafka_topic_partition_list_copy(list)!

@@ -166,6 +166,39 @@ struct KafkaInteropTests {
         }
     }
 
+    /// `.earliest` reads from the beginning only where the group has committed nothing, and
+    /// resumes from the commit otherwise, whatever `auto.offset.reset` says: with earliest
+    /// (the default) librdkafka places the partitions, with latest the backend looks the
+    /// committed offsets up and sets them itself.
+    @Test(arguments: ["earliest", "latest"])
+    func earliestStartResumesFromTheCommitWhateverAutoOffsetReset(reset: String) async throws {
+        let broker = try await KafkaTestSupport.connect(["auto.offset.reset": reset])
+        let stream = "earliest-\(reset)-\(UUID().uuidString.prefix(8))"
+        try await broker.createStream(stream, options: DestinationOptions(partitions: 2))
+        for i in 0..<4 { try await broker.publish(Message(key: "k\(i)", text: "old-\(i)"), to: stream) }
+        let group = "readers-\(reset)"
+        let first = try await broker.consumeStream(stream, group: group, options: .init(start: .earliest))
+        var seen: Set<String> = []
+        for _ in 0..<4 {
+            let delivery = try #require(try await first.next(timeout: .seconds(20)), "old records from the beginning, seen \(seen)")
+            seen.insert(delivery.message.text ?? "")
+            try await delivery.ack()
+        }
+        #expect(seen == Set((0..<4).map { "old-\($0)" }))
+        await first.close()  // commits what was acked
+        for i in 0..<2 { try await broker.publish(Message(key: "k\(i)", text: "new-\(i)"), to: stream) }
+        let second = try await broker.consumeStream(stream, group: group, options: .init(start: .earliest))
+        var resumed: [String] = []
+        while let delivery = try await second.next(timeout: .seconds(resumed.count < 2 ? 20 : 2)) {
+            resumed.append(delivery.message.text ?? "")
+            try await delivery.ack()
+        }
+        #expect(Set(resumed) == ["new-0", "new-1"] && resumed.count == 2, "resumed with \(resumed)")
+        await second.close()
+        try await broker.deleteDestination(stream)
+        await broker.close()
+    }
+
     @Test func passThroughPropertyIsApplied() async throws {
         let broker = try await KafkaTestSupport.connect(["rdkafka.fetch.wait.max.ms": "20", "compression.type": "snappy"])
         let queue = "passthrough-\(UUID().uuidString.prefix(8))"
