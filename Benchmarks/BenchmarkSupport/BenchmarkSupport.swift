@@ -118,8 +118,17 @@ func hostCPUTicks() -> (busy: UInt64, total: UInt64)? {
     return (total - ticks[3] - ticks[4], total)
 }
 
-/// Time spent in ``waitForQuietHost()`` so far, and how often it gave up.
-@MainActor var quietWait: (total: Duration, gaveUp: Int) = (.zero, 0)
+/// What ``waitForQuietHost()`` counts as quiet, how long it waits, and what it waited so far.
+enum QuietHost {
+    /// At most this share of all CPUs busy during one `window`.
+    static let maxBusy = 0.15
+    static let window = Duration.milliseconds(500)
+    /// The longest wait until one gave up, and from then on.
+    static let firstTimeout = Duration.seconds(120)
+    static let laterTimeout = Duration.seconds(10)
+    /// Time spent waiting so far, and how often a wait gave up.
+    @MainActor static var waited: (total: Duration, gaveUp: Int) = (.zero, 0)
+}
 
 /// Waits until the host's CPUs were at most 15 % busy (over all CPUs) during half a second,
 /// for at most two minutes; once a wait gave up (a host that is never that quiet, such as a
@@ -132,29 +141,28 @@ func hostCPUTicks() -> (busy: UInt64, total: UInt64)? {
 /// where `/proc/stat` is missing.
 @MainActor
 public func waitForQuietHost() async {
-    let maxBusy = 0.15
-    let window = Duration.milliseconds(500)
-    let timeout = Duration.seconds(quietWait.gaveUp == 0 ? 120 : 10)
+    let timeout = QuietHost.waited.gaveUp == 0 ? QuietHost.firstTimeout : QuietHost.laterTimeout
     let start = ContinuousClock.now
     guard var last = hostCPUTicks() else { return }
     while ContinuousClock.now - start < timeout {
-        try? await Task.sleep(for: window)
+        try? await Task.sleep(for: QuietHost.window)
         guard let now = hostCPUTicks() else { return }
         defer { last = now }
         let total = now.total - last.total
-        if total > 0 && Double(now.busy - last.busy) / Double(total) <= maxBusy {
-            quietWait.total += ContinuousClock.now - start
+        if total > 0 && Double(now.busy - last.busy) / Double(total) <= QuietHost.maxBusy {
+            QuietHost.waited.total += ContinuousClock.now - start
             return
         }
     }
-    quietWait.total += ContinuousClock.now - start
-    quietWait.gaveUp += 1
+    QuietHost.waited.total += ContinuousClock.now - start
+    QuietHost.waited.gaveUp += 1
 }
 
 /// One line on ``waitForQuietHost()``'s waits, for a benchmark's output.
 @MainActor
 public func quietWaitSummary() -> String {
-    let seconds = String(format: "%.1f", quietWait.total.timeInterval)
-    let gaveUp = quietWait.gaveUp == 0 ? "" : "; \(quietWait.gaveUp) time(s) the host stayed busy (first for 120 s, then 10 s) and the scenario ran anyway: these figures include other work on the host"
-    return "before each timed scenario the benchmark waited for a quiet host (CPUs ≤ 15 % busy for 0.5 s): \(seconds) s in all\(gaveUp)."
+    func seconds(_ d: Duration) -> String { String(format: "%g s", d.timeInterval) }
+    let waited = QuietHost.waited
+    let gaveUp = waited.gaveUp == 0 ? "" : "; \(waited.gaveUp) time(s) the host stayed busy (first for \(seconds(QuietHost.firstTimeout)), then \(seconds(QuietHost.laterTimeout))) and the scenario ran anyway: these figures include other work on the host"
+    return "before each timed scenario the benchmark waited for a quiet host (CPUs ≤ \(Int(QuietHost.maxBusy * 100)) % busy for \(seconds(QuietHost.window))): \(String(format: "%.1f", waited.total.timeInterval)) s in all\(gaveUp)."
 }
