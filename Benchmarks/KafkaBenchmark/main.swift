@@ -10,7 +10,11 @@
 //                     (BrokerKit: concurrent publish calls of 1,000 records)
 //   consume-commit    a group member reads every record and commits after processing
 //                     (raw: async commit of the consumed position every 1,000 records and
-//                     at the end; BrokerKit: ack each delivery, contiguous commits)
+//                     at the end; BrokerKit: ack each delivery, contiguous commits). Raw
+//                     runs three times: touching only the offset (the floor), copying each
+//                     record into Swift values, and building a BrokerKit `Delivery` per
+//                     record on the polling thread (what building the app's values costs
+//                     on one thread; printed below the table against the floor)
 //   e2e-latency       produce one record, wait until a group member has it (p50 / p99)
 // Before each timed scenario, raw and BrokerKit alike, the benchmark waits until the host's
 // CPUs are quiet (BenchmarkSupport's waitForQuietHost): noida-db, when it runs on the same
@@ -156,6 +160,53 @@ func copyOut(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> Int {
     return topic.utf8.count + payload.count + (key?.count ?? 0) + headers.count
 }
 
+/// What a consumer that hands the app BrokerKit's own values must at least do with each
+/// record, here on the polling thread itself (no hand-off to another thread, no settle
+/// bookkeeping, no commit tracking beyond the raw consumer's own): the
+/// app's message (id from its header, every other header in a dictionary, the key as a
+/// string) inside a `Delivery`. A window of 1,000 is kept alive, as BrokerKit's prefetch is,
+/// then dropped on this same thread.
+struct BenchmarkSettler: DeliverySettler {
+    func ack() async throws {}
+    func retry(after delay: Duration, nextAttempt: Int, firstFailureAt: Date, lastError: String) async throws {}
+    func deadLetter(_ envelope: DeadLetterEnvelope) async throws {}
+    func release() async throws {}
+}
+nonisolated(unsafe) var window: [Delivery] = []
+func deliveryOut(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> Int {
+    let m = message.pointee
+    let topic = String(cString: rd_kafka_topic_name(m.rkt))
+    let payload = m.payload.map { Data(bytes: $0, count: m.len) } ?? Data()
+    let key = m.key.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: m.key_len), as: UTF8.self) }
+    var id = ""
+    var headers: [String: String] = [:]
+    var hdrs: OpaquePointer?
+    if rd_kafka_message_headers(message, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs {
+        var index = 0
+        var name: UnsafePointer<CChar>?
+        var value: UnsafeRawPointer?
+        var size = 0
+        while rd_kafka_header_get_all(hdrs, index, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
+            let bytes = value.map { UnsafeRawBufferPointer(start: $0, count: size) } ?? UnsafeRawBufferPointer(start: nil, count: 0)
+            let headerName = String(cString: name!)
+            if headerName == "x-brokerkit-id" { id = String(decoding: bytes, as: UTF8.self) } else { headers[headerName] = String(decoding: bytes, as: UTF8.self) }
+            index += 1
+        }
+    }
+    var type = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
+    let ms = rd_kafka_message_timestamp(message, &type)
+    let delivery = Delivery(
+        message: Message(id: id, key: key, payload: payload, headers: headers, timestamp: Date(timeIntervalSince1970: TimeInterval(ms) / 1000)),
+        destination: topic, attempt: 1, firstFailureAt: nil, position: Position(partition: Int(m.partition), offset: m.offset),
+        retryPolicy: .default, backend: "kafka", settler: BenchmarkSettler())
+    window.append(delivery)
+    if window.count >= 1000 { window.removeAll(keepingCapacity: true) }
+    return topic.utf8.count + delivery.message.payload.count
+}
+
+/// Per round: raw building deliveries ÷ the raw floor (printed below the table).
+var deliveriesToFloor: [Double] = []
+
 @MainActor func measureRound(_ round: Int) async throws -> [Row] {
     var rows: [Row] = []
     func row(_ name: String, kit: Double, raw: Double) { rows.append(Row(name: name, kit: kit, raw: raw, ratio: kit / raw)) }
@@ -210,12 +261,14 @@ func copyOut(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> Int {
     row("produce batched (msg/s)", kit: rate(count, kitBatched), raw: rate(count, rawBatched))
 
     // consume-commit, both reading the batched topics (count records each). The raw
-    // consumer runs twice: once touching nothing but the offset (librdkafka's floor), once
+    // consumer runs three times: touching nothing but the offset (librdkafka's floor);
     // copying each record's key, payload and headers into Swift values first, as an app
-    // using librdkafka directly from Swift does (swift-kafka-client's consumer copies them).
-    @Sendable func rawConsume(copyingOut: Bool) -> Duration {
+    // using librdkafka directly from Swift does (swift-kafka-client's consumer copies them);
+    // and building the same `Delivery` BrokerKit hands out, on the polling thread.
+    enum RawWork { case offsetOnly, copyingOut, buildingDeliveries }
+    @Sendable func rawConsume(_ work: RawWork) -> Duration {
         let rk = rawHandle(RD_KAFKA_CONSUMER, [
-            "bootstrap.servers": bootstrap, "group.id": "bench.raw-\(copyingOut ? "copy-" : "")\(run)-\(round)", "enable.auto.commit": "false",
+            "bootstrap.servers": bootstrap, "group.id": "bench.raw-\(work)-\(run)-\(round)", "enable.auto.commit": "false",
             "enable.auto.offset.store": "false",
             "auto.offset.reset": "earliest", "partition.assignment.strategy": "roundrobin", "fetch.wait.max.ms": "100",
         ])
@@ -232,7 +285,11 @@ func copyOut(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> Int {
             if message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR {
                 if start == nil { start = .now }
                 got += 1
-                if copyingOut { copied &+= copyOut(message) }
+                switch work {
+                case .offsetOnly: break
+                case .copyingOut: copied &+= copyOut(message)
+                case .buildingDeliveries: copied &+= deliveryOut(message)
+                }
                 let list = rd_kafka_topic_partition_list_new(1)!
                 let element = rd_kafka_topic_partition_list_add(list, rd_kafka_topic_name(message.pointee.rkt), message.pointee.partition)
                 element?.pointee.offset = message.pointee.offset + 1
@@ -248,9 +305,11 @@ func copyOut(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> Int {
         return took
     }
     await waitForQuietHost()
-    let rawConsumeFloor = await onThread { rawConsume(copyingOut: false) }
+    let rawConsumeFloor = await onThread { rawConsume(.offsetOnly) }
     await waitForQuietHost()
-    let rawConsumeCopying = await onThread { rawConsume(copyingOut: true) }
+    let rawConsumeCopying = await onThread { rawConsume(.copyingOut) }
+    await waitForQuietHost()
+    let rawConsumeDeliveries = await onThread { rawConsume(.buildingDeliveries) }
     await waitForQuietHost()
     let kitConsume = try await Task.detached {
         let consumer = try await broker.consumeStream(kitBatchStream, group: "kit-\(run)-\(round)", options: .init(start: .earliest, prefetch: 1000))
@@ -268,6 +327,8 @@ func copyOut(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> Int {
     }.value
     row("consume + commit (msg/s)", kit: rate(count, kitConsume), raw: rate(count, rawConsumeFloor))
     row("  vs raw copying records out", kit: rate(count, kitConsume), raw: rate(count, rawConsumeCopying))
+    row("  vs raw building deliveries (one thread)", kit: rate(count, kitConsume), raw: rate(count, rawConsumeDeliveries))
+    deliveriesToFloor.append(rawConsumeFloor / rawConsumeDeliveries)
 
     // e2e latency (not on the mock cluster: it answers a waiting fetch only when
     // fetch.wait.max.ms is over, so every sample on both sides is ≈ 100 ms)
@@ -346,6 +407,7 @@ for round in 1...roundCount {
 await broker.close()
 
 printRounds(rounds, rawName: "raw librdkafka")
+print("raw librdkafka building deliveries on one thread consumed at \(String(format: "%.2f", median(deliveriesToFloor))) of the raw floor's speed (rounds \(deliveriesToFloor.map { String(format: "%.2f", $0) }.joined(separator: " / "))): what building the values an app receives costs on one thread, before any hand-off between threads.")
 print(quietWaitSummary())
 if let mock {
     rd_kafka_mock_cluster_destroy(mock.cluster)
