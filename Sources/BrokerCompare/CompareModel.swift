@@ -244,7 +244,7 @@ public struct ScenarioResult: Sendable, Encodable {
         if let duplicates = observed.duplicates, duplicates > 0 { parts.append("duplicates \(duplicates)") }
         if let ready = readySeconds { parts.append(String(format: "ready %.2f s", ready)) }
         if let rounds = roundThroughputs, let low = rounds.min(), let high = rounds.max() {
-            parts.append(String(format: "%d rounds: %.0f-%.0f msg/s", rounds.count, low, high))
+            parts.append("\(rounds.count) rounds: \(CompareText.grouped(Int(low.rounded())))–\(CompareText.grouped(Int(high.rounded()))) msg/s")
         }
         return parts.joined(separator: "; ")
     }
@@ -290,4 +290,18 @@ public struct CompareReport: Sendable, Encodable {
 
     /// Whether every scenario on every backend that took part succeeded.
     public var allSucceeded: Bool { results.allSatisfy { $0.status == .ok } }
+}
+
+/// Number formatting shared by the report's texts and `brokerkit compare`'s tables.
+public enum CompareText {
+    /// 12345 → "12,345".
+    public static func grouped(_ value: Int) -> String {
+        let digits = String(value.magnitude)
+        var out = ""
+        for (i, c) in digits.enumerated() {
+            if i > 0 && (digits.count - i) % 3 == 0 { out.append(",") }
+            out.append(c)
+        }
+        return (value < 0 ? "-" : "") + out
+    }
 }

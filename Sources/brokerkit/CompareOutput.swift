@@ -44,7 +44,7 @@ enum CompareOutput {
     static func cells(_ r: ScenarioResult) -> [String] {
         let ok = r.status == .ok
         return [
-            r.scenario.rawValue, r.backend, ok ? grouped(r.messages) : "-", ok ? grouped(Int(r.throughput.rounded())) : "-",
+            r.scenario.rawValue, r.backend, ok ? CompareText.grouped(r.messages) : "-", ok ? CompareText.grouped(Int(r.throughput.rounded())) : "-",
             milliseconds(r.latencyP50Ms), milliseconds(r.latencyP99Ms), milliseconds(r.latencyMaxMs),
             ok ? number(r.cpuSeconds, 2) : "-", r.cpuMicrosPerMessage.map { ok ? number($0, 0) : "-" } ?? "-",
             r.observedSummary,
@@ -110,22 +110,11 @@ enum CompareOutput {
         guard let value else { return "-" }
         if value < 10 { return number(value, 2) }
         if value < 1000 { return number(value, 1) }
-        return grouped(Int(value.rounded()))
+        return CompareText.grouped(Int(value.rounded()))
     }
 
     static func number(_ value: Double, _ decimals: Int) -> String {
         String(format: "%.\(decimals)f", value)
-    }
-
-    /// 12345 → "12,345".
-    static func grouped(_ value: Int) -> String {
-        let digits = String(value.magnitude)
-        var out = ""
-        for (i, c) in digits.enumerated() {
-            if i > 0 && (digits.count - i) % 3 == 0 { out.append(",") }
-            out.append(c)
-        }
-        return (value < 0 ? "-" : "") + out
     }
 
     static func csvField(_ text: String) -> String {

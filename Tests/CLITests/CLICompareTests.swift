@@ -124,6 +124,16 @@ struct CLICompareTests {
         let rounds = try #require(row["roundThroughputs"] as? [Double], "no rounds in \(row)")
         #expect(rounds.count == 3)
         #expect(row["throughput"] as? Double == rounds.sorted()[1], "row \(row["throughput"] ?? "-") is not the median of \(rounds)")
+        // The tables give the range of the rounds with thousands separators, like every
+        // other figure in them (12,345, never 12345).
+        let markdown = try await CLI.run(
+            ["compare", "--broker", "memory://", "--scenario", "fan-out", "--rounds", "3", "--format", "markdown", "--quiet"] + Self.small)
+        try markdown.expectExit(0)
+        let range = try NSRegularExpression(pattern: #"; 3 rounds: (\d{1,3}(?:,\d{3})*)–(\d{1,3}(?:,\d{3})*) msg/s \|"#)
+        let text = markdown.stdout
+        let match = try #require(range.firstMatch(in: text, range: NSRange(text.startIndex..., in: text)), "no grouped range of rounds in:\n\(text)")
+        let bounds = (1...2).map { Int(text[Range(match.range(at: $0), in: text)!].replacingOccurrences(of: ",", with: ""))! }
+        #expect(bounds[0] <= bounds[1], "range \(bounds)")
     }
 
     @Test("compare rejects bad input with a message naming it")
