@@ -81,17 +81,32 @@ public func printRounds(_ rounds: [[Row]], rawName: String) {
 
 /// End-to-end latency samples for BrokerKit, off the main actor: `publish(i)` one message,
 /// then wait until `consumer` has it (and ack it), `count` times.
+///
+/// `publishAcknowledgedFirst`: the sample waits for the broker's acknowledgement of the
+/// publish before it waits for the consumer (as a raw baseline does that reads the publish
+/// reply before the consumer's). With `false`, the consumer is awaited while the publish
+/// call is still waiting for its acknowledgement, and the acknowledgement after the
+/// sample (as a raw baseline does that never waits for the producer's delivery report).
 public func sampleLatencies(
-    _ count: Int, consumer: any MessageConsumer, publish: @escaping @Sendable (Int) async throws -> Void
+    _ count: Int, consumer: any MessageConsumer, publishAcknowledgedFirst: Bool = true,
+    publish: @escaping @Sendable (Int) async throws -> Void
 ) async throws -> [Duration] {
     try await Task.detached {
         var samples: [Duration] = []
         for i in 0..<count {
             let start = ContinuousClock.now
-            try await publish(i)
-            guard let delivery = try await consumer.next() else { fatalError("consumer ended") }
-            samples.append(ContinuousClock.now - start)
-            try await delivery.ack()
+            if publishAcknowledgedFirst {
+                try await publish(i)
+                guard let delivery = try await consumer.next() else { fatalError("consumer ended") }
+                samples.append(ContinuousClock.now - start)
+                try await delivery.ack()
+            } else {
+                async let published: Void = publish(i)
+                guard let delivery = try await consumer.next() else { fatalError("consumer ended") }
+                samples.append(ContinuousClock.now - start)
+                try await published
+                try await delivery.ack()
+            }
         }
         return samples
     }.value
