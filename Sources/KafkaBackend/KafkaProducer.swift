@@ -273,13 +273,20 @@ struct OutgoingRecord: Sendable {
     }
 
     private static func add(_ name: String, _ value: String, to list: OpaquePointer) {
+        // Both passed with their sizes, as UTF-8 bytes (short strings are copied on the stack).
+        // Handing the name to librdkafka as a C string instead built a heap-allocated C array of
+        // it for every header (seen in a `perf` profile of batched produce).
+        var name = name
         var value = value
-        value.withUTF8 { utf8 in
-            // librdkafka copies the value; an empty one still needs a non-null pointer.
-            if let base = utf8.baseAddress, utf8.count > 0 {
-                _ = rd_kafka_header_add(list, name, -1, base, utf8.count)
-            } else {
-                withUnsafeBytes(of: UInt8(0)) { _ = rd_kafka_header_add(list, name, -1, $0.baseAddress, 0) }
+        name.withUTF8 { nameBytes in
+            value.withUTF8 { valueBytes in
+                withUnsafeBytes(of: UInt8(0)) { empty in
+                    // librdkafka copies both; empty ones still need non-null pointers.
+                    let namePointer = nameBytes.baseAddress.map { UnsafeRawPointer($0) } ?? empty.baseAddress!
+                    let valuePointer = valueBytes.baseAddress.map { UnsafeRawPointer($0) } ?? empty.baseAddress!
+                    _ = rd_kafka_header_add(
+                        list, namePointer.assumingMemoryBound(to: CChar.self), nameBytes.count, valuePointer, valueBytes.count)
+                }
             }
         }
     }
