@@ -129,6 +129,8 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     private nonisolated(unsafe) var batch = [UnsafeMutablePointer<rd_kafka_message_t>?](repeating: nil, count: 256)
     private nonisolated(unsafe) var topicNames: [OpaquePointer: String] = [:]
     let logger: Logger
+    /// The destination's message counters, looked up once (see `DeliveryObserver`).
+    let metrics: DeliveryObserver.Destination
 
     var prefetch: Int {
         switch mode {
@@ -153,6 +155,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         self.broker = broker
         self.destination = destination
         self.mode = mode
+        metrics = broker.observer.destination(destination)
         let settings = broker.settings
         mainTopic = settings.topic(destination)
         switch mode {
@@ -259,7 +262,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
 
     func next() async throws -> Delivery? {
         let delivery = try await buffer.next()
-        if delivery != nil { broker.observer.record(.delivered, destination: destination) }
+        if delivery != nil { metrics.record(.delivered) }
         return delivery
     }
 
@@ -533,7 +536,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             message: consumed.message, destination: destination, group: group, attempt: settler.attempt,
             firstFailureAt: settler.firstFailureAt,
             position: Position(partition: Int(record.partition), offset: record.offset),
-            retryPolicy: retryPolicy, backend: "kafka", settler: settler, observer: broker.observer)
+            retryPolicy: retryPolicy, backend: "kafka", settler: settler, metrics: metrics)
     }
 
     // MARK: - Settlement (any thread)

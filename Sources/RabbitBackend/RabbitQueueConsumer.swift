@@ -27,6 +27,8 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
     let options: QueueConsumerOptions
     let prefetch: Int
     let connection: AMQPConnection
+    /// The queue's message counters, looked up once (see `DeliveryObserver`).
+    let metrics: DeliveryObserver.Destination
     var group: String? { nil }
     private static let channel: UInt16 = 1
     private var consumerTag = ""
@@ -88,6 +90,7 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         self.broker = broker
         self.id = id
         self.queue = queue
+        metrics = broker.observer.destination(queue)
         self.full = full
         self.options = options
         self.prefetch = prefetch
@@ -151,7 +154,7 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
                 return nil
             }
             if let waiter {
-                broker.observer.record(.delivered, destination: queue)
+                metrics.record(.delivered)
                 waiter.resume(returning: makeDelivery(raw, generation: generation))
             }
         case .consumerCancelled(Self.channel, _):
@@ -192,7 +195,7 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
             firstFailureAt: firstFailureAt)
         return Delivery(
             message: message, destination: queue, attempt: attempt, firstFailureAt: firstFailureAt, position: nil,
-            retryPolicy: options.retryPolicy, backend: AMQPError.backend, settler: settler, observer: broker.observer)
+            retryPolicy: options.retryPolicy, backend: AMQPError.backend, settler: settler, metrics: metrics)
     }
 
     func next() async throws -> Delivery? {
@@ -236,7 +239,7 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
             continuation?.resume(throwing: CancellationError())
         }
         state.withLock { _ = $0.cancelledWaiters.remove(waiterID) }
-        if delivery != nil { broker.observer.record(.delivered, destination: queue) }
+        if delivery != nil { metrics.record(.delivered) }
         return delivery
     }
 

@@ -26,6 +26,8 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
     let id: UInt64
     let stream: String
     let full: String
+    /// The stream's message counters, looked up once (see `DeliveryObserver`).
+    let metrics: DeliveryObserver.Destination
     let groupName: String
     let options: StreamConsumerOptions
     let prefetch: Int
@@ -72,6 +74,7 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         self.broker = broker
         self.id = id
         self.stream = stream
+        metrics = broker.observer.destination(stream)
         self.full = full
         self.groupName = group
         self.options = options
@@ -264,7 +267,7 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
             }
             switch step {
             case .delivery(let delivery):
-                broker.observer.record(.delivered, destination: stream)
+                metrics.record(.delivered)
                 return delivery
             case .closed:
                 return nil
@@ -281,7 +284,7 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
             message: item.message, destination: stream, group: groupName, attempt: attempt, firstFailureAt: firstFailureAt,
             position: Position(partition: 0, offset: item.offset), retryPolicy: options.retryPolicy, backend: AMQPError.backend,
             settler: RabbitStreamSettler(consumer: self, item: item),
-            observer: broker.observer)
+            metrics: metrics)
     }
 
     fileprivate func settle(_ held: Item, outcome: RabbitStreamSettler.Outcome) async throws {

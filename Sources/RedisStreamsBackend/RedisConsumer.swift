@@ -47,10 +47,13 @@ final class RedisConsumer: MessageConsumer, Sendable {
     let wake = WakeSignal()
     let state = Mutex(State())
     private let loopTask = Mutex<Task<Void, Never>?>(nil)
+    /// The destination's message counters, looked up once (see `DeliveryObserver`).
+    let metrics: DeliveryObserver.Destination
 
     init(broker: RedisBroker, destination: String, key: String, mode: Mode) {
         self.broker = broker
         self.destination = destination
+        metrics = broker.observer.destination(destination)
         self.key = key
         self.mode = mode
         self.name = RedisBroker.consumerName()
@@ -97,7 +100,7 @@ final class RedisConsumer: MessageConsumer, Sendable {
 
     func next() async throws -> Delivery? {
         let delivery = try await buffer.next()
-        if delivery != nil { broker.observer.record(.delivered, destination: destination) }
+        if delivery != nil { metrics.record(.delivered) }
         return delivery
     }
 
@@ -206,7 +209,7 @@ final class RedisConsumer: MessageConsumer, Sendable {
         return Delivery(
             message: entry.message, destination: destination, group: isQueue ? nil : group, attempt: held.attempt,
             firstFailureAt: entry.firstFailureAt, position: Position(partition: 0, offset: entry.entryID),
-            retryPolicy: retryPolicy, backend: "redis", settler: RedisSettler(consumer: self, held: held), observer: broker.observer)
+            retryPolicy: retryPolicy, backend: "redis", settler: RedisSettler(consumer: self, held: held), metrics: metrics)
     }
 
     /// Called when a delivery was settled (or given back): frees a prefetch slot. The fetch

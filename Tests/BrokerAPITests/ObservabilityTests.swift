@@ -53,6 +53,44 @@ struct ObservabilityTests {
         await broker.close()
     }
 
+    /// What backends' consumers rely on: a destination's counters looked up once count in the
+    /// same metric as the per-call `record(_:destination:)`, and a delivery made with them
+    /// counts its ack, retry and dead-lettering there.
+    @Test func destinationCountersLookedUpOnceCountInTheSameMetric() async throws {
+        let metrics = TestObservability.metrics
+        let observer = DeliveryObserver(backend: "counted-\(UUID().uuidString.prefix(8))")
+        let queue = "q-\(UUID().uuidString.prefix(8))"
+        let counters = observer.destination(queue)
+        #expect(observer.destination(queue) === counters, "the lookup is cached")
+        counters.record(.published, count: 3)
+        counters.record(.delivered)
+        counters.record(.delivered, count: 2)
+        observer.record(.delivered, destination: queue)
+        func make(_ id: String, policy: RetryPolicy = RetryPolicy()) -> Delivery {
+            Delivery(
+                message: Message(id: id, text: id), destination: queue, attempt: 1, firstFailureAt: nil, position: nil,
+                retryPolicy: policy, backend: observer.backend, settler: DeliveryBufferTests.NoSettler(), metrics: counters)
+        }
+        try await make("a").ack()
+        _ = try await make("b").nack(error: "boom", delay: .milliseconds(1))
+        _ = try await make("c", policy: RetryPolicy(maxAttempts: 1)).nack(error: "boom")
+        try await make("d").deadLetter(reason: "bad")
+        // The observer-taking initializer still counts too.
+        try await Delivery(
+            message: Message(id: "e", text: "e"), destination: queue, attempt: 1, firstFailureAt: nil, position: nil,
+            retryPolicy: RetryPolicy(), backend: observer.backend, settler: DeliveryBufferTests.NoSettler(), observer: observer
+        ).ack()
+        func total(_ event: String) -> Int64 {
+            metrics.counterTotal(
+                label: "brokerkit_messages_total", dimensions: [("backend", observer.backend), ("destination", queue), ("event", event)])
+        }
+        #expect(total("published") == 3)
+        #expect(total("delivered") == 4)
+        #expect(total("acked") == 2)
+        #expect(total("retried") == 1)
+        #expect(total("dead_lettered") == 2)
+    }
+
     @Test func traceContextTravelsInHeadersToTheConsumerSpan() async throws {
         let tracer = TestObservability.tracer
         let broker = try await Brokers.connect(url: "memory://trace-\(UUID().uuidString.prefix(8))")

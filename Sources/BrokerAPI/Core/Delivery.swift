@@ -41,7 +41,7 @@ public struct Delivery: Sendable {
         /// Set once settled; copies made by ``withRetryPolicy(_:)`` use their origin's.
         private let settledFlag = Atomic<Bool>(false)
         private let origin: Storage?
-        let observer: DeliveryObserver?
+        let metrics: DeliveryObserver.Destination?
 
         /// The storage whose flag this one uses.
         var root: Storage { origin ?? self }
@@ -54,7 +54,7 @@ public struct Delivery: Sendable {
         init(
             message: Message, destination: String, group: String?, attempt: Int, firstFailureAt: Date?,
             position: Position?, retryPolicy: RetryPolicy, backend: String, settler: any DeliverySettler,
-            origin: Storage?, observer: DeliveryObserver?
+            origin: Storage?, metrics: DeliveryObserver.Destination?
         ) {
             self.message = message
             self.destination = destination
@@ -66,7 +66,7 @@ public struct Delivery: Sendable {
             self.backend = backend
             self.settler = settler
             self.origin = origin
-            self.observer = observer
+            self.metrics = metrics
         }
     }
 
@@ -90,17 +90,31 @@ public struct Delivery: Sendable {
     public var backend: String { storage.backend }
 
     private var settler: any DeliverySettler { storage.settler }
-    private var observer: DeliveryObserver? { storage.observer }
+    private var metrics: DeliveryObserver.Destination? { storage.metrics }
 
     public init(
         message: Message, destination: String, group: String? = nil, attempt: Int,
         firstFailureAt: Date?, position: Position?, retryPolicy: RetryPolicy, backend: String,
         settler: any DeliverySettler, observer: DeliveryObserver? = nil
     ) {
+        self.init(
+            message: message, destination: destination, group: group, attempt: attempt, firstFailureAt: firstFailureAt,
+            position: position, retryPolicy: retryPolicy, backend: backend, settler: settler,
+            metrics: observer?.destination(destination))
+    }
+
+    /// A delivery whose acks, retries and dead-letterings count in `metrics`: the
+    /// destination's counters, looked up once by the consumer
+    /// (``DeliveryObserver/destination(_:)``) instead of once per delivery.
+    public init(
+        message: Message, destination: String, group: String? = nil, attempt: Int,
+        firstFailureAt: Date?, position: Position?, retryPolicy: RetryPolicy, backend: String,
+        settler: any DeliverySettler, metrics: DeliveryObserver.Destination?
+    ) {
         storage = Storage(
             message: message, destination: destination, group: group, attempt: max(1, attempt),
             firstFailureAt: firstFailureAt, position: position, retryPolicy: retryPolicy, backend: backend,
-            settler: settler, origin: nil, observer: observer)
+            settler: settler, origin: nil, metrics: metrics)
     }
 
     /// The same delivery (sharing its settled state) with another retry policy, e.g. a
@@ -109,7 +123,7 @@ public struct Delivery: Sendable {
         Delivery(storage: Storage(
             message: message, destination: destination, group: group, attempt: attempt,
             firstFailureAt: firstFailureAt, position: position, retryPolicy: policy, backend: backend,
-            settler: settler, origin: storage.root, observer: observer))
+            settler: settler, origin: storage.root, metrics: metrics))
     }
 
     private init(storage: Storage) { self.storage = storage }
@@ -129,7 +143,7 @@ public struct Delivery: Sendable {
     public func ack() async throws {
         try claim("ack")
         try await settler.ack()
-        observer?.record(.acked, destination: destination)
+        metrics?.record(.acked)
     }
 
     /// What ``nack(error:delay:)`` did.
@@ -160,11 +174,11 @@ public struct Delivery: Sendable {
             let wait = delay ?? policyDelay
             try await settler.retry(
                 after: wait, nextAttempt: attempt + 1, firstFailureAt: firstFailureAt ?? now, lastError: errorText)
-            observer?.record(.retried, destination: destination)
+            metrics?.record(.retried)
             return .retried(after: wait, nextAttempt: attempt + 1)
         case .deadLetter(let reason):
             try await settler.deadLetter(envelope(lastError: errorText, now: now))
-            observer?.record(.deadLettered, destination: destination)
+            metrics?.record(.deadLettered)
             return .deadLettered(reason: reason)
         }
     }
@@ -173,7 +187,7 @@ public struct Delivery: Sendable {
     public func deadLetter(reason: String) async throws {
         try claim("dead-letter")
         try await settler.deadLetter(envelope(lastError: reason, now: Date()))
-        observer?.record(.deadLettered, destination: destination)
+        metrics?.record(.deadLettered)
     }
 
     /// Give the message back without processing it and without counting an attempt.

@@ -8,11 +8,14 @@ final class MemoryConsumer: MessageConsumer {
     private let waiterIDs = Atomic<UInt64>(0)
     private let closed = Atomic<Bool>(false)
     private let onClose: @Sendable (UInt64) -> Void
+    /// The destination's message counters, looked up once (see `DeliveryObserver`).
+    private let metrics: DeliveryObserver.Destination
 
     init(store: MemoryStore, id: UInt64, destination: String, onClose: @escaping @Sendable (UInt64) -> Void) {
         self.store = store
         self.id = id
         self.destination = destination
+        metrics = MemoryStore.observer.destination(destination)
         self.onClose = onClose
     }
 
@@ -26,7 +29,7 @@ final class MemoryConsumer: MessageConsumer {
         } onCancel: {
             Task { await store.cancelWaiter(waiterID) }
         }
-        if let delivery { MemoryStore.observer.record(.delivered, destination: delivery.destination) }
+        if delivery != nil { metrics.record(.delivered) }
         return delivery
     }
 

@@ -81,8 +81,12 @@ actor MemoryStore {
         var nextOffset: Int64 = 0
         var waiters: [UInt64] = []
 
+        /// Its message counters, looked up once (see `DeliveryObserver`).
+        let metrics: DeliveryObserver.Destination
+
         init(name: String, kind: DestinationKind, partitions: Int, retention: DestinationOptions.Retention?) {
             self.name = name
+            metrics = MemoryStore.observer.destination(name)
             self.kind = kind
             self.partitions = (0..<max(1, partitions)).map { _ in Partition() }
             self.retention = retention
@@ -468,7 +472,7 @@ actor MemoryStore {
                 firstFailureAt: item.firstFailureAt, position: Position(offset: item.record.offset),
                 retryPolicy: state.retryPolicy, backend: backend,
                 settler: MemoryQueueSettler(store: self, destination: d.name, tag: tag),
-                observer: MemoryStore.observer)
+                metrics: d.metrics)
         case .stream:
             guard let groupName = state.group, let group = d.groups[groupName] else { return nil }
             let owned = group.assignment.filter { $0.value == id }.map(\.key).sorted()
@@ -505,7 +509,7 @@ actor MemoryStore {
                     firstFailureAt: firstFailure, position: Position(partition: index, offset: offset),
                     retryPolicy: state.retryPolicy, backend: backend,
                     settler: MemoryStreamSettler(store: self, destination: d.name, group: groupName, partition: index, offset: offset, consumer: id),
-                    observer: MemoryStore.observer)
+                    metrics: d.metrics)
             }
             return nil
         }
