@@ -137,6 +137,20 @@ func timedRawProducer(_ topic: String, _ body: @escaping @Sendable (OpaquePointe
 print("BrokerKit Kafka backend vs raw librdkafka \(KafkaBackend.libraryVersion) — \(count) messages of \(payload.count) B, \(url)")
 print("")
 /// Every scenario once, raw side first. Topic and group names carry the round.
+/// Calls `body` with each header of `message`: its name, and its value's bytes.
+func forEachHeader(of message: UnsafeMutablePointer<rd_kafka_message_t>, _ body: (String, UnsafeRawBufferPointer) -> Void) {
+    var hdrs: OpaquePointer?
+    guard rd_kafka_message_headers(message, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs else { return }
+    var index = 0
+    var name: UnsafePointer<CChar>?
+    var value: UnsafeRawPointer?
+    var size = 0
+    while rd_kafka_header_get_all(hdrs, index, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
+        body(String(cString: name!), value.map { UnsafeRawBufferPointer(start: $0, count: size) } ?? UnsafeRawBufferPointer(start: nil, count: 0))
+        index += 1
+    }
+}
+
 /// What a Swift app reading librdkafka directly does with each record: key and payload into
 /// `Data`, topic and headers into `String`s. Returns a byte count so the work is not dropped.
 nonisolated(unsafe) var copied = 0
@@ -146,18 +160,7 @@ func copyOut(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> Int {
     let payload = m.payload.map { Data(bytes: $0, count: m.len) } ?? Data()
     let key = m.key.map { Data(bytes: $0, count: m.key_len) }
     var headers: [(String, String)] = []
-    var hdrs: OpaquePointer?
-    if rd_kafka_message_headers(message, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs {
-        var index = 0
-        var name: UnsafePointer<CChar>?
-        var value: UnsafeRawPointer?
-        var size = 0
-        while rd_kafka_header_get_all(hdrs, index, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
-            let bytes = value.map { UnsafeRawBufferPointer(start: $0, count: size) } ?? UnsafeRawBufferPointer(start: nil, count: 0)
-            headers.append((String(cString: name!), String(decoding: bytes, as: UTF8.self)))
-            index += 1
-        }
-    }
+    forEachHeader(of: message) { name, bytes in headers.append((name, String(decoding: bytes, as: UTF8.self))) }
     return topic.utf8.count + payload.count + (key?.count ?? 0) + headers.count
 }
 
@@ -181,18 +184,8 @@ func deliveryOut(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> Int {
     let key = m.key.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: m.key_len), as: UTF8.self) }
     var id = ""
     var headers: [String: String] = [:]
-    var hdrs: OpaquePointer?
-    if rd_kafka_message_headers(message, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs {
-        var index = 0
-        var name: UnsafePointer<CChar>?
-        var value: UnsafeRawPointer?
-        var size = 0
-        while rd_kafka_header_get_all(hdrs, index, &name, &value, &size) == RD_KAFKA_RESP_ERR_NO_ERROR {
-            let bytes = value.map { UnsafeRawBufferPointer(start: $0, count: size) } ?? UnsafeRawBufferPointer(start: nil, count: 0)
-            let headerName = String(cString: name!)
-            if headerName == "x-brokerkit-id" { id = String(decoding: bytes, as: UTF8.self) } else { headers[headerName] = String(decoding: bytes, as: UTF8.self) }
-            index += 1
-        }
+    forEachHeader(of: message) { name, bytes in
+        if name == "x-brokerkit-id" { id = String(decoding: bytes, as: UTF8.self) } else { headers[name] = String(decoding: bytes, as: UTF8.self) }
     }
     var type = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
     let ms = rd_kafka_message_timestamp(message, &type)
