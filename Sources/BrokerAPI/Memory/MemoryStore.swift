@@ -81,12 +81,12 @@ actor MemoryStore {
         var nextOffset: Int64 = 0
         var waiters: [UInt64] = []
 
-        /// Its message counters, looked up once (see `DeliveryObserver`).
-        let metrics: DeliveryObserver.Destination
+        /// Its message counters, looked up on its first delivery (see `DeliveryObserver`), so
+        /// destinations nothing consumes get none.
+        lazy var metrics: DeliveryObserver.Destination = MemoryStore.observer.destination(name)
 
         init(name: String, kind: DestinationKind, partitions: Int, retention: DestinationOptions.Retention?) {
             self.name = name
-            metrics = MemoryStore.observer.destination(name)
             self.kind = kind
             self.partitions = (0..<max(1, partitions)).map { _ in Partition() }
             self.retention = retention
