@@ -136,7 +136,7 @@ func timedRawProducer(_ topic: String, _ body: @escaping @Sendable (OpaquePointe
 
 print("BrokerKit Kafka backend vs raw librdkafka \(KafkaBackend.libraryVersion) — \(count) messages of \(payload.count) B, \(url)")
 print("")
-/// Every scenario once, raw side first. Topic and group names carry the round.
+
 /// Calls `body` with each header of `message`: its name, and its value's bytes.
 func forEachHeader(of message: UnsafeMutablePointer<rd_kafka_message_t>, _ body: (String, UnsafeRawBufferPointer) -> Void) {
     var hdrs: OpaquePointer?
@@ -201,6 +201,7 @@ func deliveryOut(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> Int {
 /// Per round: raw building deliveries ÷ the raw floor (printed below the table).
 var deliveriesToFloor: [Double] = []
 
+/// Every scenario once, raw side first. Topic and group names carry the round.
 @MainActor func measureRound(_ round: Int) async throws -> [Row] {
     var rows: [Row] = []
     func row(_ name: String, kit: Double, raw: Double) { rows.append(Row(name: name, kit: kit, raw: raw, ratio: kit / raw)) }
