@@ -132,29 +132,30 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     /// The destination's message counters, looked up once (see `DeliveryObserver`).
     let metrics: DeliveryObserver.Destination
 
-    var prefetch: Int {
-        switch mode {
-        case .queue(let o): return o.prefetch
-        case .stream(_, let o): return o.prefetch
-        }
-    }
-    var retryPolicy: RetryPolicy {
-        switch mode {
-        case .queue(let o): return o.retryPolicy
-        case .stream(_, let o): return o.retryPolicy
-        }
-    }
-    var group: String? {
-        if case .stream(let group, _) = mode { return group }
-        return nil
-    }
-    var isQueue: Bool { if case .queue = mode { return true } else { return false } }
+    // Read from `mode` once: the poll thread needs them for every record, and reading them
+    // through `mode` copied the whole options value each time (seen in a `perf` profile).
+    let prefetch: Int
+    let retryPolicy: RetryPolicy
+    let group: String?
+    let isQueue: Bool
     var settings: KafkaConfiguration { broker.settings }
 
     init(broker: KafkaBroker, destination: String, mode: Mode) throws {
         self.broker = broker
         self.destination = destination
         self.mode = mode
+        switch mode {
+        case .queue(let options):
+            prefetch = options.prefetch
+            retryPolicy = options.retryPolicy
+            group = nil
+            isQueue = true
+        case .stream(let name, let options):
+            prefetch = options.prefetch
+            retryPolicy = options.retryPolicy
+            group = name
+            isQueue = false
+        }
         metrics = broker.observer.destination(destination)
         let settings = broker.settings
         mainTopic = settings.topic(destination)
@@ -183,11 +184,10 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             }
         }
         consumerQueue = Mutex(nil)
-        callbacks.rebalance = { [weak self] rk, err, partitions in
-            guard let self else {
-                _ = rd_kafka_assign(rk, nil)
-                return
-            }
+        // `unowned`, not `weak`: librdkafka calls this only inside the polls and the close of
+        // `loop()`, whose thread holds the consumer. A weak reference gave the consumer a side
+        // table, which made every retain of it (one per delivery) take the slow path.
+        callbacks.rebalance = { [unowned self] _, err, partitions in
             self.rebalance(err, partitions)
         }
     }
@@ -529,7 +529,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     private func delivery(for record: KafkaRecord, partition: PartitionState, attempt: Int?, firstFailureAt: Date?) -> Delivery {
         let consumed = KafkaRecordLayout.consumed(from: record)
         let settler = KafkaSettler(
-            consumer: self, record: record, message: consumed.message, partition: partition,
+            consumer: self, record: record, partition: partition,
             attempt: attempt ?? max(1, consumed.attempt ?? 1),
             firstFailureAt: firstFailureAt ?? consumed.firstFailureAt)
         return Delivery(
@@ -790,7 +790,6 @@ final class KafkaConsumer: MessageConsumer, Sendable {
 struct KafkaSettler: DeliverySettler {
     let consumer: KafkaConsumer
     let record: KafkaRecord
-    let message: Message
     let partition: KafkaConsumer.PartitionState
     let attempt: Int
     let firstFailureAt: Date?
@@ -804,6 +803,9 @@ struct KafkaSettler: DeliverySettler {
         if consumer.isQueue && settings.retryMode == .topics {
             let due = Date().addingTimeInterval(delay.timeInterval)
             let topic = settings.retryTopic(consumer.destination, attempt: nextAttempt - 1)
+            // The message as the app got it, rebuilt from the record: keeping a copy in every
+            // settler cost each delivery a copy for the rare retry.
+            let message = KafkaRecordLayout.consumed(from: record).message
             let outgoing = OutgoingRecord(topic: topic, message: message, extraHeaders: [
                 HeaderName.attempt: String(nextAttempt),
                 HeaderName.firstFailureAt: ISO8601.format(firstFailureAt),
