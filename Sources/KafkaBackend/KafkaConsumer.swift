@@ -127,7 +127,9 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     private let consumerQueue: Mutex<OpaquePointer?>
     // Poll-thread-only scratch space. `nonisolated(unsafe)` is sound: only `loop()` touches them.
     private nonisolated(unsafe) var batch = [UnsafeMutablePointer<rd_kafka_message_t>?](repeating: nil, count: 256)
-    private nonisolated(unsafe) var topicNames: [OpaquePointer: String] = [:]
+    /// Bumped by each rebalance: topic handles may have been freed and their addresses
+    /// reused, so `loop()` clears its topic-name table when this moves.
+    private nonisolated(unsafe) var topicHandlesGeneration = 0
     let logger: Logger
     /// The destination's message counters, looked up once (see `DeliveryObserver`).
     let metrics: DeliveryObserver.Destination
@@ -303,7 +305,9 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     static let readyByteLimit = 64 * 1024 * 1024
 
     /// Copies a polled message into `records` (errors are logged) and frees it.
-    private func take(_ message: UnsafeMutablePointer<rd_kafka_message_t>, into records: inout [KafkaRecord]) {
+    private func take(
+        _ message: UnsafeMutablePointer<rd_kafka_message_t>, into records: inout [KafkaRecord], names: inout TopicNames
+    ) {
         defer { rd_kafka_message_destroy(message) }
         let err = message.pointee.err
         guard err == RD_KAFKA_RESP_ERR_NO_ERROR else {
@@ -313,12 +317,15 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             }
             return
         }
-        records.append(KafkaRecord(message, topicNames: &topicNames))
+        records.append(KafkaRecord(message, topic: message.pointee.rkt.map { names.name(of: $0) } ?? ""))
     }
 
     private func loop() {
         let rk = handle.rk
         var lastCommit = ContinuousClock.now
+        // A local, so the per-record lookups need no runtime exclusivity checks.
+        var names = TopicNames()
+        var namesGeneration = topicHandlesGeneration
         while true {
             let closing = state.withLock { $0.closing }
             if closing { break }
@@ -332,13 +339,23 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             }
             // Wait for one record, then take whatever else is already fetched in one call.
             guard let first = rd_kafka_consumer_poll(rk, waitMs) else { continue }
-            var records: [KafkaRecord] = []
-            take(first, into: &records)
-            if let queue = consumerQueue.withLock({ $0 }) {
-                let n = batch.withUnsafeMutableBufferPointer { buffer in
+            let n = consumerQueue.withLock({ $0 }).map { queue in
+                batch.withUnsafeMutableBufferPointer { buffer in
                     rd_kafka_consume_batch_queue(queue, 0, buffer.baseAddress, buffer.count)
                 }
-                if n > 0 { for i in 0..<n { if let message = batch[i] { take(message, into: &records) } } }
+            } ?? 0
+            // Both polls may have run a rebalance (polled messages keep their topic handles).
+            if namesGeneration != topicHandlesGeneration {
+                names.removeAll()
+                namesGeneration = topicHandlesGeneration
+            }
+            var records: [KafkaRecord] = []
+            records.reserveCapacity(1 + max(0, n))
+            take(first, into: &records, names: &names)
+            if n > 0 {
+                batch.withUnsafeBufferPointer { polled in
+                    for i in 0..<n { if let message = polled[i] { take(message, into: &records, names: &names) } }
+                }
             }
             accept(records)
             handOut()
@@ -671,7 +688,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         let rk = handle.rk
         let cooperative = rd_kafka_rebalance_protocol(rk).map { String(cString: $0) } == "COOPERATIVE"
         let entries = partitions.map { PartitionList.entries(of: $0) } ?? []
-        topicNames.removeAll()  // topic handles may be freed and their addresses reused
+        topicHandlesGeneration &+= 1  // topic handles may be freed and their addresses reused
         let tps = entries.map(\.0)
         switch err {
         case RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS:

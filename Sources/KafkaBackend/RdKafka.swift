@@ -261,6 +261,34 @@ final class PartitionList {
     var entries: [(TopicPartition, Int64, rd_kafka_resp_err_t)] { Self.entries(of: list) }
 }
 
+/// Topic names by librdkafka topic handle, for a consumer's poll thread: records come in
+/// runs of one topic, so the last handle is compared first and the table is hashed only
+/// when the topic changes. Clear it when topic handles may have been freed (a rebalance).
+struct TopicNames {
+    private var last: OpaquePointer?
+    private var lastName = ""
+    private var known: [OpaquePointer: String] = [:]
+
+    mutating func name(of rkt: OpaquePointer) -> String {
+        if rkt == last { return lastName }
+        let name: String
+        if let known = known[rkt] {
+            name = known
+        } else {
+            name = String(cString: rd_kafka_topic_name(rkt))
+            known[rkt] = name
+        }
+        last = rkt
+        lastName = name
+        return name
+    }
+
+    mutating func removeAll() {
+        last = nil
+        known = [:]
+    }
+}
+
 /// Message fields of a consumed record, copied out of librdkafka's buffers. A class: a
 /// record moves through the poll batch, the ready list and its settler, one retain a move.
 final class KafkaRecord: Sendable {
@@ -275,24 +303,13 @@ final class KafkaRecord: Sendable {
     var topicPartition: TopicPartition { TopicPartition(topic: topic, partition: partition) }
 
     convenience init(_ message: UnsafePointer<rd_kafka_message_t>) {
-        var names: [OpaquePointer: String] = [:]
-        self.init(message, topicNames: &names)
+        self.init(message, topic: message.pointee.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? "")
     }
 
-    /// `topicNames` caches topic names by handle (the poll thread reuses it).
-    init(_ message: UnsafePointer<rd_kafka_message_t>, topicNames: inout [OpaquePointer: String]) {
+    /// `topic`: the record's topic name (the poll thread looks it up through ``TopicNames``).
+    init(_ message: UnsafePointer<rd_kafka_message_t>, topic: String) {
         let m = message.pointee
-        if let rkt = m.rkt {
-            if let known = topicNames[rkt] {
-                topic = known
-            } else {
-                let name = String(cString: rd_kafka_topic_name(rkt))
-                topicNames[rkt] = name
-                topic = name
-            }
-        } else {
-            topic = ""
-        }
+        self.topic = topic
         partition = m.partition
         offset = m.offset
         key = m.key.map { Data(bytes: $0, count: m.key_len) }
@@ -307,7 +324,9 @@ final class KafkaRecord: Sendable {
                 var size = 0
                 guard rd_kafka_header_get_all(hdrs, index, &name, &valuePointer, &size) == RD_KAFKA_RESP_ERR_NO_ERROR else { break }
                 let text = valuePointer.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: size), as: UTF8.self) } ?? ""
-                headers.append((name.map { String(cString: $0) } ?? "", text))
+                // Every BrokerKit record carries the id header: its name is not built anew.
+                let headerName = name.map { strcmp($0, "x-brokerkit-id") == 0 ? KafkaRecordLayout.idHeader : String(cString: $0) } ?? ""
+                headers.append((headerName, text))
                 index += 1
             }
         }
