@@ -13,6 +13,9 @@ import Synchronization
 /// and `x-brokerkit-deliver-at`; consumers strip those before the app sees the message.
 enum KafkaRecordLayout {
     static let idHeader = "x-brokerkit-id"
+    /// ``idHeader`` as a C string, to recognise it among a record's header names without
+    /// building a `String` for it.
+    static let idHeaderCString: [CChar] = Array(idHeader.utf8CString)
     /// What a consumer hands the app: the message without the transport headers (id,
     /// attempt, first failure, deliver-at), and the attempt and first-failure time those
     /// carried (one pass over the headers).

@@ -325,7 +325,10 @@ final class KafkaRecord: Sendable {
                 guard rd_kafka_header_get_all(hdrs, index, &name, &valuePointer, &size) == RD_KAFKA_RESP_ERR_NO_ERROR else { break }
                 let text = valuePointer.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: size), as: UTF8.self) } ?? ""
                 // Every BrokerKit record carries the id header: its name is not built anew.
-                let headerName = name.map { strcmp($0, "x-brokerkit-id") == 0 ? KafkaRecordLayout.idHeader : String(cString: $0) } ?? ""
+                let headerName = name.map { name in
+                    let isID = KafkaRecordLayout.idHeaderCString.withUnsafeBufferPointer { strcmp(name, $0.baseAddress!) == 0 }
+                    return isID ? KafkaRecordLayout.idHeader : String(cString: name)
+                } ?? ""
                 headers.append((headerName, text))
                 index += 1
             }
