@@ -56,19 +56,14 @@ enum KafkaRecordLayout {
     }
 }
 
-/// One idempotent librdkafka producer per broker. `rd_kafka_producev` only enqueues (never
-/// blocks), so publish calls run on the caller's task; delivery reports arrive on a dedicated
-/// poll thread and resume the awaiting tasks.
+/// One idempotent librdkafka producer per broker. One thread of its own (``ProducerThread``)
+/// both enqueues records (`rd_kafka_producev` takes librdkafka's locks and waits on a full
+/// queue, so it stays off the cooperative pool) and serves delivery reports, which resume the
+/// awaiting tasks.
 final class KafkaProducer: Sendable {
     let handle: RdKafkaHandle
     let settings: KafkaConfiguration
-    /// Poll-thread state, shared with the thread (noncopyable primitives live in a class).
-    private final class PollState: Sendable {
-        let running = Atomic<Bool>(true)
-        let done = Mutex<(done: Bool, waiters: [CheckedContinuation<Void, Never>])>((false, []))
-    }
-    private let poll = PollState()
-    private let enqueueThread = ConnectionThread(name: "kafka-producer")
+    private let thread: ProducerThread
     /// Topics whose metadata this producer asked for before its first record to them.
     private let askedTopics = Mutex<Set<String>>([])
 
@@ -89,19 +84,7 @@ final class KafkaProducer: Sendable {
                 }
             }
         }
-        let handle = self.handle
-        let poll = self.poll
-        let thread = Thread {
-            while poll.running.load(ordering: .relaxed) { rd_kafka_poll(handle.rk, 100) }
-            let waiters = poll.done.withLock { state -> [CheckedContinuation<Void, Never>] in
-                state.done = true
-                defer { state.waiters = [] }
-                return state.waiters
-            }
-            for waiter in waiters { waiter.resume() }
-        }
-        thread.name = "kafka-producer-poll"
-        thread.start()
+        thread = ProducerThread(handle: handle)
     }
 
     /// A failed delivery report (the server is added by ``produce(_:destination:)``).
@@ -120,12 +103,10 @@ final class KafkaProducer: Sendable {
         if let fatal = handle.callbacks.fatal.withLock({ $0 }) {
             throw BrokerError(.brokerError, "the Kafka producer hit a fatal error and must be recreated: \(fatal)", backend: "kafka", destination: destination)
         }
-        guard poll.running.load(ordering: .relaxed) else { throw BrokerError.closed("kafka producer", backend: "kafka", destination: destination) }
         let collector = BatchCollector(count: records.count)
-        // rd_kafka_producev takes librdkafka's locks (and waits on a full queue), so the
-        // enqueueing runs on the producer's own thread: one hop per publish call.
+        // One hop to the producer's thread per publish call.
         do {
-            try await enqueueThread.run { [self] in
+            try await thread.run(destination: destination) { [self] in
                 learnNewTopics(records)
                 for index in records.indices { enqueue(records[index], slot: collector.slot(index), destination: destination) }
             }
@@ -167,17 +148,22 @@ final class KafkaProducer: Sendable {
         }
     }
 
-    /// Enqueues one record (on the enqueue thread); on QUEUE_FULL waits for room. Errors
-    /// complete the record's completion.
+    /// Enqueues one record (on the producer's thread); on QUEUE_FULL serves delivery reports,
+    /// which make room, for up to 30 s. Errors complete the record's completion.
     private func enqueue(_ record: OutgoingRecord, slot opaque: UnsafeMutableRawPointer, destination: String) {
-        var attempts = 0
+        var giveUpAt: ContinuousClock.Instant?
         while true {
             let err = tryEnqueue(record, opaque: opaque)
             if err == RD_KAFKA_RESP_ERR_NO_ERROR { return }
-            if err == RD_KAFKA_RESP_ERR__QUEUE_FULL && attempts < 30_000 && poll.running.load(ordering: .relaxed) {
-                attempts += 1
-                usleep(1000)
-                continue
+            if err == RD_KAFKA_RESP_ERR__QUEUE_FULL {
+                // Waits up to 30 s. This thread serves the reports, so it polls while it waits.
+                let now = ContinuousClock.now
+                let limit = giveUpAt ?? now + .seconds(30)
+                giveUpAt = limit
+                if now < limit {
+                    rd_kafka_poll(handle.rk, 1)
+                    continue
+                }
             }
             let error: BrokerError
             if err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE {
@@ -216,20 +202,11 @@ final class KafkaProducer: Sendable {
         _ = try? await RdKafka.offPool { _ = rd_kafka_flush(handle.rk, ms) }
     }
 
-    /// Flushes, stops the poll thread and destroys the handle.
+    /// Lets publish calls already accepted enqueue their records, stops the producer's
+    /// thread, flushes (`rd_kafka_flush` serves the remaining reports) and destroys the handle.
     func close(timeout: Duration) async {
-        guard poll.running.load(ordering: .relaxed) else { return }
-        enqueueThread.shutdown()
+        guard await thread.stop() else { return }
         await flush(timeout: timeout)
-        poll.running.store(false, ordering: .relaxed)
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            let already = poll.done.withLock { state -> Bool in
-                if state.done { return true }
-                state.waiters.append(continuation)
-                return false
-            }
-            if already { continuation.resume() }
-        }
         let handle = self.handle
         _ = try? await RdKafka.offPool {
             // Reports still queued (timed out) are failed by rd_kafka_destroy's purge.
@@ -237,6 +214,110 @@ final class KafkaProducer: Sendable {
             _ = rd_kafka_poll(handle.rk, 0)
             handle.destroy()
         }
+    }
+}
+
+/// The producer's one thread. It runs publish calls' enqueue jobs in submission order and,
+/// between them, serves librdkafka's main queue (`rd_kafka_poll`: delivery reports, logs,
+/// errors). With nothing to do it waits in `rd_kafka_poll` for up to 100 ms; a new job cuts
+/// that wait short with `rd_kafka_queue_yield`.
+///
+/// Enqueueing and serving reports on one thread is what a raw librdkafka producer does, and
+/// it matters for speed: librdkafka allocates each record on the thread that enqueues it and
+/// frees it on the thread that serves its report. With two threads every free took the
+/// enqueuing thread's malloc arena lock (a `perf` profile of batched produce showed both
+/// threads waiting on it).
+private final class ProducerThread: Sendable {
+    private struct State {
+        var jobs: [@Sendable () -> Void] = []
+        /// Cleared by ``stop()``: no job is accepted after it.
+        var accepting = true
+        var finished = false
+        var waiters: [CheckedContinuation<Void, Never>] = []
+    }
+    private let state = Mutex(State())
+    /// Set while the thread is about to wait, or waits, in `rd_kafka_poll` with no job:
+    /// a submitter then yields the main queue to wake it.
+    private let idle = Atomic<Bool>(false)
+    private let handle: RdKafkaHandle
+    /// The main queue (the one `rd_kafka_poll` serves), to yield it. Only touched under
+    /// `state`'s lock while jobs are accepted; the thread destroys it, under that lock, when
+    /// it ends.
+    private nonisolated(unsafe) let mainQueue: OpaquePointer
+
+    init(handle: RdKafkaHandle) {
+        self.handle = handle
+        mainQueue = rd_kafka_queue_get_main(handle.rk)
+        let thread = Thread { [self] in loop() }
+        thread.name = "kafka-producer"
+        thread.start()
+    }
+
+    /// Runs `body` on the thread. Throws ``BrokerError/Code/closed`` after ``stop()``.
+    func run(destination: String, _ body: @escaping @Sendable () -> Void) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
+            let accepted = state.withLock { state -> Bool in
+                guard state.accepting else { return false }
+                state.jobs.append {
+                    body()
+                    continuation.resume()
+                }
+                // The thread sets `idle` before it checks for jobs under this lock: either it
+                // sees this job before it waits, or this sees it idle and wakes it.
+                if idle.load(ordering: .sequentiallyConsistent) { rd_kafka_queue_yield(mainQueue) }
+                return true
+            }
+            if !accepted {
+                continuation.resume(throwing: BrokerError.closed("kafka producer", backend: "kafka", destination: destination))
+            }
+        }
+    }
+
+    /// Stops accepting jobs and waits until the thread has run the accepted ones and ended.
+    /// Returns `false` (at once) to every caller but the first.
+    func stop() async -> Bool {
+        let first = state.withLock { state -> Bool in
+            guard state.accepting else { return false }
+            state.accepting = false
+            rd_kafka_queue_yield(mainQueue)
+            return true
+        }
+        guard first else { return false }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            let already = state.withLock { state -> Bool in
+                if state.finished { return true }
+                state.waiters.append(continuation)
+                return false
+            }
+            if already { continuation.resume() }
+        }
+        return true
+    }
+
+    private func loop() {
+        let rk = handle.rk
+        while true {
+            let (jobs, accepting) = state.withLock { state in
+                defer { state.jobs.removeAll(keepingCapacity: true) }
+                return (state.jobs, state.accepting)
+            }
+            if !jobs.isEmpty {
+                for job in jobs { job() }
+                rd_kafka_poll(rk, 0)
+                continue
+            }
+            guard accepting else { break }
+            idle.store(true, ordering: .sequentiallyConsistent)
+            if state.withLock({ $0.jobs.isEmpty && $0.accepting }) { rd_kafka_poll(rk, 100) }
+            idle.store(false, ordering: .sequentiallyConsistent)
+        }
+        let waiters = state.withLock { state -> [CheckedContinuation<Void, Never>] in
+            rd_kafka_queue_destroy(mainQueue)
+            state.finished = true
+            defer { state.waiters = [] }
+            return state.waiters
+        }
+        for waiter in waiters { waiter.resume() }
     }
 }
 

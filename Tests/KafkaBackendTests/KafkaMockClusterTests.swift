@@ -190,6 +190,53 @@ struct KafkaFaultTests {
         #expect(extra == nil, "a duplicate after retried produce requests")
     }
 
+    /// `task`'s value, or nil when it has none after `limit` (the task is left running): a
+    /// publish that never completes fails the test instead of hanging the run.
+    func value<T: Sendable>(of task: Task<T, any Error>, within limit: Duration) async throws -> T? {
+        let result = Mutex<Result<T, any Error>?>(nil)
+        Task { let outcome = await task.result; result.withLock { $0 = outcome } }
+        let deadline = ContinuousClock.now + limit
+        while ContinuousClock.now < deadline {
+            if let outcome = result.withLock({ $0 }) { return try outcome.get() }
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        return nil
+    }
+
+    /// The producer's one thread both enqueues and serves delivery reports. librdkafka counts
+    /// a record against `queue.buffering.max.messages` until its report is served, so with a
+    /// full queue that thread must serve reports while it waits for room: a batch 30 times
+    /// the queue's size, and awaited publishes beside it, all get their receipts.
+    @Test func aBatchLargerThanTheProducerQueueIsDelivered() async throws {
+        let cluster = try MockCluster()
+        let broker = try await connect(cluster, ["rdkafka.queue.buffering.max.messages": "16"])
+        let queue = "fault-full-queue"
+        try await broker.createQueue(queue)
+        let batch = (0..<480).map { "b\($0)" }
+        let single = (0..<20).map { "s\($0)" }
+        let batchPublish = Task { try await broker.publish(batch.map { Message(text: $0) }, to: queue) }
+        let singlePublishes = Task {
+            var receipts: [PublishReceipt] = []
+            for text in single { receipts.append(try await broker.publish(Message(text: text), to: queue)) }
+            return receipts
+        }
+        guard let batchReceipts = try await value(of: batchPublish, within: .seconds(60)),
+              let singleReceipts = try await value(of: singlePublishes, within: .seconds(10))
+        else {
+            Issue.record("publishing into a full producer queue did not finish within 60 s")
+            return
+        }
+        let receipts = batchReceipts + singleReceipts
+        #expect(receipts.count == 500)
+        #expect(Set(receipts.compactMap { $0.position }).count == 500, "two records reported at one position")
+        let consumer = try await broker.consumeQueue(queue, options: .init(prefetch: 64))
+        let got = try await drain(consumer, expecting: Set(batch + single))
+        await consumer.close()
+        await broker.close()
+        await cluster.shutdown()
+        #expect(Set(got) == Set(batch + single), "lost \(Set(batch + single).subtracting(got).count) records")
+    }
+
     @Test func aFatalProducerErrorIsReportedAndTheProducerReplaced() async throws {
         let cluster = try MockCluster()
         let broker = try await connect(cluster)
