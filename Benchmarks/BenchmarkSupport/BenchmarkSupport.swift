@@ -84,29 +84,38 @@ public func printRounds(_ rounds: [[Row]], rawName: String) {
 ///
 /// `publishAcknowledgedFirst`: the sample waits for the broker's acknowledgement of the
 /// publish before it waits for the consumer (as a raw baseline does that reads the publish
-/// reply before the consumer's). With `false`, the consumer is awaited while the publish
-/// call is still waiting for its acknowledgement, and the acknowledgement after the
-/// sample (as a raw baseline does that never waits for the producer's delivery report).
+/// reply before the consumer's). With `false`, as a raw baseline does that never waits for
+/// the producer's delivery report: each publish call goes on in a task of its own while the
+/// sample waits for the consumer, the next sample does not wait for it either, and every
+/// publish call is awaited (its error thrown) after the last sample. Awaiting each one
+/// before the next sample made the loop take one acknowledgement round trip per sample
+/// (≈ 5.5 ms against noida-db, ≈ 2.8 s for 500 samples where the raw loop took ≈ 0.1 s), and
+/// so exposed only BrokerKit's samples to whatever else the host did meanwhile.
 public func sampleLatencies(
     _ count: Int, consumer: any MessageConsumer, publishAcknowledgedFirst: Bool = true,
     publish: @escaping @Sendable (Int) async throws -> Void
 ) async throws -> [Duration] {
     try await Task.detached {
         var samples: [Duration] = []
-        for i in 0..<count {
-            let start = ContinuousClock.now
-            if publishAcknowledgedFirst {
+        if publishAcknowledgedFirst {
+            for i in 0..<count {
+                let start = ContinuousClock.now
                 try await publish(i)
                 guard let delivery = try await consumer.next() else { fatalError("consumer ended") }
                 samples.append(ContinuousClock.now - start)
                 try await delivery.ack()
-            } else {
-                async let published: Void = publish(i)
+            }
+            return samples
+        }
+        try await withThrowingTaskGroup(of: Void.self) { publishes in
+            for i in 0..<count {
+                let start = ContinuousClock.now
+                publishes.addTask { try await publish(i) }
                 guard let delivery = try await consumer.next() else { fatalError("consumer ended") }
                 samples.append(ContinuousClock.now - start)
-                try await published
                 try await delivery.ack()
             }
+            try await publishes.waitForAll()
         }
         return samples
     }.value

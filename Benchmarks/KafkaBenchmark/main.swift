@@ -377,8 +377,8 @@ var deliveriesToFloor: [Double] = []
         await waitForQuietHost()
         let latencyConsumer = try await latencyBroker.consumeStream(kitLatencyStream, group: "kit-lat-\(run)-\(round)", options: .init(start: .latest, prefetch: 1))
         try await Task.sleep(for: .seconds(1))
-        // The raw side never waits for the producer's delivery report, so neither does the
-        // sample: BrokerKit's publish call awaits its acknowledgement after the sample.
+        // The raw side never waits for the producer's delivery report, so neither do the
+        // samples: BrokerKit's publish calls are awaited after the last sample.
         let kitLatencies = try await sampleLatencies(latencySamples, consumer: latencyConsumer, publishAcknowledgedFirst: false) { i in
             try await latencyBroker.publish(Message(key: "k\(i % 64)", payload: payload), to: kitLatencyStream)
         }
