@@ -334,6 +334,7 @@ var deliveriesToFloor: [Double] = []
             let producer = rawHandle(RD_KAFKA_PRODUCER, producerProperties.merging(["linger.ms": "0"]) { $1 }, producer: true)
             let consumer = rawHandle(RD_KAFKA_CONSUMER, [
                 "bootstrap.servers": bootstrap, "group.id": "bench.raw-lat-\(run)-\(round)", "enable.auto.commit": "false",
+                "enable.auto.offset.store": "false",
                 "auto.offset.reset": "latest", "fetch.wait.max.ms": "100", "partition.assignment.strategy": "roundrobin",
             ])
             defer {
@@ -357,6 +358,9 @@ var deliveriesToFloor: [Double] = []
             }
             Thread.sleep(forTimeInterval: 1)
             var samples: [Duration] = []
+            // Commits as BrokerKit's consumer does: each handled offset stored, an async
+            // commit of what is stored every 100 ms (outside the timed part of a sample).
+            var lastCommit = ContinuousClock.now
             for i in 0..<latencySamples {
                 let start = ContinuousClock.now
                 rawProduce(producer, rawLatencyTopic, i)
@@ -365,10 +369,15 @@ var deliveriesToFloor: [Double] = []
                     rd_kafka_poll(producer, 0)
                     guard let message = rd_kafka_consumer_poll(consumer, 1) else { continue }
                     let ok = message.pointee.err == RD_KAFKA_RESP_ERR_NO_ERROR
+                    if ok { _ = rd_kafka_offset_store(message.pointee.rkt, message.pointee.partition, message.pointee.offset) }
                     rd_kafka_message_destroy(message)
                     if ok { break }
                 }
                 samples.append(ContinuousClock.now - start)
+                if ContinuousClock.now - lastCommit >= .milliseconds(100) {
+                    _ = rd_kafka_commit(consumer, nil, 1)
+                    lastCommit = ContinuousClock.now
+                }
             }
             return samples
         }
