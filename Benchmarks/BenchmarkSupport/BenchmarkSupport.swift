@@ -30,6 +30,23 @@ public func measure(_ body: @escaping @Sendable () async throws -> Void) async t
     }.value
 }
 
+/// CPU time this process has used so far: user + system, every thread (the C client's own
+/// threads too), from `getrusage`. The difference across a scenario is the client side's
+/// whole CPU cost for it; a broker in another process is not counted.
+public func processCPUTime() -> Duration {
+    var usage = rusage()
+    #if canImport(Glibc)
+    getrusage(RUSAGE_SELF.rawValue, &usage)
+    #else
+    getrusage(RUSAGE_SELF, &usage)
+    #endif
+    func duration(_ t: timeval) -> Duration { .seconds(Int64(t.tv_sec)) + .microseconds(Int64(t.tv_usec)) }
+    return duration(usage.ru_utime) + duration(usage.ru_stime)
+}
+
+/// Microseconds of CPU per message.
+public func cpuPerMessage(_ n: Int, _ cpu: Duration) -> Double { cpu.timeInterval * 1e6 / Double(n) }
+
 /// The `p` quantile (0...1) of `values`.
 public func percentile(_ values: [Duration], _ p: Double) -> Duration {
     let sorted = values.sorted()
@@ -71,12 +88,13 @@ public func printRounds(_ rounds: [[Row]], rawName: String) {
     print("|---|---:|---:|---:|---|")
     for index in rounds[0].indices {
         let all = rounds.map { $0[index] }
-        let format = all[0].name.contains("latency") ? "%.3f" : "%.0f"
+        let format = all[0].name.contains("latency") ? "%.3f" : all[0].name.contains("CPU") ? "%.2f" : "%.0f"
         let ratios = all.map { String(format: "%.2f", $0.ratio) }.joined(separator: " / ")
         print("| \(all[0].name) | \(String(format: format, median(all.map(\.kit)))) | \(String(format: format, median(all.map(\.raw)))) | \(String(format: "%.2f", median(all.map(\.ratio)))) | \(ratios) |")
     }
     print("")
-    print("medians of \(rounds.count) rounds; ratio: throughput BrokerKit ÷ raw, latency raw ÷ BrokerKit (1.00 = as fast as raw; the target is ≥ 0.80).")
+    let cpu = rounds[0].contains { $0.name.contains("CPU") } ? ", CPU per message raw ÷ BrokerKit (1.00 = as cheap as raw)" : ""
+    print("medians of \(rounds.count) rounds; ratio: throughput BrokerKit ÷ raw, latency raw ÷ BrokerKit (1.00 = as fast as raw; the target is ≥ 0.80)\(cpu).")
 }
 
 /// End-to-end latency samples for BrokerKit, off the main actor: `publish(i)` one message,

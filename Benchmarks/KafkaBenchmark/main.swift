@@ -17,6 +17,9 @@
 //                     on one thread; printed below the table against the floor)
 //   e2e-latency       produce one record, wait until a group member has it (p50 / p99);
 //                     neither side waits for the delivery report before the consumer
+// Batched produce and consume also get a CPU row: the process's CPU time (every thread,
+// librdkafka's too) per message over the scenario, raw ÷ BrokerKit. Unlike the speed rows
+// it does not depend on what else the host runs meanwhile (noida-db's rewrites).
 // Before each timed scenario, raw and BrokerKit alike, the benchmark waits until the host's
 // CPUs are quiet (BenchmarkSupport's waitForQuietHost): noida-db, when it runs on the same
 // host, rewrites its whole state to disk for seconds after every change.
@@ -122,15 +125,17 @@ func warmRaw(_ rk: OpaquePointer, _ topic: String) {
     delivered.update { $0 = 0 }
 }
 
-/// Times `body` on a fresh raw producer (warmed up on `topic`), on a thread of its own.
-func timedRawProducer(_ topic: String, _ body: @escaping @Sendable (OpaquePointer) -> Void) async -> Duration {
+/// Times `body` on a fresh raw producer (warmed up on `topic`), on a thread of its own:
+/// wall time, and the process's CPU time (every thread) over the same span.
+func timedRawProducer(_ topic: String, _ body: @escaping @Sendable (OpaquePointer) -> Void) async -> (wall: Duration, cpu: Duration) {
     await onThread {
         let rk = rawHandle(RD_KAFKA_PRODUCER, producerProperties, producer: true)
         defer { rd_kafka_destroy(rk) }
         warmRaw(rk, topic)
+        let cpu = processCPUTime()
         let start = ContinuousClock.now
         body(rk)
-        return ContinuousClock.now - start
+        return (ContinuousClock.now - start, processCPUTime() - cpu)
     }
 }
 
@@ -205,6 +210,10 @@ var deliveriesToFloor: [Double] = []
 @MainActor func measureRound(_ round: Int) async throws -> [Row] {
     var rows: [Row] = []
     func row(_ name: String, kit: Double, raw: Double) { rows.append(Row(name: name, kit: kit, raw: raw, ratio: kit / raw)) }
+    func cpuRow(_ name: String, kit: Duration, raw: Duration) {
+        let kit = cpuPerMessage(count, kit), raw = cpuPerMessage(count, raw)
+        rows.append(Row(name: name, kit: kit, raw: raw, ratio: raw / kit))
+    }
     // produce-awaited
     let awaitedCount = min(count, 2_000)
     let rawAwaitedTopic = try await stream("raw-awaited-r\(round)").topic
@@ -226,7 +235,7 @@ var deliveriesToFloor: [Double] = []
             }
         }
     }.value
-    row("produce awaited (msg/s)", kit: rate(awaitedCount, kitAwaited), raw: rate(awaitedCount, rawAwaited))
+    row("produce awaited (msg/s)", kit: rate(awaitedCount, kitAwaited), raw: rate(awaitedCount, rawAwaited.wall))
 
     // produce-batched
     let rawBatchTopic = try await stream("raw-batched-r\(round)").topic
@@ -242,6 +251,7 @@ var deliveriesToFloor: [Double] = []
     let kitBatchStream = try await stream("kit-batched-r\(round)").name
     try await broker.publish(Message(payload: payload), to: kitBatchStream)  // warm-up, as warmRaw
     await waitForQuietHost()
+    let kitBatchedCPUStart = processCPUTime()
     let kitBatched = try await Task.detached { try await measure {
         try await withThrowingTaskGroup(of: Void.self) { group in
             for start in stride(from: 0, to: count, by: 1000) {
@@ -253,7 +263,9 @@ var deliveriesToFloor: [Double] = []
             try await group.waitForAll()
         }
     } }.value
-    row("produce batched (msg/s)", kit: rate(count, kitBatched), raw: rate(count, rawBatched))
+    let kitBatchedCPU = processCPUTime() - kitBatchedCPUStart
+    row("produce batched (msg/s)", kit: rate(count, kitBatched), raw: rate(count, rawBatched.wall))
+    cpuRow("produce batched CPU (µs/msg)", kit: kitBatchedCPU, raw: rawBatched.cpu)
 
     // consume-commit, both reading the batched topics (count records each). The raw
     // consumer runs three times: touching nothing but the offset (librdkafka's floor);
@@ -299,13 +311,20 @@ var deliveriesToFloor: [Double] = []
         _ = rd_kafka_consumer_close(rk)
         return took
     }
+    // CPU is counted over each whole consume call (joining, consuming, committing, closing),
+    // the same span on every side.
     await waitForQuietHost()
+    var cpuStart = processCPUTime()
     let rawConsumeFloor = await onThread { rawConsume(.offsetOnly) }
+    let rawConsumeFloorCPU = processCPUTime() - cpuStart
     await waitForQuietHost()
     let rawConsumeCopying = await onThread { rawConsume(.copyingOut) }
     await waitForQuietHost()
+    cpuStart = processCPUTime()
     let rawConsumeDeliveries = await onThread { rawConsume(.buildingDeliveries) }
+    let rawConsumeDeliveriesCPU = processCPUTime() - cpuStart
     await waitForQuietHost()
+    cpuStart = processCPUTime()
     let kitConsume = try await Task.detached {
         let consumer = try await broker.consumeStream(kitBatchStream, group: "kit-\(run)-\(round)", options: .init(start: .earliest, prefetch: 1000))
         var kitStart: ContinuousClock.Instant?
@@ -322,7 +341,10 @@ var deliveriesToFloor: [Double] = []
     }.value
     row("consume + commit (msg/s)", kit: rate(count, kitConsume), raw: rate(count, rawConsumeFloor))
     row("  vs raw copying records out", kit: rate(count, kitConsume), raw: rate(count, rawConsumeCopying))
+    let kitConsumeCPU = processCPUTime() - cpuStart
     row("  vs raw building deliveries (one thread)", kit: rate(count, kitConsume), raw: rate(count, rawConsumeDeliveries))
+    cpuRow("consume + commit CPU (µs/msg)", kit: kitConsumeCPU, raw: rawConsumeFloorCPU)
+    cpuRow("  vs raw building deliveries, CPU", kit: kitConsumeCPU, raw: rawConsumeDeliveriesCPU)
     deliveriesToFloor.append(rawConsumeFloor / rawConsumeDeliveries)
 
     // e2e latency (not on the mock cluster: it answers a waiting fetch only when
