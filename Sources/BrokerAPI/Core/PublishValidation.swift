@@ -17,8 +17,7 @@ public enum PublishValidation {
         guard !messages.isEmpty else { return [] }
         try DestinationName.validate(destination, backend: backend)
         let limit = configuration.maxMessageBytes
-        let trace = TraceContext.currentHeaders()
-        return try messages.map { message in
+        for message in messages {
             let size = message.encodedSize
             if size > limit {
                 throw BrokerError(
@@ -29,7 +28,10 @@ public enum PublishValidation {
             for key in message.headers.keys where key.isEmpty {
                 throw BrokerError(.invalidConfiguration, "message '\(message.id)' has an empty header name", backend: backend, destination: destination)
             }
-            guard let trace else { return message }
+        }
+        // Without a trace to add, the caller's array is returned as is: no copy of each message.
+        guard let trace = TraceContext.currentHeaders() else { return messages }
+        return messages.map { message in
             var prepared = message
             TraceContext.add(trace, to: &prepared.headers)
             return prepared
