@@ -103,7 +103,7 @@ let package = Package(
         ),
         .target(
             name: "BenchmarkSupport",
-            dependencies: ["BrokerAPI"],
+            dependencies: ["BrokerAPI", "BrokerCompare"],
             path: "Benchmarks/BenchmarkSupport",
             swiftSettings: swiftSettings
         ),

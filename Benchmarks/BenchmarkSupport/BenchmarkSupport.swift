@@ -1,4 +1,5 @@
 import BrokerAPI
+import BrokerCompare
 import Foundation
 
 // Helpers shared by the benchmark executables (BrokerKit against a raw C client, same run).
@@ -31,18 +32,9 @@ public func measure(_ body: @escaping @Sendable () async throws -> Void) async t
 }
 
 /// CPU time this process has used so far: user + system, every thread (the C client's own
-/// threads too), from `getrusage`. The difference across a scenario is the client side's
-/// whole CPU cost for it; a broker in another process is not counted.
-public func processCPUTime() -> Duration {
-    var usage = rusage()
-    #if canImport(Glibc)
-    getrusage(RUSAGE_SELF.rawValue, &usage)
-    #else
-    getrusage(RUSAGE_SELF, &usage)
-    #endif
-    func duration(_ t: timeval) -> Duration { .seconds(Int64(t.tv_sec)) + .microseconds(Int64(t.tv_usec)) }
-    return duration(usage.ru_utime) + duration(usage.ru_stime)
-}
+/// threads too; ``ProcessCPU``). The difference across a scenario is the client side's whole
+/// CPU cost for it; a broker in another process is not counted.
+public func processCPUTime() -> Duration { .interval(ProcessCPU.seconds()) }
 
 /// Microseconds of CPU per message.
 public func cpuPerMessage(_ n: Int, _ cpu: Duration) -> Double { cpu.timeInterval * 1e6 / Double(n) }

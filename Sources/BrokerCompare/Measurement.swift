@@ -23,8 +23,9 @@ enum Monotonic {
 }
 
 /// CPU time (user + system) of this whole process: every thread, the C clients' included.
-enum ProcessCPU {
-    static func seconds() -> Double {
+/// (Public for the benchmarks' CPU rows.)
+public enum ProcessCPU {
+    public static func seconds() -> Double {
         var usage = rusage()
         #if canImport(Glibc)
         getrusage(RUSAGE_SELF.rawValue, &usage)
