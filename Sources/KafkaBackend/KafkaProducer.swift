@@ -422,7 +422,7 @@ final class BatchCollector: Sendable {
         slot.collector.takeUnretainedValue().complete(slot.index, result)
     }
 
-    /// The records were never handed to librdkafka (the enqueue thread is gone): no report
+    /// The records were never handed to librdkafka (the producer's thread is gone): no report
     /// will come, so the collector's own retain is dropped here.
     func abandon() {
         let owned = state.withLock { s -> Bool in

@@ -89,8 +89,6 @@ final class RdKafkaCallbacks: @unchecked Sendable {
     let role: String
     /// Set once before the handle is created; called on the consumer's poll thread.
     var rebalance: ((OpaquePointer, rd_kafka_resp_err_t, UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) -> Void)?
-    /// Set once before the handle is created; called on the producer's poll thread.
-    var deliveryReport: ((UnsafePointer<rd_kafka_message_t>) -> Void)?
     /// The last error reported by the error callback (connection problems show up here).
     let lastError = Mutex<(code: rd_kafka_resp_err_t, reason: String)?>(nil)
     let fatal = Mutex<String?>(nil)
