@@ -139,7 +139,8 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     let prefetch: Int
     let retryPolicy: RetryPolicy
     let group: String?
-    let isQueue: Bool
+    /// Queues have no consumer group of their own here; streams always do.
+    var isQueue: Bool { group == nil }
     var settings: KafkaConfiguration { broker.settings }
 
     init(broker: KafkaBroker, destination: String, mode: Mode) throws {
@@ -151,12 +152,10 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             prefetch = options.prefetch
             retryPolicy = options.retryPolicy
             group = nil
-            isQueue = true
         case .stream(let name, let options):
             prefetch = options.prefetch
             retryPolicy = options.retryPolicy
             group = name
-            isQueue = false
         }
         metrics = broker.observer.destination(destination)
         let settings = broker.settings
