@@ -339,9 +339,9 @@ var deliveriesToFloor: [Double] = []
         await consumer.close()
         return took
     }.value
+    let kitConsumeCPU = processCPUTime() - cpuStart
     row("consume + commit (msg/s)", kit: rate(count, kitConsume), raw: rate(count, rawConsumeFloor))
     row("  vs raw copying records out", kit: rate(count, kitConsume), raw: rate(count, rawConsumeCopying))
-    let kitConsumeCPU = processCPUTime() - cpuStart
     row("  vs raw building deliveries (one thread)", kit: rate(count, kitConsume), raw: rate(count, rawConsumeDeliveries))
     cpuRow("consume + commit CPU (µs/msg)", kit: kitConsumeCPU, raw: rawConsumeFloorCPU)
     cpuRow("  vs raw building deliveries, CPU", kit: kitConsumeCPU, raw: rawConsumeDeliveriesCPU)
