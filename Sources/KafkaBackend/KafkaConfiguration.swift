@@ -23,6 +23,8 @@ struct KafkaConfiguration: Sendable {
     let bootstrap: String
     let server: String
     let prefix: String
+    /// ``prefix`` as it starts every topic name (`:` as `.`), mapped once.
+    let topicPrefix: String
     let autoCreate: Bool
     let maxMessageBytes: Int
     let connectTimeout: Duration
@@ -93,6 +95,7 @@ struct KafkaConfiguration: Sendable {
         }.joined(separator: ",")
         server = bootstrap
         prefix = configuration.prefix
+        topicPrefix = Self.dotted(configuration.prefix)
         autoCreate = configuration.autoCreate
         maxMessageBytes = configuration.maxMessageBytes
         connectTimeout = configuration.connectTimeout
@@ -181,7 +184,15 @@ struct KafkaConfiguration: Sendable {
     /// The Kafka topic of a BrokerKit destination. Kafka topic names allow `A-Z a-z 0-9 . _ -`;
     /// BrokerKit's `:` maps to `.` (documented: `a:b` and `a.b` are the same topic on Kafka).
     func topic(_ destination: String) -> String {
-        prefix.replacingOccurrences(of: ":", with: ".") + destination.replacingOccurrences(of: ":", with: ".")
+        topicPrefix + Self.dotted(destination)
+    }
+
+    /// `name` with every `:` as `.`. Names rarely hold a `:`, so they are returned as they are
+    /// when none does: this runs for every publish call, and Foundation's
+    /// `replacingOccurrences` took ≈ 1.3 µs even with nothing to replace.
+    static func dotted(_ name: String) -> String {
+        guard name.utf8.contains(UInt8(ascii: ":")) else { return name }
+        return String(decoding: name.utf8.map { $0 == UInt8(ascii: ":") ? UInt8(ascii: ".") : $0 }, as: UTF8.self)
     }
 
     func dlqTopic(_ destination: String) -> String { topic(destination) + ".dlq" }
