@@ -248,7 +248,7 @@ final class KafkaBroker: Broker {
             topic = settings.delayTopic(destination)
             extra[HeaderName.deliverAt] = ISO8601.format(deliverAt)
         }
-        let records = prepared.map { OutgoingRecord(topic: topic, message: $0, extraHeaders: extra) }
+        let records = prepared.indices.map { OutgoingRecord(topic: topic, message: prepared[$0], extraHeaders: extra) }
         let positions: [(Int32, Int64)]
         do {
             positions = try await activeProducer().produce(records, destination: destination)
@@ -257,10 +257,11 @@ final class KafkaBroker: Broker {
         }
         observer.record(.published, destination: destination, count: prepared.count)
         let delayed = topic != settings.topic(destination)
-        return zip(prepared, positions).map { message, position in
+        // By index: zipping the two arrays copied every message just to read its id.
+        return prepared.indices.map { index in
             PublishReceipt(
-                messageID: message.id, destination: destination,
-                position: delayed ? nil : Position(partition: Int(position.0), offset: position.1))
+                messageID: prepared[index].id, destination: destination,
+                position: delayed ? nil : Position(partition: Int(positions[index].0), offset: positions[index].1))
         }
     }
 

@@ -133,9 +133,9 @@ final class KafkaProducer: Sendable {
         var fresh: [String] = []
         askedTopics.withLock { asked in
             var previous: String?
-            for record in records where record.topic != previous {
-                previous = record.topic
-                if asked.insert(record.topic).inserted { fresh.append(record.topic) }
+            for index in records.indices where records[index].topic != previous {  // by index: no copy of each record
+                previous = records[index].topic
+                if asked.insert(records[index].topic).inserted { fresh.append(records[index].topic) }
             }
         }
         let timeout = Int32(min(2_000, max(100, RdKafka.milliseconds(settings.operationTimeout))))
@@ -150,7 +150,7 @@ final class KafkaProducer: Sendable {
 
     /// Enqueues one record (on the producer's thread); on QUEUE_FULL serves delivery reports,
     /// which make room, for up to 30 s. Errors complete the record's completion.
-    private func enqueue(_ record: OutgoingRecord, slot opaque: UnsafeMutableRawPointer, destination: String) {
+    private func enqueue(_ record: borrowing OutgoingRecord, slot opaque: UnsafeMutableRawPointer, destination: String) {
         var giveUpAt: ContinuousClock.Instant?
         while true {
             let err = tryEnqueue(record, opaque: opaque)
@@ -180,15 +180,15 @@ final class KafkaProducer: Sendable {
     }
 
     /// One non-blocking `rd_kafka_producev`; headers are freed here when it fails.
-    private func tryEnqueue(_ record: OutgoingRecord, opaque: UnsafeMutableRawPointer) -> rd_kafka_resp_err_t {
+    private func tryEnqueue(_ record: borrowing OutgoingRecord, opaque: UnsafeMutableRawPointer) -> rd_kafka_resp_err_t {
         let headers = record.makeHeaders()
+        let hasKey = record.hasKey
+        let timestamp = record.timestampMilliseconds
         let err: rd_kafka_resp_err_t = record.value.withUnsafeBytes { value in
-            let keyBytes = record.key ?? Data()
-            return keyBytes.withUnsafeBytes { key in
+            record.key.withUnsafeBytes { key in
                 bk_produce(
                     handle.rk, record.topic, -1, value.baseAddress, value.count,
-                    record.key == nil ? nil : key.baseAddress, record.key == nil ? 0 : key.count,
-                    headers, record.timestampMilliseconds, opaque)
+                    hasKey ? key.baseAddress : nil, hasKey ? key.count : 0, headers, timestamp, opaque)
             }
         }
         if err != RD_KAFKA_RESP_ERR_NO_ERROR, let headers { rd_kafka_headers_destroy(headers) }
@@ -324,7 +324,9 @@ private final class ProducerThread: Sendable {
 /// A record to produce.
 struct OutgoingRecord: Sendable {
     let topic: String
-    let key: Data?
+    /// The key's UTF-8 bytes; empty when ``hasKey`` is false (a null key).
+    let key: Data
+    let hasKey: Bool
     let value: Data
     /// The message id, sent as the first header (`x-brokerkit-id`).
     let id: String
@@ -334,7 +336,8 @@ struct OutgoingRecord: Sendable {
 
     init(topic: String, message: Message, extraHeaders: [String: String] = [:]) {
         self.topic = topic
-        key = message.key.map(Data.init(utf8Of:))
+        key = message.key.map(Data.init(utf8Of:)) ?? Data()
+        hasKey = message.key != nil
         value = message.payload
         id = message.id
         var headers: [(String, String)] = []
