@@ -382,27 +382,36 @@ struct OutgoingRecord: Sendable {
 /// Gathers the delivery reports of one publish call.
 ///
 /// Each record's librdkafka opaque points at its slot in one buffer per call, `(collector,
-/// index)`, instead of at an object per record: the collector is retained once for the whole
-/// call (released by its last report, or by ``abandon()`` for records never enqueued).
+/// index, position)`, instead of at an object per record: the collector is retained once for
+/// the whole call (released by its last report, or by ``abandon()`` for records never
+/// enqueued).
+///
+/// A report writes its position into its own slot and counts down an atomic; only the last
+/// one (and a failure) takes the lock, to hand the results to the waiting call. Taking the
+/// lock for every report showed in a `perf` profile of batched produce.
 final class BatchCollector: Sendable {
-    private struct State {
-        var results: [(Int32, Int64)?]
+    private struct Handoff {
         var failure: BrokerError?
-        var left: Int
+        var done = false
         var continuation: CheckedContinuation<[(Int32, Int64)], any Error>?
     }
     private struct Slot {
         let collector: Unmanaged<BatchCollector>
         let index: Int
+        /// Written by the record's one report, read after the last report is in.
+        var position: (Int32, Int64) = (-1, -1)
     }
-    private let state: Mutex<State>
-    /// Written once by `init`, read by report callbacks: immutable while shared.
+    private let handoff = Mutex(Handoff())
+    /// Reports still to come. Counted down with acquire-release ordering, so whoever takes it
+    /// to zero sees every slot written before.
+    private let left: Atomic<Int>
+    /// Initialized by `init`; each slot's position is written by that record's report only.
     private nonisolated(unsafe) let slots: UnsafeMutablePointer<Slot>
     private let count: Int
 
     init(count: Int) {
         self.count = count
-        state = Mutex(State(results: Array(repeating: nil, count: count), failure: nil, left: count, continuation: nil))
+        left = Atomic(count)
         slots = .allocate(capacity: count)
         // Each outstanding record's report needs the collector alive: one retain for all of
         // them, dropped when the last report arrives.
@@ -421,51 +430,53 @@ final class BatchCollector: Sendable {
 
     /// Records the report for the record whose opaque is `opaque`.
     static func report(_ opaque: UnsafeMutableRawPointer, _ result: Result<(Int32, Int64), BrokerError>) {
-        let slot = opaque.assumingMemoryBound(to: Slot.self).pointee
-        slot.collector.takeUnretainedValue().complete(slot.index, result)
+        let slot = opaque.assumingMemoryBound(to: Slot.self)
+        let collector = slot.pointee.collector.takeUnretainedValue()
+        switch result {
+        case .success(let position): slot.pointee.position = position
+        case .failure(let error): collector.handoff.withLock { if $0.failure == nil { $0.failure = error } }
+        }
+        collector.countDown()
     }
 
     /// The records were never handed to librdkafka (the producer's thread is gone): no report
     /// will come, so the collector's own retain is dropped here.
     func abandon() {
-        let owned = state.withLock { s -> Bool in
-            guard s.left > 0 else { return false }
-            s.left = 0
-            return true
-        }
-        if owned { Unmanaged.passUnretained(self).release() }
+        guard left.exchange(0, ordering: .acquiringAndReleasing) > 0 else { return }
+        finish()
     }
 
     /// Waits until every record has its report; throws the first failure.
     func wait() async throws -> [(Int32, Int64)] {
         try await withCheckedThrowingContinuation { continuation in
-            let ready = state.withLock { s -> Result<[(Int32, Int64)], BrokerError>? in
-                guard s.left == 0 else {
-                    s.continuation = continuation
-                    return nil
-                }
-                if let failure = s.failure { return .failure(failure) }
-                return .success(s.results.map { $0! })
+            let done = handoff.withLock { h -> Bool in
+                if h.done { return true }
+                h.continuation = continuation
+                return false
             }
-            if let ready { continuation.resume(with: ready.mapError { $0 as any Error }) }
+            if done { continuation.resume(with: outcome()) }
         }
     }
 
-    private func complete(_ index: Int, _ result: Result<(Int32, Int64), BrokerError>) {
-        let (finished, last) = state.withLock { s -> ((CheckedContinuation<[(Int32, Int64)], any Error>, Result<[(Int32, Int64)], BrokerError>)?, Bool) in
-            guard s.left > 0 else { return (nil, false) }
-            switch result {
-            case .success(let value): s.results[index] = value
-            case .failure(let error): if s.failure == nil { s.failure = error }
-            }
-            s.left -= 1
-            guard s.left == 0 else { return (nil, false) }
-            guard let continuation = s.continuation else { return (nil, true) }
-            s.continuation = nil
-            if let failure = s.failure { return ((continuation, .failure(failure)), true) }
-            return ((continuation, .success(s.results.map { $0! })), true)
+    private func countDown() {
+        if left.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { finish() }
+    }
+
+    /// After the last report: wakes the waiting call, if it waits already, and drops the
+    /// reports' retain.
+    private func finish() {
+        let waiting = handoff.withLock { h -> CheckedContinuation<[(Int32, Int64)], any Error>? in
+            h.done = true
+            defer { h.continuation = nil }
+            return h.continuation
         }
-        if let (continuation, result) = finished { continuation.resume(with: result.mapError { $0 as any Error }) }
-        if last { Unmanaged.passUnretained(self).release() }
+        waiting?.resume(with: outcome())
+        Unmanaged.passUnretained(self).release()
+    }
+
+    /// The positions in input order, or the first failure. Only once `done` is set.
+    private func outcome() -> Result<[(Int32, Int64)], any Error> {
+        if let failure = handoff.withLock({ $0.failure }) { return .failure(failure) }
+        return .success((0..<count).map { slots[$0].position })
     }
 }
