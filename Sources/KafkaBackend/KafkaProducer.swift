@@ -57,9 +57,10 @@ enum KafkaRecordLayout {
 }
 
 /// One idempotent librdkafka producer per broker. One thread of its own (``ProducerThread``)
-/// both enqueues records (`rd_kafka_producev` takes librdkafka's locks and waits on a full
-/// queue, so it stays off the cooperative pool) and serves delivery reports, which resume the
-/// awaiting tasks.
+/// both enqueues records and serves delivery reports, which resume the awaiting tasks.
+/// Enqueueing stays off the cooperative pool because it can wait: for a new topic's metadata
+/// (``learnNewTopics(_:)``) and for room in a full queue (``enqueue(_:slot:destination:)``);
+/// `rd_kafka_producev` itself only takes librdkafka's locks and never waits.
 final class KafkaProducer: Sendable {
     let handle: RdKafkaHandle
     let settings: KafkaConfiguration
@@ -123,8 +124,8 @@ final class KafkaProducer: Sendable {
         }
     }
 
-    /// Asks for the metadata of topics this producer has not produced to yet (on the enqueue
-    /// thread). Left alone, librdkafka learns a new topic's partitions only at its next
+    /// Asks for the metadata of topics this producer has not produced to yet (on the
+    /// producer's thread). Left alone, librdkafka learns a new topic's partitions only at its next
     /// once-a-second topic scan, so the first record to every topic (a queue's first retry
     /// topic, say) waited up to a second, and with it every handler awaiting that produce.
     /// Asked once per topic; a failure leaves the record to librdkafka's own lookup.
