@@ -241,12 +241,14 @@ final class KafkaBroker: Broker {
         let kind = try await kind(of: destination, createAs: .queue)
         var topic = settings.topic(destination)
         var extra: [String: String] = [:]
+        var delayed = false
         if let deliverAt = options.deliverAt, deliverAt > Date() {
             guard kind == .queue else {
                 throw BrokerError(.unsupported, "delayed delivery applies to queues; '\(destination)' is a stream", backend: backendName, destination: destination)
             }
             topic = settings.delayTopic(destination)
             extra[HeaderName.deliverAt] = ISO8601.format(deliverAt)
+            delayed = true
         }
         let records = prepared.indices.map { OutgoingRecord(topic: topic, message: prepared[$0], extraHeaders: extra) }
         let positions: [(Int32, Int64)]
@@ -256,7 +258,6 @@ final class KafkaBroker: Broker {
             throw BrokerError(.messageTooLarge, "\(error.message) (message ids \(prepared.map(\.id).joined(separator: ", ")))", backend: backendName, destination: destination)
         }
         observer.record(.published, destination: destination, count: prepared.count)
-        let delayed = topic != settings.topic(destination)
         // By index: zipping the two arrays copied every message just to read its id.
         return prepared.indices.map { index in
             PublishReceipt(
