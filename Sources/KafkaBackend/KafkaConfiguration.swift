@@ -45,9 +45,9 @@ struct KafkaConfiguration: Sendable {
     let statisticsInterval: Duration
     /// Properties for every librdkafka handle (security, client id, pass-through).
     let common: [String: String]
-    /// Extra producer properties.
+    /// Extra producer properties, merged over ``common`` (pass-through included, so it wins).
     let producer: [String: String]
-    /// Extra consumer properties.
+    /// Extra consumer properties, merged over ``common`` (pass-through included, so it wins).
     let consumer: [String: String]
 
     static let options: [BrokerOption] = [
@@ -155,7 +155,7 @@ struct KafkaConfiguration: Sendable {
         if producer["enable.idempotence"] == "true" && producer["acks"] != "all" {
             throw BrokerError.invalidConfiguration("option 'acks' of kafka: '\(producer["acks"]!)' needs idempotence=false (the idempotent producer requires acks=all)", backend: "kafka")
         }
-        let consumer: [String: String] = [
+        var consumer: [String: String] = [
             "allow.auto.create.topics": "false",
             "enable.auto.commit": "false",
             "enable.auto.offset.store": "false",
@@ -168,12 +168,33 @@ struct KafkaConfiguration: Sendable {
             "max.partition.fetch.bytes": String(max(1_048_576, wireLimit)),
             "fetch.wait.max.ms": "100",
         ]
-        // Pass-through last: the user's explicit librdkafka properties win.
-        for (key, value) in configuration.options(withPrefix: "rdkafka.") { common[key] = value }
+        // Pass-through last: the user's explicit librdkafka properties win, over the producer's
+        // and the consumer's defaults too (each handle merges its role's properties over
+        // `common`, so a pass-through only in `common` lost to `linger.ms`, `acks`,
+        // `message.timeout.ms`, `fetch.wait.max.ms` and the rest of those).
+        let passThrough = configuration.options(withPrefix: "rdkafka.")
+        if passThrough["group.id"] != nil {
+            // Each consumer's group id is derived (queue: `group.id` or `<topic>.workers`;
+            // stream: from the group the app names), so one id for every handle cannot apply.
+            throw BrokerError.invalidConfiguration(
+                "option 'rdkafka.group.id' of kafka is not passed through: BrokerKit derives each consumer's group id; set option 'group.id' for queue workers, and name stream groups in consumeStream (group.scope=global keeps them verbatim)",
+                backend: "kafka")
+        }
+        for (key, value) in passThrough {
+            common[key] = value
+            producer[key] = value
+            consumer[key] = value
+        }
         self.common = common
         self.producer = producer
         self.consumer = consumer
     }
+
+    /// Everything a producer handle is created with: ``common``, then ``producer``.
+    var producerProperties: [String: String] { common.merging(producer) { $1 } }
+    /// Everything a consumer handle is created with (before its `group.id`): ``common``, then
+    /// ``consumer``.
+    var consumerProperties: [String: String] { common.merging(consumer) { $1 } }
 
     static func milliseconds(_ duration: Duration) -> Int {
         Int((duration.timeInterval * 1000).rounded())

@@ -172,10 +172,8 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         logger[metadataKey: "kafka.group"] = "\(groupID)"
         self.logger = logger
         let callbacks = RdKafkaCallbacks(logger: logger, role: "consumer")
-        var properties = settings.common.merging(settings.consumer) { $1 }
+        var properties = settings.consumerProperties
         properties["group.id"] = groupID
-        // Pass-through properties also win over the consumer defaults.
-        for (key, value) in broker.configuration.options(withPrefix: "rdkafka.") { properties[key] = value }
         resetsToEarliest = ["earliest", "smallest", "beginning"].contains(properties["auto.offset.reset"] ?? "largest")
         handle = try RdKafkaHandle(type: RD_KAFKA_CONSUMER, properties: properties, callbacks: callbacks) { conf in
             rd_kafka_conf_set_rebalance_cb(conf) { rk, err, partitions, opaque in

@@ -72,7 +72,7 @@ final class KafkaProducer: Sendable {
         self.settings = settings
         let callbacks = RdKafkaCallbacks(logger: logger, role: "producer")
         handle = try RdKafkaHandle(
-            type: RD_KAFKA_PRODUCER, properties: settings.common.merging(settings.producer) { $1 }, callbacks: callbacks
+            type: RD_KAFKA_PRODUCER, properties: settings.producerProperties, callbacks: callbacks
         ) { conf in
             rd_kafka_conf_set_dr_msg_cb(conf) { _, message, _ in
                 guard let message, let opaque = message.pointee._private else { return }

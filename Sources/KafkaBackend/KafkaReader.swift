@@ -8,7 +8,7 @@ enum KafkaReader {
     static func read(ranges: [(TopicPartition, Int64, Int64)], limit: Int, broker: KafkaBroker) async throws -> [KafkaRecord] {
         if ranges.isEmpty || limit <= 0 { return [] }
         let settings = broker.settings
-        var properties = settings.common.merging(settings.consumer) { $1 }
+        var properties = settings.consumerProperties
         properties["group.id"] = settings.clientID + ".reader"
         let callbacks = RdKafkaCallbacks(logger: broker.logger, role: "reader")
         let timeout = settings.operationTimeout
