@@ -109,7 +109,10 @@ final class KafkaProducer: Sendable {
         do {
             try await thread.run(destination: destination) { [self] in
                 learnNewTopics(records)
-                for index in records.indices { enqueue(records[index], slot: collector.slot(index), destination: destination) }
+                var gaveUpOnRoom = false
+                for index in records.indices {
+                    enqueue(records[index], slot: collector.slot(index), destination: destination, gaveUpOnRoom: &gaveUpOnRoom)
+                }
             }
         } catch {
             collector.abandon()
@@ -149,25 +152,38 @@ final class KafkaProducer: Sendable {
         }
     }
 
-    /// Enqueues one record (on the producer's thread); on QUEUE_FULL serves delivery reports,
-    /// which make room, for up to 30 s. Errors complete the record's completion.
-    private func enqueue(_ record: borrowing OutgoingRecord, slot opaque: UnsafeMutableRawPointer, destination: String) {
-        var giveUpAt: ContinuousClock.Instant?
+    /// Enqueues one record (on the producer's thread). On QUEUE_FULL it serves delivery
+    /// reports, which make room, for up to `operation.timeout` (as long as librdkafka's
+    /// `message.timeout.ms` gives a record to be delivered, by default); a record that got no
+    /// room by then fails with a `timeout` error, and so does every later record of the same
+    /// publish call that finds the queue full (`gaveUpOnRoom`), at once instead of after a wait
+    /// of its own. Errors complete the record's slot.
+    private func enqueue(
+        _ record: borrowing OutgoingRecord, slot opaque: UnsafeMutableRawPointer, destination: String, gaveUpOnRoom: inout Bool
+    ) {
+        var waitingSince: ContinuousClock.Instant?
         while true {
             let err = tryEnqueue(record, opaque: opaque)
             if err == RD_KAFKA_RESP_ERR_NO_ERROR { return }
-            if err == RD_KAFKA_RESP_ERR__QUEUE_FULL {
-                // Waits up to 30 s. This thread serves the reports, so it polls while it waits.
+            if err == RD_KAFKA_RESP_ERR__QUEUE_FULL && !gaveUpOnRoom {
+                // This thread serves the reports, so it polls while it waits.
                 let now = ContinuousClock.now
-                let limit = giveUpAt ?? now + .seconds(30)
-                giveUpAt = limit
-                if now < limit {
+                let since = waitingSince ?? now
+                waitingSince = since
+                if now - since < settings.operationTimeout {
                     rd_kafka_poll(handle.rk, 1)
                     continue
                 }
+                gaveUpOnRoom = true
             }
             let error: BrokerError
-            if err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE {
+            if err == RD_KAFKA_RESP_ERR__QUEUE_FULL {
+                let properties = settings.producerProperties
+                error = BrokerError(
+                    .timeout,
+                    "record for topic '\(record.topic)' not sent: the producer's local queue stayed full for \(settings.operationTimeout) (operation.timeout; queue.buffering.max.messages = \(properties["queue.buffering.max.messages"] ?? "100000"), queue.buffering.max.kbytes = \(properties["queue.buffering.max.kbytes"] ?? "1048576")), so the broker is unreachable or takes records slower than they are published; the rest of this publish call's records that found the queue full were not sent either (kafka \(settings.server))",
+                    backend: "kafka", destination: destination)
+            } else if err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE {
                 error = BrokerError(
                     .messageTooLarge,
                     "record for '\(record.topic)' is \(record.value.count) bytes, more than librdkafka's message.max.bytes (\(settings.common["message.max.bytes"] ?? "?"))",

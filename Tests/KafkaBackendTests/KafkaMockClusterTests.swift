@@ -237,6 +237,55 @@ struct KafkaFaultTests {
         #expect(Set(got) == Set(batch + single), "lost \(Set(batch + single).subtracting(got).count) records")
     }
 
+    /// A publish call whose records find the producer's queue full for `operation.timeout`
+    /// fails with a `timeout` error naming the queue's limit. Its later records that find the
+    /// queue full fail at once instead of each waiting again, so none of them is sent when
+    /// room comes later; the records that were queued are delivered once the broker is back.
+    @Test func aQueueThatStaysFullFailsTheRestOfThePublishCallAtOnce() async throws {
+        let cluster = try MockCluster()
+        let publisher = try await connect(cluster, [
+            "rdkafka.queue.buffering.max.messages": "2", "rdkafka.message.timeout.ms": "60000", "operation.timeout": "1s",
+            "rdkafka.reconnect.backoff.max.ms": "300",  // back within a moment of the broker
+        ])
+        let queue = "fault-stays-full"
+        try await publisher.createQueue(queue)
+        try await publisher.publish(Message(text: "warm-up"), to: queue)  // metadata known, connected
+        cluster.setAll(up: false)
+        let texts = (0..<16).map { "m\($0)" }
+        let publish = Task { try await publisher.publish(texts.map { Message(text: $0) }, to: queue) }
+        // m0 and m1 fill the queue; m2 gives up after 1 s and m3…m15 at once. Waiting once per
+        // record, m5…m15 would still be waiting when the broker is back, and be sent.
+        try await Task.sleep(for: .milliseconds(3_500))
+        cluster.setAll(up: true)
+        var failure: BrokerError?
+        do {
+            guard try await value(of: publish, within: .seconds(60)) != nil else {
+                Issue.record("the publish call did not end within 60 s of the broker's return")
+                return
+            }
+            Issue.record("a publish call with records that never got room succeeded")
+        } catch let error as BrokerError {
+            failure = error
+        }
+        #expect(failure?.code == .timeout, "\(String(describing: failure))")
+        #expect(failure?.message.contains("queue.buffering.max.messages = 2") == true, "\(String(describing: failure))")
+        #expect(failure?.message.contains("stayed full") == true, "\(String(describing: failure))")
+
+        let reader = try await connect(cluster)
+        let consumer = try await reader.consumeQueue(queue)
+        var got = try await drain(consumer, expecting: ["warm-up", "m0", "m1"])
+        // Anything else would be a record the failed call reported as not sent.
+        while let extra = try await consumer.next(timeout: .seconds(3)) {
+            got.append(extra.message.text ?? "")
+            try await extra.ack()
+        }
+        await consumer.close()
+        await reader.close()
+        await publisher.close()
+        await cluster.shutdown()
+        #expect(got.sorted() == ["m0", "m1", "warm-up"], "consumed \(got)")
+    }
+
     @Test func aFatalProducerErrorIsReportedAndTheProducerReplaced() async throws {
         let cluster = try MockCluster()
         let broker = try await connect(cluster)
