@@ -199,6 +199,31 @@ struct KafkaInteropTests {
         await broker.close()
     }
 
+    /// A receipt's position is where the message sits in the destination. A delayed message
+    /// sits in the queue's `.delay` topic until due, so its receipt has none; an immediate one
+    /// has the queue topic's partition and offset.
+    @Test func aDelayedPublishReceiptHasNoPosition() async throws {
+        let broker = try await KafkaTestSupport.connect()
+        let queue = "delayed-receipt-\(UUID().uuidString.prefix(8))"
+        try await broker.createQueue(queue)
+        let now = try await broker.publish(Message(text: "now"), to: queue)
+        let later = try await broker.publish(
+            [Message(text: "later-1"), Message(text: "later-2")], to: queue, options: PublishOptions(deliverAt: Date().addingTimeInterval(1)))
+        let position = try #require(now.position, "an immediate publish's receipt has its position")
+        #expect((position.numericOffset ?? -1) >= 0 && position.partition >= 0, "\(position)")
+        #expect(later.map(\.position) == [nil, nil], "delayed receipts: \(later)")
+        let consumer = try await broker.consumeQueue(queue)
+        var got: [String] = []
+        while got.count < 3, let delivery = try await consumer.next(timeout: .seconds(20)) {
+            got.append(delivery.message.text ?? "")
+            try await delivery.ack()
+        }
+        #expect(got.sorted() == ["later-1", "later-2", "now"])
+        await consumer.close()
+        try await broker.deleteDestination(queue)
+        await broker.close()
+    }
+
     @Test func passThroughPropertyIsApplied() async throws {
         let broker = try await KafkaTestSupport.connect(["rdkafka.fetch.wait.max.ms": "20", "compression.type": "snappy"])
         let queue = "passthrough-\(UUID().uuidString.prefix(8))"
