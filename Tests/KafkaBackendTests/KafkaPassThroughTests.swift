@@ -54,6 +54,36 @@ struct KafkaPassThroughTests {
         handle.destroy()
     }
 
+    /// The typed options (docs/kafka.md, "Options") reach librdkafka as the properties they
+    /// stand for.
+    @Test func typedOptionsReachTheLiveHandles() async throws {
+        let settings = try settings([
+            "client.id": "shop-api", "compression.type": "zstd", "batch.size": "65536", "batch.messages": "500",
+            "linger": "20ms", "max.in.flight": "2", "operation.timeout": "45s",
+            "session.timeout": "12s", "auto.offset.reset": "latest",
+        ])
+        let producer = try KafkaProducer(settings: settings, logger: Logger(label: "test"))
+        #expect(live("client.id", of: producer.handle) == "shop-api")
+        #expect(live("compression.codec", of: producer.handle) == "zstd")
+        #expect(live("batch.size", of: producer.handle) == "65536")
+        #expect(live("batch.num.messages", of: producer.handle) == "500")
+        #expect(live("linger.ms", of: producer.handle) == "20")
+        #expect(live("max.in.flight.requests.per.connection", of: producer.handle) == "2")
+        #expect(live("enable.idempotence", of: producer.handle) == "true")
+        #expect(live("message.timeout.ms", of: producer.handle) == "45000")
+        #expect(live("acks", of: producer.handle) == "-1")  // all
+        await producer.close(timeout: .seconds(1))
+
+        let consumer = try RdKafkaHandle(
+            type: RD_KAFKA_CONSUMER, properties: settings.consumerProperties.merging(["group.id": "g"]) { $1 },
+            callbacks: RdKafkaCallbacks(logger: Logger(label: "test"), role: "consumer"))
+        #expect(live("client.id", of: consumer) == "shop-api")
+        #expect(live("session.timeout.ms", of: consumer) == "12000")
+        #expect(live("auto.offset.reset", of: consumer) == "largest")
+        #expect(live("enable.auto.commit", of: consumer) == "false")  // commits only after processing
+        consumer.destroy()
+    }
+
     @Test func aPassedThroughGroupIdIsRejectedByName() throws {
         do {
             _ = try settings(["rdkafka.group.id": "mine"])
