@@ -241,6 +241,8 @@ struct KafkaFaultTests {
     /// fails with a `timeout` error naming the queue's limit. Its later records that find the
     /// queue full fail at once instead of each waiting again, so none of them is sent when
     /// room comes later; the records that were queued are delivered once the broker is back.
+    /// A single record (enqueued on the caller's thread when there is room) waits for room
+    /// the same way.
     @Test func aQueueThatStaysFullFailsTheRestOfThePublishCallAtOnce() async throws {
         let cluster = try MockCluster()
         let publisher = try await connect(cluster, [
@@ -255,8 +257,17 @@ struct KafkaFaultTests {
         let publish = Task { try await publisher.publish(texts.map { Message(text: $0) }, to: queue) }
         // m0 and m1 fill the queue; m2 gives up after 1 s and m3…m15 at once. Waiting once per
         // record, m5…m15 would still be waiting when the broker is back, and be sent.
-        try await Task.sleep(for: .milliseconds(3_500))
+        try await Task.sleep(for: .milliseconds(1_500))
+        // A single record finds the queue full too: it waits for room as long, then fails alike.
+        let single = Task { try await publisher.publish(Message(text: "single"), to: queue) }
+        try await Task.sleep(for: .milliseconds(2_000))
         cluster.setAll(up: true)
+        do {
+            _ = try await single.value
+            Issue.record("a single record that never got room was published")
+        } catch let error as BrokerError {
+            #expect(error.code == .timeout && error.message.contains("stayed full"), "\(error)")
+        }
         var failure: BrokerError?
         do {
             guard try await value(of: publish, within: .seconds(60)) != nil else {
