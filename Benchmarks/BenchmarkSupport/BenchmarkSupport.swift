@@ -4,6 +4,20 @@ import Foundation
 
 // Helpers shared by the benchmark executables (BrokerKit against a raw C client, same run).
 
+/// Command-line argument `index` as a positive whole number, `fallback` when it is absent.
+/// Anything else ends the run with exit status 2 and an error naming the argument, instead of
+/// silently measuring with a default.
+public func positiveArgument(_ index: Int, _ name: String, fallback: Int) -> Int {
+    let arguments = CommandLine.arguments
+    guard arguments.count > index else { return fallback }
+    guard let value = Int(arguments[index]), value > 0 else {
+        let program = URL(fileURLWithPath: arguments[0]).lastPathComponent
+        FileHandle.standardError.write(Data("\(program): \(name) must be a positive whole number, not '\(arguments[index])'\n".utf8))
+        exit(2)
+    }
+    return value
+}
+
 /// Runs `body` on a thread of its own: raw C clients block, and must not do so on the
 /// cooperative pool.
 public func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {

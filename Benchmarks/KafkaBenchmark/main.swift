@@ -3,9 +3,11 @@
 //   swift build -c release --product KafkaBenchmark
 //   .build/release/KafkaBenchmark [kafka://127.0.0.1:19092 | mock] [messages] [rounds, default 3]
 //
-// On `mock`, keep to 40,000 messages or fewer: with 99,000 and 100,000, librdkafka 2.0.2's
-// mock cluster handed the raw consumer its records so slowly that the first consume had not
-// finished after five minutes (3 s of CPU used); not investigated further.
+// On `mock`, at most 40,000 messages (refused above that): librdkafka's mock cluster keeps
+// at most 5 MiB per partition and drops a partition's oldest records past that
+// (`max_size` in rdkafka_mock.c, not configurable in 2.0.2). With these records that is
+// ≈ 45,000 per 3-partition topic; beyond it a consume scenario would wait forever for
+// records that are gone (seen with 99,000 and 100,000: idle, never finishing).
 //
 // Scenarios (same message count, 256-byte payload, 3-partition topics, same producer
 // settings: idempotent, acks=all, linger 5 ms):
@@ -51,8 +53,16 @@ func startMockCluster() -> (owner: OpaquePointer, cluster: OpaquePointer) {
 }
 let mock = target == "mock" ? startMockCluster() : nil
 let url = mock.map { "kafka://" + String(cString: rd_kafka_mock_cluster_bootstraps($0.cluster)) } ?? target
-let count = arguments.count > 2 ? Int(arguments[2]) ?? 20_000 : 20_000
-let roundCount = max(1, arguments.count > 3 ? Int(arguments[3]) ?? 3 : 3)
+let count = positiveArgument(2, "messages", fallback: 20_000)
+let roundCount = positiveArgument(3, "rounds", fallback: 3)
+let mockLimit = 40_000
+if mock != nil && count > mockLimit {
+    let reason = "KafkaBenchmark: \(count) messages is more than the mock cluster keeps (at most \(mockLimit) here): "
+        + "it holds at most 5 MiB per partition and drops the oldest records past that, so a consume scenario would wait "
+        + "forever. Use \(mockLimit) or fewer, or a real broker URL.\n"
+    FileHandle.standardError.write(Data(reason.utf8))
+    exit(2)
+}
 let latencySamples = 500
 let payload = Data(repeating: 0x61, count: 256)
 let run = String(UUID().uuidString.prefix(6)).lowercased()

@@ -19,8 +19,8 @@ import RabbitBackend
 
 let environment = ProcessInfo.processInfo.environment
 let url = environment["BROKERKIT_TEST_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5682/"
-let scale = Int(CommandLine.arguments.dropFirst().first ?? "") ?? 1
-let roundCount = max(1, Int(CommandLine.arguments.dropFirst(2).first ?? "") ?? 3)
+let scale = positiveArgument(1, "scale", fallback: 1)
+let roundCount = positiveArgument(2, "rounds", fallback: 3)
 let singles = 2_000 * scale
 let batched = 20_000 * scale
 let batchSize = 500

@@ -18,8 +18,8 @@ import RedisStreamsBackend
 
 let arguments = CommandLine.arguments
 let url = arguments.count > 1 ? arguments[1] : (ProcessInfo.processInfo.environment["BROKERKIT_TEST_REDIS_URL"] ?? "redis://127.0.0.1:6379")
-let count = arguments.count > 2 ? Int(arguments[2]) ?? 20_000 : 20_000
-let roundCount = max(1, arguments.count > 3 ? Int(arguments[3]) ?? 3 : 3)
+let count = positiveArgument(2, "messages", fallback: 20_000)
+let roundCount = positiveArgument(3, "rounds", fallback: 3)
 let latencySamples = 2_000
 let payload = Data(repeating: 0x61, count: 256)
 let batch = 100
