@@ -297,6 +297,56 @@ struct KafkaFaultTests {
         #expect(got.sorted() == ["m0", "m1", "warm-up"], "consumed \(got)")
     }
 
+    /// Closing a broker while tasks publish single records (enqueued on the callers' threads)
+    /// and batches: every call either gets its receipt, and its records are delivered, or
+    /// fails with `closed`; nothing acknowledged is lost.
+    @Test func closingWhilePublishingLosesNothingAcknowledged() async throws {
+        let cluster = try MockCluster()
+        let publisher = try await connect(cluster)
+        let queue = "fault-close-publishing"
+        try await publisher.createQueue(queue)
+        try await publisher.publish(Message(text: "warm-up"), to: queue)  // single records then skip the producer's thread
+        let outcomes = try await withThrowingTaskGroup(of: (acknowledged: [String], closed: Int).self) { group in
+            for worker in 0..<4 {
+                group.addTask {
+                    var acknowledged: [String] = []
+                    var closed = 0
+                    for i in 0..<5_000 {
+                        let texts = i % 10 == 9 ? (0..<20).map { "w\(worker)-\(i)-\($0)" } : ["w\(worker)-\(i)"]
+                        do {
+                            _ = try await publisher.publish(texts.map { Message(text: $0) }, to: queue)
+                            acknowledged += texts
+                        } catch let error as BrokerError where error.code == .closed {
+                            closed += 1
+                            break
+                        }
+                    }
+                    return (acknowledged, closed)
+                }
+            }
+            group.addTask {
+                try await Task.sleep(for: .milliseconds(300))
+                await publisher.close()
+                return ([], 0)
+            }
+            var all: [(acknowledged: [String], closed: Int)] = []
+            for try await outcome in group { all.append(outcome) }
+            return all
+        }
+        let acknowledged = Set(outcomes.flatMap(\.acknowledged))
+        #expect(outcomes.map(\.closed).reduce(0, +) == 4, "every publishing task ends with a closed error")
+        #expect(acknowledged.count > 0, "nothing was published before the close")
+
+        let reader = try await connect(cluster)
+        let consumer = try await reader.consumeQueue(queue, options: .init(prefetch: 256))
+        let got = try await drain(consumer, expecting: acknowledged)
+        await consumer.close()
+        await reader.close()
+        await cluster.shutdown()
+        let lost = acknowledged.subtracting(got)
+        #expect(lost.isEmpty, "\(lost.count) of \(acknowledged.count) acknowledged records lost, e.g. \(lost.prefix(5))")
+    }
+
     @Test func aFatalProducerErrorIsReportedAndTheProducerReplaced() async throws {
         let cluster = try MockCluster()
         let broker = try await connect(cluster)
