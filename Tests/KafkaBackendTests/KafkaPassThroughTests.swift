@@ -23,6 +23,13 @@ struct KafkaPassThroughTests {
         return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
+    /// A consumer handle created as BrokerKit's consumers create theirs (group id added last).
+    func consumerHandle(_ settings: KafkaConfiguration) throws -> RdKafkaHandle {
+        try RdKafkaHandle(
+            type: RD_KAFKA_CONSUMER, properties: settings.consumerProperties.merging(["group.id": "g"]) { $1 },
+            callbacks: RdKafkaCallbacks(logger: Logger(label: "test"), role: "consumer"))
+    }
+
     @Test func passThroughWinsOverTheProducersDefaults() async throws {
         // BrokerKit sets each of these on its producer (linger 5 ms, message timeout from
         // operation.timeout, 5 in flight).
@@ -44,9 +51,7 @@ struct KafkaPassThroughTests {
 
     @Test func passThroughWinsOverTheConsumersDefaults() throws {
         let settings = try settings(["rdkafka.fetch.wait.max.ms": "20", "rdkafka.session.timeout.ms": "45000"])
-        let handle = try RdKafkaHandle(
-            type: RD_KAFKA_CONSUMER, properties: settings.consumerProperties.merging(["group.id": "g"]) { $1 },
-            callbacks: RdKafkaCallbacks(logger: Logger(label: "test"), role: "consumer"))
+        let handle = try consumerHandle(settings)
         #expect(live("fetch.wait.max.ms", of: handle) == "20")
         #expect(live("session.timeout.ms", of: handle) == "45000")
         // A consumer setting of BrokerKit's that was not passed through stands.
@@ -74,9 +79,7 @@ struct KafkaPassThroughTests {
         #expect(live("acks", of: producer.handle) == "-1")  // all
         await producer.close(timeout: .seconds(1))
 
-        let consumer = try RdKafkaHandle(
-            type: RD_KAFKA_CONSUMER, properties: settings.consumerProperties.merging(["group.id": "g"]) { $1 },
-            callbacks: RdKafkaCallbacks(logger: Logger(label: "test"), role: "consumer"))
+        let consumer = try consumerHandle(settings)
         #expect(live("client.id", of: consumer) == "shop-api")
         #expect(live("session.timeout.ms", of: consumer) == "12000")
         #expect(live("auto.offset.reset", of: consumer) == "largest")
