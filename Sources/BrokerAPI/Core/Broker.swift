@@ -187,7 +187,8 @@ public protocol Broker: MessagePublisher, BrokerAdmin {
     func consumeQueue(_ queue: String, options: QueueConsumerOptions) async throws -> any MessageConsumer
     /// A member of consumer group `group` on a stream.
     func consumeStream(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer
-    /// Closes consumers, flushes publishers and releases connections. Idempotent.
+    /// Closes consumers, flushes publishers and releases connections. Idempotent. A broker
+    /// dropped without it keeps its connection threads until the process ends.
     func close() async
 }
 
