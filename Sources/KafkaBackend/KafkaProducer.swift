@@ -117,7 +117,7 @@ final class KafkaProducer: Sendable {
                 return try await delivered(collector, destination: destination)
             case nil:
                 collector.abandon()
-                throw BrokerError.closed("kafka producer", backend: "kafka", destination: destination)
+                throw ProducerThread.closed(destination: destination)
             default:
                 break  // full, or failed: the producer's thread waits, or reports the error
             }
@@ -307,9 +307,14 @@ private final class ProducerThread: Sendable {
                 return true
             }
             if !accepted {
-                continuation.resume(throwing: BrokerError.closed("kafka producer", backend: "kafka", destination: destination))
+                continuation.resume(throwing: Self.closed(destination: destination))
             }
         }
+    }
+
+    /// What a publish call gets once the producer is stopped, whichever way it came.
+    static func closed(destination: String) -> BrokerError {
+        BrokerError.closed("kafka producer", backend: "kafka", destination: destination)
     }
 
     /// Runs `body` on the calling thread while jobs are accepted, under the lock ``stop()``
