@@ -11,11 +11,16 @@ public func positiveArgument(_ index: Int, _ name: String, fallback: Int) -> Int
     let arguments = CommandLine.arguments
     guard arguments.count > index else { return fallback }
     guard let value = Int(arguments[index]), value > 0 else {
-        let program = URL(fileURLWithPath: arguments[0]).lastPathComponent
-        FileHandle.standardError.write(Data("\(program): \(name) must be a positive whole number, not '\(arguments[index])'\n".utf8))
-        exit(2)
+        usageError("\(name) must be a positive whole number, not '\(arguments[index])'")
     }
     return value
+}
+
+/// Ends the run with exit status 2 and `message` on standard error, after the program's name.
+public func usageError(_ message: String) -> Never {
+    let program = URL(fileURLWithPath: CommandLine.arguments[0]).lastPathComponent
+    FileHandle.standardError.write(Data("\(program): \(message)\n".utf8))
+    exit(2)
 }
 
 /// Runs `body` on a thread of its own: raw C clients block, and must not do so on the

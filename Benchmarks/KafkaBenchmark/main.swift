@@ -57,11 +57,10 @@ let count = positiveArgument(2, "messages", fallback: 20_000)
 let roundCount = positiveArgument(3, "rounds", fallback: 3)
 let mockLimit = 40_000
 if mock != nil && count > mockLimit {
-    let reason = "KafkaBenchmark: \(count) messages is more than the mock cluster keeps (at most \(mockLimit) here): "
-        + "it holds at most 5 MiB per partition and drops the oldest records past that, so a consume scenario would wait "
-        + "forever. Use \(mockLimit) or fewer, or a real broker URL.\n"
-    FileHandle.standardError.write(Data(reason.utf8))
-    exit(2)
+    usageError(
+        "\(count) messages is more than the mock cluster keeps (at most \(mockLimit) here): it holds at most 5 MiB per "
+            + "partition and drops the oldest records past that, so a consume scenario would wait forever. Use \(mockLimit) "
+            + "or fewer, or a real broker URL.")
 }
 let latencySamples = 500
 let payload = Data(repeating: 0x61, count: 256)
