@@ -21,6 +21,23 @@ struct DeliveryTests {
         await broker.close()
     }
 
+    /// Publish validation: a header with an empty name is refused before anything is sent,
+    /// with an error naming the message.
+    @Test func anEmptyHeaderNameIsRefusedByMessage() async throws {
+        let broker = try await broker()
+        let bad = Message(text: "bad", headers: ["": "x"])
+        do {
+            _ = try await broker.publish([Message(text: "fine", headers: ["a": "1"]), bad], to: "headers")
+            Issue.record("a message with an empty header name was published")
+        } catch let error as BrokerError {
+            #expect(error.code == .invalidConfiguration && error.message.contains(bad.id) && error.message.contains("empty header name"), "\(error)")
+        }
+        let consumer = try await broker.consumeQueue("headers")
+        #expect(try await consumer.next(timeout: .milliseconds(200)) == nil, "part of a refused batch was sent")
+        await consumer.close()
+        await broker.close()
+    }
+
     @Test func processorNacksFailuresAndAcksSuccesses() async throws {
         let broker = try await broker()
         _ = try await broker.publish((0..<10).map { Message(text: "\($0)") }, to: "work")

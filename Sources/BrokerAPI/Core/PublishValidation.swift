@@ -27,7 +27,7 @@ public enum PublishValidation {
                     "message '\(messages[index].id)' is \(size) bytes; the limit (max.message.bytes) is \(limit)",
                     backend: backend, destination: destination)
             }
-            if !messages[index].headers.isEmpty && messages[index].headers.keys.contains(where: \.isEmpty) {
+            if messages[index].headers.keys.contains(where: \.isEmpty) {
                 throw BrokerError(.invalidConfiguration, "message '\(messages[index].id)' has an empty header name", backend: backend, destination: destination)
             }
         }
