@@ -199,15 +199,13 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         // Subscribing takes librdkafka's locks: it happens on the poll thread, which also
         // owns closing the handle (so it runs even when subscribing failed).
         let err: rd_kafka_resp_err_t = await withCheckedContinuation { continuation in
-            let thread = Thread { [self] in
+            DedicatedThread.start(name: "kafka-consumer") { [self] in
                 rd_kafka_poll_set_consumer(handle.rk)
                 consumerQueue.withLock { $0 = rd_kafka_queue_get_consumer(handle.rk) }
                 let subscription = PartitionList(topics.map { (TopicPartition(topic: $0, partition: -1), Int64(-1001)) })
                 continuation.resume(returning: rd_kafka_subscribe(handle.rk, subscription.list))
                 loop()
             }
-            thread.name = "kafka-consumer"
-            thread.start()
         }
         guard err == RD_KAFKA_RESP_ERR_NO_ERROR else {
             await stopAndWait()

@@ -90,6 +90,11 @@ final class KafkaProducer: Sendable {
         thread = ProducerThread(handle: handle)
     }
 
+    /// Dropped without ``close(timeout:)`` (its broker was never closed): the thread ends and
+    /// the handle is destroyed in the background (``RdKafkaHandle``). No publish call is
+    /// waiting then, because each one holds the producer.
+    deinit { thread.stopAccepting() }
+
     /// A failed delivery report (the server is added by ``produce(_:destination:)``).
     /// librdkafka's fatal error, once one happened (the producer must then be replaced).
     var fatalError: String? { handle.callbacks.fatal.withLock { $0 } }
@@ -287,9 +292,7 @@ private final class ProducerThread: Sendable {
     init(handle: RdKafkaHandle) {
         self.handle = handle
         mainQueue = rd_kafka_queue_get_main(handle.rk)
-        let thread = Thread { [self] in loop() }
-        thread.name = "kafka-producer"
-        thread.start()
+        DedicatedThread.start(name: "kafka-producer") { [self] in loop() }
     }
 
     /// Runs `body` on the thread. Throws ``BrokerError/Code/closed`` after ``stop()``.
@@ -327,13 +330,7 @@ private final class ProducerThread: Sendable {
     /// Stops accepting jobs and waits until the thread has run the accepted ones and ended.
     /// Returns `false` (at once) to every caller but the first.
     func stop() async -> Bool {
-        let first = state.withLock { state -> Bool in
-            guard state.accepting else { return false }
-            state.accepting = false
-            rd_kafka_queue_yield(mainQueue)
-            return true
-        }
-        guard first else { return false }
+        guard stopAccepting() else { return false }
         await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
             let already = state.withLock { state -> Bool in
                 if state.finished { return true }
@@ -343,6 +340,18 @@ private final class ProducerThread: Sendable {
             if already { continuation.resume() }
         }
         return true
+    }
+
+    /// Stops accepting jobs and wakes the thread, which runs the accepted ones and ends.
+    /// Returns at once: `true` for the first caller only.
+    @discardableResult
+    func stopAccepting() -> Bool {
+        state.withLock { state -> Bool in
+            guard state.accepting else { return false }
+            state.accepting = false
+            rd_kafka_queue_yield(mainQueue)
+            return true
+        }
     }
 
     private func loop() {

@@ -66,9 +66,7 @@ enum RdKafka {
     /// threads (`rd_kafka_new`, `rd_kafka_destroy`), never on the cooperative pool.
     static func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
         try await withCheckedThrowingContinuation { continuation in
-            let thread = Thread { continuation.resume(with: Result { try body() }) }
-            thread.name = "kafka-setup"
-            thread.start()
+            DedicatedThread.start(name: "kafka-setup") { continuation.resume(with: Result { try body() }) }
         }
     }
 
@@ -186,6 +184,21 @@ final class RdKafkaHandle: @unchecked Sendable {
         }
         self.rk = rk
         self.callbacks = callbacks
+    }
+
+    /// Dropped without ``destroy()`` (its owner was dropped without being closed):
+    /// `rd_kafka_destroy` blocks, so it runs on a thread of its own, which keeps the
+    /// callbacks alive until librdkafka's last log line.
+    deinit {
+        guard !isDestroyed else { return }
+        let doomed = Doomed(rk: rk, callbacks: callbacks)
+        DedicatedThread.start(name: "kafka-destroy") { withExtendedLifetime(doomed.callbacks) { rd_kafka_destroy(doomed.rk) } }
+    }
+
+    /// A handle on its way to `rd_kafka_destroy`; nothing else touches it any more.
+    private struct Doomed: @unchecked Sendable {
+        let rk: OpaquePointer
+        let callbacks: RdKafkaCallbacks
     }
 
     /// Destroys the handle (blocking: call it on a dedicated thread). Idempotent.

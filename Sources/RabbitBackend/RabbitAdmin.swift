@@ -46,6 +46,9 @@ final class RabbitAdmin: @unchecked Sendable {
         connection.onOpen = {}
     }
 
+    /// Dropped with a broker that was never closed: the connection closes in the background.
+    deinit { connection.closeInBackground() }
+
     // MARK: - Names
 
     static func dlqName(_ full: String) -> String { deadLetterName(for: full) }

@@ -43,6 +43,9 @@ final class RabbitPublisher: @unchecked Sendable {
         connection.onTick = { [weak self] in self?.sweep() }
     }
 
+    /// Dropped with a broker that was never closed: the connection closes in the background.
+    deinit { connection.closeInBackground() }
+
     /// Publishes `messages` and waits for each one's confirm. The result per message is
     /// `nil` (confirmed) or the error that message failed with.
     func publish(_ messages: [AMQPOutgoing], destination: String?) async -> [BrokerError?] {

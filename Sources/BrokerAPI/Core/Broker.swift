@@ -188,7 +188,8 @@ public protocol Broker: MessagePublisher, BrokerAdmin {
     /// A member of consumer group `group` on a stream.
     func consumeStream(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer
     /// Closes consumers, flushes publishers and releases connections. Idempotent. A broker
-    /// dropped without it keeps its connection threads until the process ends.
+    /// dropped without it, with no consumer open, ends its threads and closes its connections
+    /// in the background; an open consumer keeps its broker alive until one of them is closed.
     func close() async
 }
 

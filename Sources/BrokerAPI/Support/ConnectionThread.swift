@@ -68,10 +68,12 @@ public final class ConnectionThread: Sendable {
     public init(name: String) {
         self.name = name
         let core = self.core
-        let thread = Thread { core.loop() }
-        thread.name = name
-        thread.start()
+        DedicatedThread.start(name: name) { core.loop() }
     }
+
+    /// Dropped without ``shutdown()`` (its owner was dropped without being closed): the
+    /// thread runs the jobs already queued, then ends.
+    deinit { core.stop() }
 
     /// Runs `body` on the thread and returns its result. Throws ``BrokerError/Code/closed``
     /// after ``shutdown()``.

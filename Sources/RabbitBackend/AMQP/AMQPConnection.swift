@@ -170,6 +170,14 @@ final class AMQPConnection: @unchecked Sendable {
         thread.shutdown()
     }
 
+    /// Starts what ``close()`` does and returns at once: for an owner dropped without being
+    /// closed. The pump stops, a last job closes the session, and the thread ends.
+    func closeInBackground() {
+        guard !closing.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        submit { connection in connection.teardown() }
+        thread.shutdown()
+    }
+
     /// Whether the pump is waiting for the socket (or about to, after its idle ``onTurn``).
     /// Set before that `onTurn` runs, so an owner that batches work under its own lock, and
     /// checks this after adding to the batch, either has its work taken by that `onTurn` or

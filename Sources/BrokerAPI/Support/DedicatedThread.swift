@@ -1,0 +1,33 @@
+import Foundation
+
+/// Starts the OS threads that backends run blocking C calls on.
+///
+/// Foundation's `Thread.name` does not reach the kernel on Linux: a thread started from the
+/// cooperative pool kept the pool's name (`…root.default-qos`), so `top -H`, `perf` and
+/// `/proc/<pid>/task/*/comm` could not tell a broker's threads apart. Threads started here
+/// set their kernel name first (Linux keeps its first 15 bytes).
+public enum DedicatedThread {
+    /// Runs `body` on a new thread named `name`.
+    public static func start(name: String, _ body: @escaping @Sendable () -> Void) {
+        let thread = Thread {
+            setKernelName(name)
+            body()
+        }
+        thread.name = name
+        thread.start()
+    }
+
+    /// Names the calling thread for the kernel too (Linux keeps the first 15 bytes; Foundation
+    /// passes the name on only when it is set on the running thread).
+    static func setKernelName(_ name: String) {
+        var bytes = 0
+        var cut = ""
+        for character in name {
+            let size = character.utf8.count
+            if bytes + size > 15 { break }
+            bytes += size
+            cut.append(character)
+        }
+        Thread.current.name = cut
+    }
+}
