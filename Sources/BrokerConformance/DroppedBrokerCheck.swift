@@ -43,7 +43,8 @@ public enum DroppedBrokerCheck {
 
     /// What an app does with a broker before it forgets to close it: creates a queue,
     /// publishes one message and a batch of two, consumes and acks all three with a consumer
-    /// it closes, and deletes the queue.
+    /// it closes, deletes the queue, then consumes one more message from another queue with a
+    /// consumer it forgets to close too.
     public static func publishAndConsume(_ broker: any Broker) async throws {
         let queue = "dropped-\(UUID().uuidString.prefix(8).lowercased())"
         try await broker.createQueue(queue, options: DestinationOptions(partitions: 1))
@@ -60,6 +61,14 @@ public enum DroppedBrokerCheck {
         guard texts.sorted() == ["one", "three", "two"] else {
             throw ConformanceFailure("consumed \(texts) from \(queue), expected one, two and three")
         }
+        let other = queue + "-forgotten"
+        try await broker.createQueue(other, options: DestinationOptions(partitions: 1))
+        _ = try await broker.publish(Message(text: "four"), to: other)
+        let forgotten = try await broker.consumeQueue(other)
+        guard let delivery = try await forgotten.next(timeout: .seconds(20)), delivery.message.text == "four" else {
+            throw ConformanceFailure("the forgotten consumer got nothing from \(other)")
+        }
+        try await delivery.ack()
     }
 
     /// Runs `use` on a broker from `connect` and drops it without closing it, then waits up to

@@ -3,7 +3,7 @@ import Foundation
 
 enum QueueCases {
     static let all: [ConformanceCase] = [
-        roundTrip, competingConsumers, nackRedelivers, closedWithoutAck, retriesExhausted, dlqReplay, backoffFollowsPolicy,
+        roundTrip, competingConsumers, nackRedelivers, closedWithoutAck, droppedWithoutClose, retriesExhausted, dlqReplay, backoffFollowsPolicy,
         delayedNotEarly, prefetchBound, concurrentPublishers, destinationsIsolated, manyDestinations,
         closeWhileConsuming, batchPublishReceipts, statsDepth,
     ]
@@ -88,6 +88,8 @@ enum QueueCases {
         try c.expect(waited >= .milliseconds(270), "redelivered after \(waited), before the 300 ms backoff (hot loop)")
     }
 
+    /// ...and an ack after the close fails with `closed` (it is not recorded: the message
+    /// comes back) instead of reporting a success that did not happen.
     static let closedWithoutAck = ConformanceCase("queue.consumerClosedWithoutAck.redelivered", area: .queue, requires: .queues) { c in
         let queue = c.name("noack")
         try await c.broker.createQueue(queue)
@@ -95,11 +97,40 @@ enum QueueCases {
         let first = try await c.broker.consumeQueue(queue, options: .init(visibilityTimeout: .seconds(2)))
         let delivery = try await c.receive(1, from: first, ack: false)[0]
         await first.close()
+        try await c.expectError(.closed) { try await delivery.ack() }
         let second = try await c.broker.consumeQueue(queue)
         let again = try await c.receive(1, from: second, timeout: .seconds(20))[0]
         await second.close()
         try c.expect(again.message.id == delivery.message.id, "a different message was redelivered")
         try c.expect(again.message.text == "unacked", "payload changed on redelivery")
+    }
+
+    /// An app that forgets `close()`: a delivery keeps its consumer open while the app holds
+    /// it (so `consumeQueue(q).next()` gives a delivery that can still be acked), and a
+    /// consumer the app dropped with everything it handed out is closed, its unsettled
+    /// delivery given back at once rather than after a visibility timeout.
+    static let droppedWithoutClose = ConformanceCase("queue.consumerDroppedWithoutClose.closedForTheApp", area: .queue, requires: .queues) { c in
+        let queue = c.name("dropped")
+        try await c.broker.createQueue(queue)
+        try await c.broker.publish(Message(text: "acked late"), to: queue)
+        do {
+            // The consumer is only a temporary here: the delivery is all the case keeps.
+            let delivery = try await c.receive(1, from: try await c.broker.consumeQueue(queue), ack: false)[0]
+            try await Task.sleep(for: .milliseconds(500))  // time for a close, had the consumer been closed
+            try await delivery.ack()
+        }
+        try await c.broker.publish(Message(text: "dropped unacked"), to: queue)
+        do {
+            let consumer = try await c.broker.consumeQueue(queue, options: .init(visibilityTimeout: .seconds(60)))
+            let delivery = try await c.receive(1, from: consumer, ack: false, timeout: .seconds(20))[0]
+            try c.expect(delivery.message.text == "dropped unacked", "got \(delivery.message.text ?? "?"), the acked message came back")
+        }  // consumer and delivery dropped, neither closed nor settled
+        let next = try await c.broker.consumeQueue(queue)
+        let again = try await c.receive(1, from: next, timeout: .seconds(20))[0]
+        let extra = try await next.next(timeout: .milliseconds(500))
+        await next.close()
+        try c.expect(again.message.text == "dropped unacked", "got \(again.message.text ?? "?") instead of the dropped consumer's unsettled message")
+        try c.expect(extra == nil, "\(extra?.message.text ?? "?") came back after it was acked")
     }
 
     static let retriesExhausted = ConformanceCase("queue.retriesExhausted.deadLettersWithEnvelope", area: .queue, requires: .queues) { c in

@@ -274,7 +274,7 @@ final class KafkaBroker: Broker {
         guard kind == .queue else {
             throw BrokerError(.wrongDestinationKind, "'\(queue)' is a stream, not a queue", backend: backendName, destination: queue)
         }
-        return try await start(RdKafka.offPool { try KafkaConsumer(broker: self, destination: queue, mode: .queue(options)) })
+        return OwnedConsumer(try await start(RdKafka.offPool { try KafkaConsumer(broker: self, destination: queue, mode: .queue(options)) }))
     }
 
     func consumeStream(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer {
@@ -284,7 +284,7 @@ final class KafkaBroker: Broker {
         guard kind == .stream else {
             throw BrokerError(.wrongDestinationKind, "'\(stream)' is a queue, not a stream", backend: backendName, destination: stream)
         }
-        return try await start(RdKafka.offPool { try KafkaConsumer(broker: self, destination: stream, mode: .stream(group: group, options)) })
+        return OwnedConsumer(try await start(RdKafka.offPool { try KafkaConsumer(broker: self, destination: stream, mode: .stream(group: group, options)) }))
     }
 
     private func start(_ consumer: KafkaConsumer) async throws -> KafkaConsumer {

@@ -553,9 +553,12 @@ final class KafkaConsumer: MessageConsumer, Sendable {
 
     // MARK: - Settlement (any thread)
 
-    /// Marks `record` settled: its offset may be committed once all earlier ones are.
-    func settle(_ record: KafkaRecord, partition p: PartitionState) {
-        let actions = state.withLock { s -> (refill: Bool, wake: Bool) in
+    /// Marks `record` settled: its offset may be committed once all earlier ones are. Throws
+    /// ``BrokerError/Code/closed`` when this consumer no longer holds the record's partition
+    /// (it was closed, or a rebalance took the partition away): the offset cannot be committed
+    /// here, and the record will be delivered again.
+    func settle(_ record: KafkaRecord, partition p: PartitionState) throws {
+        let actions = state.withLock { s -> (live: Bool, refill: Bool, wake: Bool) in
             s.outstanding -= 1
             if p.live {
                 p.markDone(record.offset)
@@ -567,10 +570,16 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             // Records wait for free slots: refill here once a batch of slots is free.
             let refill = s.readyHead < s.ready.count && prefetch - s.outstanding >= refillBatch
             // Paused partitions may resume now: that is the poll thread's job.
-            return (refill, !s.paused.isEmpty)
+            return (p.live, refill, !s.paused.isEmpty)
         }
         if actions.refill { handOut() }
         if actions.wake { wake() }
+        guard actions.live else {
+            throw BrokerError(
+                .closed,
+                "delivery from \(record.topic)[\(record.partition)] at offset \(record.offset) is no longer held (its consumer closed, or a rebalance gave the partition to another member): not committed, it will be delivered again",
+                backend: "kafka", destination: destination)
+        }
     }
 
     /// Free prefetch slots that make a settling thread refill the window itself.
@@ -807,7 +816,7 @@ struct KafkaSettler: DeliverySettler {
     let firstFailureAt: Date?
 
     func ack() async throws {
-        consumer.settle(record, partition: partition)
+        try consumer.settle(record, partition: partition)
     }
 
     func retry(after delay: Duration, nextAttempt: Int, firstFailureAt: Date, lastError: String) async throws {
@@ -830,7 +839,7 @@ struct KafkaSettler: DeliverySettler {
                 consumer.release(record, partition: partition, attempt: attempt, firstFailureAt: self.firstFailureAt)
                 throw error
             }
-            consumer.settle(record, partition: partition)
+            try consumer.settle(record, partition: partition)
         } else {
             consumer.retryInPlace(record, partition: partition, after: delay, nextAttempt: nextAttempt, firstFailureAt: firstFailureAt)
         }
@@ -842,7 +851,7 @@ struct KafkaSettler: DeliverySettler {
         let outgoing = OutgoingRecord(topic: consumer.settings.dlqTopic(consumer.destination), message: dlq)
         try await consumer.broker.ensureDLQ(consumer.destination)
         _ = try await consumer.broker.activeProducer().produce([outgoing], destination: consumer.destination)
-        consumer.settle(record, partition: partition)
+        try consumer.settle(record, partition: partition)
     }
 
     func release() async throws {

@@ -188,8 +188,9 @@ public protocol Broker: MessagePublisher, BrokerAdmin {
     /// A member of consumer group `group` on a stream.
     func consumeStream(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer
     /// Closes consumers, flushes publishers and releases connections. Idempotent. A broker
-    /// dropped without it, with no consumer open, ends its threads and closes its connections
-    /// in the background; an open consumer keeps its broker alive until one of them is closed.
+    /// dropped without it ends its threads and closes its connections in the background, once
+    /// none of its consumers is left (a consumer keeps its broker alive; see ``OwnedConsumer``
+    /// for when a dropped consumer is closed).
     func close() async
 }
 

@@ -71,6 +71,10 @@ public struct Delivery: Sendable {
     }
 
     private let storage: Storage
+    /// The app's handle on the consumer that handed this delivery out (``OwnedConsumer``):
+    /// while the app holds a delivery, its consumer stays open even if the app dropped the
+    /// consumer itself. `nil` inside backends, which never need it.
+    private let owner: OwnedConsumer?
 
     /// The message.
     public var message: Message { storage.message }
@@ -115,18 +119,27 @@ public struct Delivery: Sendable {
             message: message, destination: destination, group: group, attempt: max(1, attempt),
             firstFailureAt: firstFailureAt, position: position, retryPolicy: retryPolicy, backend: backend,
             settler: settler, origin: nil, metrics: metrics)
+        owner = nil
     }
 
     /// The same delivery (sharing its settled state) with another retry policy, e.g. a
     /// job type's own policy.
     public func withRetryPolicy(_ policy: RetryPolicy) -> Delivery {
-        Delivery(storage: Storage(
-            message: message, destination: destination, group: group, attempt: attempt,
-            firstFailureAt: firstFailureAt, position: position, retryPolicy: policy, backend: backend,
-            settler: settler, origin: storage.root, metrics: metrics))
+        Delivery(
+            storage: Storage(
+                message: message, destination: destination, group: group, attempt: attempt,
+                firstFailureAt: firstFailureAt, position: position, retryPolicy: policy, backend: backend,
+                settler: settler, origin: storage.root, metrics: metrics),
+            owner: owner)
     }
 
-    private init(storage: Storage) { self.storage = storage }
+    /// The same delivery, keeping `owner` open while it lives.
+    func owned(by owner: OwnedConsumer) -> Delivery { Delivery(storage: storage, owner: owner) }
+
+    private init(storage: Storage, owner: OwnedConsumer?) {
+        self.storage = storage
+        self.owner = owner
+    }
 
     /// Whether the delivery has been settled.
     public var isSettled: Bool { storage.isSettled }
