@@ -11,8 +11,8 @@ import Synchronization
 /// Each delivery it hands out holds it, so a delivery outlives the consumer it came from:
 /// `try await broker.consumeQueue(q).next()` returns a delivery that can still be acked.
 public final class OwnedConsumer: MessageConsumer {
-    /// The backend's consumer.
-    public let consumer: any MessageConsumer
+    /// The backend's consumer (not handed out: holding it would not keep it open).
+    private let consumer: any MessageConsumer
     private let closed = Atomic<Bool>(false)
 
     public init(_ consumer: any MessageConsumer) { self.consumer = consumer }

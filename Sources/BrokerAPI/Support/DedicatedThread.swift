@@ -9,11 +9,13 @@ import Foundation
 public enum DedicatedThread {
     /// Runs `body` on a new thread named `name`.
     public static func start(name: String, _ body: @escaping @Sendable () -> Void) {
+        // Named from inside the thread only. A name also set before `start()` never reached the
+        // kernel, and sometimes kept the inside one from reaching it (a RabbitMQ publisher thread
+        // kept the pool's name, so the dropped-broker test did not see it).
         let thread = Thread {
             setKernelName(name)
             body()
         }
-        thread.name = name
         thread.start()
     }
 
