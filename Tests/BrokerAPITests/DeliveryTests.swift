@@ -1,4 +1,5 @@
 import BrokerAPI
+import Logging
 import Foundation
 import Synchronization
 import Testing
@@ -103,6 +104,49 @@ struct DeliveryTests {
         let next = try #require(try await consumer.next(timeout: .seconds(2)))
         #expect(next.message.text == "1")
         await consumer.close()
+        await broker.close()
+    }
+}
+
+/// Log lines a test can read back.
+final class CapturedLog: Sendable {
+    let lines = Mutex<[(level: Logger.Level, message: String)]>([])
+
+    var logger: Logger {
+        Logger(label: "test") { _ in CapturingHandler(log: self) }
+    }
+
+    struct CapturingHandler: LogHandler {
+        let log: CapturedLog
+        var metadata: Logger.Metadata = [:]
+        var logLevel: Logger.Level = .trace
+        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+            get { metadata[key] }
+            set { metadata[key] = newValue }
+        }
+        func log(event: LogEvent) {
+            log.lines.withLock { $0.append((event.level, "\(event.message)")) }
+        }
+    }
+}
+
+extension DeliveryTests {
+    /// A handler that succeeded but whose ack failed (here: the consumer closed meanwhile) is
+    /// reported as that, not as a handler that settled the message itself.
+    @Test func anAckThatFailsAfterTheHandlerSucceededIsLoggedAsSuch() async throws {
+        let broker = try await broker()
+        try await broker.publish(Message(text: "late ack"), to: "late")
+        let consumer = try await broker.consumeQueue("late")
+        let log = CapturedLog()
+        let processor = DeliveryProcessor(consumer: consumer, logger: log.logger) { _ in
+            await consumer.close()
+        }
+        try await processor.run()  // ends once the closed consumer returns nil
+        let warnings = log.lines.withLock { $0 }.filter { $0.level == .warning }.map(\.message)
+        #expect(warnings.count == 1 && warnings[0].contains("could not ack") && warnings[0].contains("closed"), "\(log.lines.withLock { $0 })")
+        let again = try await broker.consumeQueue("late")
+        #expect(try await again.next(timeout: .seconds(2))?.message.text == "late ack", "the unacked message did not come back")
+        await again.close()
         await broker.close()
     }
 }

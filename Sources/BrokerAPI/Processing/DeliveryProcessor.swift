@@ -193,7 +193,13 @@ public final class DeliveryProcessor: Sendable {
                 try? await delivery.release()
                 return
             }
-            try await delivery.ack()
+            do {
+                try await delivery.ack()
+            } catch {
+                // The handler succeeded; only the ack did not go through (the consumer closed,
+                // or lost the message to a rebalance or a reconnect): it comes again.
+                logger.warning("handled message \(delivery.message.id), but could not ack it (it will be delivered again): \(error)")
+            }
         } catch {
             if delivery.isSettled {
                 logger.debug("handler settled message \(delivery.message.id) itself before failing: \(error)")
