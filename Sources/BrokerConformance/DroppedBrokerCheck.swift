@@ -44,8 +44,9 @@ public enum DroppedBrokerCheck {
     /// What an app does with a broker before it forgets to close it: creates a queue,
     /// publishes one message and a batch of two, consumes and acks all three with a consumer
     /// it closes, deletes the queue, then consumes one more message from another queue with a
-    /// consumer it forgets to close too.
-    public static func publishAndConsume(_ broker: any Broker) async throws {
+    /// consumer it forgets to close too. Returns that queue, for ``run(threadPrefixes:deadline:connect:use:)``
+    /// to delete afterwards.
+    public static func publishAndConsume(_ broker: any Broker) async throws -> [String] {
         let queue = "dropped-\(UUID().uuidString.prefix(8).lowercased())"
         try await broker.createQueue(queue, options: DestinationOptions(partitions: 1))
         _ = try await broker.publish(Message(text: "one"), to: queue)
@@ -69,24 +70,27 @@ public enum DroppedBrokerCheck {
             throw ConformanceFailure("the forgotten consumer got nothing from \(other)")
         }
         try await delivery.ack()
+        return [other]
     }
 
     /// Runs `use` on a broker from `connect` and drops it without closing it, then waits up to
     /// `deadline` for every thread whose name starts with one of `threadPrefixes`, and every
     /// socket and pipe, that appeared meanwhile to be gone. Throws a
     /// ``ConformanceFailure`` naming what is left, or when nothing appeared at all (then this
-    /// check would prove nothing).
+    /// check would prove nothing). The destinations `use` returns are deleted afterwards, over
+    /// a new connection.
     public static func run(
         threadPrefixes: [String], deadline: Duration = .seconds(10),
-        connect: () async throws -> any Broker, use: (any Broker) async throws -> Void
+        connect: () async throws -> any Broker, use: (any Broker) async throws -> [String]
     ) async throws {
         let threadsBefore = threads()
         let filesBefore = files()
         var started: Set<ThreadEntry> = []
         var opened: Set<FileEntry> = []
+        var leftBehind: [String] = []
         do {
             let broker = try await connect()
-            try await use(broker)
+            leftBehind = try await use(broker)
             started = threads().subtracting(threadsBefore).filter { entry in threadPrefixes.contains { entry.name.hasPrefix($0) } }
             opened = files().subtracting(filesBefore)
         }  // the broker is dropped here, never closed
@@ -98,12 +102,15 @@ public enum DroppedBrokerCheck {
         while true {
             let threadsLeft = started.intersection(threads())
             let filesLeft = opened.intersection(files())
-            if threadsLeft.isEmpty && filesLeft.isEmpty { return }
+            if threadsLeft.isEmpty && filesLeft.isEmpty { break }
             if ContinuousClock.now >= end {
                 throw ConformanceFailure(
                     "\(deadline) after a broker was dropped without close(), \(threadsLeft.count) of its \(started.count) threads still run (\(threadsLeft.sorted { $0.tid < $1.tid })) and \(filesLeft.count) of its \(opened.count) sockets and pipes are open (\(filesLeft.sorted { $0.fd < $1.fd }))")
             }
             try await Task.sleep(for: .milliseconds(50))
         }
+        let cleaner = try await connect()
+        for destination in leftBehind { try await cleaner.deleteDestination(destination) }
+        await cleaner.close()
     }
 }

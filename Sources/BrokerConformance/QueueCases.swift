@@ -88,8 +88,9 @@ enum QueueCases {
         try c.expect(waited >= .milliseconds(270), "redelivered after \(waited), before the 300 ms backoff (hot loop)")
     }
 
-    /// ...and an ack after the close fails with `closed` (it is not recorded: the message
-    /// comes back) instead of reporting a success that did not happen.
+    /// A consumer closed with a delivery unacked: the delivery is redelivered, and an ack after
+    /// the close fails with `closed` (nothing is recorded, the message comes back) instead of
+    /// reporting a success that did not happen.
     static let closedWithoutAck = ConformanceCase("queue.consumerClosedWithoutAck.redelivered", area: .queue, requires: .queues) { c in
         let queue = c.name("noack")
         try await c.broker.createQueue(queue)
