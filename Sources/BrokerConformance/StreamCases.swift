@@ -4,7 +4,7 @@ import Foundation
 enum StreamCases {
     static let all: [ConformanceCase] = [
         twoGroups, membersShareWork, orderPerKey, replayEarliest, replayLatest, replayPosition, replayTimestamp,
-        restartResumes, lagStats,
+        restartResumes, droppedMember, lagStats,
     ]
 
     static func stream(_ c: ConformanceContext, _ label: String, partitions: Int = 4) async throws -> String {
@@ -159,6 +159,33 @@ enum StreamCases {
         try c.expect(handledIDs.isDisjoint(with: restIDs), "acked messages were handled again after restart")
         try c.expect(handledIDs.union(restIDs) == Set(sent.map(\.id)), "messages were lost across the restart")
         try c.expect(extra == nil, "an extra delivery after the restart")
+    }
+
+    /// As ``restartResumes``, but the app forgets `close()`: a member it dropped (holding one
+    /// delivery unacked) is closed for it, so the group's next member resumes after the acked
+    /// run and gets the unacked message, instead of waiting for the dropped one to time out.
+    static let droppedMember = ConformanceCase("stream.memberDroppedWithoutClose.groupResumes", area: .stream, requires: [.streams, .consumerGroups]) { c in
+        let name = try await stream(c, "dropped-member", partitions: 1)
+        let sent = (0..<12).map { Message(key: "k\($0 % 3)", text: "d\($0)") }
+        _ = try await c.broker.publish(sent, to: name)
+        // Only ids are kept: a delivery, settled or not, keeps the member that handed it out.
+        var handledIDs: Set<String> = []
+        var heldID: String?
+        do {
+            let first = try await c.broker.consumeStream(name, group: "forgetful", options: .init(start: .earliest, prefetch: 1))
+            handledIDs = Set(try await c.receive(5, from: first).map(\.message.id))
+            heldID = try await c.receive(1, from: first, ack: false).first?.message.id
+        }  // the member and its deliveries are dropped here, the last one unacked
+        try await Task.sleep(for: .seconds(1))  // for the close the drop started
+        let next = try await c.broker.consumeStream(name, group: "forgetful", options: .init(start: .earliest))
+        let rest = try await c.receive(7, from: next, timeout: .seconds(30))
+        let extra = try await next.next(timeout: .milliseconds(300))
+        await next.close()
+        let restIDs = Set(rest.map(\.message.id))
+        try c.expect(handledIDs.isDisjoint(with: restIDs), "acked messages were handled again by the next member")
+        try c.expect(heldID.map { restIDs.contains($0) } == true, "the dropped member's unacked message did not come again")
+        try c.expect(handledIDs.union(restIDs) == Set(sent.map(\.id)), "messages were lost when the member was dropped")
+        try c.expect(extra == nil, "an extra delivery: \(extra?.message.text ?? "?")")
     }
 
     static let lagStats = ConformanceCase("stream.stats.lagAndDepth", area: .stream, requires: [.streams, .consumerGroups]) { c in

@@ -8,8 +8,9 @@ import Synchronization
 /// it on `close()`; without this, a consumer the app forgot kept fetching (and its broker,
 /// connections and threads stayed) until the process ended. Dropped, it is closed as
 /// ``close()`` closes it: deliveries handed out and never settled go back for redelivery.
-/// Each delivery it hands out holds it, so a delivery outlives the consumer it came from:
-/// `try await broker.consumeQueue(q).next()` returns a delivery that can still be acked.
+/// Each delivery it hands out holds it, settled or not, so a delivery outlives the consumer it
+/// came from: `try await broker.consumeQueue(q).next()` returns a delivery that can still be
+/// acked (and an app that keeps settled deliveries around keeps their consumer open too).
 public final class OwnedConsumer: MessageConsumer {
     /// The backend's consumer (not handed out: holding it would not keep it open).
     private let consumer: any MessageConsumer
