@@ -26,16 +26,12 @@ public func usageError(_ message: String) -> Never {
 /// Runs `body` on a thread of its own: raw C clients block, and must not do so on the
 /// cooperative pool.
 public func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
-    await withCheckedContinuation { continuation in
-        Thread { continuation.resume(returning: body()) }.start()
-    }
+    await DedicatedThread.run(name: "raw-client", body)
 }
 
 /// ``onThread(_:)`` for a body that throws.
 public func onThread<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-    try await withCheckedThrowingContinuation { continuation in
-        Thread { continuation.resume(with: Result { try body() }) }.start()
-    }
+    try await DedicatedThread.run(name: "raw-client", body)
 }
 
 /// Wall-clock time of `body`, run off the main actor as a server's request handlers run.

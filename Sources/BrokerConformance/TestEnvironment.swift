@@ -1,3 +1,4 @@
+import BrokerAPI
 import Foundation
 
 /// Finds the real servers a test run was given, and decides what happens when one is missing:
@@ -93,11 +94,6 @@ public enum TestEnvironment {
 
     /// Runs blocking work (a C client call) on a dedicated thread, off the cooperative pool.
     public static func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            let thread = Thread {
-                continuation.resume(with: Result { try body() })
-            }
-            thread.start()
-        }
+        try await DedicatedThread.run(name: "test-blocking", body)
     }
 }

@@ -65,9 +65,7 @@ enum RdKafka {
     /// Runs `body` on a thread of its own: for librdkafka calls that take its locks or create
     /// threads (`rd_kafka_new`, `rd_kafka_destroy`), never on the cooperative pool.
     static func offPool<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await withCheckedThrowingContinuation { continuation in
-            DedicatedThread.start(name: "kafka-setup") { continuation.resume(with: Result { try body() }) }
-        }
+        try await DedicatedThread.run(name: "kafka-setup", body)
     }
 
     static func cString(_ buffer: [CChar]) -> String {

@@ -19,6 +19,22 @@ public enum DedicatedThread {
         thread.start()
     }
 
+    /// Runs `body` on a new thread named `name` and returns what it returns: one blocking call
+    /// (creating or destroying a C client's handle, a raw client's run) kept off the
+    /// cooperative pool.
+    public static func run<T: Sendable>(name: String, _ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await withCheckedThrowingContinuation { continuation in
+            start(name: name) { continuation.resume(with: Result { try body() }) }
+        }
+    }
+
+    /// ``run(name:_:)`` for a body that cannot fail.
+    public static func run<T: Sendable>(name: String, _ body: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { continuation in
+            start(name: name) { continuation.resume(returning: body()) }
+        }
+    }
+
     /// Names the calling thread for the kernel too (Linux keeps the first 15 bytes; Foundation
     /// passes the name on only when it is set on the running thread).
     static func setKernelName(_ name: String) {
