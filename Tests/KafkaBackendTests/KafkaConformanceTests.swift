@@ -40,6 +40,11 @@ enum KafkaTestSupport {
             url: try url ?? self.url(), options: ["prefix": runPrefix].merging(options) { $1 }, registry: registry)
     }
 
+    /// A broker on `cluster` with ``mockOptions``, `options` over them.
+    static func connect(to cluster: MockCluster, _ options: [String: String] = [:]) async throws -> any Broker {
+        try await connect(mockOptions.merging(options) { $1 }, url: cluster.url)
+    }
+
     /// Publishes `message` to a new queue and reads it back (payload, key, headers), then six
     /// records to a new 2-partition stream read by a consumer group; deletes both and closes
     /// `broker`. For connections whose transport is under test (TLS, SASL).

@@ -102,7 +102,7 @@ struct KafkaMockConformanceTests {
 @Suite("Kafka faults (mock cluster)", .serialized)
 struct KafkaFaultTests {
     func connect(_ cluster: MockCluster, _ options: [String: String] = [:]) async throws -> any Broker {
-        try await KafkaTestSupport.connect(KafkaTestSupport.mockOptions.merging(options) { $1 }, url: cluster.url)
+        try await KafkaTestSupport.connect(to: cluster, options)
     }
 
     /// Consumes until every text in `expected` arrived (acking each); returns what arrived.

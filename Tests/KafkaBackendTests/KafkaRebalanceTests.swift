@@ -26,7 +26,7 @@ struct KafkaRebalanceTests {
 
     @Test func onTheMockClusterTooARebalanceRedeliversWhatWasNotAcked() async throws {
         let cluster = try MockCluster()
-        let broker = try await KafkaTestSupport.connect(KafkaTestSupport.mockOptions, url: cluster.url)
+        let broker = try await KafkaTestSupport.connect(to: cluster)
         _ = try await Self.rebalance(on: broker)  // the mock has no admin API to delete it with
         await broker.close()
         await cluster.shutdown()
@@ -39,8 +39,7 @@ struct KafkaRebalanceTests {
     /// within 30 s).
     @Test func aCooperativeRebalanceTakesAwayOnlyTheMovedPartition() async throws {
         let cluster = try MockCluster()
-        let broker = try await KafkaTestSupport.connect(
-            KafkaTestSupport.mockOptions.merging(["rdkafka.partition.assignment.strategy": "cooperative-sticky"]) { $1 }, url: cluster.url)
+        let broker = try await KafkaTestSupport.connect(to: cluster, ["rdkafka.partition.assignment.strategy": "cooperative-sticky"])
         _ = try await Self.rebalance(on: broker, cooperative: true)
         await broker.close()
         await cluster.shutdown()
