@@ -128,7 +128,7 @@ let package = Package(
         .testTarget(
             name: "BrokerAPITests",
             dependencies: [
-                "BrokerAPI",
+                "BrokerAPI", "BrokerConformance",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "MetricsTestKit", package: "swift-metrics"),

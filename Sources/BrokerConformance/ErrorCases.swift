@@ -2,7 +2,9 @@ import BrokerAPI
 import Foundation
 
 enum ErrorCases {
-    static let all: [ConformanceCase] = [unreachable, invalidConfiguration, oversized, invalidNames, closedBroker]
+    static let all: [ConformanceCase] = [
+        unreachable, invalidConfiguration, oversized, invalidNames, reservedNames, reservedHeaders, closedBroker,
+    ]
 
     static let unreachable = ConformanceCase("errors.unreachableBroker.failsWithinConnectTimeout", area: .errors, requires: .crossProcess) { c in
         guard let url = c.harness.unreachableURL else { throw c.fail("the harness gives no unreachable URL") }
@@ -65,6 +67,48 @@ enum ErrorCases {
                 _ = try await c.broker.consumeStream(c.name("okstream"), group: "bad group!", options: .init())
             }
         }
+    }
+
+    /// Names BrokerKit derives for its own structures cannot be used by an app (issue 22,
+    /// item 12): publishing to `orders.delay` would inject into another queue's delayed messages.
+    static let reservedNames = ConformanceCase("errors.reservedDestinationName.refused", area: .errors, requires: .queues) { c in
+        let base = c.name("res")
+        for bad in [base + ".delay", base + ":delay", base + ".dlq", base + ":dlq", base + ":retry", base + ".retry.2",
+                    base + ".wait.500", base + ".offsets.g", "__brokerkit.catalog", "__consumer_offsets"] {
+            let error = try await c.expectError(.invalidDestination) { try await c.broker.publish(Message(text: "x"), to: bad) }
+            try c.expect(error.message.contains("reserved") && error.message.contains(bad), "unclear error for '\(bad)': \(error)")
+            try await c.expectError(.invalidDestination) { _ = try await c.broker.consumeQueue(bad) }
+        }
+        // Near misses stay usable.
+        for fine in [base + ".delayed", base + ".retry.x", base + "-dlq"] {
+            try await c.broker.publish(Message(text: "x"), to: fine)
+            try? await c.broker.deleteDestination(fine)
+        }
+    }
+
+    /// Apps cannot publish BrokerKit's reserved headers (issue 22, item 3: a record carrying
+    /// `x-brokerkit-deliver-at` was held back forever), nor more headers than the documented
+    /// limits; nothing of a refused batch is sent. The two job headers stay publishable.
+    static let reservedHeaders = ConformanceCase("errors.reservedOrOversizedHeaders.refused", area: .errors, requires: .queues) { c in
+        let queue = c.name("res-headers")
+        try await c.broker.createQueue(queue)
+        let future = "2999-01-01T00:00:00.000Z"
+        for name in [HeaderName.deliverAt, HeaderName.attempt, HeaderName.originalDestination, "X-BrokerKit-Attempt", "x-brokerkit-anything"] {
+            let error = try await c.expectError(.invalidMessage) {
+                _ = try await c.broker.publish([Message(text: "ok"), Message(text: "bad", headers: [name: future])], to: queue)
+            }
+            try c.expect(error.message.contains("reserved header '\(name)'"), "unclear error for \(name): \(error)")
+        }
+        var many: [String: String] = [:]
+        for i in 0...PublishValidation.maxHeaderCount { many["h\(i)"] = "v" }
+        try await c.expectError(.messageTooLarge) { try await c.broker.publish(Message(text: "many", headers: many), to: queue) }
+        let big = String(repeating: "v", count: PublishValidation.maxHeaderBytes)
+        try await c.expectError(.messageTooLarge) { try await c.broker.publish(Message(text: "big", headers: ["big": big]), to: queue) }
+        let stats = try await c.broker.stats(for: queue)
+        try c.expect(stats.depth == 0, "a refused message was sent: depth \(stats.depth)")
+        // Job metadata may be set by any producer.
+        try await c.broker.publish(
+            Message(text: "job", headers: [HeaderName.jobName: "x", HeaderName.idempotencyKey: "k"]), to: queue)
     }
 
     static let closedBroker = ConformanceCase("errors.closedBroker.rejectsAndCloseIsIdempotent", area: .errors, requires: .queues) { c in

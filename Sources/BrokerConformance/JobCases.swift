@@ -21,7 +21,7 @@ struct ValidationFailed: NonRetryableError, CustomStringConvertible {
 enum JobCases {
     static let all: [ConformanceCase] = [
         runsOnce, retriedThenDLQ, nonRetryable, delayedNotEarly, timeoutCancels, concurrencyHolds, gracefulShutdown,
-        idempotency, poisonInput,
+        idempotency, runningDuplicate, poisonInput,
     ]
 
     /// Runs `worker` in the background until `condition` holds, then stops it and waits.
@@ -195,6 +195,45 @@ enum JobCases {
         worker.register(ConformanceWork.self) { job, _ in runs.append(job.n) }
         try await run(worker, in: c, until: "2 runs and 2 duplicates dropped") { runs.count >= 2 && duplicates.count >= 2 }
         try c.expect(runs.values.sorted() == [7, 42], "runs \(runs.values.sorted()), expected [7, 42]")
+    }
+
+    /// A job whose idempotency key is held by a run that has not finished is postponed, not
+    /// dropped: that run may still fail (issue 22, item 5: a redelivery of a running job was
+    /// acked as a duplicate, and when the first run failed the job was gone for good).
+    static let runningDuplicate = ConformanceCase("jobs.idempotencyKeyStillRunning.postponedNotDropped", area: .jobs, requires: .queues) { c in
+        let queue = c.name("jobs-running-dup")
+        let store = InMemoryIdempotencyStore()
+        // Another run (another worker, or this job's first delivery) holds the key.
+        try c.expect(try await store.claim("order-9") == .claimed, "fresh key not claimed")
+        try await JobQueue(broker: c.broker, queue: queue).dispatch(ConformanceWork(n: 9, sleepMillis: 0), idempotencyKey: "order-9")
+        let runs = Collector<Int>()
+        let duplicates = Collector<String>()
+        let worker = JobWorker(
+            broker: c.broker, queue: queue,
+            options: .init(concurrency: 1, idempotencyStore: store, runningDuplicateDelay: .milliseconds(300)),
+            hooks: JobHooks(onDuplicate: { duplicates.append($0.jobID) }))
+        worker.register(ConformanceWork.self) { job, _ in runs.append(job.n) }
+        let task = Task { try await worker.run() }
+        // While the other run holds the key, the job must neither run nor be dropped.
+        try await Task.sleep(for: .milliseconds(800))
+        let early = runs.count
+        let dropped = duplicates.count
+        // The other run fails: its key is free, and this job must now run.
+        await store.abandon("order-9")
+        do {
+            try await c.eventually("the postponed job ran after the key was freed", timeout: .seconds(20)) { runs.count >= 1 }
+        } catch {
+            worker.stop()
+            _ = try? await task.value
+            throw error
+        }
+        worker.stop()
+        try await task.value
+        try c.expect(early == 0, "the job ran while its key was held")
+        try c.expect(dropped == 0 && duplicates.count == 0, "the job was dropped as a duplicate while its key was only running")
+        try c.expect(runs.values == [9], "runs \(runs.values)")
+        let dead = try await c.broker.deadLetters(of: queue, limit: 10)
+        try c.expect(dead.isEmpty, "postponing dead-lettered it: \(dead.map(\.envelope.lastError))")
     }
 
     static let poisonInput = ConformanceCase("jobs.poisonInput.deadLetteredQueueKeepsFlowing", area: .jobs, requires: .queues) { c in

@@ -5,7 +5,7 @@ enum QueueCases {
     static let all: [ConformanceCase] = [
         roundTrip, competingConsumers, nackRedelivers, closedWithoutAck, droppedWithoutClose, retriesExhausted, dlqReplay, backoffFollowsPolicy,
         delayedNotEarly, prefetchBound, concurrentPublishers, destinationsIsolated, manyDestinations,
-        closeWhileConsuming, batchPublishReceipts, statsDepth,
+        closeWhileConsuming, batchPublishReceipts, statsDepth, heldPastLease,
     ]
 
     static let roundTrip = ConformanceCase("queue.roundTrip.keepsBytesKeyAndHeaders", area: .queue, requires: .queues) { c in
@@ -132,6 +132,23 @@ enum QueueCases {
         await next.close()
         try c.expect(again.message.text == "dropped unacked", "got \(again.message.text ?? "?") instead of the dropped consumer's unsettled message")
         try c.expect(extra == nil, "\(extra?.message.text ?? "?") came back after it was acked")
+    }
+
+    /// A live consumer's lease is renewed: a delivery held three times longer than its
+    /// `visibilityTimeout` is not given to another consumer, and its ack then works (issue 22,
+    /// item 13: a handler slower than the lease had its message run twice).
+    static let heldPastLease = ConformanceCase("queue.heldPastLease.renewedWhileTheConsumerLives", area: .queue, requires: [.queues, .leaseExpiry]) { c in
+        let queue = c.name("renewed")
+        try await c.broker.createQueue(queue)
+        try await c.broker.publish(Message(text: "long job"), to: queue)
+        let holder = try await c.broker.consumeQueue(queue, options: .init(visibilityTimeout: .seconds(1)))
+        let delivery = try await c.receive(1, from: holder, ack: false)[0]
+        let rival = try await c.broker.consumeQueue(queue, options: .init(visibilityTimeout: .seconds(1)))
+        let stolen = try await rival.next(timeout: .seconds(3))
+        try await delivery.ack()
+        await rival.close()
+        await holder.close()
+        try c.expect(stolen == nil, "another consumer got '\(stolen?.message.text ?? "?")' (attempt \(stolen?.attempt ?? 0)) while its holder lived")
     }
 
     static let retriesExhausted = ConformanceCase("queue.retriesExhausted.deadLettersWithEnvelope", area: .queue, requires: .queues) { c in

@@ -4,7 +4,7 @@ import Foundation
 enum StreamCases {
     static let all: [ConformanceCase] = [
         twoGroups, membersShareWork, orderPerKey, replayEarliest, replayLatest, replayPosition, replayTimestamp,
-        restartResumes, droppedMember, lagStats,
+        seekOncePerGroup, inPlaceRetryKeepsOrder, restartResumes, droppedMember, lagStats,
     ]
 
     static func stream(_ c: ConformanceContext, _ label: String, partitions: Int = 4) async throws -> String {
@@ -141,6 +141,60 @@ enum StreamCases {
         await consumer.close()
         try c.expect(got.map(\.message.id) == after.map(\.id), "from timestamp got \(got.compactMap(\.message.text))")
         try c.expect(extra == nil, "timestamp seek delivered older messages")
+    }
+
+    /// A `.position` start applies to a new group only: a member that joins (or restarts)
+    /// with the same options resumes after what the group committed instead of rewinding it
+    /// (issue 22, item 10: scaling a group out replayed work it had already done).
+    static let seekOncePerGroup = ConformanceCase("stream.seekStart.appliesOncePerGroup", area: .stream, requires: [.streams, .replay, .consumerGroups]) { c in
+        let name = try await stream(c, "seek-once", partitions: 1)
+        let sent = (0..<10).map { Message(key: "k", text: "s\($0)") }
+        let receipts = try await c.broker.publish(sent, to: name)
+        guard let position = receipts[0].position else { throw c.fail("publish receipt has no position") }
+        let options = StreamConsumerOptions(start: .position(position), prefetch: 1)
+        let first = try await c.broker.consumeStream(name, group: "seek-once", options: options)
+        let handled = try await c.receive(5, from: first)
+        await first.close()
+        try c.expect(handled.map(\.message.id) == sent[..<5].map(\.id), "first member got \(handled.compactMap(\.message.text))")
+        let second = try await c.broker.consumeStream(name, group: "seek-once", options: options)
+        let rest = try await c.receive(5, from: second, timeout: .seconds(30))
+        let extra = try await second.next(timeout: .milliseconds(500))
+        await second.close()
+        try c.expect(rest.map(\.message.id) == sent[5...].map(\.id), "the second member rewound the group: got \(rest.compactMap(\.message.text))")
+        try c.expect(extra == nil, "the second member got \(extra?.message.text ?? "?") again")
+    }
+
+    /// A nacked stream message is retried in place, and the messages fetched after it wait:
+    /// with a deep prefetch the handler sees 0, 0, 1, 2… (issue 22, item 9: it saw 0, 1…19, 0).
+    static let inPlaceRetryKeepsOrder = ConformanceCase("stream.inPlaceRetry.holdsBackFetchedMessages", area: .stream, requires: [.streams, .orderedPerKey]) { c in
+        let name = try await stream(c, "retry-order", partitions: 1)
+        let sent = (0..<20).map { Message(key: "k", text: "r\($0)") }
+        _ = try await c.broker.publish(sent, to: name)
+        let consumer = try await c.broker.consumeStream(
+            name, group: "ordered",
+            options: .init(start: .earliest, prefetch: 32, retryPolicy: RetryPolicy(maxAttempts: 3, backoff: .fixed(.milliseconds(300)))))
+        let seen = Collector<String>()
+        let failed = Collector<Bool>()
+        let processor = DeliveryProcessor(consumer: consumer, options: .init(concurrency: 1)) { delivery in
+            seen.append(delivery.message.text ?? "?")
+            if delivery.message.text == "r0" && failed.count == 0 {
+                failed.append(true)
+                throw ConformanceFailure("fails once")
+            }
+        }
+        let run = Task { try await processor.run() }
+        do {
+            try await c.eventually("21 deliveries", timeout: .seconds(30)) { seen.count >= 21 }
+        } catch {
+            processor.stop()
+            _ = try? await run.value
+            throw error
+        }
+        try await Task.sleep(for: .milliseconds(200))
+        processor.stop()
+        try await run.value
+        let expected = ["r0"] + sent.compactMap(\.text)
+        try c.expect(seen.values == expected, "order after an in-place retry: \(seen.values)")
     }
 
     static let restartResumes = ConformanceCase("stream.restart.resumesFromCommittedPosition", area: .stream, requires: [.streams, .consumerGroups]) { c in

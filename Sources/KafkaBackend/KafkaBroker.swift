@@ -274,7 +274,7 @@ final class KafkaBroker: Broker {
         guard kind == .queue else {
             throw BrokerError(.wrongDestinationKind, "'\(queue)' is a stream, not a queue", backend: backendName, destination: queue)
         }
-        return OwnedConsumer(try await start(RdKafka.offPool { try KafkaConsumer(broker: self, destination: queue, mode: .queue(options)) }))
+        return OwnedConsumer(try await start(RdKafka.offPool { try KafkaConsumer(broker: self, destination: queue, mode: .queue(options)) }), logger: logger)
     }
 
     func consumeStream(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer {
@@ -284,7 +284,7 @@ final class KafkaBroker: Broker {
         guard kind == .stream else {
             throw BrokerError(.wrongDestinationKind, "'\(stream)' is a queue, not a stream", backend: backendName, destination: stream)
         }
-        return OwnedConsumer(try await start(RdKafka.offPool { try KafkaConsumer(broker: self, destination: stream, mode: .stream(group: group, options)) }))
+        return OwnedConsumer(try await start(RdKafka.offPool { try KafkaConsumer(broker: self, destination: stream, mode: .stream(group: group, options)) }), logger: logger)
     }
 
     private func start(_ consumer: KafkaConsumer) async throws -> KafkaConsumer {
@@ -466,9 +466,13 @@ final class KafkaBroker: Broker {
         for record in records {
             next[record.topicPartition] = max(next[record.topicPartition] ?? 0, record.offset + 1)
             let message = KafkaRecordLayout.message(from: record)
-            guard let envelope = DeadLetterEnvelope(dlqMessage: message) else { continue }
+            // A record without an envelope (another producer wrote to the DLQ topic) goes to
+            // the queue as it is, as on the other backends: committing past it without
+            // sending it anywhere lost it.
+            let envelope = DeadLetterEnvelope(dlqMessage: message)
+                ?? DeadLetterEnvelope(original: message, originalDestination: destination, attempts: 0, lastError: "")
             var original = envelope.original
-            original.headers.removeValue(forKey: "x-brokerkit-group")
+            original.headers = original.headers.filter { !PublishValidation.isReserved($0.key) }
             outgoing.append(OutgoingRecord(topic: settings.topic(destination), message: original))
         }
         _ = try await activeProducer().produce(outgoing, destination: destination)

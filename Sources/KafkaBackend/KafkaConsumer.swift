@@ -56,10 +56,23 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         var committed: Int64?
         var held = 0
         var blocked = 0
+        /// While `blocked` (an in-place retry waits): the partition's deliveries taken back
+        /// from the buffer (they keep their prefetch slots), and its ready records skipped by
+        /// the hand-out; both go out after the retried record, so order holds (issue 22,
+        /// item 9).
+        var parkedDeliveries: [Delivery] = []
+        var parkedReady: [Ready] = []
         /// In `State.dirty` (saves hashing the topic name on every settle).
         var isDirty = false
+        /// A queue's `.delay` or `.retry.<n>` topic: the only topics whose records'
+        /// `x-brokerkit-deliver-at`, attempt and first-failure headers BrokerKit honours
+        /// (elsewhere another producer may have written them).
+        let isCompanion: Bool
 
-        init(_ topicPartition: TopicPartition) { self.topicPartition = topicPartition }
+        init(_ topicPartition: TopicPartition, isCompanion: Bool = false) {
+            self.topicPartition = topicPartition
+            self.isCompanion = isCompanion
+        }
 
         /// The offset to commit: the first not-done one, or one past the last handed out.
         var commitOffset: Int64? {
@@ -408,9 +421,23 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         items.reserveCapacity(records.count)
         for (record, partition) in zip(records, partitions) {
             guard let partition else { continue }
-            let due = record.headers.first(where: { $0.0 == HeaderName.deliverAt }).flatMap { ISO8601.parse($0.1) }.flatMap { $0 > now ? $0 : nil }
+            // Only a queue's delay and retry topics hold records back: on a stream or a main
+            // topic the header was written by someone else, and holding it would stop the
+            // partition's commits forever (issue 22, item 3). A due time further ahead than
+            // any delay BrokerKit writes is dead-lettered instead of held.
+            var due: Date?
+            var defect: String?
+            if partition.isCompanion, let text = record.headers.first(where: { $0.0 == HeaderName.deliverAt })?.1,
+                let date = ISO8601.parse(text), date > now
+            {
+                if date.timeIntervalSince(now) > Self.maxHoldAhead.timeInterval {
+                    defect = "header '\(HeaderName.deliverAt)' is '\(text.prefix(40))', more than \(Self.maxHoldAhead) ahead"
+                } else {
+                    due = date
+                }
+            }
             let accepted: Accepted = due.map { .held(Held(record: record, partition: partition, due: $0)) }
-                ?? .ready(Ready(delivery: delivery(for: record, partition: partition, attempt: nil, firstFailureAt: nil), partition: partition))
+                ?? .ready(Ready(delivery: delivery(for: record, partition: partition, attempt: nil, firstFailureAt: nil, defect: defect), partition: partition))
             items.append((partition, record.offset, accepted))
         }
         state.withLock { s in
@@ -465,6 +492,10 @@ final class KafkaConsumer: MessageConsumer, Sendable {
                 s.readyHead += 1
                 s.readyBytes -= next.bytes
                 guard next.partition.live else { continue }
+                if next.partition.blocked > 0 {
+                    next.partition.parkedReady.append(next)
+                    continue
+                }
                 s.outstanding += 1
                 out.append(next.delivery)
                 s.handedOut.append(next.delivery)
@@ -537,18 +568,33 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         }
     }
 
+    /// The longest a delayed or retried record is held: further ahead is not BrokerKit's.
+    static let maxHoldAhead = Duration.seconds(366 * 86_400)
+
     /// The delivery for `record`; `attempt` / `firstFailureAt` override what its headers say.
-    private func delivery(for record: KafkaRecord, partition: PartitionState, attempt: Int?, firstFailureAt: Date?) -> Delivery {
+    /// The attempt and first-failure headers count only on a queue's retry and delay topics.
+    private func delivery(
+        for record: KafkaRecord, partition: PartitionState, attempt: Int?, firstFailureAt: Date?, defect: String? = nil
+    ) -> Delivery {
         let consumed = KafkaRecordLayout.consumed(from: record)
+        var defect = defect
+        var headerAttempt: Int?
+        if partition.isCompanion, let text = consumed.attempt {
+            if let value = Int(text), (1...Delivery.maxAttempt).contains(value) {
+                headerAttempt = value
+            } else {
+                defect = defect ?? "header '\(HeaderName.attempt)' is '\(text.prefix(40))', not a whole number from 1 to \(Delivery.maxAttempt)"
+            }
+        }
         let settler = KafkaSettler(
             consumer: self, record: record, partition: partition,
-            attempt: attempt ?? max(1, consumed.attempt ?? 1),
-            firstFailureAt: firstFailureAt ?? consumed.firstFailureAt)
+            attempt: attempt ?? headerAttempt ?? 1,
+            firstFailureAt: firstFailureAt ?? (partition.isCompanion ? consumed.firstFailureAt : nil))
         return Delivery(
             message: consumed.message, destination: destination, group: group, attempt: settler.attempt,
             firstFailureAt: settler.firstFailureAt,
             position: Position(partition: Int(record.partition), offset: record.offset),
-            retryPolicy: retryPolicy, backend: "kafka", settler: settler, metrics: metrics)
+            retryPolicy: retryPolicy, backend: "kafka", settler: settler, metrics: metrics, defect: defect)
     }
 
     // MARK: - Settlement (any thread)
@@ -557,15 +603,18 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     /// ``BrokerError/Code/closed`` when this consumer no longer holds the record's partition
     /// (it was closed, or a rebalance took the partition away): the offset cannot be committed
     /// here, and the record will be delivered again.
+    ///
+    /// A settlement that throws keeps the record's prefetch slot: ``Delivery`` releases the
+    /// delivery after a failed step, and ``release(_:partition:attempt:firstFailureAt:)``
+    /// returns the slot, once.
     func settle(_ record: KafkaRecord, partition p: PartitionState) throws {
         let actions = state.withLock { s -> (live: Bool, refill: Bool, wake: Bool) in
+            guard p.live else { return (false, false, false) }
             s.outstanding -= 1
-            if p.live {
-                p.markDone(record.offset)
-                if !p.isDirty {
-                    p.isDirty = true
-                    s.dirty.insert(p.topicPartition)
-                }
+            p.markDone(record.offset)
+            if !p.isDirty {
+                p.isDirty = true
+                s.dirty.insert(p.topicPartition)
             }
             // Records wait for free slots: refill here once a batch of slots is free.
             let refill = s.readyHead < s.ready.count && prefetch - s.outstanding >= refillBatch
@@ -574,45 +623,75 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         }
         if actions.refill { handOut() }
         if actions.wake { wake() }
-        guard actions.live else {
-            throw BrokerError(
-                .closed,
-                "delivery from \(record.topic)[\(record.partition)] at offset \(record.offset) is no longer held (its consumer closed, or a rebalance gave the partition to another member): not committed, it will be delivered again",
-                backend: "kafka", destination: destination)
-        }
+        guard actions.live else { throw notHeld(record) }
+    }
+
+    func notHeld(_ record: KafkaRecord) -> BrokerError {
+        BrokerError(
+            .closed,
+            "delivery from \(record.topic)[\(record.partition)] at offset \(record.offset) is no longer held (its consumer closed, or a rebalance gave the partition to another member): not committed, it will be delivered again",
+            backend: "kafka", destination: destination)
+    }
+
+    /// Throws ``notHeld(_:)`` unless this consumer still holds `p`: checked before a retry
+    /// or dead-letter copy is written, so a revoked record is not copied while its new owner
+    /// also redelivers it (a revoke between the check and the settle can still duplicate it).
+    func checkHeld(_ record: KafkaRecord, partition p: PartitionState) throws {
+        if !state.withLock({ _ in p.live }) { throw notHeld(record) }
     }
 
     /// Free prefetch slots that make a settling thread refill the window itself.
     var refillBatch: Int { max(1, min(64, prefetch / 4)) }
 
-    /// Redelivers `record` in place after `delay`, pausing its partition meanwhile.
-    func retryInPlace(_ record: KafkaRecord, partition p: PartitionState, after delay: Duration, nextAttempt: Int, firstFailureAt: Date) {
+    /// Redelivers `record` in place after `delay`, pausing its partition meanwhile. Throws
+    /// ``notHeld(_:)`` (keeping the slot for the release that follows) when this consumer no
+    /// longer holds the partition: the new owner redelivers it, and the nack must not report
+    /// a retry that will not happen here.
+    func retryInPlace(_ record: KafkaRecord, partition p: PartitionState, after delay: Duration, nextAttempt: Int, firstFailureAt: Date) throws {
         let live = state.withLock { s -> Bool in
-            guard p.live, !s.closing else {
-                s.outstanding -= 1
-                return false
-            }
+            guard p.live, !s.closing else { return false }
             p.blocked += 1
             s.blockedTotal += 1
             return true
         }
-        guard live else { return }
+        guard live else { throw notHeld(record) }
+        // What this partition has in the buffer waits behind the retried record.
+        let taken = buffer.take { ($0.backendSettler as? KafkaSettler)?.partition === p }
+        if !taken.isEmpty { state.withLock { _ in p.parkedDeliveries.append(contentsOf: taken) } }
         wake()
         Task {
             try? await Task.sleep(for: delay)
-            let still = self.state.withLock { s -> Bool in
+            let (still, parked, ready) = self.state.withLock { s -> (Bool, [Delivery], [Ready]) in
                 s.blockedTotal = max(0, s.blockedTotal - 1)
                 guard p.live, !s.closing else {
-                    s.outstanding -= 1
-                    return false
+                    // Not ours any more: the new owner redelivers them all.
+                    s.outstanding -= 1 + p.parkedDeliveries.count
+                    p.parkedDeliveries = []
+                    p.parkedReady = []
+                    return (false, [], [])
                 }
                 p.blocked = max(0, p.blocked - 1)
-                return true
+                guard p.blocked == 0 else { return (true, [], []) }
+                defer {
+                    p.parkedDeliveries = []
+                    p.parkedReady = []
+                }
+                return (true, p.parkedDeliveries, p.parkedReady)
             }
-            if still {
-                self.push(record, partition: p, attempt: nextAttempt, firstFailureAt: firstFailureAt)
-                self.wake()
+            guard still else { return }
+            self.push(record, partition: p, attempt: nextAttempt, firstFailureAt: firstFailureAt)
+            if !parked.isEmpty {
+                let rejected = self.buffer.push(contentsOf: parked)
+                if !rejected.isEmpty { self.state.withLock { $0.outstanding -= rejected.count } }
             }
+            if !ready.isEmpty {
+                self.state.withLock { s in
+                    s.ready.insert(contentsOf: ready.map { Optional($0) }, at: s.readyHead)
+                    s.readyBytes += ready.reduce(0) { $0 + $1.bytes }
+                }
+                self.handOut()
+            }
+            self.wake()
         }
     }
 
@@ -700,7 +779,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             state.withLock { s in
                 for tp in tps {
                     s.partitions[tp]?.live = false
-                    s.partitions[tp] = PartitionState(tp)
+                    s.partitions[tp] = PartitionState(tp, isCompanion: isQueue && tp.topic != mainTopic)
                 }
                 s.paused.subtract(tps)
             }
@@ -741,9 +820,11 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         }
     }
 
-    /// Sets explicit start offsets in an assignment: seek targets (position, timestamp)
-    /// always; for partitions without a committed offset, the current end for `latest` (so
-    /// a `latest` member does not miss what is published right after it joined) and the
+    /// Sets explicit start offsets in an assignment, for partitions without a committed
+    /// offset only (a group that has one keeps it: a member that joins, or a rebalance, never
+    /// rewinds the group; issue 22, item 10): the seek target for `position` (other
+    /// partitions from the beginning) and `timestamp`; the current end for `latest` (so a
+    /// `latest` member does not miss what is published right after it joined) and the
     /// beginning for `earliest` when `auto.offset.reset` would not already start there.
     private func resolveStartOffsets(_ list: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>) {
         let rk = handle.rk
@@ -752,17 +833,33 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         guard count > 0 else { return }
         var start: StartPosition = .earliest
         if case .stream(_, let options) = mode { start = options.start }
+        /// The indices of `list` whose partitions have no committed offset; `nil` (and a join
+        /// error, so the seek is not skipped silently) when the lookup fails.
+        func uncommitted() -> [Int32]? {
+            let committed = rd_kafka_topic_partition_list_copy(list)!
+            defer { rd_kafka_topic_partition_list_destroy(committed) }
+            let err = rd_kafka_committed(rk, committed, timeout)
+            guard err == RD_KAFKA_RESP_ERR_NO_ERROR else {
+                let error = RdKafka.brokerError(err, "committed-offset lookup before a seek failed", server: settings.server, destination: destination)
+                logger.error("\(error)")
+                state.withLock { $0.joinError = error }
+                return nil
+            }
+            return (0..<Int32(count)).filter { bk_tp_offset(committed, $0) < 0 }
+        }
         switch start {
         case .position(let position):
-            guard let offset = position.numericOffset else { return }
-            for i in 0..<count where bk_tp_topic(list, Int32(i)).map({ String(cString: $0) }) == mainTopic {
-                if Int(bk_tp_partition(list, Int32(i))) == position.partition { bk_tp_set_offset(list, Int32(i), offset) }
+            guard let offset = position.numericOffset, let fresh = uncommitted() else { return }
+            for i in fresh {
+                let seekHere = bk_tp_topic(list, i).map({ String(cString: $0) }) == mainTopic && Int(bk_tp_partition(list, i)) == position.partition
+                bk_tp_set_offset(list, i, seekHere ? offset : -2)  // -2: RD_KAFKA_OFFSET_BEGINNING
             }
             return
         case .timestamp(let date):
+            guard let fresh = uncommitted(), !fresh.isEmpty else { return }
             let query = rd_kafka_topic_partition_list_copy(list)!
             defer { rd_kafka_topic_partition_list_destroy(query) }
-            let ms = Int64((date.timeIntervalSince1970 * 1000).rounded(.down))
+            let ms = Int64(min(max(0, date.timeIntervalSince1970 * 1000), 253_402_300_799_999).rounded(.down))
             for i in 0..<count { bk_tp_set_offset(query, Int32(i), ms) }
             let err = rd_kafka_offsets_for_times(rk, query, timeout)
             if err != RD_KAFKA_RESP_ERR_NO_ERROR {
@@ -771,10 +868,10 @@ final class KafkaConsumer: MessageConsumer, Sendable {
                 state.withLock { $0.joinError = error }
                 return
             }
-            for i in 0..<count {
-                let offset = bk_tp_offset(query, Int32(i))
+            for i in fresh {
+                let offset = bk_tp_offset(query, i)
                 // -1: no record at or after the timestamp: start at the end.
-                bk_tp_set_offset(list, Int32(i), offset >= 0 ? offset : -1)
+                bk_tp_set_offset(list, i, offset >= 0 ? offset : -1)
             }
             return
         case .earliest where resetsToEarliest:
@@ -832,16 +929,12 @@ struct KafkaSettler: DeliverySettler {
                 HeaderName.firstFailureAt: ISO8601.format(firstFailureAt),
                 HeaderName.deliverAt: ISO8601.format(due),
             ])
-            do {
-                _ = try await consumer.broker.activeProducer().produce([outgoing], destination: consumer.destination)
-            } catch {
-                // Not moved: give it back so it is not lost.
-                consumer.release(record, partition: partition, attempt: attempt, firstFailureAt: self.firstFailureAt)
-                throw error
-            }
+            try consumer.checkHeld(record, partition: partition)
+            // Not moved if this throws: `Delivery` releases it, so it is not lost.
+            _ = try await consumer.broker.activeProducer().produce([outgoing], destination: consumer.destination)
             try consumer.settle(record, partition: partition)
         } else {
-            consumer.retryInPlace(record, partition: partition, after: delay, nextAttempt: nextAttempt, firstFailureAt: firstFailureAt)
+            try consumer.retryInPlace(record, partition: partition, after: delay, nextAttempt: nextAttempt, firstFailureAt: firstFailureAt)
         }
     }
 
@@ -849,6 +942,7 @@ struct KafkaSettler: DeliverySettler {
         var dlq = envelope.message
         if let group = consumer.group { dlq.headers["x-brokerkit-group"] = group }
         let outgoing = OutgoingRecord(topic: consumer.settings.dlqTopic(consumer.destination), message: dlq)
+        try consumer.checkHeld(record, partition: partition)
         try await consumer.broker.ensureDLQ(consumer.destination)
         _ = try await consumer.broker.activeProducer().produce([outgoing], destination: consumer.destination)
         try consumer.settle(record, partition: partition)

@@ -19,15 +19,16 @@ enum KafkaRecordLayout {
     /// What a consumer hands the app: the message without the transport headers (id,
     /// attempt, first failure, deliver-at), and the attempt and first-failure time those
     /// carried (one pass over the headers).
-    static func consumed(from record: KafkaRecord) -> (message: Message, attempt: Int?, firstFailureAt: Date?) {
+    /// The attempt header is returned as text, for the consumer to check.
+    static func consumed(from record: KafkaRecord) -> (message: Message, attempt: String?, firstFailureAt: Date?) {
         var headers: [String: String] = [:]
         var id: String?
-        var attempt: Int?
+        var attempt: String?
         var firstFailureAt: Date?
         for (name, value) in record.headers {
             switch name {
             case idHeader: id = value
-            case HeaderName.attempt: attempt = Int(value)
+            case HeaderName.attempt: attempt = value
             case HeaderName.firstFailureAt: firstFailureAt = ISO8601.parse(value)
             case HeaderName.deliverAt: continue
             default: headers[name] = value

@@ -208,6 +208,11 @@ final class RabbitAdmin: @unchecked Sendable {
         }
     }
 
+    /// Forgets that the wait queue `name` was declared (a publish to it came back unroutable).
+    func forgetWaitQueue(_ name: String) {
+        _ = waitDeclared.withLock { $0.removeValue(forKey: name) }
+    }
+
     /// Declares the wait queue for `ms` (redeclared before its `x-expires` lease runs out).
     func ensureWaitQueue(_ full: String, user: String, ms: Int) async throws -> String {
         let name = Self.waitName(full, ms: ms)
@@ -232,6 +237,13 @@ final class RabbitAdmin: @unchecked Sendable {
         try await call { c in try c.declareQueue(Self.rpcChannel, name, arguments: arguments, destination: user) }
         recorded.withLock { _ = $0.insert("dlq:\(name)") }
         return name
+    }
+
+    /// Forgets that `<full>.dlq` was declared (it was deleted behind this process's back: a
+    /// publish to it came back unroutable), so the next ``ensureDLQ(_:user:)`` declares it again.
+    func forgetDLQ(_ full: String) {
+        let name = Self.dlqName(full)
+        recorded.withLock { _ = $0.remove("dlq:\(name)") }
     }
 
     func ensureOffsetsQueue(_ full: String, group: String) async throws -> String {
@@ -334,7 +346,7 @@ final class RabbitAdmin: @unchecked Sendable {
                 name: user, kind: .queue, depth: ready, inFlight: inFlight, delayed: delayed, deadLettered: dead, groups: [group])
         case .stream:
             let bounds = try await streamBounds(full)
-            let depth = bounds.map { Int($0.end - $0.first) } ?? 0
+            let depth = bounds.map { Int($0.end.subtractingReportingOverflow($0.first).partialValue) } ?? 0
             var groups: [GroupStats] = []
             for group in (state.groups[full] ?? []).sorted() {
                 let committed = try await committedOffset(full, group: group)
@@ -342,7 +354,7 @@ final class RabbitAdmin: @unchecked Sendable {
                 let end = bounds?.end ?? start
                 let local = groupPending[group]
                 groups.append(GroupStats(
-                    group: group, lag: Int(max(0, end - start)), pending: local?.pending ?? 0, consumers: local?.consumers ?? 0,
+                    group: group, lag: Int(max(0, end.subtractingReportingOverflow(start).partialValue)), pending: local?.pending ?? 0, consumers: local?.consumers ?? 0,
                     committed: committed.map { [Position(partition: 0, offset: $0)] } ?? []))
             }
             let pending = groups.reduce(0) { $0 + $1.pending }
@@ -411,7 +423,7 @@ final class RabbitAdmin: @unchecked Sendable {
         let headers = delivery.properties.headers
         let reason = headers["x-first-death-reason"]?.stringValue ?? "unknown"
         let queue = headers["x-first-death-queue"]?.stringValue.map { $0.hasPrefix(prefix) ? String($0.dropFirst(prefix.count)) : $0 }
-        let attempts = Int(headers[RabbitMessageMapping.deliveryCountHeader]?.intValue ?? 0) + 1
+        let attempts = Int(min(max(0, headers[RabbitMessageMapping.deliveryCountHeader]?.intValue ?? 0), Int64(Delivery.maxAttempt))) + 1
         return DeadLetterEnvelope(
             original: message, originalDestination: queue ?? origin, attempts: attempts,
             lastError: "dead-lettered by RabbitMQ (\(reason))", failedAt: message.timestamp)

@@ -177,7 +177,7 @@ final class RabbitBroker: Broker {
         let id = nextConsumerID()
         let consumer = RabbitQueueConsumer(broker: self, id: id, queue: queue, full: full, options: options, prefetch: prefetch)
         try await consumer.start()
-        return OwnedConsumer(track(consumer))
+        return OwnedConsumer(track(consumer), logger: logger)
     }
 
     func consumeStream(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer {
@@ -188,7 +188,7 @@ final class RabbitBroker: Broker {
         let id = nextConsumerID()
         let consumer = RabbitStreamConsumer(broker: self, id: id, stream: stream, full: full, group: group, options: options, prefetch: prefetch)
         try await consumer.start()
-        return OwnedConsumer(track(consumer))
+        return OwnedConsumer(track(consumer), logger: logger)
     }
 
     private func nextConsumerID() -> UInt64 {

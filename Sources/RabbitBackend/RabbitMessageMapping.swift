@@ -36,8 +36,10 @@ enum RabbitMessageMapping {
         var properties = AMQPProperties()
         properties.deliveryMode = 2
         properties.messageID = message.id
-        let millis = (message.timestamp.timeIntervalSince1970 * 1000).rounded()
-        properties.timestamp = UInt64(max(0, millis / 1000))
+        // A timestamp read from a broker can be anything: bounded to years 1970...9999 so the
+        // integer conversions below cannot trap on a copy of a foreign message.
+        let millis = min(max(0, (message.timestamp.timeIntervalSince1970 * 1000).rounded()), 253_402_300_799_999)
+        properties.timestamp = UInt64(millis / 1000)
         var headers = AMQPTable()
         headers.entries.reserveCapacity(message.headers.count + 2 + extra.entries.count)
         for (name, value) in message.headers.sorted(by: { $0.key < $1.key }) {

@@ -181,15 +181,16 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
 
     private func makeDelivery(_ raw: AMQPDelivery, generation: UInt64) -> Delivery {
         var (message, kept) = RabbitMessageMapping.message(from: raw)
+        // Both numbers come from headers any publisher can set: bounded before they are added.
         let base = Int(message.headers.removeValue(forKey: HeaderName.attempt) ?? "") ?? 1
         let firstFailureAt = message.headers.removeValue(forKey: HeaderName.firstFailureAt).flatMap(ISO8601.parse)
         let redeliveries: Int
         if let count = raw.properties.headers[RabbitMessageMapping.deliveryCountHeader]?.intValue {
-            redeliveries = Int(count)
+            redeliveries = Int(min(max(0, count), Int64(Delivery.maxAttempt)))
         } else {
             redeliveries = raw.redelivered ? 1 : 0
         }
-        let attempt = max(1, base) + redeliveries
+        let attempt = min(min(max(1, base), Delivery.maxAttempt) + redeliveries, Delivery.maxAttempt)
         let settler = RabbitQueueSettler(
             consumer: self, tag: raw.deliveryTag, generation: generation, message: message, kept: kept, attempt: attempt,
             firstFailureAt: firstFailureAt)
@@ -313,6 +314,21 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         try await ack(tag, generation: generation)
     }
 
+    /// `basic.nack` with requeue of a held delivery: the broker puts it back (counting a
+    /// redelivery). The fallback when a copy cannot be published, so that a delivery whose
+    /// settlement failed never stays unacked until the connection closes (issue 22, item 7).
+    /// Runs on the connection's thread, where acks are written, so that no `multiple` ack can
+    /// cover the tag meanwhile.
+    func requeue(_ tag: UInt64, generation: UInt64) async throws {
+        let requeued = try await connection.run { [self] c -> Bool in
+            let mine = self.state.withLock { s in s.generation == generation && !s.closed && s.held.remove(tag) != nil }
+            guard mine, c.generation == generation else { return false }
+            try c.nack(Self.channel, tag: tag, requeue: true)
+            return true
+        }
+        if !requeued { throw notHeld }
+    }
+
     /// Publishes copies (same attempt) of prefetched deliveries nobody took, then acks them.
     private func handBackBuffered() async {
         let leftovers = state.withLock { s -> [Buffered] in
@@ -418,19 +434,40 @@ struct RabbitQueueSettler: DeliverySettler {
         copy.headers[HeaderName.firstFailureAt] = ISO8601.format(firstFailureAt)
         let routingKey = delay > .milliseconds(0)
             ? try await consumer.broker.waitQueue(for: delay, full: consumer.full, user: consumer.queue) : consumer.full
-        try await consumer.replace(tag, generation: generation, with: copy, kept: kept, routingKey: routingKey)
+        do {
+            try await consumer.replace(tag, generation: generation, with: copy, kept: kept, routingKey: routingKey)
+        } catch let error as BrokerError where error.code == .unknownDestination && routingKey != consumer.full {
+            // The wait queue was deleted since this process declared it: declare it again, once.
+            consumer.broker.admin.forgetWaitQueue(routingKey)
+            let again = try await consumer.broker.waitQueue(for: delay, full: consumer.full, user: consumer.queue)
+            try await consumer.replace(tag, generation: generation, with: copy, kept: kept, routingKey: again)
+        }
     }
 
     func deadLetter(_ envelope: DeadLetterEnvelope) async throws {
         try consumer.checkHeld(tag, generation: generation)
-        let dlq = try await consumer.broker.admin.ensureDLQ(consumer.full, user: consumer.queue)
-        try await consumer.replace(tag, generation: generation, with: envelope.message, kept: kept, routingKey: dlq)
+        let admin = consumer.broker.admin
+        let dlq = try await admin.ensureDLQ(consumer.full, user: consumer.queue)
+        do {
+            try await consumer.replace(tag, generation: generation, with: envelope.message, kept: kept, routingKey: dlq)
+        } catch let error as BrokerError where error.code == .unknownDestination {
+            // The DLQ was deleted since this process declared it: declare it again, once.
+            admin.forgetDLQ(consumer.full)
+            let again = try await admin.ensureDLQ(consumer.full, user: consumer.queue)
+            try await consumer.replace(tag, generation: generation, with: envelope.message, kept: kept, routingKey: again)
+        }
     }
 
+    /// A copy with the same attempt; if the copy cannot be published, the broker requeues the
+    /// delivery itself (`basic.nack`), which counts a redelivery but strands nothing.
     func release() async throws {
         var copy = message
         copy.headers[HeaderName.attempt] = String(attempt)
         if let firstFailureAt { copy.headers[HeaderName.firstFailureAt] = ISO8601.format(firstFailureAt) }
-        try await consumer.replace(tag, generation: generation, with: copy, kept: kept, routingKey: consumer.full)
+        do {
+            try await consumer.replace(tag, generation: generation, with: copy, kept: kept, routingKey: consumer.full)
+        } catch {
+            try await consumer.requeue(tag, generation: generation)
+        }
     }
 }

@@ -131,7 +131,9 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
             s.stored = stored
             s.acked = []
             s.retry = nil
-            if first {
+            // A seek applies only to a group without a stored position: a standby taking
+            // over, or a member restarting, never rewinds the group (issue 22, item 10).
+            if first && stored == nil {
                 switch options.start {
                 case .position(let position):
                     let offset = max(0, position.numericOffset ?? 0)
@@ -140,7 +142,7 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
                 case .timestamp(let date):
                     s.committed = nil
                     s.skipBefore = date
-                    return .timestamp(UInt64(max(0, date.timeIntervalSince1970.rounded(.down) - 1)))
+                    return .timestamp(UInt64(min(max(0, date.timeIntervalSince1970.rounded(.down) - 1), 253_402_300_799)))
                 case .earliest, .latest:
                     break
                 }
@@ -162,7 +164,8 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         let name = RabbitAdmin.offsetsName(full, group: groupName)
         guard let message = try connection.get(Self.offsetChannel, queue: name, noAck: false) else { return nil }
         try connection.nack(Self.offsetChannel, tag: message.deliveryTag, requeue: true)
-        return Int64(String(decoding: message.body, as: UTF8.self))
+        // Any program can write to the queue: only a whole number ≥ 0 is a position.
+        return Int64(String(decoding: message.body, as: UTF8.self)).flatMap { $0 >= 0 ? $0 : nil }
     }
 
     private func lost() {

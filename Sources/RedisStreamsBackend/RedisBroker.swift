@@ -122,7 +122,7 @@ final class RedisBroker: Broker {
         let consumer = RedisConsumer(broker: self, destination: queue, key: key, mode: .queue(options))
         try await consumer.start()
         track(consumer)
-        return OwnedConsumer(consumer)
+        return OwnedConsumer(consumer, logger: logger)
     }
 
     func consumeStream(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer {
@@ -135,7 +135,7 @@ final class RedisBroker: Broker {
         let consumer = RedisConsumer(broker: self, destination: stream, key: key, mode: .stream(group: group, options))
         try await consumer.start()
         track(consumer)
-        return OwnedConsumer(consumer)
+        return OwnedConsumer(consumer, logger: logger)
     }
 
     private func track(_ consumer: any MessageConsumer & AnyObject) {

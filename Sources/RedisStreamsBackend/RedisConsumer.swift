@@ -35,6 +35,9 @@ final class RedisConsumer: MessageConsumer, Sendable {
         var flushing = false
         /// Callers of ``RedisConsumer/acksSent()`` waiting for the flush to finish.
         var flushWaiters: [CheckedContinuation<Void, Never>] = []
+        /// Stream deliveries fetched after an entry that waits for its in-place retry: taken
+        /// back from the buffer and handed out again after it, so order holds.
+        var heldBack: [Delivery] = []
     }
 
     let broker: RedisBroker
@@ -49,6 +52,9 @@ final class RedisConsumer: MessageConsumer, Sendable {
     private let loopTask = Mutex<Task<Void, Never>?>(nil)
     /// The destination's message counters, looked up once (see `DeliveryObserver`).
     let metrics: DeliveryObserver.Destination
+    /// Failures of the fetch loop and of moving due entries, logged with backoff.
+    let loopFailures: FailureLog
+    let moveFailures: FailureLog
 
     init(broker: RedisBroker, destination: String, key: String, mode: Mode) {
         self.broker = broker
@@ -58,6 +64,8 @@ final class RedisConsumer: MessageConsumer, Sendable {
         self.mode = mode
         self.name = RedisBroker.consumerName()
         self.client = broker.makeClient(name: "consumer-\(destination)")
+        loopFailures = FailureLog(logger: broker.logger, what: "redis consumer of '\(destination)'")
+        moveFailures = FailureLog(logger: broker.logger, what: "redis: moving due retries of '\(destination)'", level: .error)
     }
 
     var group: String {
@@ -106,15 +114,23 @@ final class RedisConsumer: MessageConsumer, Sendable {
 
     // MARK: - Loop
 
+    /// How often the leases of held entries are renewed: a third of the lease, so that two
+    /// renewals can be late before another consumer may claim them.
+    var renewInterval: Duration { max(.milliseconds(50), lease / 3) }
+
     private func loop() async {
         var lastClaim = ContinuousClock.now - .seconds(3600)
         var lastMove = ContinuousClock.now - .seconds(3600)
+        var lastRenew = ContinuousClock.now
         var nextDue: Date?
-        var failures = 0
         // Refill in batches: wait until half the prefetch window is free, unless the app has
         // nothing buffered (then any free slot is worth a read).
         let refillAt = max(1, prefetch / 2)
         while !Task.isCancelled {
+            if ContinuousClock.now - lastRenew >= renewInterval {
+                lastRenew = ContinuousClock.now
+                await renewLeases()
+            }
             let (capacity, holding, closed) = state.withLock { ($0.closed ? 0 : prefetch - $0.outstanding, $0.pendingRetries > 0, $0.closed) }
             if closed { return }
             if capacity <= 0 || holding || (capacity < refillAt && buffer.count > 0) {
@@ -132,7 +148,7 @@ final class RedisConsumer: MessageConsumer, Sendable {
                 }
                 var block = broker.settings.consumerBlock
                 if let nextDue {
-                    let untilDue = Duration.interval(max(0.001, nextDue.timeIntervalSinceNow))
+                    let untilDue = Duration.interval(min(3600, max(0.001, nextDue.timeIntervalSinceNow)))
                     block = min(block, untilDue)
                 }
                 let blockMillis = max(1, Int(block.timeInterval * 1000))
@@ -142,8 +158,9 @@ final class RedisConsumer: MessageConsumer, Sendable {
                 if moveDue {
                     lastMove = ContinuousClock.now
                     commands.append([
-                        "EVAL", RedisArgument(RedisScripts.moveDue), "3", RedisArgument(key), RedisArgument(key + ":retry"),
-                        RedisArgument(key + ":delay"), RedisArgument(Int64(Date().timeIntervalSince1970 * 1000)), "100",
+                        "EVAL", RedisArgument(RedisScripts.moveDue), "4", RedisArgument(key), RedisArgument(key + ":retry"),
+                        RedisArgument(key + ":delay"), RedisArgument(key + ":dlq"), RedisArgument(Int64(Date().timeIntervalSince1970 * 1000)),
+                        "100", RedisArgument(destination),
                     ])
                 }
                 commands.append([
@@ -151,11 +168,17 @@ final class RedisConsumer: MessageConsumer, Sendable {
                     "BLOCK", RedisArgument(blockMillis), "STREAMS", RedisArgument(key), ">",
                 ])
                 let replies = try await client.pipeline(commands, socketTimeout: block + broker.settings.operationTimeout)
-                if moveDue, let moved = replies[0].array, moved.count == 2 {
+                if moveDue, let moved = replies[0].array, moved.count == 3 {
                     let due = Double(moved[1].text ?? "-1") ?? -1
-                    nextDue = due < 0 ? nil : Date(timeIntervalSince1970: due / 1000)
+                    // A score is any double another program chose: only a finite one counts.
+                    nextDue = due < 0 || !due.isFinite ? nil : Date(timeIntervalSince1970: min(due, 1e15) / 1000)
+                    if let dead = moved[2].integer, dead > 0 {
+                        broker.logger.warning(
+                            "redis: \(dead) unusable members of '\(key):retry' / '\(key):delay' moved to '\(key):dlq' (see their x-brokerkit-last-error)")
+                    }
+                    moveFailures.succeeded()
                 } else if moveDue, let error = replies[0].errorText {
-                    broker.logger.error("redis: moving due retries of '\(destination)' failed: \(error)")
+                    moveFailures.failed(error)
                 }
                 let read = replies[replies.count - 1]
                 if let error = read.errorText {
@@ -165,23 +188,25 @@ final class RedisConsumer: MessageConsumer, Sendable {
                     }
                     throw RedisClient.map(.server(error), server: broker.settings.server, destination: destination)
                 }
-                failures = 0
+                loopFailures.succeeded()
                 guard let streams = read.array, let first = streams.first?.array, first.count == 2 else { continue }
                 let (entries, deleted) = RedisFieldLayout.entries(first[1])
                 if !deleted.isEmpty { try await acknowledgeDeleted(deleted) }
                 deliver(entries.map { ($0, 1) })
             } catch {
                 if Task.isCancelled || state.withLock({ $0.closed }) { return }
-                failures += 1
-                broker.logger.warning("redis consumer of '\(destination)': \(error); retrying")
-                try? await Task.sleep(for: .milliseconds(min(1000, 50 * (1 << min(failures, 5)))))
+                try? await Task.sleep(for: min(.seconds(1), loopFailures.failed("\(error); retrying")))
             }
         }
     }
 
-    /// Hands entries to the app; `deliveryCount` is Redis's count for the entry.
+    /// Hands entries to the app; `deliveryCount` is Redis's count for the entry (any
+    /// number: `XCLAIM … RETRYCOUNT` sets it), so the sum is bounded, never trapping.
     func deliver(_ entries: [(RedisFieldLayout.Entry, Int)]) {
-        hand(entries.map { entry, deliveryCount in Held(entry: entry, attempt: entry.attempt + max(0, deliveryCount - 1)) })
+        hand(entries.map { entry, deliveryCount in
+            let redeliveries = min(max(0, deliveryCount - 1), Delivery.maxAttempt)
+            return Held(entry: entry, attempt: min(entry.attempt + redeliveries, Delivery.maxAttempt))
+        })
     }
 
     func push(_ held: Held) { hand([held]) }
@@ -189,17 +214,20 @@ final class RedisConsumer: MessageConsumer, Sendable {
     /// Counts `held` as outstanding and buffers them for the app, under one lock for the whole
     /// read (while closing they are kept aside to be given back).
     private func hand(_ held: [Held]) {
-        let accepted = state.withLock { s -> Bool in
+        let fresh = state.withLock { s -> [Held]? in
             guard !s.closed else {
                 s.late.append(contentsOf: held)
-                return false
+                return nil
             }
-            s.outstanding += held.count
-            for item in held { s.unsettled[item.entry.entryID] = item }
-            return true
+            // An entry this consumer already holds is not handed out twice (it would take a
+            // second slot that no settlement returns).
+            let fresh = held.filter { s.unsettled[$0.entry.entryID] == nil }
+            s.outstanding += fresh.count
+            for item in fresh { s.unsettled[item.entry.entryID] = item }
+            return fresh
         }
-        guard accepted else { return }
-        for delivery in buffer.push(contentsOf: held.map(makeDelivery)) {
+        guard let fresh, !fresh.isEmpty else { return }
+        for delivery in buffer.push(contentsOf: fresh.map(makeDelivery)) {
             if let id = delivery.position?.offset { settled(id) }
         }
     }
@@ -209,7 +237,28 @@ final class RedisConsumer: MessageConsumer, Sendable {
         return Delivery(
             message: entry.message, destination: destination, group: isQueue ? nil : group, attempt: held.attempt,
             firstFailureAt: entry.firstFailureAt, position: Position(partition: 0, offset: entry.entryID),
-            retryPolicy: retryPolicy, backend: "redis", settler: RedisSettler(consumer: self, held: held), metrics: metrics)
+            retryPolicy: retryPolicy, backend: "redis", settler: RedisSettler(consumer: self, held: held), metrics: metrics,
+            defect: entry.defect)
+    }
+
+    /// Renews the lease of every entry this consumer holds (buffered or with the app), so a
+    /// live consumer's entries are never claimed by another however long a handler runs,
+    /// while a dead consumer's come back within one lease (issue 22, item 13).
+    private func renewLeases() async {
+        let ids = state.withLock { Array($0.unsettled.keys) }
+        guard !ids.isEmpty else { return }
+        do {
+            let reply = try await client.send(
+                ["EVAL", RedisArgument(RedisScripts.renew), "1", RedisArgument(key), RedisArgument(group), RedisArgument(name)]
+                    + ids.map { RedisArgument($0) })
+            if let error = reply.errorText { throw RedisClient.map(.server(error), server: broker.settings.server, destination: destination) }
+            let lost = (reply.array ?? []).compactMap(\.text)
+            if !lost.isEmpty {
+                broker.logger.debug("redis consumer of '\(destination)': \(lost.count) held entries are no longer ours (claimed after a missed renewal, or settled)")
+            }
+        } catch {
+            loopFailures.failed("renewing leases failed: \(error)")
+        }
     }
 
     /// Called when a delivery was settled (or given back): frees a prefetch slot. The fetch
@@ -246,6 +295,8 @@ final class RedisConsumer: MessageConsumer, Sendable {
         let unsettled = state.withLock { s -> [Held] in
             let held = Array(s.unsettled.values) + s.late
             buffered.formUnion(s.late.map(\.entry.entryID))
+            buffered.formUnion(s.heldBack.compactMap { $0.position?.offset })
+            s.heldBack = []
             s.late = []
             s.unsettled = [:]
             s.outstanding = 0
@@ -268,9 +319,12 @@ struct RedisSettler: DeliverySettler {
     let consumer: RedisConsumer
     let held: RedisConsumer.Held
 
+    // A step that throws keeps the entry held: `Delivery` then releases it, which gives it
+    // back and frees its slot (issue 22, item 7).
+
     func ack() async throws {
-        defer { consumer.settled(held.entry.entryID) }
         try await consumer.ackEntry(held)
+        consumer.settled(held.entry.entryID)
     }
 
     func retry(after delay: Duration, nextAttempt: Int, firstFailureAt: Date, lastError: String) async throws {
@@ -278,8 +332,8 @@ struct RedisSettler: DeliverySettler {
     }
 
     func deadLetter(_ envelope: DeadLetterEnvelope) async throws {
-        defer { consumer.settled(held.entry.entryID) }
         try await consumer.deadLetterEntry(held, envelope: envelope)
+        consumer.settled(held.entry.entryID)
     }
 
     func release() async throws {

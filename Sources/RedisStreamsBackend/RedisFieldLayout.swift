@@ -13,6 +13,11 @@ import Foundation
 /// | `ff` | first failure, milliseconds since 1970 | no |
 /// | `h:<name>` | one header | no |
 /// | `payload` | the payload bytes, unchanged | yes (empty if missing) |
+///
+/// Entries are untrusted input (other programs write to the same keys). An entry whose
+/// `attempt`, `ts` or `ff` is not a whole number in range, whose `id`, `key` or a header is
+/// not valid UTF-8, or that has more headers than ``PublishValidation/maxHeaderCount`` is
+/// read with a ``Delivery/defect`` naming the field, and is dead-lettered before the app sees it.
 enum RedisFieldLayout {
     /// `after` comes first (a command such as `XADD key *`): the whole command is built in
     /// one array, sized once (this runs once per published message).
@@ -40,7 +45,12 @@ enum RedisFieldLayout {
         let message: Message
         let attempt: Int
         let firstFailureAt: Date?
+        /// Why BrokerKit cannot use the entry (see the type's note), or `nil`.
+        var defect: String? = nil
     }
+
+    /// Milliseconds since 1970 that are a date BrokerKit can use (year 1970 to 9999).
+    static let millisRange: ClosedRange<Int64> = 0...253_402_300_799_999
 
     /// Collects one entry's fields. Names are compared as bytes and numbers parsed from
     /// bytes: this runs once per consumed message (straight from hiredis's reply for
@@ -53,23 +63,63 @@ enum RedisFieldLayout {
         var firstFailure: Date?
         var headers: [String: String] = [:]
         var payload = Data()
+        /// The first thing wrong with the entry.
+        var defect: String?
+
+        private mutating func note(_ what: String) {
+            if defect == nil { defect = what }
+        }
+
+        /// `value` as text; a defect naming `field` if it is not valid UTF-8.
+        private mutating func text(_ value: UnsafeRawBufferPointer, field: @autoclosure () -> String) -> String {
+            if let text = String(validating: value, as: UTF8.self) { return text }
+            note("field '\(field())' is not valid UTF-8")
+            return String(decoding: value, as: UTF8.self)
+        }
+
+        /// A date in milliseconds; a defect naming `field` if it is not one.
+        private mutating func millis(_ value: UnsafeRawBufferPointer, field: String) -> Date? {
+            guard let ms = Self.integer(value), RedisFieldLayout.millisRange.contains(ms) else {
+                note("field '\(field)' is '\(Self.shown(value))', not milliseconds since 1970 (0 to \(RedisFieldLayout.millisRange.upperBound))")
+                return nil
+            }
+            return Date(timeIntervalSince1970: Double(ms) / 1000)
+        }
 
         mutating func add(name: UnsafeRawBufferPointer, value: UnsafeRawBufferPointer) {
             if Self.equals(name, "payload") {
                 payload = Data(value)
             } else if Self.equals(name, "id") {
-                id = String(decoding: value, as: UTF8.self)
+                id = text(value, field: "id")
             } else if Self.equals(name, "key") {
-                key = String(decoding: value, as: UTF8.self)
+                key = text(value, field: "key")
             } else if Self.equals(name, "ts") {
-                timestamp = Self.integer(value).map { Date(timeIntervalSince1970: Double($0) / 1000) }
+                timestamp = millis(value, field: "ts")
             } else if Self.equals(name, "attempt") {
-                attempt = max(1, Int(Self.integer(value) ?? 1))
+                if let n = Self.integer(value), n >= 1, n <= Int64(Delivery.maxAttempt) {
+                    attempt = Int(n)
+                } else {
+                    note("field 'attempt' is '\(Self.shown(value))', not a whole number from 1 to \(Delivery.maxAttempt)")
+                }
             } else if Self.equals(name, "ff") {
-                firstFailure = Self.integer(value).map { Date(timeIntervalSince1970: Double($0) / 1000) }
+                firstFailure = millis(value, field: "ff")
             } else if name.count > 2, name[0] == UInt8(ascii: "h"), name[1] == UInt8(ascii: ":") {
-                headers[String(decoding: UnsafeRawBufferPointer(rebasing: name[2...]), as: UTF8.self)] = String(decoding: value, as: UTF8.self)
+                // Past the limit the entry is a defect; the rest are not kept (its DLQ copy
+                // holds the first ones, so that writing it stays one bounded command), but for
+                // BrokerKit's own, which a DLQ entry's envelope needs.
+                let header = text(UnsafeRawBufferPointer(rebasing: name[2...]), field: "header name")
+                guard headers.count <= PublishValidation.maxHeaderCount || header.hasPrefix(HeaderName.reservedPrefix) else { return }
+                headers[header] = text(value, field: "h:\(header)")
+                if headers.count == PublishValidation.maxHeaderCount + 1 {
+                    note("more than \(PublishValidation.maxHeaderCount) headers")
+                }
             }
+        }
+
+        /// The first bytes of a bad value, for an error message.
+        static func shown(_ value: UnsafeRawBufferPointer) -> String {
+            let text = String(decoding: value.prefix(40), as: UTF8.self)
+            return value.count > 40 ? text + "…" : text
         }
 
         func entry(entryID: String) -> Entry {
@@ -78,27 +128,32 @@ enum RedisFieldLayout {
                 ?? entryID.utf8.firstIndex(of: UInt8(ascii: "-")).flatMap { Int64(entryID[..<$0]) }.map { Date(timeIntervalSince1970: Double($0) / 1000) }
                 ?? Date()
             let message = Message(id: id ?? entryID, key: key, payload: payload, headers: headers, timestamp: created)
-            return Entry(entryID: entryID, message: message, attempt: attempt, firstFailureAt: firstFailure)
+            return Entry(entryID: entryID, message: message, attempt: attempt, firstFailureAt: firstFailure, defect: defect)
         }
 
         private static func equals(_ bytes: UnsafeRawBufferPointer, _ name: StaticString) -> Bool {
             bytes.count == name.utf8CodeUnitCount && (bytes.count == 0 || memcmp(bytes.baseAddress!, name.utf8Start, bytes.count) == 0)
         }
 
-        /// A decimal integer, parsed without making a `String`.
+        /// A decimal integer, parsed without making a `String`; `nil` if it is not one or does
+        /// not fit in 64 bits (a value read from Redis can be anything: issue 22, item 1).
         static func integer(_ bytes: UnsafeRawBufferPointer) -> Int64? {
-            guard !bytes.isEmpty, bytes.count <= 19 else { return nil }
+            guard !bytes.isEmpty, bytes.count <= 20 else { return nil }
             var value: Int64 = 0
-            var negative = false
-            for (offset, byte) in bytes.enumerated() {
-                if offset == 0 && byte == UInt8(ascii: "-") && bytes.count > 1 {
-                    negative = true
-                    continue
-                }
+            let negative = bytes[0] == UInt8(ascii: "-")
+            if negative && bytes.count == 1 { return nil }
+            for byte in bytes.dropFirst(negative ? 1 : 0) {
                 guard byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9") else { return nil }
-                value = value * 10 + Int64(byte - UInt8(ascii: "0"))
+                let digit = Int64(byte - UInt8(ascii: "0"))
+                // Accumulated negatively, so that Int64.min parses too.
+                let (times10, o1) = value.multipliedReportingOverflow(by: 10)
+                let (next, o2) = times10.subtractingReportingOverflow(digit)
+                if o1 || o2 { return nil }
+                value = next
             }
-            return negative ? -value : value
+            if negative { return value }
+            let (positive, overflow) = value.multipliedReportingOverflow(by: -1)
+            return overflow ? nil : positive
         }
     }
 

@@ -50,6 +50,11 @@ extension RedisConsumer {
             }
             ids += (reply.array?.count ?? 0) > 1 ? (reply.array![1].array ?? []).compactMap(\.text) : []
         }
+        // XAUTOCLAIM ignores the owner: entries this consumer holds itself (buffered, or with
+        // a handler slower than the lease) come back too. Claiming them only renewed their
+        // lease; they are not delivered again (issue 22, item 6).
+        let held = state.withLock { Set($0.unsettled.keys) }
+        ids.removeAll { held.contains($0) }
         guard !ids.isEmpty else { return [] }
         // Fetch the entries and their delivery counts; claiming counts as a delivery.
         var commands: [[RedisArgument]] = []
@@ -62,7 +67,8 @@ extension RedisConsumer {
         var deleted: [String] = []
         for (index, id) in ids.enumerated() {
             let claimed = replies[index * 2]
-            let count = Int(replies[index * 2 + 1].array?.first?.array?[3].integer ?? 1)
+            let info = replies[index * 2 + 1].array?.first?.array
+            let count = Int((info?.count ?? 0) > 3 ? info?[3].integer ?? 1 : 1)
             if let item = claimed.array?.first, let entry = RedisFieldLayout.entry(from: item) {
                 result.append((entry, count))
             } else {
@@ -158,30 +164,34 @@ extension RedisConsumer {
             try await retryInPlace(held, after: delay, nextAttempt: nextAttempt, firstFailureAt: firstFailureAt)
             return
         }
-        defer { settled(entry.entryID) }
-        let due = Int64((Date().timeIntervalSince1970 + delay.timeInterval) * 1000)
+        let due = Int64((Date().timeIntervalSince1970 + min(delay.timeInterval, 10 * 365 * 86_400)) * 1000)
         let reply = try await broker.client.checked(
             ["EVAL", RedisArgument(RedisScripts.retry), "2", RedisArgument(key), RedisArgument(key + ":retry"), RedisArgument(group),
              RedisArgument(entry.entryID), RedisArgument(due)]
                 + RedisFieldLayout.fields(for: entry.message, attempt: nextAttempt, firstFailureAt: firstFailureAt),
             destination: destination)
         guard reply.integer == 1 else { throw noLongerHeld(held) }
+        settled(entry.entryID)
     }
 
     func deadLetterEntry(_ held: Held, envelope: DeadLetterEnvelope) async throws {
         var message = envelope.message
         if !isQueue { message.headers["x-brokerkit-group"] = group }
-        _ = try await broker.client.checked(
+        let reply = try await broker.client.checked(
             ["EVAL", RedisArgument(RedisScripts.deadLetter), "2", RedisArgument(key), RedisArgument(key + ":dlq"),
              RedisArgument(group), RedisArgument(held.entry.entryID), isQueue ? "1" : "0"]
                 + RedisFieldLayout.fields(for: message),
             destination: destination)
+        guard reply.integer == 1 else { throw noLongerHeld(held) }
     }
 
     func releaseEntry(_ held: Held) async throws {
         if isQueue {
             try await requeue(held, attempt: held.attempt, firstFailureAt: held.entry.firstFailureAt)
         } else {
+            // Only an entry this member holds: handing another member's to `__released`
+            // would take it away from that member.
+            guard state.withLock({ $0.unsettled[held.entry.entryID] != nil }) else { throw noLongerHeld(held) }
             try await handToReleased([held.entry.entryID])
         }
     }

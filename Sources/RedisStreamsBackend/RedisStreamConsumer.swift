@@ -3,57 +3,67 @@ import Foundation
 import Synchronization
 
 /// Stream-specific steps of ``RedisConsumer``: one Redis consumer group per BrokerKit group;
-/// start positions via XGROUP CREATE / SETID (entry ids are time-based, so a timestamp is an
-/// id); the committed position is the set of acknowledged entries; a nack retries in place
+/// start positions via XGROUP CREATE when the group is new (entry ids are time-based, so a
+/// timestamp is an id); the committed position is the set of acknowledged entries; a nack retries in place
 /// (the member reads nothing new until the retry is due, so order holds); entries a member
 /// gives back go to the pseudo-consumer `__released`, from which live members claim them.
 extension RedisConsumer {
+    /// Creates the group at its start position. Every start applies only when the group is
+    /// new: an existing group keeps its position, so a member that joins (or restarts) never
+    /// rewinds the others (issue 22, item 10). `initial` is false when the stream vanished
+    /// under a running member (then `.latest` reads everything the new stream gets).
     func prepareStreamGroup(_ start: StartPosition, initial: Bool) async throws {
+        let at: String
         switch start {
-        case .earliest, .position, .timestamp:
-            try await createGroup(at: "0")
+        case .earliest:
+            at = "0"
         case .latest:
-            try await createGroup(at: initial ? "$" : "0")
-        }
-        guard initial else { return }
-        var seekTo: String?
-        switch start {
+            at = initial ? "$" : "0"
         case .position(let position):
             let parts = position.offset.split(separator: "-")
-            guard parts.count == 2, UInt64(parts[0]) != nil, UInt64(parts[1]) != nil else {
+            guard parts.count == 2, UInt64(parts[0]) != nil, UInt64(parts[1]) != nil, let before = RedisFieldLayout.idBefore(position.offset) else {
                 throw BrokerError(
                     .invalidConfiguration, "position '\(position.offset)' is not a Redis entry id (milliseconds-sequence, e.g. 1700000000000-0)",
                     backend: "redis", destination: destination)
             }
-            seekTo = RedisFieldLayout.idBefore(position.offset)
+            at = before
         case .timestamp(let date):
-            seekTo = RedisFieldLayout.idBefore("\(max(0, Int64(date.timeIntervalSince1970 * 1000)))-0")
-        case .earliest, .latest:
-            seekTo = nil
+            let ms = Int64(min(max(0, date.timeIntervalSince1970 * 1000), Double(RedisFieldLayout.millisRange.upperBound)))
+            at = RedisFieldLayout.idBefore("\(ms)-0") ?? "0"
         }
-        if let seekTo {
-            _ = try await broker.client.checked(
-                ["XGROUP", "SETID", RedisArgument(key), RedisArgument(group), RedisArgument(seekTo)], destination: destination)
-        }
+        try await createGroup(at: at)  // BUSYGROUP: the group exists and keeps its position
     }
 
+    /// The entry waits `delay` and comes again; nothing new is read meanwhile, and the entries
+    /// already fetched but not handed out wait too, then come after it (issue 22, item 9:
+    /// with a deep prefetch the handler saw 1, 2…50, 1).
     func retryInPlace(_ held: Held, after delay: Duration, nextAttempt: Int, firstFailureAt: Date) async throws {
         let entry = held.entry
-        state.withLock { s in
-            if s.unsettled.removeValue(forKey: entry.entryID) != nil { s.outstanding -= 1 }
+        let mine = state.withLock { s -> Bool in
+            guard !s.closed, s.unsettled.removeValue(forKey: entry.entryID) != nil else { return false }
+            s.outstanding -= 1
             s.pendingRetries += 1
+            return true
         }
+        guard mine else { throw noLongerHeld(held) }
+        let later = buffer.takeAll()
+        state.withLock { $0.heldBack.append(contentsOf: later) }
         let again = Held(
             entry: RedisFieldLayout.Entry(entryID: entry.entryID, message: entry.message, attempt: entry.attempt, firstFailureAt: firstFailureAt),
             attempt: nextAttempt)
         Task { [self] in
             try? await Task.sleep(for: delay)
-            let open = state.withLock { s -> Bool in
+            let (open, resume) = state.withLock { s -> (Bool, [Delivery]) in
                 s.pendingRetries -= 1
-                return !s.closed
+                guard !s.closed, s.pendingRetries == 0 else { return (!s.closed, []) }
+                defer { s.heldBack = [] }
+                return (true, s.heldBack)
             }
             if open {
                 push(again)
+                for delivery in buffer.push(contentsOf: resume) {
+                    if let id = delivery.position?.offset { settled(id) }
+                }
             } else {
                 try? await handToReleased([entry.entryID])
             }

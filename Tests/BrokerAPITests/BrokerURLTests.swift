@@ -60,4 +60,51 @@ struct BrokerURLTests {
             #expect("\(error)".contains("user:***@"))
         }
     }
+
+    /// Issue 22, item 4: passwords with an unencoded `/`, `?` or `@` were split into host,
+    /// path or query and printed whole in errors and descriptions.
+    @Test(arguments: [
+        ("amqp://app:ab/cd@127.0.0.1:1/", "app", "ab/cd", "127.0.0.1:1", ""),
+        ("redis://:se?cret@127.0.0.1:6390/0", nil, "se?cret", "127.0.0.1:6390", "0"),
+        ("amqp://app:p@ss@localhost:5672/v", "app", "p@ss", "localhost:5672", "v"),
+        ("redis://:a/b?c@localhost:6379", nil, "a/b?c", "localhost:6379", ""),
+    ] as [(String, String?, String, String, String)])
+    func passwordsWithDelimitersStayPasswords(input: String, user: String?, password: String, host: String, path: String) throws {
+        let url = try BrokerURL(input)
+        #expect(url.user == user)
+        #expect(url.password == password)
+        #expect(url.hosts.map(\.description) == [host])
+        #expect(url.path == path)
+        #expect(!url.description.contains(password), "\(url)")
+        #expect(!BrokerURL.redact(input).contains(password), "\(BrokerURL.redact(input))")
+    }
+
+    @Test func atSignsInTheQueryAreNotUserInfo() throws {
+        let url = try BrokerURL("kafka://h:9092?sasl.username=alice@corp")
+        #expect(url.user == nil && url.password == nil)
+        #expect(url.hosts.map(\.description) == ["h:9092"])
+        #expect(url.query.first?.value == "alice@corp")
+    }
+
+    /// A URL that does not parse is redacted conservatively: no part of what could be the
+    /// password shows, even when the parser read it as a port, host or option.
+    @Test(arguments: [
+        ("amqp://app:ab/cd@127.0.0.1:notaport/", ["ab", "cd"]),
+        ("redis://:se?cret@bad host/0", ["se", "cret"]),
+        ("amqp://app:topsecret@h:99999/", ["topsecret"]),
+        ("kafka://u:x/y?z@h,,k", ["x/y", "z@"]),
+        ("kafka://h:bad?sasl.password=hunter2&rdkafka.ssl.key.pem=PEMDATA", ["hunter2", "PEMDATA"]),
+    ])
+    func unparsableURLsNeverShowThePassword(input: String, secretParts: [String]) {
+        do {
+            _ = try BrokerURL(input)
+            Issue.record("'\(input)' parsed")
+        } catch {
+            let text = "\(error)"
+            for part in secretParts {
+                #expect(!text.contains(part), "\(text) shows '\(part)'")
+            }
+            #expect(text.contains("***"), "\(text)")
+        }
+    }
 }

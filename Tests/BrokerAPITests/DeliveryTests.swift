@@ -1,4 +1,5 @@
 import BrokerAPI
+import BrokerConformance
 import Logging
 import Foundation
 import Synchronization
@@ -31,7 +32,7 @@ struct DeliveryTests {
             _ = try await broker.publish([Message(text: "fine", headers: ["a": "1"]), bad], to: "headers")
             Issue.record("a message with an empty header name was published")
         } catch let error as BrokerError {
-            #expect(error.code == .invalidConfiguration && error.message.contains(bad.id) && error.message.contains("empty header name"), "\(error)")
+            #expect(error.code == .invalidMessage && error.message.contains(bad.id) && error.message.contains("empty header name"), "\(error)")
         }
         let consumer = try await broker.consumeQueue("headers")
         #expect(try await consumer.next(timeout: .milliseconds(200)) == nil, "part of a refused batch was sent")
@@ -105,28 +106,6 @@ struct DeliveryTests {
         #expect(next.message.text == "1")
         await consumer.close()
         await broker.close()
-    }
-}
-
-/// Log lines a test can read back.
-final class CapturedLog: Sendable {
-    let lines = Mutex<[(level: Logger.Level, message: String)]>([])
-
-    var logger: Logger {
-        Logger(label: "test") { _ in CapturingHandler(log: self) }
-    }
-
-    struct CapturingHandler: LogHandler {
-        let log: CapturedLog
-        var metadata: Logger.Metadata = [:]
-        var logLevel: Logger.Level = .trace
-        subscript(metadataKey key: String) -> Logger.Metadata.Value? {
-            get { metadata[key] }
-            set { metadata[key] = newValue }
-        }
-        func log(event: LogEvent) {
-            log.lines.withLock { $0.append((event.level, "\(event.message)")) }
-        }
     }
 }
 

@@ -11,10 +11,10 @@ struct RabbitConformanceTests {
         try await RabbitTestSupport.runCase(testCase)
     }
 
-    @Test("amqp skips only cases needing consumer groups or replay by receipt position")
+    @Test("amqp skips only cases needing consumer groups, replay by receipt position or per-consumer leases")
     func skipped() {
         let skipped = ConformanceSuite.skipped(for: RabbitBackend().capabilities)
         for entry in skipped { print("amqp skips \(entry.name): needs [\(entry.missing)]") }
-        #expect(skipped.allSatisfy { $0.missing.isSubset(of: [.consumerGroups, .replay]) })
+        #expect(skipped.allSatisfy { $0.missing.isSubset(of: [.consumerGroups, .replay, .leaseExpiry]) })
     }
 }

@@ -97,7 +97,7 @@ public struct BrokerOption: Sendable, Hashable {
     /// Names that hold secrets: anything with password, secret, token or key material.
     public static func looksSecret(_ name: String) -> Bool {
         let lower = name.lowercased()
-        return ["password", "secret", "token", "passwd", "sasl.password", "key.password"].contains { lower.contains($0) }
+        return ["password", "secret", "token", "passwd", "sasl.password", "key.password", "key.pem", "private.key", "credential"].contains { lower.contains($0) }
     }
 
     /// Options every backend understands.

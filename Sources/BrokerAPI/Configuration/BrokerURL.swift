@@ -36,7 +36,7 @@ public struct BrokerURL: Sendable, Hashable, CustomStringConvertible {
     /// what is wrong (the password is never echoed).
     public init(_ string: String) throws {
         func fail(_ why: String) -> BrokerError {
-            .invalidConfiguration("invalid broker URL '\(BrokerURL.redact(string))': \(why)")
+            .invalidConfiguration("invalid broker URL '\(BrokerURL.redact(string))': \(BrokerURL.scrub(why, of: string))")
         }
         let trimmed = string.trimmingWhitespace()
         guard let schemeEnd = trimmed.range(of: "://") else {
@@ -48,26 +48,11 @@ public struct BrokerURL: Sendable, Hashable, CustomStringConvertible {
         else { throw fail("scheme '\(scheme)' is not a valid URL scheme") }
         var rest = Substring(trimmed[schemeEnd.upperBound...])
 
-        var queryItems: [QueryItem] = []
-        if let q = rest.firstIndex(of: "?") {
-            let queryText = rest[rest.index(after: q)...]
-            rest = rest[..<q]
-            for pair in queryText.split(separator: "&", omittingEmptySubsequences: true) {
-                let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                let key = BrokerURL.percentDecode(String(parts[0]))
-                guard !key.isEmpty else { throw fail("empty option name in query") }
-                guard parts.count == 2 else { throw fail("option '\(key)' has no value (write \(key)=value)") }
-                queryItems.append(QueryItem(key: key, value: BrokerURL.percentDecode(String(parts[1]))))
-            }
-        }
-        var path = ""
-        if let slash = rest.firstIndex(of: "/") {
-            path = BrokerURL.percentDecode(String(rest[rest.index(after: slash)...]))
-            rest = rest[..<slash]
-        }
+        // The user info first: a password may hold `/`, `?` or `@` that its owner did not
+        // percent-encode, and must never end up in the host, path or query (and so in an error).
         var user: String?
         var password: String?
-        if let at = rest.lastIndex(of: "@") {
+        if let at = BrokerURL.userInfoEnd(in: rest) {
             let userInfo = rest[..<at]
             rest = rest[rest.index(after: at)...]
             if let colon = userInfo.firstIndex(of: ":") {
@@ -77,6 +62,24 @@ public struct BrokerURL: Sendable, Hashable, CustomStringConvertible {
                 user = BrokerURL.percentDecode(String(userInfo))
             }
             if user?.isEmpty == true { user = nil }
+        }
+
+        var queryItems: [QueryItem] = []
+        if let q = rest.firstIndex(of: "?") {
+            let queryText = rest[rest.index(after: q)...]
+            rest = rest[..<q]
+            for pair in queryText.split(separator: "&", omittingEmptySubsequences: true) {
+                let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                let key = BrokerURL.percentDecode(String(parts[0]))
+                guard !key.isEmpty else { throw fail("empty option name in query") }
+                guard parts.count == 2 else { throw fail("option '\(key)' has no value (write option=value)") }
+                queryItems.append(QueryItem(key: key, value: BrokerURL.percentDecode(String(parts[1]))))
+            }
+        }
+        var path = ""
+        if let slash = rest.firstIndex(of: "/") {
+            path = BrokerURL.percentDecode(String(rest[rest.index(after: slash)...]))
+            rest = rest[..<slash]
         }
         var hosts: [Host] = []
         for hostText in rest.split(separator: ",", omittingEmptySubsequences: false) {
@@ -114,7 +117,7 @@ public struct BrokerURL: Sendable, Hashable, CustomStringConvertible {
     private static func port(_ text: String, in url: String) throws -> Int {
         guard let port = Int(text), (1...65535).contains(port) else {
             throw BrokerError.invalidConfiguration(
-                "invalid broker URL '\(redact(url))': port '\(text)' is not a number from 1 to 65535")
+                "invalid broker URL '\(redact(url))': " + scrub("port '\(text)' is not a number from 1 to 65535", of: url))
         }
         return port
     }
@@ -143,14 +146,88 @@ public struct BrokerURL: Sendable, Hashable, CustomStringConvertible {
     public var description: String { redacted }
 
     /// Redacts the password of a URL string that may not even parse.
+    ///
+    /// Conservative where the URL is ambiguous: everything from the first `:` after the user
+    /// name up to the last `@` of the whole string is hidden, so that a password holding an
+    /// unencoded `/`, `?` or `@` never shows, whatever the parser made of it.
     public static func redact(_ string: String) -> String {
-        guard let schemeEnd = string.range(of: "://") else { return string }
+        var text = string
+        if let secret = secretRange(in: text) {
+            text = String(text[..<secret.lowerBound]) + "***" + text[secret.upperBound...]
+        }
+        return redactQuery(text)
+    }
+
+    /// Hides the values of query options whose names look secret (`sasl.password=…`).
+    private static func redactQuery(_ text: String) -> String {
+        guard let q = text.firstIndex(of: "?") else { return text }
+        let pairs = text[text.index(after: q)...].split(separator: "&", omittingEmptySubsequences: false).map { pair -> String in
+            guard let eq = pair.firstIndex(of: "="), BrokerOption.looksSecret(percentDecode(String(pair[..<eq]))) else { return String(pair) }
+            return String(pair[..<eq]) + "=***"
+        }
+        return String(text[..<q]) + "?" + pairs.joined(separator: "&")
+    }
+
+    /// Where a password may stand in `string`: after the first `:` of the text before the
+    /// last `@` (scheme excluded), up to that `@`. `nil` when there is no `@` or no `:` before it.
+    static func secretRange(in string: String) -> Range<String.Index>? {
+        guard let schemeEnd = string.range(of: "://") else { return nil }
         let rest = string[schemeEnd.upperBound...]
-        let hostEnd = rest.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? rest.endIndex
-        guard let at = rest[..<hostEnd].lastIndex(of: "@") else { return string }
-        let userInfo = rest[..<at]
-        guard let colon = userInfo.firstIndex(of: ":") else { return string }
-        return String(string[..<schemeEnd.upperBound]) + userInfo[..<colon] + ":***" + rest[at...]
+        guard let at = rest.lastIndex(of: "@"), let colon = rest[..<at].firstIndex(of: ":") else { return nil }
+        let start = rest.index(after: colon)
+        return start < at ? start..<at : nil
+    }
+
+    /// `text` (a parser's complaint quoting parts of `url` between `'`) with every quoted
+    /// part that overlaps the possible password region replaced by `***`: a complaint about a
+    /// "port", "host" or "option" that is really a piece of a password must not print it.
+    static func scrub(_ text: String, of url: String) -> String {
+        guard let secret = secretRange(in: url) else { return text }
+        func overlapsSecret(_ piece: Substring) -> Bool {
+            var from = url.startIndex
+            while let found = url[from...].range(of: piece) {
+                if found.lowerBound < secret.upperBound && secret.lowerBound < found.upperBound { return true }
+                from = url.index(after: found.lowerBound)
+            }
+            return false
+        }
+        var parts = text.split(separator: "'", omittingEmptySubsequences: false)
+        // Odd indices are the quoted pieces.
+        for index in parts.indices where index % 2 == 1 && index < parts.count - 1 && !parts[index].isEmpty {
+            if overlapsSecret(parts[index]) { parts[index] = "***" }
+        }
+        return parts.joined(separator: "'")
+    }
+
+    /// The `@` that ends the user info of `rest` (the URL after `scheme://`), if any.
+    ///
+    /// Passwords are often written without percent-encoding. An `@` before the first `/` or `?`
+    /// is the standard case (the last such one, so `p@ss` works). Failing that, an `@` before
+    /// the query still ends the user info (`app:ab/cd@host`: a password with `/`; a vhost with
+    /// an `@` and no credentials is rarer). An `@` only in the query ends the user info only
+    /// when the text before the `?` cannot be a host list (`:se?cret@host`), so that
+    /// `kafka://h:9092?sasl.username=a@b` keeps its query.
+    static func userInfoEnd(in rest: Substring) -> Substring.Index? {
+        let query = rest.firstIndex(of: "?") ?? rest.endIndex
+        let authorityEnd = rest[..<query].firstIndex(of: "/") ?? query
+        if let at = rest[..<authorityEnd].lastIndex(of: "@") { return at }
+        if let at = rest[..<query].lastIndex(of: "@") { return at }
+        guard let at = rest[query...].lastIndex(of: "@") else { return nil }
+        let hostPart = rest[..<authorityEnd]
+        let afterAt = rest[rest.index(after: at)...]
+        let afterAtHosts = afterAt[..<(afterAt.firstIndex(where: { $0 == "/" || $0 == "?" }) ?? afterAt.endIndex)]
+        return !looksLikeHostList(hostPart) && looksLikeHostList(afterAtHosts) ? at : nil
+    }
+
+    private static func looksLikeHostList(_ text: Substring) -> Bool {
+        text.split(separator: ",", omittingEmptySubsequences: false).allSatisfy { host in
+            var name = host
+            if let colon = host.lastIndex(of: ":"), !host.hasPrefix("[") {
+                guard let port = Int(host[host.index(after: colon)...]), (1...65535).contains(port) else { return false }
+                name = host[..<colon]
+            }
+            return !name.isEmpty && name.allSatisfy { $0.isLetter || $0.isNumber || "._-[]:%".contains($0) }
+        }
     }
 
     static func percentDecode(_ text: String) -> String {

@@ -20,6 +20,7 @@ public struct BrokerError: Error, Sendable, Hashable, CustomStringConvertible {
             case invalidDestination = "invalid_destination"
             case wrongDestinationKind = "wrong_destination_kind"
             case messageTooLarge = "message_too_large"
+            case invalidMessage = "invalid_message"
             case decodingFailed = "decoding_failed"
             case closed
             case alreadySettled = "already_settled"
@@ -48,6 +49,9 @@ public struct BrokerError: Error, Sendable, Hashable, CustomStringConvertible {
         public static let wrongDestinationKind = Code(backing: .wrongDestinationKind)
         /// The message exceeds the backend's maximum size.
         public static let messageTooLarge = Code(backing: .messageTooLarge)
+        /// A message an app tried to publish breaks a rule: a reserved or empty header name, too
+        /// many headers, or headers too large. Nothing was sent.
+        public static let invalidMessage = Code(backing: .invalidMessage)
         /// A payload could not be decoded.
         public static let decodingFailed = Code(backing: .decodingFailed)
         /// The broker, consumer or publisher was closed.

@@ -19,6 +19,11 @@ public protocol DeliverySettler: Sendable {
 /// Settle every delivery exactly once: ``ack()``, ``nack(error:delay:)``, ``deadLetter(reason:)``
 /// or ``release()``. A second settlement throws ``BrokerError/Code/alreadySettled``.
 ///
+/// - Important: A step that does not reach the broker (the retry copy or the dead letter
+///   could not be written, the connection dropped) throws, and the delivery is given back
+///   for redelivery (``release()``) so that it is neither lost nor left holding a prefetch
+///   slot; a later settlement throws ``BrokerError/Code/alreadySettled``.
+///
 /// ```swift
 /// for try await delivery in consumer.deliveries {
 ///     do { try await handle(delivery.message); try await delivery.ack() }
@@ -38,6 +43,7 @@ public struct Delivery: Sendable {
         let retryPolicy: RetryPolicy
         let backend: String
         let settler: any DeliverySettler
+        let defect: String?
         /// Set once settled; copies made by ``withRetryPolicy(_:)`` use their origin's.
         private let settledFlag = Atomic<Bool>(false)
         private let origin: Storage?
@@ -54,7 +60,7 @@ public struct Delivery: Sendable {
         init(
             message: Message, destination: String, group: String?, attempt: Int, firstFailureAt: Date?,
             position: Position?, retryPolicy: RetryPolicy, backend: String, settler: any DeliverySettler,
-            origin: Storage?, metrics: DeliveryObserver.Destination?
+            origin: Storage?, metrics: DeliveryObserver.Destination?, defect: String?
         ) {
             self.message = message
             self.destination = destination
@@ -67,8 +73,14 @@ public struct Delivery: Sendable {
             self.settler = settler
             self.origin = origin
             self.metrics = metrics
+            self.defect = defect
         }
     }
+
+    /// The largest attempt number a delivery carries; backends dead-letter records whose
+    /// attempt field is out of `1...maxAttempt` (``defect``), and larger values are clamped,
+    /// so that `attempt + 1` can never overflow.
+    public static let maxAttempt = 1_000_000_000
 
     private let storage: Storage
     /// The app's handle on the consumer that handed this delivery out (``OwnedConsumer``):
@@ -92,19 +104,27 @@ public struct Delivery: Sendable {
     public var retryPolicy: RetryPolicy { storage.retryPolicy }
     /// The backend that delivered it.
     public var backend: String { storage.backend }
+    /// Why BrokerKit cannot use this record, or `nil`: a field it reads from the broker is
+    /// missing, out of range or not valid UTF-8 (another program wrote it, or it was
+    /// corrupted). The consumer ``Broker`` hands out (``OwnedConsumer``) dead-letters such a
+    /// delivery with this reason and never hands it to the app.
+    public var defect: String? { storage.defect }
 
     private var settler: any DeliverySettler { storage.settler }
+    /// The backend's settler, for backends that must find their own deliveries again (the
+    /// Kafka consumer takes a blocked partition's deliveries back from its buffer).
+    package var backendSettler: any DeliverySettler { storage.settler }
     private var metrics: DeliveryObserver.Destination? { storage.metrics }
 
     public init(
         message: Message, destination: String, group: String? = nil, attempt: Int,
         firstFailureAt: Date?, position: Position?, retryPolicy: RetryPolicy, backend: String,
-        settler: any DeliverySettler, observer: DeliveryObserver? = nil
+        settler: any DeliverySettler, observer: DeliveryObserver? = nil, defect: String? = nil
     ) {
         self.init(
             message: message, destination: destination, group: group, attempt: attempt, firstFailureAt: firstFailureAt,
             position: position, retryPolicy: retryPolicy, backend: backend, settler: settler,
-            metrics: observer?.destination(destination))
+            metrics: observer?.destination(destination), defect: defect)
     }
 
     /// A delivery whose acks, retries and dead-letterings count in `metrics`: the
@@ -113,12 +133,12 @@ public struct Delivery: Sendable {
     public init(
         message: Message, destination: String, group: String? = nil, attempt: Int,
         firstFailureAt: Date?, position: Position?, retryPolicy: RetryPolicy, backend: String,
-        settler: any DeliverySettler, metrics: DeliveryObserver.Destination?
+        settler: any DeliverySettler, metrics: DeliveryObserver.Destination?, defect: String? = nil
     ) {
         storage = Storage(
-            message: message, destination: destination, group: group, attempt: max(1, attempt),
+            message: message, destination: destination, group: group, attempt: min(max(1, attempt), Delivery.maxAttempt),
             firstFailureAt: firstFailureAt, position: position, retryPolicy: retryPolicy, backend: backend,
-            settler: settler, origin: nil, metrics: metrics)
+            settler: settler, origin: nil, metrics: metrics, defect: defect)
         owner = nil
     }
 
@@ -129,7 +149,7 @@ public struct Delivery: Sendable {
             storage: Storage(
                 message: message, destination: destination, group: group, attempt: attempt,
                 firstFailureAt: firstFailureAt, position: position, retryPolicy: policy, backend: backend,
-                settler: settler, origin: storage.root, metrics: metrics),
+                settler: settler, origin: storage.root, metrics: metrics, defect: defect),
             owner: owner)
     }
 
@@ -152,10 +172,21 @@ public struct Delivery: Sendable {
         }
     }
 
+    /// Runs a settlement step once claimed; if it fails, gives the delivery back (see the
+    /// type's note) and rethrows.
+    private func settle(_ step: () async throws -> Void) async throws {
+        do {
+            try await step()
+        } catch {
+            try? await settler.release()
+            throw error
+        }
+    }
+
     /// The handler succeeded.
     public func ack() async throws {
         try claim("ack")
-        try await settler.ack()
+        try await settle { try await settler.ack() }
         metrics?.record(.acked)
     }
 
@@ -185,12 +216,14 @@ public struct Delivery: Sendable {
         switch retryPolicy.decision(afterAttempt: attempt, error: error) {
         case .retry(let policyDelay):
             let wait = delay ?? policyDelay
-            try await settler.retry(
-                after: wait, nextAttempt: attempt + 1, firstFailureAt: firstFailureAt ?? now, lastError: errorText)
+            try await settle {
+                try await settler.retry(
+                    after: wait, nextAttempt: attempt + 1, firstFailureAt: firstFailureAt ?? now, lastError: errorText)
+            }
             metrics?.record(.retried)
             return .retried(after: wait, nextAttempt: attempt + 1)
         case .deadLetter(let reason):
-            try await settler.deadLetter(envelope(lastError: errorText, now: now))
+            try await settle { try await settler.deadLetter(envelope(lastError: errorText, now: now)) }
             metrics?.record(.deadLettered)
             return .deadLettered(reason: reason)
         }
@@ -199,8 +232,19 @@ public struct Delivery: Sendable {
     /// Send the message straight to the dead-letter queue with `reason`.
     public func deadLetter(reason: String) async throws {
         try claim("dead-letter")
-        try await settler.deadLetter(envelope(lastError: reason, now: Date()))
+        try await settle { try await settler.deadLetter(envelope(lastError: reason, now: Date())) }
         metrics?.record(.deadLettered)
+    }
+
+    /// Give the message back for a delivery no earlier than `delay` from now, without
+    /// counting an attempt: for a message that cannot run yet (``JobWorker`` postpones a job
+    /// whose idempotency key another run still holds). Unlike ``release()``, it does not come
+    /// straight back.
+    public func postpone(by delay: Duration, reason: String) async throws {
+        try claim("postpone")
+        try await settle {
+            try await settler.retry(after: delay, nextAttempt: attempt, firstFailureAt: firstFailureAt ?? Date(), lastError: reason)
+        }
     }
 
     /// Give the message back without processing it and without counting an attempt.

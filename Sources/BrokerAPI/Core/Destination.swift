@@ -1,3 +1,5 @@
+import Foundation
+
 /// Whether a destination is a work queue or an append-only stream.
 public enum DestinationKind: String, Sendable, Hashable, Codable, CaseIterable {
     case queue
@@ -123,5 +125,33 @@ public enum DestinationName {
                 || (scalar >= "0" && scalar <= "9") || scalar == "." || scalar == "_" || scalar == "-" || scalar == ":"
             if !ok { throw fail("character '\(scalar.escaped(asASCII: true))' is not allowed (use A-Z a-z 0-9 . _ - :)") }
         }
+        if let reserved = reservedPart(of: name, what: what) {
+            throw fail("\(reserved) is reserved for BrokerKit's own delay, retry, dead-letter, offset and catalog structures")
+        }
+    }
+
+    /// Names an app cannot use, because a backend derives the names of its internal
+    /// structures from the destination's: `<name>.dlq` / `<name>:dlq` (dead letters),
+    /// `<name>.delay` / `<name>:delay` (delayed messages), `<name>:retry` and
+    /// `<name>.retry.<n>` (retries), `<name>.wait.<ms>` (RabbitMQ's delay queues),
+    /// `<name>.offsets.<group>` (RabbitMQ's committed stream positions) and names starting
+    /// with `__` (BrokerKit's catalog, Kafka's own topics). Group names only may not start
+    /// with `__`. Every backend refuses the same names, so an app can move between brokers.
+    /// Returns what is reserved, or `nil`.
+    public static func reservedPart(of name: String, what: String = "destination") -> String? {
+        if name.hasPrefix("__") { return "a name starting with '__'" }
+        guard what == "destination" else { return nil }
+        for suffix in [".dlq", ":dlq", ".delay", ":delay", ":retry"] where name.hasSuffix(suffix) {
+            return "a name ending in '\(suffix)'"
+        }
+        for infix in [".retry.", ".wait."] {
+            if let range = name.range(of: infix, options: .backwards), !name[range.upperBound...].isEmpty,
+                name[range.upperBound...].allSatisfy(\.isNumber)
+            {
+                return "a name ending in '\(infix)<number>'"
+            }
+        }
+        if name.contains(".offsets.") { return "a name containing '.offsets.'" }
+        return nil
     }
 }

@@ -1,3 +1,4 @@
+import Logging
 import Synchronization
 
 /// What `consumeQueue` and `consumeStream` hand the app: the backend's consumer, closed for
@@ -11,15 +12,44 @@ import Synchronization
 /// Each delivery it hands out holds it, settled or not, so a delivery outlives the consumer it
 /// came from: `try await broker.consumeQueue(q).next()` returns a delivery that can still be
 /// acked (and an app that keeps settled deliveries around keeps their consumer open too).
+///
+/// It is also where records BrokerKit cannot use stop: a delivery whose backend found a
+/// ``Delivery/defect`` (a field out of range, not UTF-8, too many headers…) is dead-lettered
+/// here with that reason, logged, and never handed to the app; the next one is.
 public final class OwnedConsumer: MessageConsumer {
     /// The backend's consumer (not handed out: holding it would not keep it open).
     private let consumer: any MessageConsumer
     private let closed = Atomic<Bool>(false)
+    private let logger: Logger
+    private let failures: FailureLog
 
-    public init(_ consumer: any MessageConsumer) { self.consumer = consumer }
+    public init(_ consumer: any MessageConsumer, logger: Logger = Logger(label: "brokerkit.consumer")) {
+        self.consumer = consumer
+        self.logger = logger
+        failures = FailureLog(logger: logger, what: "dead-lettering an unusable record", level: .error)
+    }
 
     public func next() async throws -> Delivery? {
-        try await consumer.next()?.owned(by: self)
+        while true {
+            guard let delivery = try await consumer.next() else { return nil }
+            guard let defect = delivery.defect else { return delivery.owned(by: self) }
+            await deadLetterUnusable(delivery, defect: defect)
+        }
+    }
+
+    /// Poison input never reaches the app and never stops the destination: it goes to the
+    /// DLQ naming what is wrong. If even that fails, the delivery is given back (``Delivery``
+    /// does so on a failed step) and comes again after a pause.
+    private func deadLetterUnusable(_ delivery: Delivery, defect: String) async {
+        let reason = "unusable record: \(defect)"
+        do {
+            try await delivery.deadLetter(reason: reason)
+            logger.warning(
+                "dead-lettered message '\(delivery.message.id)' of '\(delivery.destination)' at \(delivery.position.map { "\($0)" } ?? "?"): \(reason)")
+            failures.succeeded()
+        } catch {
+            try? await Task.sleep(for: failures.failed("message '\(delivery.message.id)' of '\(delivery.destination)': \(error)"))
+        }
     }
 
     public func close() async {

@@ -1,18 +1,40 @@
 /// Checks every backend runs before publishing, so errors read the same on every broker.
+///
+/// A message is refused, with nothing of its batch sent, when:
+/// - the destination name is invalid or reserved (``DestinationName/validate(_:what:backend:)``);
+/// - it is larger than `max.message.bytes` (``BrokerError/Code/messageTooLarge``);
+/// - a header name is empty, or reserved: every `x-brokerkit-*` name but the two job headers
+///   (``HeaderName/jobName``, ``HeaderName/idempotencyKey``), which other programs may set to
+///   enqueue jobs, and the broker-specific names a backend interprets (RabbitMQ's
+///   `x-delivery-count`, `x-death`, …) (``BrokerError/Code/invalidMessage``);
+/// - it has more than ``maxHeaderCount`` headers or more than ``maxHeaderBytes`` of header
+///   names and values (``BrokerError/Code/messageTooLarge``).
 public enum PublishValidation {
+    /// Most headers one message may carry.
+    public static let maxHeaderCount = 256
+    /// Most bytes of header names and values (UTF-8) one message may carry. RabbitMQ sends all
+    /// headers in one frame; this keeps them well inside its default `frame.max` (128 KiB).
+    public static let maxHeaderBytes = 65_536
+
+    /// The reserved headers an app may still publish: job metadata.
+    static let publishableReserved: Set<String> = [HeaderName.jobName, HeaderName.idempotencyKey]
+
     /// Validates the destination name and message size, rejects reserved-header misuse, and
     /// injects the trace context. Returns the message to send.
     public static func prepare(
-        _ message: Message, to destination: String, configuration: BrokerConfiguration, backend: String
+        _ message: Message, to destination: String, configuration: BrokerConfiguration, backend: String,
+        reservedHeaders: Set<String> = []
     ) throws -> Message {
-        try prepare([message], to: destination, configuration: configuration, backend: backend)[0]
+        try prepare([message], to: destination, configuration: configuration, backend: backend, reservedHeaders: reservedHeaders)[0]
     }
 
-    /// ``prepare(_:to:configuration:backend:)`` for a batch: the destination name, the size
-    /// limit and the trace context are looked up once, not once per message. An empty batch
-    /// is returned as is.
+    /// ``prepare(_:to:configuration:backend:reservedHeaders:)`` for a batch: the destination
+    /// name, the size limit and the trace context are looked up once, not once per message.
+    /// An empty batch is returned as is. `reservedHeaders` are the backend's own header names
+    /// that an app must not set (compared case-insensitively, as AMQP's are not).
     public static func prepare(
-        _ messages: [Message], to destination: String, configuration: BrokerConfiguration, backend: String
+        _ messages: [Message], to destination: String, configuration: BrokerConfiguration, backend: String,
+        reservedHeaders: Set<String> = []
     ) throws -> [Message] {
         guard !messages.isEmpty else { return [] }
         try DestinationName.validate(destination, backend: backend)
@@ -27,8 +49,8 @@ public enum PublishValidation {
                     "message '\(messages[index].id)' is \(size) bytes; the limit (max.message.bytes) is \(limit)",
                     backend: backend, destination: destination)
             }
-            if messages[index].headers.keys.contains(where: \.isEmpty) {
-                throw BrokerError(.invalidConfiguration, "message '\(messages[index].id)' has an empty header name", backend: backend, destination: destination)
+            if !messages[index].headers.isEmpty {
+                try checkHeaders(of: messages[index], to: destination, backend: backend, reservedHeaders: reservedHeaders)
             }
         }
         // Without a trace to add, the caller's array is returned as is: no copy of each message.
@@ -38,5 +60,35 @@ public enum PublishValidation {
             TraceContext.add(trace, to: &prepared.headers)
             return prepared
         }
+    }
+
+    private static func checkHeaders(of message: Message, to destination: String, backend: String, reservedHeaders: Set<String>) throws {
+        func fail(_ code: BrokerError.Code, _ why: String) -> BrokerError {
+            BrokerError(code, "message '\(message.id)' \(why); nothing was sent", backend: backend, destination: destination)
+        }
+        let headers = message.headers
+        if headers.count > maxHeaderCount {
+            throw fail(.messageTooLarge, "has \(headers.count) headers; at most \(maxHeaderCount) are allowed")
+        }
+        var bytes = 0
+        for (name, value) in headers {
+            if name.isEmpty { throw fail(.invalidMessage, "has an empty header name") }
+            bytes += name.utf8.count + value.utf8.count
+            if isReserved(name, backendReserved: reservedHeaders) {
+                throw fail(
+                    .invalidMessage,
+                    "sets the reserved header '\(name)': headers starting with '\(HeaderName.reservedPrefix)' (but for \(HeaderName.jobName) and \(HeaderName.idempotencyKey)) and those the \(backend) backend interprets are BrokerKit's own")
+            }
+        }
+        if bytes > maxHeaderBytes {
+            throw fail(.messageTooLarge, "has \(bytes) bytes of header names and values; at most \(maxHeaderBytes) are allowed")
+        }
+    }
+
+    /// Whether an app may not publish header `name`.
+    public static func isReserved(_ name: String, backendReserved: Set<String> = []) -> Bool {
+        let lower = name.lowercased()
+        if lower.hasPrefix(HeaderName.reservedPrefix) { return !publishableReserved.contains(lower) }
+        return backendReserved.contains(lower)
     }
 }

@@ -47,8 +47,7 @@ public struct JobQueue: Sendable {
     @discardableResult
     public func dispatch<J: Job>(_ job: J, at date: Date, idempotencyKey: String? = nil, key: String? = nil) async throws -> String {
         try broker.require(.delayedDelivery, for: "delayed jobs")
-        var message = try message(for: job, idempotencyKey: idempotencyKey, key: key)
-        message.headers[HeaderName.deliverAt] = ISO8601.format(date)
+        let message = try message(for: job, idempotencyKey: idempotencyKey, key: key)
         return try await broker.publish(message, to: queue, options: PublishOptions(deliverAt: date)).messageID
     }
 
@@ -68,6 +67,28 @@ public protocol IdempotencyStore: Sendable {
     func complete(_ key: String) async throws
     /// The run failed: free the key so a retry can claim it.
     func abandon(_ key: String) async throws
+    /// Claims `key` and says why not when it cannot: ``JobWorker`` drops a job whose key
+    /// completed, but postpones one whose key another run still holds (that run may fail,
+    /// and then this job must still run). The default calls ``begin(_:)`` and reports every
+    /// refusal as ``IdempotencyClaim/completed``: a store that can tell a running key from a
+    /// completed one should implement this.
+    func claim(_ key: String) async throws -> IdempotencyClaim
+}
+
+/// The answer of ``IdempotencyStore/claim(_:)``.
+public enum IdempotencyClaim: Sendable, Hashable {
+    /// This run holds the key now.
+    case claimed
+    /// A run with this key completed: the job is a duplicate.
+    case completed
+    /// Another run holds the key and has not finished.
+    case running
+}
+
+extension IdempotencyStore {
+    public func claim(_ key: String) async throws -> IdempotencyClaim {
+        try await begin(key) ? .claimed : .completed
+    }
 }
 
 /// An in-process ``IdempotencyStore`` keeping completed keys for `retention`.
@@ -91,6 +112,14 @@ public actor InMemoryIdempotencyStore: IdempotencyStore {
     }
 
     public func abandon(_ key: String) { running.remove(key) }
+
+    public func claim(_ key: String) -> IdempotencyClaim {
+        purge()
+        if completed[key] != nil { return .completed }
+        if running.contains(key) { return .running }
+        running.insert(key)
+        return .claimed
+    }
 
     private func purge() {
         guard completed.count > 1024 else { return }

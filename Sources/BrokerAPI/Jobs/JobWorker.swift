@@ -30,13 +30,20 @@ public final class JobWorker: Service, Sendable {
         public var maxJobs: Int?
         /// Where idempotency keys are remembered.
         public var idempotencyStore: any IdempotencyStore
-        /// Lease before another worker may take over an unacknowledged job.
+        /// Lease before another worker may take over an unacknowledged job. Leases are renewed
+        /// while the worker lives (Redis, memory), so this bounds how long a dead worker's
+        /// jobs wait, not how long a job may run.
         public var visibilityTimeout: Duration
+        /// How long a job waits before it is tried again when its idempotency key is held by
+        /// a run that has not finished (a redelivery of a running job, or a second job with
+        /// the same key): it is postponed, not dropped, since that run may still fail.
+        public var runningDuplicateDelay: Duration
 
         public init(
             concurrency: Int = 4, retryPolicy: RetryPolicy = .default, jobTimeout: Duration? = nil,
             shutdownTimeout: Duration = .seconds(30), maxJobs: Int? = nil,
-            idempotencyStore: any IdempotencyStore = InMemoryIdempotencyStore(), visibilityTimeout: Duration = .seconds(300)
+            idempotencyStore: any IdempotencyStore = InMemoryIdempotencyStore(), visibilityTimeout: Duration = .seconds(30),
+            runningDuplicateDelay: Duration = .seconds(5)
         ) {
             self.concurrency = max(1, concurrency)
             self.retryPolicy = retryPolicy
@@ -45,6 +52,7 @@ public final class JobWorker: Service, Sendable {
             self.maxJobs = maxJobs
             self.idempotencyStore = idempotencyStore
             self.visibilityTimeout = visibilityTimeout
+            self.runningDuplicateDelay = runningDuplicateDelay
         }
     }
 
@@ -153,12 +161,23 @@ public final class JobWorker: Service, Sendable {
             return
         }
         let idempotencyKey = message.headers[HeaderName.idempotencyKey]
-        if let idempotencyKey, try await !options.idempotencyStore.begin(idempotencyKey) {
-            logger.info("dropping duplicate job \(name) with idempotency key \(idempotencyKey)")
-            try await delivery.ack()
-            await hooks.onDuplicate?(event(nil))
-            countHandled()
-            return
+        if let idempotencyKey {
+            switch try await options.idempotencyStore.claim(idempotencyKey) {
+            case .claimed:
+                break
+            case .completed:
+                logger.info("dropping duplicate job \(name) with idempotency key \(idempotencyKey)")
+                try await delivery.ack()
+                await hooks.onDuplicate?(event(nil))
+                countHandled()
+                return
+            case .running:
+                // Acking it would lose the job if the running one then fails.
+                logger.info("job \(name) with idempotency key \(idempotencyKey) is still running elsewhere; postponed by \(options.runningDuplicateDelay)")
+                try await delivery.postpone(
+                    by: options.runningDuplicateDelay, reason: "idempotency key '\(idempotencyKey)' held by a running job")
+                return
+            }
         }
         var jobLogger = logger
         jobLogger[metadataKey: "job"] = "\(name)"
@@ -202,8 +221,10 @@ public final class JobWorker: Service, Sendable {
             countHandled()
             return
         }
-        try await delivery.ack()
+        // The job ran: its key is complete even if the ack then fails (the redelivery that
+        // follows is dropped as a duplicate instead of finding the key running forever).
         if let idempotencyKey { try? await options.idempotencyStore.complete(idempotencyKey) }
+        try await delivery.ack()
         await hooks.onCompleted?(event(nil))
         countHandled()
     }

@@ -52,7 +52,7 @@ final class MemoryBroker: Broker {
         let full = try name(queue)
         let id = try await store.registerQueueConsumer(
             full, options: options, autoCreate: configuration.autoCreate, defaultPartitions: defaultPartitions)
-        return OwnedConsumer(track(MemoryConsumer(store: store, id: id, destination: full, onClose: untrack)))
+        return OwnedConsumer(track(MemoryConsumer(store: store, id: id, destination: full, onClose: untrack)), logger: logger)
     }
 
     func consumeStream(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer {
@@ -60,7 +60,7 @@ final class MemoryBroker: Broker {
         try DestinationName.validate(group, what: "group", backend: backendName)
         let id = try await store.registerStreamConsumer(
             full, group: group, options: options, autoCreate: configuration.autoCreate, defaultPartitions: defaultPartitions)
-        return OwnedConsumer(track(MemoryConsumer(store: store, id: id, destination: full, onClose: untrack)))
+        return OwnedConsumer(track(MemoryConsumer(store: store, id: id, destination: full, onClose: untrack)), logger: logger)
     }
 
     private func track(_ consumer: MemoryConsumer) -> MemoryConsumer {

@@ -344,7 +344,8 @@ actor MemoryStore {
             group = Group(partitionCount: d.partitions.count)
             d.groups[groupName] = group
         }
-        // Initial positions: reset policy for partitions without a commit; explicit seeks always.
+        // Every start applies only to partitions the group has no commit for: a member that
+        // joins never rewinds the group (issue 22, item 10).
         for (index, gp) in group.partitions.enumerated() {
             let partition = d.partitions[index]
             switch options.start {
@@ -353,6 +354,7 @@ actor MemoryStore {
             case .latest:
                 if gp.committed == nil { gp.committed = partition.endOffset }
             case .position(let position):
+                guard gp.committed == nil else { continue }
                 if position.partition == index {
                     guard let offset = position.numericOffset else {
                         throw BrokerError(
@@ -364,6 +366,7 @@ actor MemoryStore {
                     gp.committed = partition.baseOffset
                 }
             case .timestamp(let date):
+                guard gp.committed == nil else { continue }
                 let offset = partition.records.first { $0.message.timestamp >= date }?.offset ?? partition.endOffset
                 seek(gp, to: offset)
             }
@@ -765,9 +768,15 @@ actor MemoryStore {
         timerDeadline = nil
         let now = Date()
         for d in destinations.values {
-            // Expired leases: the consumer is presumed dead; the delivery counts as an attempt.
+            // Expired leases: a consumer that is still open renews them (a running handler is
+            // never taken away, as on Redis); otherwise the consumer is presumed dead and the
+            // delivery, counted as an attempt, goes back.
             let expired = d.inflight.filter { $0.value.leaseExpiry <= now }
             for (tag, inflight) in expired {
+                if let owner = consumers[inflight.consumer], !owner.closed {
+                    d.inflight[tag]?.leaseExpiry = now.addingTimeInterval(owner.visibilityTimeout.timeInterval)
+                    continue
+                }
                 d.inflight[tag] = nil
                 consumers[inflight.consumer]?.inflight -= 1
                 var item = inflight.item

@@ -57,6 +57,9 @@ public final class DeliveryProcessor: Sendable {
     private let workers = Mutex<[WorkerState]>([])
     /// Signalled by ``stop()`` and by the last worker to end.
     private let ended = WakeSignal()
+    /// Consumer failures (a deleted queue, a broker away): logged with backoff and a count,
+    /// and the fetch pauses grow, so a failure that lasts does not flood the log.
+    private let fetchFailures: FailureLog
 
     private struct WorkerState {
         var task: Task<Void, Never>?
@@ -74,6 +77,7 @@ public final class DeliveryProcessor: Sendable {
         self.options = options
         self.handler = handler
         self.logger = logger
+        fetchFailures = FailureLog(logger: logger, what: "consumer failed", level: .error, firstPause: .milliseconds(200), maxPause: .seconds(5))
     }
 
     /// Asks ``run()`` to drain and return. Safe to call more than once, from any task.
@@ -146,12 +150,12 @@ public final class DeliveryProcessor: Sendable {
                 do {
                     guard let next = try await consumer.next() else { return }
                     delivery = next
+                    if fetchFailures.consecutiveFailures > 0 { fetchFailures.succeeded() }
                 } catch is CancellationError {
                     return
                 } catch {
                     // Paused holding the turn: one report per pause, not one per worker.
-                    logger.error("consumer failed: \(error)")
-                    try await Task.sleep(for: .milliseconds(200))
+                    try await Task.sleep(for: fetchFailures.failed(error))
                     continue
                 }
                 let orderKey = byPartition ? "\(delivery.destination)#\(delivery.position?.partition ?? 0)" : delivery.message.key
@@ -189,10 +193,8 @@ public final class DeliveryProcessor: Sendable {
                 try await self.runHandler(delivery)
             }
             if delivery.isSettled { return }  // the handler settled it itself
-            if Task.isCancelled && isStopping {
-                try? await delivery.release()
-                return
-            }
+            // A handler that finished after the shutdown timeout cancelled it still succeeded:
+            // ack it (releasing it would run it again).
             do {
                 try await delivery.ack()
             } catch {
@@ -202,13 +204,15 @@ public final class DeliveryProcessor: Sendable {
             }
         } catch {
             if delivery.isSettled {
-                logger.debug("handler settled message \(delivery.message.id) itself before failing: \(error)")
+                // Settled by the handler, then failed (a failed nack or dead-letter inside a
+                // JobWorker lands here too: the delivery was given back for redelivery).
+                logger.warning("handler of message \(delivery.message.id) settled it, then failed: \(error)")
             } else if error is CancellationError && isStopping {
                 // Cut off by the shutdown timeout: leave it for redelivery.
                 try? await delivery.release()
             } else {
                 do { try await delivery.nack(error: error) } catch {
-                    logger.error("could not nack message \(delivery.message.id): \(error)")
+                    logger.error("could not nack message \(delivery.message.id) (it was given back for redelivery): \(error)")
                 }
             }
         }

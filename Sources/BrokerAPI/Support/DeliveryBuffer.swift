@@ -60,6 +60,34 @@ public final class DeliveryBuffer: Sendable {
         return rejected
     }
 
+    /// Takes back the deliveries not yet taken that match `belongs`, in order (the rest stay,
+    /// in order): see ``takeAll()``.
+    public func take(where belongs: (Delivery) -> Bool) -> [Delivery] {
+        state.withLock { s -> [Delivery] in
+            var taken: [Delivery] = []
+            var kept: [Delivery?] = []
+            for case let item? in s.items[s.head...] {
+                if belongs(item) { taken.append(item) } else { kept.append(item) }
+            }
+            guard !taken.isEmpty else { return [] }
+            s.items = kept
+            s.head = 0
+            return taken
+        }
+    }
+
+    /// Takes back every delivery not yet taken, in order, without finishing the buffer: a
+    /// backend whose entry waits for an in-place retry holds the later ones back, so they are
+    /// handed out after it (the order of a stream partition holds).
+    public func takeAll() -> [Delivery] {
+        state.withLock { s -> [Delivery] in
+            let left = s.items[s.head...].compactMap { $0 }
+            s.items = []
+            s.head = 0
+            return left
+        }
+    }
+
     /// Ends the buffer: waiters get `nil` (or `error`); returns what was still buffered.
     @discardableResult
     public func finish(error: BrokerError? = nil) -> [Delivery] {
