@@ -71,7 +71,9 @@ final class RabbitBroker: Broker {
 
     func publish(_ messages: [Message], to destination: String, options: PublishOptions) async throws -> [PublishReceipt] {
         let full = try fullName(destination)
-        let prepared = try PublishValidation.prepare(messages, to: destination, configuration: configuration, backend: backendName)
+        let prepared = try PublishValidation.prepare(
+            messages, to: destination, configuration: configuration, backend: backendName,
+            reservedHeaders: RabbitMessageMapping.isBrokerBookkeeping)
         guard !prepared.isEmpty else { return [] }
         try await admin.ensureForPublish(full, user: destination)
         var routingKey = full

@@ -68,4 +68,22 @@ struct RabbitFaultPathTests {
             await broker.close()
         }
     }
+
+    /// RabbitMQ's own bookkeeping headers, which BrokerKit reads as attempts and origins,
+    /// cannot be published by an app (any case): refused before anything is sent.
+    @Test(arguments: ["x-delivery-count", "x-death", "X-First-Death-Queue", "x-last-death-reason"])
+    func rabbitBookkeepingHeadersAreRefused(name: String) async throws {
+        try await RabbitServerGate.shared.withShared {
+            let broker = try await RabbitTestSupport.connect()
+            let queue = Self.queueName("hdr")
+            do {
+                _ = try await broker.publish(Message(text: "x", headers: [name: "99"]), to: queue)
+                Issue.record("\(name) was published")
+            } catch let error as BrokerError {
+                #expect(error.code == .invalidMessage && error.message.contains(name), "\(error)")
+            }
+            try? await broker.deleteDestination(queue)
+            await broker.close()
+        }
+    }
 }

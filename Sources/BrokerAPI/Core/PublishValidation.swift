@@ -23,18 +23,18 @@ public enum PublishValidation {
     /// injects the trace context. Returns the message to send.
     public static func prepare(
         _ message: Message, to destination: String, configuration: BrokerConfiguration, backend: String,
-        reservedHeaders: Set<String> = []
+        reservedHeaders: @Sendable (String) -> Bool = { _ in false }
     ) throws -> Message {
         try prepare([message], to: destination, configuration: configuration, backend: backend, reservedHeaders: reservedHeaders)[0]
     }
 
     /// ``prepare(_:to:configuration:backend:reservedHeaders:)`` for a batch: the destination
     /// name, the size limit and the trace context are looked up once, not once per message.
-    /// An empty batch is returned as is. `reservedHeaders` are the backend's own header names
-    /// that an app must not set (compared case-insensitively, as AMQP's are not).
+    /// An empty batch is returned as is. `reservedHeaders` says which of the backend's own
+    /// header names (given in lower case) an app must not set.
     public static func prepare(
         _ messages: [Message], to destination: String, configuration: BrokerConfiguration, backend: String,
-        reservedHeaders: Set<String> = []
+        reservedHeaders: @Sendable (String) -> Bool = { _ in false }
     ) throws -> [Message] {
         guard !messages.isEmpty else { return [] }
         try DestinationName.validate(destination, backend: backend)
@@ -62,7 +62,9 @@ public enum PublishValidation {
         }
     }
 
-    private static func checkHeaders(of message: Message, to destination: String, backend: String, reservedHeaders: Set<String>) throws {
+    private static func checkHeaders(
+        of message: Message, to destination: String, backend: String, reservedHeaders: (String) -> Bool
+    ) throws {
         func fail(_ code: BrokerError.Code, _ why: String) -> BrokerError {
             BrokerError(code, "message '\(message.id)' \(why); nothing was sent", backend: backend, destination: destination)
         }
@@ -86,9 +88,9 @@ public enum PublishValidation {
     }
 
     /// Whether an app may not publish header `name`.
-    public static func isReserved(_ name: String, backendReserved: Set<String> = []) -> Bool {
+    public static func isReserved(_ name: String, backendReserved: (String) -> Bool = { _ in false }) -> Bool {
         let lower = name.lowercased()
         if lower.hasPrefix(HeaderName.reservedPrefix) { return !publishableReserved.contains(lower) }
-        return backendReserved.contains(lower)
+        return backendReserved(lower)
     }
 }
