@@ -45,7 +45,7 @@ struct RedisForeignInputTests {
         let queue = Self.queueName("entries")
         var records: [ForeignRecord] = []
         for field in ["attempt", "ts", "ff"] {
-            for value in ["9223372036854775807", "-1", "99999999999999999999", "12abc"] {
+            for value in ["9223372036854775807", "9999999999999999999", "-1", "99999999999999999999", "12abc"] {
                 records.append(Self.xadd("\(field) = \(value)", [field, value, "payload", "bad \(field)"], expect: .deadLettered(naming: "'\(field)'")))
             }
         }

@@ -1,0 +1,89 @@
+import BrokerAPI
+import BrokerConformance
+import Foundation
+import KafkaBackend
+import Testing
+
+/// Issue 22 on Kafka: records another producer (kcat) writes with BrokerKit's reserved
+/// headers. Each test fails on e6eff75.
+@Suite("Kafka hostile input", .enabled(if: TestEnvironment.shouldRun(.kafka)))
+struct KafkaForeignInputTests {
+    /// Item 3: a stream record carrying `x-brokerkit-deliver-at` far in the future was held
+    /// back forever; the group's committed position never passed it, so every restart replayed
+    /// everything after it. The header is honoured only on a queue's delay and retry topics.
+    @Test func aStreamRecordWithAFarDeliverAtIsDeliveredAndCommittedPast() async throws {
+        let broker = try await KafkaTestSupport.connect()
+        let stream = "foreign-deliver-at-\(UUID().uuidString.prefix(8))"
+        try await broker.createStream(stream, options: DestinationOptions(partitions: 1))
+        let topic = KafkaTestSupport.runPrefix + stream
+        try await KafkaInteropTests.kcat(
+            ["-P", "-t", topic, "-H", "\(HeaderName.deliverAt)=2999-01-01T00:00:00.000Z", "-H", "\(HeaderName.attempt)=99"],
+            input: "held?\n")
+        let sent = (0..<10).map { Message(key: "k", text: "m\($0)") }
+        _ = try await broker.publish(sent, to: stream)
+        let first = try await broker.consumeStream(stream, group: "g", options: .init(start: .earliest))
+        var got: [Delivery] = []
+        while got.count < 11, let delivery = try await first.next(timeout: .seconds(15)) {
+            got.append(delivery)
+            try await delivery.ack()
+        }
+        await first.close()
+        #expect(got.map { $0.message.text ?? "" } == ["held?"] + sent.map { $0.text ?? "" })
+        #expect(got.first?.attempt == 1, "a stream record's attempt header was honoured")
+        #expect(got.first?.message.headers[HeaderName.deliverAt] == nil)
+        let second = try await broker.consumeStream(stream, group: "g", options: .init(start: .earliest))
+        let again = try await second.next(timeout: .seconds(5))
+        await second.close()
+        #expect(again == nil, "the group replayed '\(again?.message.text ?? "")' after the held record")
+        await broker.close()
+    }
+
+    /// Item 3, queue side: on a queue's delay topic a due time more than a year ahead, or an
+    /// attempt that is not a number in range, is dead-lettered naming the header; a record
+    /// due in a second arrives after it; the queue keeps flowing.
+    @Test func badHeadersOnTheDelayTopicAreDeadLetteredNamingThem() async throws {
+        let broker = try await KafkaTestSupport.connect()
+        let queue = "foreign-delay-\(UUID().uuidString.prefix(8))"
+        let delayTopic = KafkaTestSupport.runPrefix + queue + ".delay"
+        let soon = ISO8601.format(Date().addingTimeInterval(1))
+        let records = [
+            ForeignRecord("deliver-at in 2999", expect: .deadLettered(naming: "'\(HeaderName.deliverAt)'")) { _ in
+                _ = try await KafkaInteropTests.kcat(["-P", "-t", delayTopic, "-H", "\(HeaderName.deliverAt)=2999-01-01T00:00:00.000Z"], input: "far\n")
+            },
+            ForeignRecord("attempt 20 digits", expect: .deadLettered(naming: "'\(HeaderName.attempt)'")) { _ in
+                _ = try await KafkaInteropTests.kcat(["-P", "-t", delayTopic, "-H", "\(HeaderName.attempt)=99999999999999999999"], input: "attempt\n")
+            },
+            ForeignRecord("due in a second", expect: .delivered) { _ in
+                _ = try await KafkaInteropTests.kcat(["-P", "-t", delayTopic, "-H", "\(HeaderName.deliverAt)=\(soon)"], input: "soon\n")
+            },
+        ]
+        // The delay topic exists once the queue does.
+        try await broker.createQueue(queue)
+        try await ForeignInputCheck.run(records, on: broker, queue: queue)
+        await broker.close()
+    }
+
+    /// Item 12: replaying a DLQ that holds a record without an envelope (another producer
+    /// wrote it) committed past that record without sending it anywhere: it was lost. Now it
+    /// goes to the queue as it is, as on the other backends.
+    @Test func replayKeepsDeadLettersWithoutAnEnvelope() async throws {
+        let broker = try await KafkaTestSupport.connect()
+        let queue = "foreign-replay-\(UUID().uuidString.prefix(8))"
+        try await broker.createQueue(queue)
+        try await broker.publish(Message(text: "dead"), to: queue)
+        let consumer = try await broker.consumeQueue(queue)
+        let delivery = try #require(try await consumer.next(timeout: .seconds(15)))
+        try await delivery.deadLetter(reason: "first")
+        try await KafkaInteropTests.kcat(["-P", "-t", KafkaTestSupport.runPrefix + queue + ".dlq"], input: "foreign dead letter\n")
+        let replayed = try await broker.replayDeadLetters(of: queue, limit: 10)
+        #expect(replayed == 2)
+        var texts: Set<String> = []
+        while texts.count < 2, let again = try await consumer.next(timeout: .seconds(15)) {
+            texts.insert(again.message.text ?? "")
+            try await again.ack()
+        }
+        await consumer.close()
+        #expect(texts == ["dead", "foreign dead letter"])
+        await broker.close()
+    }
+}
