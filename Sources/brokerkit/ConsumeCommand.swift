@@ -17,8 +17,9 @@ struct ConsumeCommand: AsyncParsableCommand {
 
             Stops after --count messages, or when --timeout seconds pass without a message.
 
-            --start (streams only) applies earliest/latest only when the group has no committed \
-            position yet; an offset, PARTITION:OFFSET or an ISO 8601 date always seeks.
+            --start (streams only: earliest, latest, an offset, PARTITION:OFFSET or an ISO 8601 \
+            date) applies only when the group has no committed position yet; to read again from \
+            a position, use a new --group.
             """
     )
 

@@ -113,8 +113,10 @@ public struct QueueConsumerOptions: Sendable {
 
 /// Where a stream consumer starts.
 ///
-/// `earliest` and `latest` apply only when the group has no committed position yet (as
-/// Kafka's `auto.offset.reset`); `position` and `timestamp` always seek.
+/// Every start applies only where the group has no committed position yet (as Kafka's
+/// `auto.offset.reset`): a member that joins a running group, or restarts, resumes after what
+/// the group committed and never rewinds it. To read again from a position or a time, start
+/// a new group.
 public enum StartPosition: Sendable, Hashable {
     case earliest
     case latest
