@@ -24,13 +24,15 @@ public struct ForeignRecord: Sendable {
         case delivered
     }
 
+    /// Writes the record to a queue (its name as the app sees it; add the backend's prefix if
+    /// the harness sets one).
+    public typealias Write = @Sendable (_ queue: String) async throws -> Void
+
     public let label: String
     public let expectation: Expectation
-    /// Writes the record to `queue` (the destination's name as the app sees it; add the
-    /// backend's prefix if the harness sets one).
-    public let write: @Sendable (_ queue: String) async throws -> Void
+    public let write: Write
 
-    public init(_ label: String, expect expectation: Expectation, write: @escaping @Sendable (_ queue: String) async throws -> Void) {
+    public init(_ label: String, expect expectation: Expectation, write: @escaping Write) {
         self.label = label
         self.expectation = expectation
         self.write = write
@@ -45,8 +47,13 @@ public enum ForeignInputCheck {
     /// no dead-lettered record did; the DLQ holds exactly one entry per `.deadLettered`
     /// record, whose last error names its field; and the queue ends empty with nothing in
     /// flight. Throws ``ConformanceFailure`` naming what did not hold.
+    ///
+    /// With `nackForeignOnce`, the handler fails every foreign record the first time it sees
+    /// it (so its retry copy, built from what was read, is published too) and succeeds the
+    /// second time.
     public static func run(
-        _ records: [ForeignRecord], on broker: any Broker, queue: String, timeout: Duration = .seconds(60)
+        _ records: [ForeignRecord], on broker: any Broker, queue: String, timeout: Duration = .seconds(60),
+        nackForeignOnce: Bool = false
     ) async throws {
         try await broker.createQueue(queue)
         var good: Set<String> = []
@@ -59,9 +66,18 @@ public enum ForeignInputCheck {
             good.insert(text)
         }
         let delivered = Collector<String>()
-        let consumer = try await broker.consumeQueue(queue, options: .init(prefetch: 8))
+        let failedOnce = Collector<String>()
+        let goodTexts = good
+        let consumer = try await broker.consumeQueue(
+            queue, options: .init(prefetch: 8, retryPolicy: RetryPolicy(maxAttempts: 3, backoff: .fixed(.milliseconds(100)))))
         let processor = DeliveryProcessor(consumer: consumer, options: .init(concurrency: 4)) { delivery in
-            delivered.append(delivery.message.text ?? "<\(delivery.message.payload.count) bytes>")
+            let text = delivery.message.text ?? "<\(delivery.message.payload.count) bytes>"
+            let foreign = !goodTexts.contains(text)
+            if nackForeignOnce && foreign && !failedOnce.values.contains(delivery.message.id) {
+                failedOnce.append(delivery.message.id)
+                throw ConformanceFailure("fails once, so that a retry copy is published")
+            }
+            delivered.append(foreign ? "foreign:\(delivery.message.id)" : text)
         }
         let run = Task { try await processor.run() }
         let expectedDelivered = records.filter { if case .delivered = $0.expectation { return true } else { return false } }.count

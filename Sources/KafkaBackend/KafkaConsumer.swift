@@ -577,7 +577,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         for record: KafkaRecord, partition: PartitionState, attempt: Int?, firstFailureAt: Date?, defect: String? = nil
     ) -> Delivery {
         let consumed = KafkaRecordLayout.consumed(from: record)
-        var defect = defect
+        var defect = defect ?? record.defect
         var headerAttempt: Int?
         if partition.isCompanion, let text = consumed.attempt {
             if let value = Int(text), (1...Delivery.maxAttempt).contains(value) {

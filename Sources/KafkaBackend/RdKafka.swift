@@ -308,6 +308,9 @@ final class KafkaRecord: Sendable {
     let value: Data
     let headers: [(String, String)]
     let timestamp: Date?
+    /// What makes the record unusable (a key or header that is not UTF-8, too many headers),
+    /// or `nil`; the consumer dead-letters it with this reason (``Delivery/defect``).
+    let defect: String?
 
     var topicPartition: TopicPartition { TopicPartition(topic: topic, partition: partition) }
 
@@ -323,6 +326,10 @@ final class KafkaRecord: Sendable {
         offset = m.offset
         key = m.key.map { Data(bytes: $0, count: m.key_len) }
         value = m.payload.map { Data(bytes: $0, count: m.len) } ?? Data()
+        var defect: String?
+        if let keyPointer = m.key, String(validating: UnsafeRawBufferPointer(start: keyPointer, count: m.key_len), as: UTF8.self) == nil {
+            defect = "the key is not valid UTF-8"
+        }
         var headers: [(String, String)] = []
         var hdrs: OpaquePointer?
         if rd_kafka_message_headers(message, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs {
@@ -332,7 +339,16 @@ final class KafkaRecord: Sendable {
                 var valuePointer: UnsafeRawPointer?
                 var size = 0
                 guard rd_kafka_header_get_all(hdrs, index, &name, &valuePointer, &size) == RD_KAFKA_RESP_ERR_NO_ERROR else { break }
-                let text = valuePointer.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: size), as: UTF8.self) } ?? ""
+                var text = ""
+                if let valuePointer {
+                    let bytes = UnsafeRawBufferPointer(start: valuePointer, count: size)
+                    if let valid = String(validating: bytes, as: UTF8.self) {
+                        text = valid
+                    } else {
+                        text = String(decoding: bytes, as: UTF8.self)
+                        if defect == nil { defect = "header '\(name.map { String(cString: $0) } ?? "")' is not valid UTF-8" }
+                    }
+                }
                 // Every BrokerKit record carries the id header: its name is not built anew.
                 let headerName = name.map { name in
                     let isID = KafkaRecordLayout.idHeaderCString.withUnsafeBufferPointer { strcmp(name, $0.baseAddress!) == 0 }
@@ -342,7 +358,11 @@ final class KafkaRecord: Sendable {
                 index += 1
             }
         }
+        if headers.count > PublishValidation.maxHeaderCount, defect == nil {
+            defect = "\(headers.count) headers, more than \(PublishValidation.maxHeaderCount)"
+        }
         self.headers = headers
+        self.defect = defect
         var type = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
         let ms = rd_kafka_message_timestamp(message, &type)
         timestamp = ms >= 0 ? Date(timeIntervalSince1970: TimeInterval(ms) / 1000) : nil

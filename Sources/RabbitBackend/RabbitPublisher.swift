@@ -90,6 +90,8 @@ final class RabbitPublisher: @unchecked Sendable {
                 try connection.publish(Self.channel, message, mandatory: true, destination: destination)
                 waiting[nextTag] = Slot(batch: batch, index: index, messageID: message.properties.messageID, routingKey: message.routingKey)
                 nextTag += 1
+            } catch let error as BrokerError where error.code == .messageTooLarge {
+                batch.complete(index, error)  // refused before anything was sent: the rest go on
             } catch {
                 let failure = error as? BrokerError ?? BrokerError(.brokerError, "\(error)", backend: AMQPError.backend, destination: destination)
                 for rest in index..<messages.count { batch.complete(rest, failure) }

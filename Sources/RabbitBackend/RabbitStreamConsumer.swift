@@ -41,8 +41,18 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
     private var consumerTag: String?
     private var lastLockAttempt = ContinuousClock.now
     private var activations = 0
+    /// When the tick last started a commit: commits go out at most every
+    /// `stream.commit.interval` (the option was parsed but every tick committed).
+    private var lastCommitStarted = ContinuousClock.now - .seconds(3600)
 
     typealias Item = RabbitStreamItem
+
+    private struct PendingRetry {
+        var item: Item
+        var attempt: Int
+        var firstFailureAt: Date
+        var due: ContinuousClock.Instant
+    }
 
     private struct State {
         var buffer: [Item] = []
@@ -55,8 +65,11 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         var acked: Set<Int64> = []
         /// Handed out, not settled.
         var outstanding: Set<Int64> = []
-        /// A nacked message waiting for its backoff; the stream waits with it.
-        var retry: (item: Item, attempt: Int, firstFailureAt: Date, due: ContinuousClock.Instant)?
+        /// Nacked messages waiting for their backoff, by offset; the stream waits with them.
+        /// One per nack: a second nack within a backoff window used to overwrite the first,
+        /// which was never redelivered and held the committed position back for good
+        /// (issue 22, item 8).
+        var retries: [PendingRetry] = []
         var attempts: [Int64: (attempt: Int, firstFailureAt: Date)] = [:]
         /// Skip messages older than this (timestamp seek), until the first newer one.
         var skipBefore: Date?
@@ -130,7 +143,7 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
             s.active = true
             s.stored = stored
             s.acked = []
-            s.retry = nil
+            s.retries = []
             // A seek applies only to a group without a stored position: a standby taking
             // over, or a member restarting, never rewinds the group (issue 22, item 10).
             if first && stored == nil {
@@ -174,6 +187,7 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
             s.active = false
             s.buffer.removeAll()
             s.outstanding.removeAll()
+            s.retries.removeAll()  // the new session reads them again from the committed offset
         }
     }
 
@@ -185,7 +199,8 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
                 connection.logger.debug("stream group '\(groupName)' could not take over yet: \(error)")
             }
         }
-        if needsCommit() {
+        if ContinuousClock.now - lastCommitStarted >= broker.settings.commitInterval, needsCommit() {
+            lastCommitStarted = ContinuousClock.now
             Task { await self.commit() }
         }
     }
@@ -252,9 +267,13 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
             let now = ContinuousClock.now
             let step = state.withLock { s -> Step in
                 if s.closed { return .closed }
-                if let retry = s.retry {
-                    guard retry.due <= now else { return .wait(retry.due) }
-                    s.retry = nil
+                s.retries.removeAll { $0.item.generation != s.generation }
+                if !s.retries.isEmpty {
+                    // Lowest offset first among the due ones; the buffer waits until none is left.
+                    guard let index = s.retries.firstIndex(where: { $0.due <= now }) else {
+                        return .wait(s.retries.map(\.due).min())
+                    }
+                    let retry = s.retries.remove(at: index)
                     s.outstanding.insert(retry.item.offset)
                     return .delivery(makeDelivery(retry.item, attempt: retry.attempt, firstFailureAt: retry.firstFailureAt))
                 }
@@ -303,7 +322,8 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
                 return nil
             case .retry(let delay, let attempt, let firstFailureAt, let item):
                 s.attempts[held.offset] = (attempt, firstFailureAt)
-                s.retry = (item, attempt, firstFailureAt, ContinuousClock.now + delay)
+                let pending = PendingRetry(item: item, attempt: attempt, firstFailureAt: firstFailureAt, due: ContinuousClock.now + delay)
+                s.retries.insert(pending, at: s.retries.firstIndex { $0.item.offset > item.offset } ?? s.retries.endIndex)
                 return nil
             case .release(let item):
                 return item

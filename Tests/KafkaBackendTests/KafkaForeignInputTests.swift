@@ -63,6 +63,37 @@ struct KafkaForeignInputTests {
         await broker.close()
     }
 
+    /// A key or header that is not UTF-8 was decoded with replacement characters (a retry or
+    /// DLQ copy then carried other bytes); now the record is dead-lettered naming it, and the
+    /// queue keeps flowing.
+    @Test func textThatIsNotUTF8IsDeadLetteredNamingIt() async throws {
+        let broker = try await KafkaTestSupport.connect()
+        let queue = "foreign-utf8-\(UUID().uuidString.prefix(8))"
+        let topic = KafkaTestSupport.runPrefix + queue
+        let (host, port) = try #require(TestEnvironment.hostAndPort(try KafkaTestSupport.url()))
+        /// kcat through the shell, whose printf writes the raw bytes into an argument.
+        func rawKcat(_ script: String) -> ForeignRecord.Write {
+            { _ in
+                try await TestEnvironment.blocking {
+                    let process = Process()
+                    process.executableURL = URL(fileURLWithPath: "/bin/sh")
+                    process.arguments = ["-c", "printf 'x\\n' | kcat -b \(host):\(port) -P -t \(topic) " + script]
+                    process.standardOutput = FileHandle.nullDevice
+                    try process.run()
+                    process.waitUntilExit()
+                    guard process.terminationStatus == 0 else { throw ConformanceFailure("kcat exited with \(process.terminationStatus)") }
+                }
+            }
+        }
+        let records = [
+            ForeignRecord("header value not UTF-8", expect: .deadLettered(naming: "header 'source'"), write: rawKcat(#"-H "source=$(printf '\377\376')""#)),
+            ForeignRecord("key not UTF-8", expect: .deadLettered(naming: "key"), write: rawKcat(#"-k "$(printf '\303\050')""#)),
+        ]
+        try await broker.createQueue(queue, options: DestinationOptions(partitions: 1))
+        try await ForeignInputCheck.run(records, on: broker, queue: queue)
+        await broker.close()
+    }
+
     /// Item 12: replaying a DLQ that holds a record without an envelope (another producer
     /// wrote it) committed past that record without sending it anywhere: it was lost. Now it
     /// goes to the queue as it is, as on the other backends.

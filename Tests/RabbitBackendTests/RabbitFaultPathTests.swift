@@ -86,4 +86,159 @@ struct RabbitFaultPathTests {
             await broker.close()
         }
     }
+
+    /// Item 8: a stream member had one retry slot; a second nack within a backoff window
+    /// overwrote the first, which never came again and held the committed position (and lag)
+    /// back for good. Both come again, in offset order, before what follows.
+    @Test func twoNacksInOneBackoffWindowAreBothRedelivered() async throws {
+        try await RabbitServerGate.shared.withShared {
+            let broker = try await RabbitTestSupport.connect(["stream.commit.interval": "50ms"])
+            let stream = "bk-two-nacks-\(UUID().uuidString.prefix(8))"
+            try await broker.createStream(stream)
+            _ = try await broker.publish((0..<3).map { Message(key: "k", text: "n\($0)") }, to: stream)
+            let consumer = try await broker.consumeStream(
+                stream, group: "g",
+                options: .init(start: .earliest, prefetch: 8, retryPolicy: RetryPolicy(maxAttempts: 3, backoff: .fixed(.milliseconds(300)))))
+            let first = try #require(try await consumer.next(timeout: .seconds(10)))
+            let second = try #require(try await consumer.next(timeout: .seconds(10)))
+            try await first.nack(error: "one")
+            try await second.nack(error: "two")
+            var seen: [String] = []
+            while seen.count < 3, let delivery = try await consumer.next(timeout: .seconds(5)) {
+                seen.append("\(delivery.message.text ?? "?")@\(delivery.attempt)")
+                try await delivery.ack()
+            }
+            #expect(seen == ["n0@2", "n1@2", "n2@1"])
+            await consumer.close()
+            let lag = try await broker.stats(for: stream).groups.first { $0.group == "g" }?.lag
+            #expect(lag == 0, "lag \(String(describing: lag)) after everything was acked")
+            try await broker.deleteDestination(stream)
+            await broker.close()
+        }
+    }
+
+    /// Item 10: a member joining a group that has a stored position resumes it, whatever its
+    /// `.position` says (a standby's activation used to rewind the whole group).
+    @Test func aPositionStartDoesNotRewindAGroupWithAStoredOffset() async throws {
+        try await RabbitServerGate.shared.withShared {
+            let broker = try await RabbitTestSupport.connect(["stream.commit.interval": "50ms"])
+            let stream = "bk-seek-once-\(UUID().uuidString.prefix(8))"
+            try await broker.createStream(stream)
+            _ = try await broker.publish((0..<10).map { Message(key: "k", text: "s\($0)") }, to: stream)
+            let options = StreamConsumerOptions(start: .position(Position(offset: 0)), prefetch: 1)
+            let first = try await broker.consumeStream(stream, group: "g", options: options)
+            for _ in 0..<5 { try await #require(try await first.next(timeout: .seconds(10))).ack() }
+            await first.close()
+            let second = try await broker.consumeStream(stream, group: "g", options: options)
+            let next = try await second.next(timeout: .seconds(10))
+            #expect(next?.message.text == "s5", "the group was rewound to \(next?.message.text ?? "nothing")")
+            try await next?.ack()
+            await second.close()
+            try await broker.deleteDestination(stream)
+            await broker.close()
+        }
+    }
+
+    /// Item 12: `stream.commit.interval` was parsed but unused (every 100 ms tick stored the
+    /// position). With 3 s, a position acked now is stored only after that interval.
+    @Test func streamCommitIntervalPacesTheStoredPosition() async throws {
+        try await RabbitServerGate.shared.withShared {
+            let broker = try await RabbitTestSupport.connect(["stream.commit.interval": "3s"])
+            let stream = "bk-commit-interval-\(UUID().uuidString.prefix(8))"
+            try await broker.createStream(stream)
+            _ = try await broker.publish((0..<6).map { Message(text: "c\($0)") }, to: stream)
+            let consumer = try await broker.consumeStream(stream, group: "g", options: .init(start: .earliest))
+            // The first commit goes out at once; the acks after it wait for the interval.
+            try await #require(try await consumer.next(timeout: .seconds(10))).ack()
+            try await Task.sleep(for: .milliseconds(400))
+            for _ in 0..<5 { try await #require(try await consumer.next(timeout: .seconds(10))).ack() }
+            try await Task.sleep(for: .milliseconds(1000))
+            let early = try await broker.stats(for: stream).groups.first { $0.group == "g" }?.lag
+            try await Task.sleep(for: .milliseconds(2500))
+            let late = try await broker.stats(for: stream).groups.first { $0.group == "g" }?.lag
+            #expect(early == 5, "lag \(String(describing: early)) 1.4 s after the first commit: stored before the interval")
+            #expect(late == 0, "lag \(String(describing: late)) after the interval")
+            await consumer.close()
+            try await broker.deleteDestination(stream)
+            await broker.close()
+        }
+    }
+
+    /// Item 11: headers larger than `frame.max` failed inside the publish, broke the shared
+    /// connection and were retried until `operation.timeout`, failing every publish in flight
+    /// with `connectionFailed`. Now only that message fails, at once, with `messageTooLarge`.
+    @Test func headersLargerThanAFrameFailAloneAndAtOnce() async throws {
+        try await RabbitServerGate.shared.withShared {
+            let broker = try await RabbitTestSupport.connect(["frame.max": "4096", "operation.timeout": "20s"])
+            let queue = Self.queueName("big-headers")
+            try await broker.createQueue(queue)
+            let started = ContinuousClock.now
+            let outcomes = try await withThrowingTaskGroup(of: BrokerError.Code?.self) { group in
+                for i in 0..<20 {
+                    group.addTask {
+                        do { _ = try await broker.publish(Message(text: "small \(i)"), to: queue); return nil } catch let error as BrokerError {
+                            return error.code
+                        }
+                    }
+                }
+                group.addTask {
+                    do {
+                        _ = try await broker.publish(Message(text: "big", headers: ["blob": String(repeating: "x", count: 8_000)]), to: queue)
+                        return nil
+                    } catch let error as BrokerError { return error.code }
+                }
+                var codes: [BrokerError.Code?] = []
+                for try await code in group { codes.append(code) }
+                return codes
+            }
+            #expect(ContinuousClock.now - started < .seconds(5), "took \(ContinuousClock.now - started)")
+            #expect(outcomes.compactMap { $0 } == [.messageTooLarge], "\(outcomes)")
+            #expect(try await broker.stats(for: queue).depth == 20)
+            try await broker.deleteDestination(queue)
+            await broker.close()
+        }
+    }
+
+    /// Numbers another client puts in headers BrokerKit reads (`x-delivery-count`,
+    /// `x-brokerkit-attempt`, `x-brokerkit-timestamp-ms`, the `timestamp` property) at and
+    /// near `Int64.max` trapped in the attempt sum or the timestamp conversion and crashed the
+    /// process; now they are bounded, the messages delivered and the queue keeps flowing.
+    @Test func hugeNumbersFromAnotherClientNeitherCrashNorStall() async throws {
+        /// A pika publisher of one message with these headers and `timestamp` (Python literals).
+        func pika(
+            _ label: String, headers: String, timestamp: String = "None", expect: ForeignRecord.Expectation = .delivered
+        ) throws -> ForeignRecord {
+            let url = try RabbitTestSupport.url()
+            let writer = """
+                import sys, pika
+                conn = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
+                ch = conn.channel()
+                ch.confirm_delivery()
+                props = pika.BasicProperties(headers=\(headers), timestamp=\(timestamp), delivery_mode=2)
+                ch.basic_publish("", sys.argv[2], b"foreign", props, mandatory=True)
+                conn.close()
+                """
+            return ForeignRecord(label, expect: expect) { queue in
+                let result = try await RabbitTestSupport.run("python3", ["-c", writer, url, queue])
+                if result.status != 0 { throw ConformanceFailure("pika writer failed: \(result.output)") }
+            }
+        }
+        // An attempt count at Int64.max says the attempts are spent: the first failure
+        // dead-letters it (with the handler's error), instead of trapping in the sum.
+        let spent = ForeignRecord.Expectation.deadLettered(naming: "fails once")
+        let records = [
+            try pika("x-delivery-count 2^63-1", headers: #"{"x-delivery-count": 2**63 - 1}"#, expect: spent),
+            try pika("x-delivery-count -5", headers: #"{"x-delivery-count": -5}"#),
+            try pika("x-brokerkit-attempt 2^63-1", headers: #"{"x-brokerkit-attempt": str(2**63 - 1)}"#, expect: spent),
+            try pika("x-brokerkit-timestamp-ms 2^63-1", headers: #"{"x-brokerkit-timestamp-ms": 2**63 - 1}"#),
+            try pika("timestamp property 2^63", headers: "{}", timestamp: "2**63"),
+        ]
+        try await RabbitServerGate.shared.withShared {
+            let broker = try await RabbitTestSupport.connect()
+            let queue = Self.queueName("huge")
+            try await ForeignInputCheck.run(records, on: broker, queue: queue, timeout: .seconds(30), nackForeignOnce: true)
+            try await broker.deleteDestination(queue)
+            await broker.close()
+        }
+    }
 }

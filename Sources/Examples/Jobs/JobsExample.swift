@@ -89,7 +89,7 @@ public enum JobsExample {
             "first", broker: broker, queue: queue,
             options: JobWorker.Options(
                 concurrency: 1, retryPolicy: retryPolicy, shutdownTimeout: .seconds(5), maxJobs: firstJobs,
-                idempotencyStore: store),
+                idempotencyStore: store, runningDuplicateDelay: .milliseconds(300)),
             state: state, logger: logger)
         let firstStarted = ContinuousClock.now
         try await runUntilItStops(first, timeout: timeout)
@@ -101,7 +101,7 @@ public enum JobsExample {
             "second", broker: broker, queue: queue,
             options: JobWorker.Options(
                 concurrency: secondWorkerConcurrency, retryPolicy: retryPolicy, shutdownTimeout: .seconds(10),
-                idempotencyStore: store),
+                idempotencyStore: store, runningDuplicateDelay: .milliseconds(300)),
             state: state, logger: logger)
         let monitor = DeadLetterMonitor(broker: broker, queue: queue, state: state, logger: logger)
         // Shut down in reverse order: the worker first, the monitor last.
@@ -292,18 +292,21 @@ public enum JobsExample {
     // MARK: - Completion
 
     /// Done when every job but the reminders has completed or been dead-lettered (and the
-    /// monitor saw the dead letter), and every reminder has completed or is running.
+    /// monitor saw the dead letter), every reminder has completed or is running, and the
+    /// duplicate invoice was dropped (if it came while the first copy ran, it was postponed by
+    /// `runningDuplicateDelay` and is dropped once that copy completed).
     static func progress(_ counts: JobsCounts, plan: JobsPlan) -> ExampleSupport.Progress {
         let reminders = plan.reminders.count
         let remindersDone = counts.completedByName[SendReminder.name] ?? 0
         let others = plan.count - reminders
         let othersSettled = counts.completed - remindersDone + counts.deadLetteredIDs.count
+        let duplicates = counts.duplicatesByWorker.values.reduce(0, +)
         let done = othersSettled == others && remindersDone + counts.remindersRunning == reminders
-            && counts.monitorSawDeadLetters.count == 1
+            && counts.monitorSawDeadLetters.count == 1 && duplicates == 1
         let status = """
             jobs settled \(othersSettled)/\(others) (\(counts.deadLetteredIDs.count) dead-lettered), \
             reminders \(remindersDone)/\(reminders) (+\(counts.remindersRunning) running), \
-            dead letters seen by the monitor \(counts.monitorSawDeadLetters.count)/1
+            dead letters seen by the monitor \(counts.monitorSawDeadLetters.count)/1, duplicates dropped \(duplicates)/1
             """
         return ExampleSupport.Progress(done: done, status: status)
     }

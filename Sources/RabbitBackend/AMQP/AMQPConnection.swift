@@ -670,8 +670,10 @@ final class AMQPConnection: @unchecked Sendable {
 
     func publish(_ channel: UInt16, _ message: AMQPOutgoing, mandatory: Bool, destination: String? = nil) throws {
         let state = try requireState("publishing", destination: destination)
+        try checkFits(message, state: state, destination: destination)
         let arena = AMQPArena()
         var properties = message.properties.encode(in: arena)
+        try checkPropertiesFit(&properties, state: state, message: message, destination: destination)
         let status = message.body.withUnsafeBytes { buffer -> Int32 in
             let body = amqp_bytes_t(len: buffer.count, bytes: buffer.count == 0 ? nil : UnsafeMutableRawPointer(mutating: buffer.baseAddress))
             return amqp_basic_publish(
@@ -679,6 +681,45 @@ final class AMQPConnection: @unchecked Sendable {
                 &properties, body)
         }
         try checkStatus(status, "publishing to '\(message.routingKey)'", destination: destination)
+    }
+
+    /// rabbitmq-c sends the `basic.publish` method frame before it encodes the content header:
+    /// a header that cannot be encoded then fails half-way, the channel is unusable, and the
+    /// connection was marked broken, failing every publish in flight and retrying until
+    /// `operation.timeout` with `connectionFailed` (issue 22, item 11). These checks come
+    /// first, send nothing, and throw `messageTooLarge`.
+    private func checkFits(_ message: AMQPOutgoing, state: amqp_connection_state_t, destination: String?) throws {
+        func refuse(_ why: String) -> BrokerError {
+            BrokerError(
+                .messageTooLarge, "message '\(message.properties.messageID ?? "?")' cannot be sent: \(why); nothing was sent",
+                backend: AMQPError.backend, destination: destination)
+        }
+        // Short strings (message id, routing key, header names) hold at most 255 bytes.
+        if let id = message.properties.messageID, id.utf8.count > 255 { throw refuse("its id is longer than 255 bytes") }
+        if message.routingKey.utf8.count > 255 { throw refuse("its routing key is longer than 255 bytes") }
+        if let long = message.properties.headers.entries.first(where: { $0.key.utf8.count > 255 }) {
+            throw refuse("header name '\(long.key.prefix(40))…' is longer than 255 bytes")
+        }
+    }
+
+    /// The encoded properties must fit one frame (`frame.max` as negotiated, less the frame's
+    /// own bytes). Encoded only when a rough estimate comes near the limit, so that the common
+    /// publish is not encoded twice.
+    private func checkPropertiesFit(
+        _ properties: inout amqp_basic_properties_t, state: amqp_connection_state_t, message: AMQPOutgoing, destination: String?
+    ) throws {
+        let room = Int(amqp_get_frame_max(state)) - 20
+        let estimate = message.properties.headers.entries.reduce(256) { $0 + $1.key.utf8.count + 16 + ($1.value.stringValue?.utf8.count ?? 1024) }
+        guard estimate > room / 2 else { return }
+        let encoded = withUnsafeTemporaryAllocation(byteCount: max(1, room), alignment: 8) { buffer in
+            amqp_encode_properties(UInt16(AMQP_BASIC_CLASS), &properties, amqp_bytes_t(len: max(0, room), bytes: buffer.baseAddress))
+        }
+        if encoded < 0 {
+            throw BrokerError(
+                .messageTooLarge,
+                "message '\(message.properties.messageID ?? "?")' has headers that do not fit one AMQP frame (frame.max \(room + 20) bytes); nothing was sent",
+                backend: AMQPError.backend, destination: destination)
+        }
     }
 
     func ack(_ channel: UInt16, tag: UInt64, multiple: Bool = false) throws {
