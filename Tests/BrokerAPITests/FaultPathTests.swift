@@ -150,4 +150,42 @@ struct FaultPathTests {
         #expect(lines == ["fetching 'q': connection refused", "fetching 'q': another error", "fetching 'q': recovered after 6 failures in a row"], "\(lines)")
         #expect(failures.consecutiveFailures == 0)
     }
+
+    struct Ping: Job {
+        static let name = "fault.ping"
+        var n: Int
+    }
+
+    /// Item 12: a job that ran but whose ack then failed left its idempotency key "running"
+    /// for good, so its redelivery was postponed forever instead of dropped. The key is now
+    /// complete once the job ran, whatever the ack does.
+    @Test func aJobWhoseAckFailsStillCompletesItsKey() async throws {
+        let broker = try await Brokers.connect(url: "memory://fault-\(UUID().uuidString.prefix(8))")
+        let store = InMemoryIdempotencyStore()
+        try await JobQueue(broker: broker, queue: "ackfail").dispatch(Ping(n: 1), idempotencyKey: "k1")
+        let ran = Atomic<Int>(0)
+        let worker = JobWorker(broker: broker, queue: "ackfail", options: .init(concurrency: 1, idempotencyStore: store))
+        worker.register(Ping.self) { _, _ in
+            ran.add(1, ordering: .relaxed)
+            await broker.close()  // the ack that follows cannot succeed
+        }
+        let run = Task { try await worker.run() }
+        let deadline = ContinuousClock.now + .seconds(5)
+        while ran.load(ordering: .relaxed) == 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        try await Task.sleep(for: .milliseconds(300))
+        worker.stop()
+        _ = try? await run.value
+        #expect(ran.load(ordering: .relaxed) == 1)
+        #expect(try await store.claim("k1") == .completed)
+    }
+
+    /// The store's own `claim` answers for a running key (a call on the concrete type once
+    /// resolved to the protocol's default, which calls every refusal `completed`).
+    @Test func theInMemoryStoreTellsRunningFromCompleted() async throws {
+        let store = InMemoryIdempotencyStore()
+        #expect(try await store.claim("a") == .claimed)
+        #expect(try await store.claim("a") == .running)
+        await store.complete("a")
+        #expect(try await store.claim("a") == .completed)
+    }
 }

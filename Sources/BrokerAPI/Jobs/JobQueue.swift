@@ -113,7 +113,7 @@ public actor InMemoryIdempotencyStore: IdempotencyStore {
 
     public func abandon(_ key: String) { running.remove(key) }
 
-    public func claim(_ key: String) -> IdempotencyClaim {
+    public func claim(_ key: String) async throws -> IdempotencyClaim {
         purge()
         if completed[key] != nil { return .completed }
         if running.contains(key) { return .running }
