@@ -25,12 +25,15 @@ enum JobCases {
     ]
 
     /// Runs `worker` in the background until `condition` holds, then stops it and waits.
+    /// `meanwhile` runs once the worker started, before the wait.
     static func run(
         _ worker: JobWorker, in c: ConformanceContext, until what: String, timeout: Duration = .seconds(20),
+        meanwhile: @Sendable () async throws -> Void = {},
         _ condition: @escaping @Sendable () async throws -> Bool
     ) async throws {
         let task = Task { try await worker.run() }
         do {
+            try await meanwhile()
             try await c.eventually(what, timeout: timeout, condition)
         } catch {
             worker.stop()
@@ -213,24 +216,16 @@ enum JobCases {
             options: .init(concurrency: 1, idempotencyStore: store, runningDuplicateDelay: .milliseconds(300)),
             hooks: JobHooks(onDuplicate: { duplicates.append($0.jobID) }))
         worker.register(ConformanceWork.self) { job, _ in runs.append(job.n) }
-        let task = Task { try await worker.run() }
-        // While the other run holds the key, the job must neither run nor be dropped.
-        try await Task.sleep(for: .milliseconds(800))
-        let early = runs.count
-        let dropped = duplicates.count
-        // The other run fails: its key is free, and this job must now run.
-        await store.abandon("order-9")
-        do {
-            try await c.eventually("the postponed job ran after the key was freed", timeout: .seconds(20)) { runs.count >= 1 }
-        } catch {
-            worker.stop()
-            _ = try? await task.value
-            throw error
-        }
-        worker.stop()
-        try await task.value
-        try c.expect(early == 0, "the job ran while its key was held")
-        try c.expect(dropped == 0 && duplicates.count == 0, "the job was dropped as a duplicate while its key was only running")
+        let whileHeld = Collector<(runs: Int, dropped: Int)>()
+        try await run(worker, in: c, until: "the postponed job ran after the key was freed", meanwhile: {
+            // While the other run holds the key, the job must neither run nor be dropped.
+            try await Task.sleep(for: .milliseconds(800))
+            whileHeld.append((runs.count, duplicates.count))
+            // The other run fails: its key is free, and this job must now run.
+            await store.abandon("order-9")
+        }) { runs.count >= 1 }
+        try c.expect(whileHeld.values.first?.runs == 0, "the job ran while its key was held")
+        try c.expect(whileHeld.values.first?.dropped == 0 && duplicates.count == 0, "the job was dropped as a duplicate while its key was only running")
         try c.expect(runs.values == [9], "runs \(runs.values)")
         let dead = try await c.broker.deadLetters(of: queue, limit: 10)
         try c.expect(dead.isEmpty, "postponing dead-lettered it: \(dead.map(\.envelope.lastError))")
