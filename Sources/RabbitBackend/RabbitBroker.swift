@@ -267,7 +267,7 @@ final class RabbitBroker: Broker {
             let envelope = RabbitAdmin.envelope(delivery, origin: destination, prefix: settings.prefix)
             var message = envelope.original
             message.headers["x-brokerkit-group"] = nil
-            let origin = envelope.originalDestination
+            let origin = envelope.replayTarget(dlqOf: destination)
             let originFull = settings.prefix + origin
             outgoing.append(RabbitMessageMapping.outgoing(message, routingKey: originFull))
             targets.append((originFull, origin))

@@ -103,7 +103,7 @@ extension RedisBroker {
             let envelope = DeadLetterEnvelope(dlqMessage: entry.message)
             var original = envelope?.original ?? entry.message
             original.headers["x-brokerkit-group"] = nil
-            let originKey = envelope.map { settings.prefix + $0.originalDestination } ?? key
+            let originKey = envelope.map { settings.prefix + $0.replayTarget(dlqOf: destination) } ?? key
             let result = try await client.checked(
                 ["EVAL", RedisArgument(RedisScripts.replay), "2", RedisArgument(key + ":dlq"), RedisArgument(originKey), RedisArgument(entry.entryID)]
                     + RedisFieldLayout.fields(for: original), destination: destination)

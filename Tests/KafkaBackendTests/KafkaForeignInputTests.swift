@@ -45,6 +45,7 @@ struct KafkaForeignInputTests {
         let broker = try await KafkaTestSupport.connect()
         let queue = "foreign-delay-\(UUID().uuidString.prefix(8))"
         let delayTopic = KafkaTestSupport.runPrefix + queue + ".delay"
+        let retryTopic = KafkaTestSupport.runPrefix + queue + ".retry.1"
         let soon = ISO8601.format(Date().addingTimeInterval(1))
         let records = [
             ForeignRecord("deliver-at in 2999", expect: .deadLettered(naming: "'\(HeaderName.deliverAt)'")) { _ in
@@ -52,6 +53,12 @@ struct KafkaForeignInputTests {
             },
             ForeignRecord("attempt 20 digits", expect: .deadLettered(naming: "'\(HeaderName.attempt)'")) { _ in
                 _ = try await KafkaInteropTests.kcat(["-P", "-t", delayTopic, "-H", "\(HeaderName.attempt)=99999999999999999999"], input: "attempt\n")
+            },
+            ForeignRecord("attempt Int64.max on a retry topic", expect: .deadLettered(naming: "is '9223372036854775807'")) { _ in
+                _ = try await KafkaInteropTests.kcat(["-P", "-t", retryTopic, "-H", "\(HeaderName.attempt)=9223372036854775807"], input: "max\n")
+            },
+            ForeignRecord("attempt -1 on a retry topic", expect: .deadLettered(naming: "is '-1'")) { _ in
+                _ = try await KafkaInteropTests.kcat(["-P", "-t", retryTopic, "-H", "\(HeaderName.attempt)=-1"], input: "minus\n")
             },
             ForeignRecord("due in a second", expect: .delivered) { _ in
                 _ = try await KafkaInteropTests.kcat(["-P", "-t", delayTopic, "-H", "\(HeaderName.deliverAt)=\(soon)"], input: "soon\n")

@@ -190,6 +190,40 @@ struct KafkaFaultTests {
         #expect(extra == nil, "a duplicate after retried produce requests")
     }
 
+    /// Issue 22, item 7: a nack whose retry copy could not be produced kept its prefetch
+    /// slot and its offset for good; after `prefetch` such failures the consumer received
+    /// nothing. Now each failed nack throws and the record comes again, however many times.
+    @Test func aNackWhoseRetryCopyFailsGivesTheRecordBack() async throws {
+        let cluster = try MockCluster()
+        let broker = try await connect(cluster)
+        let queue = "fault-retry-copy"
+        try await broker.createQueue(queue)
+        try await broker.publish(Message(text: "stubborn"), to: queue)
+        let consumer = try await broker.consumeQueue(
+            queue, options: .init(prefetch: 2, retryPolicy: RetryPolicy(maxAttempts: 10, backoff: .fixed(.milliseconds(100)))))
+        var first = try await consumer.next(timeout: .seconds(30))
+        // The next four produce requests (the retry copies) fail for good.
+        cluster.pushErrors(apiKey: MockCluster.produce, Array(repeating: RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE, count: 4))
+        var failures = 0
+        for _ in 0..<4 {
+            let delivery = try #require(first, "the consumer stalled after \(failures) failed nacks")
+            #expect(delivery.message.text == "stubborn")
+            do { try await delivery.nack(error: "boom") } catch { failures += 1 }
+            first = try await consumer.next(timeout: .seconds(15))
+        }
+        #expect(failures == 4, "the failing retry copies did not fail the nacks")
+        let last = try #require(first, "the consumer stalled after 4 failed nacks")
+        try await last.nack(error: "once more, now the copy goes through")
+        let retried = try #require(try await consumer.next(timeout: .seconds(15)))
+        #expect(retried.message.text == "stubborn" && retried.attempt == 2)
+        try await retried.ack()
+        let extra = try await consumer.next(timeout: .milliseconds(500))
+        #expect(extra == nil, "\(extra?.message.text ?? "?") came again")
+        await consumer.close()
+        await broker.close()
+        await cluster.shutdown()
+    }
+
     /// `task`'s value, or nil when it has none after `limit` (the task is left running): a
     /// publish that never completes fails the test instead of hanging the run.
     func value<T: Sendable>(of task: Task<T, any Error>, within limit: Duration) async throws -> T? {

@@ -176,4 +176,25 @@ struct RedisForeignInputTests {
         try await broker.deleteDestination(queue)
         await broker.close()
     }
+
+    /// A DLQ entry is read from the broker too: one whose origin names a reserved structure
+    /// (here another queue's delay set) is replayed to the queue whose DLQ held it, never there.
+    @Test func replayIgnoresAnOriginThatIsNotAUsableName() async throws {
+        let broker = try await RedisTestSupport.connect()
+        let queue = Self.queueName("replay")
+        try await broker.createQueue(queue)
+        _ = try await RedisTestSupport.redisCLI([
+            "XADD", queue + ":dlq", "*", "h:x-brokerkit-original-destination", "victim:delay", "h:x-brokerkit-last-error", "forged",
+            "payload", "forged",
+        ])
+        #expect(try await broker.replayDeadLetters(of: queue, limit: 10) == 1)
+        let consumer = try await broker.consumeQueue(queue)
+        let delivery = try await consumer.next(timeout: .seconds(10))
+        #expect(delivery?.message.text == "forged")
+        try await delivery?.ack()
+        await consumer.close()
+        #expect(try await RedisTestSupport.redisCLI(["EXISTS", "victim:delay"]).trimmingCharacters(in: .whitespacesAndNewlines) == "0")
+        try await broker.deleteDestination(queue)
+        await broker.close()
+    }
 }

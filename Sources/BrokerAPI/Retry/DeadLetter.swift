@@ -49,6 +49,14 @@ public struct DeadLetterEnvelope: Sendable, Hashable {
         return message
     }
 
+    /// Where ``BrokerAdmin/replayDeadLetters(of:limit:)`` sends the entry: its original
+    /// destination when that is a name an app could use, else `dlqOf` (the destination whose
+    /// DLQ holds it). The envelope is read from the broker: another program may have written
+    /// any text there, such as a reserved or malformed name.
+    public func replayTarget(dlqOf destination: String) -> String {
+        (try? DestinationName.validate(originalDestination)) != nil ? originalDestination : destination
+    }
+
     /// Reads an envelope back from a DLQ message; `nil` if the envelope headers are missing.
     public init?(dlqMessage message: Message) {
         guard let origin = message.headers[HeaderName.originalDestination] else { return nil }
