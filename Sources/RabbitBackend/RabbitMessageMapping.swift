@@ -31,6 +31,24 @@ enum RabbitMessageMapping {
             || name == deliveryCountHeader || name == streamOffsetHeader
     }
 
+    /// Why BrokerKit cannot use `delivery` (``Delivery/defect``): more headers than
+    /// ``PublishValidation/maxHeaderCount``, or a text header (`S`) that is not UTF-8 (its
+    /// copy would carry other bytes). `nil` for a usable message: one pass over the headers,
+    /// ASCII checked without decoding.
+    static func defect(of delivery: AMQPDelivery) -> String? {
+        let entries = delivery.properties.headers.entries
+        if entries.count > PublishValidation.maxHeaderCount {
+            return "\(entries.count) headers, more than \(PublishValidation.maxHeaderCount)"
+        }
+        for entry in entries {
+            guard case .string(let data) = entry.value else { continue }
+            if !data.allSatisfy({ $0 < 0x80 }) && String(validating: data, as: UTF8.self) == nil {
+                return "header '\(entry.key)' is not valid UTF-8"
+            }
+        }
+        return nil
+    }
+
     /// The AMQP message for `message`. `extra` entries (e.g. a kept `x-death`) are added.
     static func outgoing(_ message: Message, routingKey: String, extra: AMQPTable = AMQPTable()) -> AMQPOutgoing {
         var properties = AMQPProperties()
@@ -47,7 +65,16 @@ enum RabbitMessageMapping {
         }
         if let key = message.key { headers.entries.append(.init(key: keyHeader, value: .text(key))) }
         headers.entries.append(.init(key: timestampHeader, value: .int64(Int64(millis))))
-        for entry in extra.entries where headers[entry.key] == nil { headers.entries.append(entry) }
+        // A set, not `headers[key]` per entry: a foreign message can carry tens of thousands
+        // of kept entries, and the linear lookup made every copy of it quadratic.
+        // At most `maxHeaderCount` of them: a foreign message with more is dead-lettered, and
+        // its DLQ copy must still fit a frame.
+        var present = Set(headers.entries.map(\.key))
+        var kept = 0
+        for entry in extra.entries where kept < PublishValidation.maxHeaderCount && present.insert(entry.key).inserted {
+            headers.entries.append(entry)
+            kept += 1
+        }
         properties.headers = headers
         return AMQPOutgoing(routingKey: routingKey, properties: properties, body: message.payload)
     }

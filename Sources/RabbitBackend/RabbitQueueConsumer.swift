@@ -196,7 +196,8 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
             firstFailureAt: firstFailureAt)
         return Delivery(
             message: message, destination: queue, attempt: attempt, firstFailureAt: firstFailureAt, position: nil,
-            retryPolicy: options.retryPolicy, backend: AMQPError.backend, settler: settler, metrics: metrics)
+            retryPolicy: options.retryPolicy, backend: AMQPError.backend, settler: settler, metrics: metrics,
+            defect: RabbitMessageMapping.defect(of: raw))
     }
 
     func next() async throws -> Delivery? {

@@ -306,7 +306,7 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
             message: item.message, destination: stream, group: groupName, attempt: attempt, firstFailureAt: firstFailureAt,
             position: Position(partition: 0, offset: item.offset), retryPolicy: options.retryPolicy, backend: AMQPError.backend,
             settler: RabbitStreamSettler(consumer: self, item: item),
-            metrics: metrics)
+            metrics: metrics, defect: RabbitMessageMapping.defect(of: item.raw))
     }
 
     fileprivate func settle(_ held: Item, outcome: RabbitStreamSettler.Outcome) async throws {

@@ -199,18 +199,22 @@ struct RabbitFaultPathTests {
         }
     }
 
-    /// Numbers another client puts in headers BrokerKit reads (`x-delivery-count`,
-    /// `x-brokerkit-attempt`, `x-brokerkit-timestamp-ms`, the `timestamp` property) at and
-    /// near `Int64.max` trapped in the attempt sum or the timestamp conversion and crashed the
-    /// process; now they are bounded, the messages delivered and the queue keeps flowing.
-    @Test func hugeNumbersFromAnotherClientNeitherCrashNorStall() async throws {
+    /// What another client (pika) can put in headers: numbers BrokerKit reads
+    /// (`x-delivery-count`, `x-brokerkit-attempt`, `x-brokerkit-timestamp-ms`, the `timestamp`
+    /// property) at and near `Int64.max` trapped in the attempt sum or the timestamp
+    /// conversion and crashed the process; text that is not UTF-8, thousands of headers and
+    /// deep nesting. Each record is delivered (its retry copy built too) or dead-lettered
+    /// naming what is wrong, and the queue keeps flowing.
+    @Test func foreignHeadersNeitherCrashNorStall() async throws {
         /// A pika publisher of one message with these headers and `timestamp` (Python literals).
         func pika(
-            _ label: String, headers: String, timestamp: String = "None", expect: ForeignRecord.Expectation = .delivered
+            _ label: String, headers: String, timestamp: String = "None", expect: ForeignRecord.Expectation = .delivered,
+            setup: String = ""
         ) throws -> ForeignRecord {
             let url = try RabbitTestSupport.url()
             let writer = """
                 import sys, pika
+                \(setup)
                 conn = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
                 ch = conn.channel()
                 ch.confirm_delivery()
@@ -232,6 +236,23 @@ struct RabbitFaultPathTests {
             try pika("x-brokerkit-attempt 2^63-1", headers: #"{"x-brokerkit-attempt": str(2**63 - 1)}"#, expect: spent),
             try pika("x-brokerkit-timestamp-ms 2^63-1", headers: #"{"x-brokerkit-timestamp-ms": 2**63 - 1}"#),
             try pika("timestamp property 2^63", headers: "{}", timestamp: "2**63"),
+            // Text that is not UTF-8 in a text header (pika writes a str as 'S').
+            try pika(
+                "a text header that is not UTF-8", headers: #"{"source": b"\xff\xfe".decode("utf-8", "surrogateescape")}"#,
+                expect: .deadLettered(naming: "header 'source' is not valid UTF-8"),
+                setup: #"pika.data.as_bytes = lambda v: v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v"#),
+            // Fourteen thousand headers (void values, short names: one frame).
+            try pika(
+                "14,000 headers", headers: #"{"h%d" % i: None for i in range(14000)}"#,
+                expect: .deadLettered(naming: "14000 headers, more than 256")),
+            // An array nested 20,000 deep (rabbitmq-c 0.11 decodes it recursively, unbounded).
+            try pika(
+                "an array nested 20,000 deep", headers: #"{"deep": nested}"#,
+                setup: """
+                    sys.setrecursionlimit(1_000_000)
+                    nested = []
+                    for _ in range(20000): nested = [nested]
+                    """),
         ]
         try await RabbitServerGate.shared.withShared {
             let broker = try await RabbitTestSupport.connect()

@@ -65,10 +65,10 @@ public final class ConnectionThread: Sendable {
     private let core = Core()
     public let name: String
 
-    public init(name: String) {
+    public init(name: String, stackSize: Int? = nil) {
         self.name = name
         let core = self.core
-        DedicatedThread.start(name: name) { core.loop() }
+        DedicatedThread.start(name: name, stackSize: stackSize) { core.loop() }
     }
 
     /// Dropped without ``shutdown()`` (its owner was dropped without being closed): the

@@ -7,8 +7,10 @@ import Foundation
 /// `/proc/<pid>/task/*/comm` could not tell a broker's threads apart. Threads started here
 /// set their kernel name first (Linux keeps its first 15 bytes).
 public enum DedicatedThread {
-    /// Runs `body` on a new thread named `name`.
-    public static func start(name: String, _ body: @escaping @Sendable () -> Void) {
+    /// Runs `body` on a new thread named `name`, with `stackSize` bytes of stack when given
+    /// (a C decoder that recurses once per nesting level of its input needs more than the
+    /// default).
+    public static func start(name: String, stackSize: Int? = nil, _ body: @escaping @Sendable () -> Void) {
         // Named from inside the thread only. A name also set before `start()` never reached the
         // kernel, and sometimes kept the inside one from reaching it (a RabbitMQ publisher thread
         // kept the pool's name, so the dropped-broker test did not see it).
@@ -16,6 +18,7 @@ public enum DedicatedThread {
             setKernelName(name)
             body()
         }
+        if let stackSize { thread.stackSize = stackSize }
         thread.start()
     }
 

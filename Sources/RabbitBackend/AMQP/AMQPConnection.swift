@@ -88,7 +88,10 @@ final class AMQPConnection: @unchecked Sendable {
         var logger = logger
         logger[metadataKey: "amqp.connection"] = "\(name)"
         self.logger = logger
-        self.thread = ConnectionThread(name: "amqp-\(name)")
+        // rabbitmq-c 0.11 decodes nested tables and arrays recursively with no depth limit
+        // (0.14 added one), about 26,000 levels in a 128 KiB frame: a stack in proportion to
+        // the frame size, so that a crafted header cannot overflow it.
+        self.thread = ConnectionThread(name: "amqp-\(name)", stackSize: max(16 << 20, endpoint.frameMax * 64))
         var fds: [Int32] = [-1, -1]
         if pipe(&fds) == 0 {
             _ = fcntl(fds[0], F_SETFL, fcntl(fds[0], F_GETFL) | O_NONBLOCK)

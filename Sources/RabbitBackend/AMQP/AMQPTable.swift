@@ -80,8 +80,17 @@ enum AMQPValue: Sendable, Hashable {
         }
     }
 
+    /// How deep tables and arrays are copied; deeper values become `void`. A frame can nest
+    /// them tens of thousands deep, and each level is a recursion here (and in the
+    /// deinitializers and the encoder).
+    static let maxDepth = 32
+
     /// Copies a value out of a decoded frame.
-    init(_ field: amqp_field_value_t) {
+    init(_ field: amqp_field_value_t, depth: Int = 0) {
+        guard depth < Self.maxDepth else {
+            self = .void
+            return
+        }
         let kind = UInt32(field.kind)
         switch kind {
         case AMQP_FIELD_KIND_BOOLEAN.rawValue: self = .bool(field.value.boolean != 0)
@@ -100,12 +109,12 @@ enum AMQPValue: Sendable, Hashable {
         case AMQP_FIELD_KIND_UTF8.rawValue: self = .string(Data(amqpBytes: field.value.bytes))
         case AMQP_FIELD_KIND_BYTES.rawValue: self = .bytes(Data(amqpBytes: field.value.bytes))
         case AMQP_FIELD_KIND_TIMESTAMP.rawValue: self = .timestamp(field.value.u64)
-        case AMQP_FIELD_KIND_TABLE.rawValue: self = .table(AMQPTable(field.value.table))
+        case AMQP_FIELD_KIND_TABLE.rawValue: self = .table(AMQPTable(field.value.table, depth: depth + 1))
         case AMQP_FIELD_KIND_ARRAY.rawValue:
             let array = field.value.array
             var values: [AMQPValue] = []
             if let entries = array.entries {
-                for index in 0..<Int(array.num_entries) { values.append(AMQPValue(entries[index])) }
+                for index in 0..<Int(array.num_entries) { values.append(AMQPValue(entries[index], depth: depth + 1)) }
             }
             self = .array(values)
         default: self = .void
@@ -128,13 +137,13 @@ struct AMQPTable: Sendable, Hashable {
     }
 
     /// Copies a table out of a decoded frame.
-    init(_ table: amqp_table_t) {
+    init(_ table: amqp_table_t, depth: Int = 0) {
         var entries: [Entry] = []
         if let raw = table.entries {
             entries.reserveCapacity(Int(table.num_entries))
             for index in 0..<Int(table.num_entries) {
                 let entry = raw[index]
-                entries.append(Entry(key: String(decoding: Data(amqpBytes: entry.key), as: UTF8.self), value: AMQPValue(entry.value)))
+                entries.append(Entry(key: String(decoding: Data(amqpBytes: entry.key), as: UTF8.self), value: AMQPValue(entry.value, depth: depth)))
             }
         }
         self.entries = entries
