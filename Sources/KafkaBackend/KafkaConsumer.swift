@@ -698,14 +698,25 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     /// Gives `record` back: redelivered at once unless the consumer is closing (then its
     /// offset stays uncommitted, so the next member of the group gets it).
     func release(_ record: KafkaRecord, partition: PartitionState, attempt: Int, firstFailureAt: Date?) {
-        let redeliver = state.withLock { s -> Bool in
+        let delivery = delivery(for: record, partition: partition, attempt: attempt, firstFailureAt: firstFailureAt)
+        enum Outcome { case dropped, parked, redeliver }
+        let outcome = state.withLock { s -> Outcome in
             guard !s.closing, partition.live else {
                 s.outstanding -= 1
-                return false
+                return .dropped
             }
-            return true
+            // Its partition waits for an in-place retry: it goes out after the retried record.
+            if partition.blocked > 0 {
+                partition.parkedDeliveries.append(delivery)
+                return .parked
+            }
+            return .redeliver
         }
-        if redeliver { push(record, partition: partition, attempt: attempt, firstFailureAt: firstFailureAt) } else { wake() }
+        switch outcome {
+        case .dropped: wake()
+        case .parked: break
+        case .redeliver: if !buffer.push(delivery) { state.withLock { $0.outstanding -= 1 } }
+        }
     }
 
     // MARK: - Pauses and commits (poll thread)

@@ -38,6 +38,9 @@ final class RedisConsumer: MessageConsumer, Sendable {
         /// Stream deliveries fetched after an entry that waits for its in-place retry: taken
         /// back from the buffer and handed out again after it, so order holds.
         var heldBack: [Delivery] = []
+        /// Stream entries waiting for their in-place retry: still this member's, so their
+        /// leases are renewed and a claim does not hand them out again.
+        var retrying: Set<String> = []
     }
 
     let broker: RedisBroker
@@ -55,6 +58,7 @@ final class RedisConsumer: MessageConsumer, Sendable {
     /// Failures of the fetch loop and of moving due entries, logged with backoff.
     let loopFailures: FailureLog
     let moveFailures: FailureLog
+    let renewFailures: FailureLog
 
     init(broker: RedisBroker, destination: String, key: String, mode: Mode) {
         self.broker = broker
@@ -66,6 +70,7 @@ final class RedisConsumer: MessageConsumer, Sendable {
         self.client = broker.makeClient(name: "consumer-\(destination)")
         loopFailures = FailureLog(logger: broker.logger, what: "redis consumer of '\(destination)'")
         moveFailures = FailureLog(logger: broker.logger, what: "redis: moving due retries of '\(destination)'", level: .error)
+        renewFailures = FailureLog(logger: broker.logger, what: "redis consumer of '\(destination)': renewing leases")
     }
 
     var group: String {
@@ -114,9 +119,10 @@ final class RedisConsumer: MessageConsumer, Sendable {
 
     // MARK: - Loop
 
-    /// How often the leases of held entries are renewed: a third of the lease, so that two
-    /// renewals can be late before another consumer may claim them.
-    var renewInterval: Duration { max(.milliseconds(50), lease / 3) }
+    /// How often the leases of held entries are renewed: a third of this consumer's lease, and
+    /// at least every `claim.interval`, so that another consumer with a shorter lease than
+    /// this one (it claims after its own) does not take them either.
+    var renewInterval: Duration { max(.milliseconds(50), min(lease / 3, broker.settings.claimInterval)) }
 
     private func loop() async {
         var lastClaim = ContinuousClock.now - .seconds(3600)
@@ -209,24 +215,31 @@ final class RedisConsumer: MessageConsumer, Sendable {
         })
     }
 
-    func push(_ held: Held) { hand([held]) }
+    /// Hands out a retried stream entry: never held back behind another pending retry.
+    func push(_ held: Held) { hand([held], retried: true) }
 
     /// Counts `held` as outstanding and buffers them for the app, under one lock for the whole
     /// read (while closing they are kept aside to be given back).
-    private func hand(_ held: [Held]) {
-        let fresh = state.withLock { s -> [Held]? in
+    private func hand(_ held: [Held], retried: Bool = false) {
+        let (fresh, holdBack) = state.withLock { s -> ([Held]?, Bool) in
             guard !s.closed else {
                 s.late.append(contentsOf: held)
-                return nil
+                return (nil, false)
             }
             // An entry this consumer already holds is not handed out twice (it would take a
             // second slot that no settlement returns).
-            let fresh = held.filter { s.unsettled[$0.entry.entryID] == nil }
+            let fresh = held.filter { s.unsettled[$0.entry.entryID] == nil && !s.retrying.contains($0.entry.entryID) }
             s.outstanding += fresh.count
             for item in fresh { s.unsettled[item.entry.entryID] = item }
-            return fresh
+            return (fresh, !isQueue && !retried && s.pendingRetries > 0)
         }
         guard let fresh, !fresh.isEmpty else { return }
+        if holdBack {
+            // A read that was under way when a stream entry was nacked: after the retry.
+            let deliveries = fresh.map(makeDelivery)
+            state.withLock { $0.heldBack.append(contentsOf: deliveries) }
+            return
+        }
         for delivery in buffer.push(contentsOf: fresh.map(makeDelivery)) {
             if let id = delivery.position?.offset { settled(id) }
         }
@@ -245,7 +258,7 @@ final class RedisConsumer: MessageConsumer, Sendable {
     /// live consumer's entries are never claimed by another however long a handler runs,
     /// while a dead consumer's come back within one lease (issue 22, item 13).
     private func renewLeases() async {
-        let ids = state.withLock { Array($0.unsettled.keys) }
+        let ids = state.withLock { Array($0.unsettled.keys) + $0.retrying }
         guard !ids.isEmpty else { return }
         do {
             let reply = try await client.send(
@@ -256,8 +269,9 @@ final class RedisConsumer: MessageConsumer, Sendable {
             if !lost.isEmpty {
                 broker.logger.debug("redis consumer of '\(destination)': \(lost.count) held entries are no longer ours (claimed after a missed renewal, or settled)")
             }
+            renewFailures.succeeded()
         } catch {
-            loopFailures.failed("renewing leases failed: \(error)")
+            renewFailures.failed(error)
         }
     }
 

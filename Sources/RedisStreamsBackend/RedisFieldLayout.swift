@@ -108,11 +108,11 @@ enum RedisFieldLayout {
                 // holds the first ones, so that writing it stays one bounded command), but for
                 // BrokerKit's own, which a DLQ entry's envelope needs.
                 let header = text(UnsafeRawBufferPointer(rebasing: name[2...]), field: "header name")
-                guard headers.count <= PublishValidation.maxHeaderCount || header.hasPrefix(HeaderName.reservedPrefix) else { return }
-                headers[header] = text(value, field: "h:\(header)")
-                if headers.count == PublishValidation.maxHeaderCount + 1 {
+                guard headers.count < PublishValidation.maxHeaderCount || header.hasPrefix(HeaderName.reservedPrefix) else {
                     note("more than \(PublishValidation.maxHeaderCount) headers")
+                    return
                 }
+                headers[header] = text(value, field: "h:\(header)")
             }
         }
 

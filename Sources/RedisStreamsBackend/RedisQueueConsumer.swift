@@ -53,7 +53,7 @@ extension RedisConsumer {
         // XAUTOCLAIM ignores the owner: entries this consumer holds itself (buffered, or with
         // a handler slower than the lease) come back too. Claiming them only renewed their
         // lease; they are not delivered again (issue 22, item 6).
-        let held = state.withLock { Set($0.unsettled.keys) }
+        let held = state.withLock { Set($0.unsettled.keys).union($0.retrying) }
         ids.removeAll { held.contains($0) }
         guard !ids.isEmpty else { return [] }
         // Fetch the entries and their delivery counts; claiming counts as a delivery.
@@ -192,6 +192,9 @@ extension RedisConsumer {
             // Only an entry this member holds: handing another member's to `__released`
             // would take it away from that member.
             guard state.withLock({ $0.unsettled[held.entry.entryID] != nil }) else { throw noLongerHeld(held) }
+            // No longer held before it is handed on: a claim from `__released` that comes in
+            // between must deliver it, not skip it as one this member holds.
+            settled(held.entry.entryID)
             try await handToReleased([held.entry.entryID])
         }
     }

@@ -4,12 +4,17 @@
 enum RedisScripts {
     /// Nack with backoff: ack + delete the entry and park its fields in the retry set until due.
     /// KEYS: stream, retry set. ARGV: group, entry id, due ms, fields...
+    /// Every script that moves an entry checks first, writes the copy, and deletes last: a
+    /// script that fails half-way is not rolled back, and a delete before a failed write
+    /// would lose the entry.
     static let retry = """
-        if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-        redis.call('XDEL', KEYS[1], ARGV[2])
+        local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+        if pending[1] == nil then return 0 end
         local fields = {}
         for i = 4, #ARGV do fields[#fields + 1] = ARGV[i] end
         redis.call('ZADD', KEYS[2], ARGV[3], cmsgpack.pack(fields))
+        redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+        redis.call('XDEL', KEYS[1], ARGV[2])
         return 1
         """
 
@@ -118,20 +123,23 @@ enum RedisScripts {
     /// Give a queue entry back as a new entry (same or next attempt). KEYS: stream.
     /// ARGV: group, entry id, fields...
     static let requeue = """
-        if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 0 then return 0 end
-        redis.call('XDEL', KEYS[1], ARGV[2])
+        local pending = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[2], ARGV[2], 1)
+        if pending[1] == nil then return 0 end
         local fields = {}
         for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
         redis.call('XADD', KEYS[1], '*', unpack(fields))
+        redis.call('XACK', KEYS[1], ARGV[1], ARGV[2])
+        redis.call('XDEL', KEYS[1], ARGV[2])
         return 1
         """
 
     /// Replay one DLQ entry to its origin. KEYS: dlq stream, origin stream. ARGV: dlq entry id, fields...
     static let replay = """
-        if redis.call('XDEL', KEYS[1], ARGV[1]) == 0 then return 0 end
+        if #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[1]) == 0 then return 0 end
         local fields = {}
         for i = 2, #ARGV do fields[#fields + 1] = ARGV[i] end
         redis.call('XADD', KEYS[2], '*', unpack(fields))
+        redis.call('XDEL', KEYS[1], ARGV[1])
         return 1
         """
 }

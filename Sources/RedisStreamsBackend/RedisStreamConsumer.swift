@@ -43,6 +43,7 @@ extension RedisConsumer {
             guard !s.closed, s.unsettled.removeValue(forKey: entry.entryID) != nil else { return false }
             s.outstanding -= 1
             s.pendingRetries += 1
+            s.retrying.insert(entry.entryID)
             return true
         }
         guard mine else { throw noLongerHeld(held) }
@@ -55,6 +56,7 @@ extension RedisConsumer {
             try? await Task.sleep(for: delay)
             let (open, resume) = state.withLock { s -> (Bool, [Delivery]) in
                 s.pendingRetries -= 1
+                s.retrying.remove(entry.entryID)
                 guard !s.closed, s.pendingRetries == 0 else { return (!s.closed, []) }
                 defer { s.heldBack = [] }
                 return (true, s.heldBack)

@@ -172,12 +172,18 @@ public struct Delivery: Sendable {
         }
     }
 
-    /// Runs a settlement step once claimed; if it fails, gives the delivery back (see the
-    /// type's note) and rethrows.
+    /// How long a delivery whose settlement step failed is held before it is given back: a
+    /// step that fails the same way every time (a DLQ the broker refuses, a delay it cannot
+    /// hold) would otherwise run the handler again at once, forever.
+    public static let failedStepPause = Duration.seconds(1)
+
+    /// Runs a settlement step once claimed; if it fails, gives the delivery back after
+    /// ``failedStepPause`` (see the type's note) and rethrows.
     private func settle(_ step: () async throws -> Void) async throws {
         do {
             try await step()
         } catch {
+            try? await Task.sleep(for: Self.failedStepPause)
             try? await settler.release()
             throw error
         }
