@@ -178,12 +178,15 @@ public struct Delivery: Sendable {
     public static let failedStepPause = Duration.seconds(1)
 
     /// Runs a settlement step once claimed; if it fails, gives the delivery back after
-    /// ``failedStepPause`` (see the type's note) and rethrows.
+    /// ``failedStepPause`` (see the type's note) and rethrows. A step that failed because the
+    /// delivery is no longer held (`closed`: its consumer closed, or lost it to a rebalance or
+    /// a reconnect) cannot come straight back here, so it is released without the pause: the
+    /// release only returns its prefetch slot.
     private func settle(_ step: () async throws -> Void) async throws {
         do {
             try await step()
         } catch {
-            try? await Task.sleep(for: Self.failedStepPause)
+            if (error as? BrokerError)?.code != .closed { try? await Task.sleep(for: Self.failedStepPause) }
             try? await settler.release()
             throw error
         }

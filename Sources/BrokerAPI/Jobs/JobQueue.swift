@@ -99,12 +99,7 @@ public actor InMemoryIdempotencyStore: IdempotencyStore {
 
     public init(retention: Duration = .seconds(86_400)) { self.retention = retention }
 
-    public func begin(_ key: String) -> Bool {
-        purge()
-        if running.contains(key) || completed[key] != nil { return false }
-        running.insert(key)
-        return true
-    }
+    public func begin(_ key: String) -> Bool { take(key) == .claimed }
 
     public func complete(_ key: String) {
         running.remove(key)
@@ -113,7 +108,10 @@ public actor InMemoryIdempotencyStore: IdempotencyStore {
 
     public func abandon(_ key: String) { running.remove(key) }
 
-    public func claim(_ key: String) async throws -> IdempotencyClaim {
+    public func claim(_ key: String) async throws -> IdempotencyClaim { take(key) }
+
+    /// Claims `key` unless it completed or is running: what ``begin(_:)`` and ``claim(_:)`` ask.
+    private func take(_ key: String) -> IdempotencyClaim {
         purge()
         if completed[key] != nil { return .completed }
         if running.contains(key) { return .running }
