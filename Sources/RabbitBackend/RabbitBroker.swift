@@ -117,14 +117,14 @@ final class RabbitBroker: Broker {
             let window = settings.confirmWindow
             var outcomes: [(Int, BrokerError?)] = []
             if pending.count <= window {
-                let results = await publisher.publish(pending.map { outgoing[$0] }, destination: user)
+                let results = await publisher.publish(pending.map { outgoing[$0] }, destination: user, deadline: deadline)
                 outcomes = Array(zip(pending, results))
             } else {
                 outcomes = await withTaskGroup(of: [(Int, BrokerError?)].self) { group in
                     for start in stride(from: 0, to: pending.count, by: window) {
                         let chunk = Array(pending[start..<min(pending.count, start + window)])
                         group.addTask {
-                            let results = await self.publisher.publish(chunk.map { outgoing[$0] }, destination: user)
+                            let results = await self.publisher.publish(chunk.map { outgoing[$0] }, destination: user, deadline: deadline)
                             return Array(zip(chunk, results))
                         }
                     }

@@ -32,13 +32,20 @@ enum RabbitMessageMapping {
     }
 
     /// Why BrokerKit cannot use `delivery` (``Delivery/defect``): more headers than
-    /// ``PublishValidation/maxHeaderCount``, or a text header (`S`) that is not UTF-8 (its
-    /// copy would carry other bytes). `nil` for a usable message: one pass over the headers,
+    /// ``PublishValidation/maxHeaderCount``, or a text header (`S`), header name or text
+    /// property (message id, content type, …) that is not UTF-8 (its copy would carry other
+    /// bytes). `nil` for a usable message: one pass over the headers,
     /// ASCII checked without decoding.
     static func defect(of delivery: AMQPDelivery) -> String? {
         let entries = delivery.properties.headers.entries
         if entries.count > PublishValidation.maxHeaderCount {
             return "\(entries.count) headers, more than \(PublishValidation.maxHeaderCount)"
+        }
+        if let property = delivery.properties.invalidText {
+            return "property '\(property)' is not valid UTF-8"
+        }
+        if let key = delivery.properties.headers.invalidKey {
+            return "header name '\(key)' is not valid UTF-8"
         }
         for entry in entries {
             guard case .string(let data) = entry.value else { continue }

@@ -32,6 +32,10 @@ final class RabbitPublisher: @unchecked Sendable {
     private var lowestOpen: UInt64 = 1
     private var waiting: [UInt64: Slot] = [:]
     private var closed = false
+    /// Set by ``close()`` at once, so that no new send is queued behind a stuck one.
+    private let isClosed = Atomic<Bool>(false)
+    /// True while a send job writes to the socket (read by the send deadline's message).
+    private let sending = Atomic<Bool>(false)
     private var lastSweep = ContinuousClock.now
 
     init(connection: AMQPConnection, operationTimeout: Duration) {
@@ -48,22 +52,47 @@ final class RabbitPublisher: @unchecked Sendable {
 
     /// Publishes `messages` and waits for each one's confirm. The result per message is
     /// `nil` (confirmed) or the error that message failed with.
-    func publish(_ messages: [AMQPOutgoing], destination: String?) async -> [BrokerError?] {
+    /// Without a `deadline`, messages fail with `timeout` after `operation.timeout`.
+    func publish(_ messages: [AMQPOutgoing], destination: String?, deadline: ContinuousClock.Instant? = nil) async -> [BrokerError?] {
         guard !messages.isEmpty else { return [] }
-        let batch = ConfirmBatch(count: messages.count, deadline: ContinuousClock.now + operationTimeout)
+        let deadline = deadline ?? ContinuousClock.now + operationTimeout
+        let batch = ConfirmBatch(count: messages.count, deadline: deadline)
         // Not `run`: the caller waits for the confirms anyway, so resuming it once the send
         // job is done would only add a wake-up of its task per call.
-        let accepted = connection.submit { _ in self.send(messages, batch: batch, destination: destination) }
+        let accepted = !isClosed.load(ordering: .acquiring)
+            && connection.submit { _ in self.send(messages, batch: batch, destination: destination) }
         if !accepted {
             let failure = BrokerError(.closed, "publisher is closed", backend: AMQPError.backend, destination: destination)
             for index in messages.indices { batch.complete(index, failure) }
+            return await batch.wait()
+        }
+        // The send deadline. The connection's sweep fails unconfirmed messages too, but only
+        // while its thread runs: a send blocked on a full socket (a broker in a resource alarm
+        // stops reading) holds the thread, and rabbitmq-c waits for the socket without a
+        // deadline. Whatever is still open then fails with `timeout` here; a message whose
+        // send had not started by then is not sent at all.
+        let timeout = operationTimeout
+        let left = max(.zero, deadline - ContinuousClock.now)
+        DispatchQueue.global().asyncAfter(deadline: .now() + left.timeInterval) { [connection, weak self] in
+            let url = connection.endpoint.redactedURL
+            let why =
+                if connection.isBlocked {
+                    "RabbitMQ at \(url) has blocked publishing (a memory or disk resource alarm): not confirmed within operation.timeout \(timeout)"
+                } else if self?.sending.load(ordering: .acquiring) == true {
+                    "the message could not be written to \(url) within operation.timeout \(timeout): the broker is not reading (a memory or disk resource alarm blocks publishers) or the network stalls"
+                } else {
+                    "no publisher confirm within operation.timeout \(timeout)"
+                }
+            batch.expire(BrokerError(.timeout, why, backend: AMQPError.backend, destination: destination))
         }
         return await batch.wait()
     }
 
-    /// Fails what is still unconfirmed and closes the connection. Idempotent.
+    /// Fails what is still unconfirmed and closes the connection. Idempotent, and bounded by
+    /// `operation.timeout` even when a send is stuck (see ``AMQPConnection/close()``).
     func close() async {
-        _ = try? await connection.run { _ in
+        isClosed.store(true, ordering: .releasing)
+        connection.submit { _ in
             self.closed = true
             self.failAll(BrokerError.closed("publisher", backend: AMQPError.backend))
         }
@@ -79,8 +108,11 @@ final class RabbitPublisher: @unchecked Sendable {
     }
 
     private func send(_ messages: [AMQPOutgoing], batch: ConfirmBatch, destination: String?) {
+        sending.store(true, ordering: .releasing)
+        defer { sending.store(false, ordering: .releasing) }
         for index in messages.indices {
             let message = messages[index]
+            if batch.isDone(index) { continue }  // expired before its turn came: never sent
             if closed {
                 batch.complete(index, BrokerError.closed("publisher", backend: AMQPError.backend, destination: destination))
                 continue
@@ -191,6 +223,14 @@ final class ConfirmBatch: Sendable {
         if let (continuation, results) = resume { continuation.resume(returning: results) }
     }
 
+    /// Fails every message without an outcome yet with `error`.
+    func expire(_ error: BrokerError) {
+        let open = state.withLock { s in s.done.indices.filter { !s.done[$0] } }
+        for index in open { complete(index, error) }
+    }
+
+    func isDone(_ index: Int) -> Bool { state.withLock { $0.done[index] } }
+
     func wait() async -> [BrokerError?] {
         await withCheckedContinuation { continuation in
             let results = state.withLock { s -> [BrokerError?]? in
@@ -199,6 +239,35 @@ final class ConfirmBatch: Sendable {
                 return nil
             }
             if let results { continuation.resume(returning: results) }
+        }
+    }
+}
+
+/// A one-time signal a thread fires and a task awaits.
+final class OneShot: Sendable {
+    private struct State {
+        var fired = false
+        var continuation: CheckedContinuation<Void, Never>?
+    }
+    private let state = Mutex(State())
+
+    func fire() {
+        let continuation = state.withLock { s -> CheckedContinuation<Void, Never>? in
+            s.fired = true
+            defer { s.continuation = nil }
+            return s.continuation
+        }
+        continuation?.resume()
+    }
+
+    func wait() async {
+        await withCheckedContinuation { continuation in
+            let fired = state.withLock { s -> Bool in
+                if s.fired { return true }
+                s.continuation = continuation
+                return false
+            }
+            if fired { continuation.resume() }
         }
     }
 }

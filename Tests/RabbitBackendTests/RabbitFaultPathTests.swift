@@ -209,7 +209,7 @@ struct RabbitFaultPathTests {
         /// A pika publisher of one message with these headers and `timestamp` (Python literals).
         func pika(
             _ label: String, headers: String, timestamp: String = "None", expect: ForeignRecord.Expectation = .delivered,
-            setup: String = ""
+            setup: String = "", properties: String = ""
         ) throws -> ForeignRecord {
             let url = try RabbitTestSupport.url()
             let writer = """
@@ -218,7 +218,7 @@ struct RabbitFaultPathTests {
                 conn = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
                 ch = conn.channel()
                 ch.confirm_delivery()
-                props = pika.BasicProperties(headers=\(headers), timestamp=\(timestamp), delivery_mode=2)
+                props = pika.BasicProperties(headers=\(headers), timestamp=\(timestamp), delivery_mode=2\(properties))
                 ch.basic_publish("", sys.argv[2], b"foreign", props, mandatory=True)
                 conn.close()
                 """
@@ -241,6 +241,15 @@ struct RabbitFaultPathTests {
                 "a text header that is not UTF-8", headers: #"{"source": b"\xff\xfe".decode("utf-8", "surrogateescape")}"#,
                 expect: .deadLettered(naming: "header 'source' is not valid UTF-8"),
                 setup: #"pika.data.as_bytes = lambda v: v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v"#),
+            // A header name and a message id that are not UTF-8 (were read with
+            // replacement characters, so the copy carried other bytes).
+            try pika(
+                "a header name that is not UTF-8", headers: #"{b"k\xff".decode("utf-8", "surrogateescape"): "v"}"#,
+                expect: .deadLettered(naming: "header name 'k\u{FFFD}' is not valid UTF-8"),
+                setup: #"pika.data.as_bytes = lambda v: v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v"#),
+            try pika(
+                "a message id that is not UTF-8", headers: "{}",
+                expect: .deadLettered(naming: "property 'message-id' is not valid UTF-8"), properties: #", message_id=b"id-\xff""#),
             // Fourteen thousand headers (void values, short names: one frame).
             try pika(
                 "14,000 headers", headers: #"{"h%d" % i: None for i in range(14000)}"#,

@@ -15,6 +15,60 @@ struct RabbitRestartTests {
         }
     }
 
+    /// Issue 22, item 11: in a resource alarm RabbitMQ stops reading what a connection
+    /// publishes. Sends then block on a full socket (rabbitmq-c waits for it without a
+    /// deadline), and `publish` and `close()` hung past `operation.timeout`. Now a publish
+    /// fails with `timeout` naming the alarm, and `close()` returns. Runs in the serial pass:
+    /// the alarm blocks every publisher of the server.
+    @Test func aResourceAlarmTimesPublishesOutAndCloseStillReturns() async throws {
+        try await RabbitServerGate.shared.withExclusive {
+            let broker = try await RabbitTestSupport.connect(["operation.timeout": "3s", "queue.type": "classic"])
+            let queue = "bk-alarm-\(UUID().uuidString.prefix(8).lowercased())"
+            try await broker.createQueue(queue)
+            try await broker.publish(Message(text: "before the alarm"), to: queue)
+            _ = try await RabbitTestSupport.rabbitmqctl(["set_vm_memory_high_watermark", "0"])
+            var outcome: Result<Void, any Error> = .success(())
+            do {
+                try await Task.sleep(for: .seconds(2))
+                // A small publish: written, never confirmed; RabbitMQ says `connection.blocked`.
+                let small = try await RabbitTestSupport.within(.seconds(10)) {
+                    do {
+                        _ = try await broker.publish(Message(text: "during the alarm"), to: queue)
+                        return "confirmed"
+                    } catch let error as BrokerError { return "\(error.code): \(error.message)" }
+                }
+                let smallOutcome = try #require(small, "a small publish during the alarm did not return within 10 s")
+                #expect(smallOutcome.hasPrefix("timeout: "), "\(smallOutcome)")
+                #expect(smallOutcome.contains("has blocked publishing"), "connection.blocked was not seen: \(smallOutcome)")
+                // 32 MiB in one call: far more than the socket buffers hold, so the send blocks.
+                let big = (0..<32).map { _ in Message(payload: Data(repeating: 0x61, count: 1 << 20)) }
+                let bigOutcome = try await RabbitTestSupport.within(.seconds(10)) {
+                    do {
+                        _ = try await broker.publish(big, to: queue)
+                        return "confirmed"
+                    } catch let error as BrokerError { return "\(error.code): \(error.message)" }
+                }
+                let blocked = try #require(bigOutcome, "a publish stuck on a full socket did not return within 10 s (operation.timeout 3 s)")
+                #expect(blocked.hasPrefix("timeout: "), "\(blocked)")
+                #expect(blocked.contains("resource alarm"), "the error does not name the alarm: \(blocked)")
+                let closed: Bool? = try await RabbitTestSupport.within(.seconds(10)) {
+                    await broker.close()
+                    return true
+                }
+                #expect(closed == true, "close() did not return within 10 s (operation.timeout 3 s)")
+            } catch {
+                outcome = .failure(error)
+            }
+            _ = try await RabbitTestSupport.rabbitmqctl(["set_vm_memory_high_watermark", "0.4"])
+            try outcome.get()
+            try await Task.sleep(for: .seconds(1))
+            let after = try await RabbitTestSupport.connect(["queue.type": "classic"])
+            try await after.publish(Message(text: "after the alarm"), to: queue)
+            try await after.deleteDestination(queue)
+            await after.close()
+        }
+    }
+
     static func restartScenario() async throws {
         let broker = try await RabbitTestSupport.connect(["operation.timeout": "60s", "heartbeat": "2s"])
         let queue = "bk-restart-\(UUID().uuidString.prefix(8))"

@@ -2,6 +2,7 @@ import BrokerAPI
 import BrokerConformance
 import Foundation
 import RabbitBackend
+import Synchronization
 import Testing
 
 extension ConformanceCase: CustomTestStringConvertible {
@@ -130,5 +131,32 @@ actor RabbitServerGate {
         exclusive = true
         defer { exclusive = false }
         return try await body()
+    }
+}
+
+extension RabbitTestSupport {
+    /// Runs `body` and returns its result, or nil when it has not finished within `limit`.
+    /// Unlike a task-group race, a `body` that never returns (a call that ignores
+    /// cancellation) is left behind instead of keeping the test waiting.
+    static func within<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T? {
+        let race = Race<T>()
+        let outcome: Result<T, any Error>? = await withCheckedContinuation { continuation in
+            race.slot.withLock { $0 = continuation }
+            Task {
+                let result: Result<T, any Error>
+                do { result = .success(try await body()) } catch { result = .failure(error) }
+                race.finish(result)
+            }
+            Task {
+                try? await Task.sleep(for: limit)
+                race.finish(nil)
+            }
+        }
+        return try outcome?.get()
+    }
+
+    private final class Race<T: Sendable>: Sendable {
+        let slot = Mutex<CheckedContinuation<Result<T, any Error>?, Never>?>(nil)
+        func finish(_ result: Result<T, any Error>?) { slot.withLock { $0.take() }?.resume(returning: result) }
     }
 }

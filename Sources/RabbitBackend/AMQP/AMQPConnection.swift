@@ -57,6 +57,13 @@ final class AMQPConnection: @unchecked Sendable {
     private let wakeWrite: Int32
     /// True while the pump waits in `poll(2)` (see ``isWaiting``).
     private let waiting = Atomic<Bool>(false)
+    /// True between RabbitMQ's `connection.blocked` and `connection.unblocked` (a resource
+    /// alarm: the broker has stopped reading what this connection publishes).
+    private let blocked = Atomic<Bool>(false)
+    /// The session's socket, for ``abortSocket()`` from another thread; -1 without a session.
+    /// Cleared under the lock before rabbitmq-c closes the descriptor, so an abort never
+    /// touches a descriptor number the system has handed to someone else meanwhile.
+    private let socketFD = Mutex<Int32>(-1)
 
     // MARK: Thread-confined
 
@@ -166,11 +173,39 @@ final class AMQPConnection: @unchecked Sendable {
         return accepted
     }
 
+    /// Whether RabbitMQ has blocked publishing on this connection (resource alarm).
+    var isBlocked: Bool { blocked.load(ordering: .acquiring) }
+
     /// Closes the session politely and ends the thread. Idempotent.
+    ///
+    /// Bounded: a job stuck in a send (rabbitmq-c waits for the socket without a deadline,
+    /// and a broker in a resource alarm stops reading) has the socket shut down under it
+    /// after `operation.timeout`, so the send fails and the close goes on.
     func close() async {
         guard !closing.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        _ = try? await run { connection in connection.teardown() }
+        let done = OneShot()
+        let accepted = submit { connection in
+            connection.teardown()
+            done.fire()
+        }
+        if accepted {
+            let abort = DispatchWorkItem { [self] in
+                logger.warning("closing \(endpoint.redactedURL): a call has not returned within operation.timeout \(endpoint.operationTimeout); shutting the socket down")
+                abortSocket()
+            }
+            DispatchQueue.global().asyncAfter(deadline: .now() + endpoint.operationTimeout.timeInterval, execute: abort)
+            await done.wait()
+            abort.cancel()
+        }
         thread.shutdown()
+    }
+
+    /// Shuts the session's socket down from any thread: a call blocked on it fails at once
+    /// (and the session is dropped as broken). For calls that would otherwise never return.
+    func abortSocket() {
+        socketFD.withLock { fd in
+            if fd >= 0 { _ = shutdown(fd, Int32(SHUT_RDWR)) }
+        }
     }
 
     /// Starts what ``close()`` does and returns at once: for an owner dropped without being
@@ -272,6 +307,7 @@ final class AMQPConnection: @unchecked Sendable {
     /// Drops the session after an I/O or protocol failure; the pump reconnects later.
     func markBroken(_ error: BrokerError) {
         guard let state else { return }
+        forgetSocket()
         amqp_destroy_connection(state)
         self.state = nil
         openChannels = []
@@ -289,10 +325,16 @@ final class AMQPConnection: @unchecked Sendable {
         var quick = timeval(tv_sec: 2, tv_usec: 0)
         amqp_set_rpc_timeout(state, &quick)
         if up.load(ordering: .acquiring) { _ = amqp_connection_close(state, AMQP_REPLY_SUCCESS) }
+        forgetSocket()
         amqp_destroy_connection(state)
         self.state = nil
         openChannels = []
         up.store(false, ordering: .releasing)
+    }
+
+    private func forgetSocket() {
+        socketFD.withLock { $0 = -1 }
+        blocked.store(false, ordering: .releasing)
     }
 
     // MARK: - Connecting (on the thread)
@@ -344,7 +386,14 @@ final class AMQPConnection: @unchecked Sendable {
         var handshake = timeval(endpoint.connectTimeout)
         amqp_set_handshake_timeout(connection, &handshake)
         let arena = AMQPArena()
-        var properties = arena.table(AMQPTable(["connection_name": .text("brokerkit \(name)")]))
+        // `connection.blocked`: RabbitMQ tells a client that says it understands it when a
+        // resource alarm stops it reading what the connection publishes (rabbitmq-c merges
+        // these capabilities into its own).
+        var properties = arena.table(
+            AMQPTable([
+                "connection_name": .text("brokerkit \(name)"),
+                "capabilities": .table(AMQPTable(["connection.blocked": .bool(true)])),
+            ]))
         let reply = bk_amqp_login_plain_properties(
             connection, endpoint.vhost, Int32(endpoint.channelMax), Int32(endpoint.frameMax), Int32(endpoint.heartbeat),
             &properties, endpoint.user, endpoint.password)
@@ -355,6 +404,9 @@ final class AMQPConnection: @unchecked Sendable {
         amqp_set_rpc_timeout(connection, &rpc)
         keep = true
         state = connection
+        let fd = amqp_get_sockfd(connection)
+        socketFD.withLock { $0 = fd }
+        blocked.store(false, ordering: .releasing)
         openChannels = []
         lostError = nil
         sessions.add(1, ordering: .acquiringAndReleasing)
@@ -493,9 +545,11 @@ final class AMQPConnection: @unchecked Sendable {
             _ = amqp_send_method(state, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok)
             throw AMQPError.server(code: close.reply_code, text: text, what: "the connection", destination: nil, url: endpoint.redactedURL)
         case AMQP_CONNECTION_BLOCKED_METHOD:
+            blocked.store(true, ordering: .releasing)
             logger.warning("RabbitMQ blocked publishing on \(endpoint.redactedURL) (resource alarm)")
             return nil
         case AMQP_CONNECTION_UNBLOCKED_METHOD:
+            blocked.store(false, ordering: .releasing)
             logger.info("RabbitMQ unblocked publishing on \(endpoint.redactedURL)")
             return nil
         default:

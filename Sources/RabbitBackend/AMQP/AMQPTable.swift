@@ -129,6 +129,8 @@ struct AMQPTable: Sendable, Hashable {
         var value: AMQPValue
     }
     var entries: [Entry]
+    /// The first key whose bytes were not UTF-8 (read with replacement characters).
+    var invalidKey: String?
 
     init(_ entries: [Entry] = []) { self.entries = entries }
 
@@ -143,7 +145,9 @@ struct AMQPTable: Sendable, Hashable {
             entries.reserveCapacity(Int(table.num_entries))
             for index in 0..<Int(table.num_entries) {
                 let entry = raw[index]
-                entries.append(Entry(key: String(decoding: Data(amqpBytes: entry.key), as: UTF8.self), value: AMQPValue(entry.value, depth: depth)))
+                let (key, valid) = String.checking(amqpBytes: entry.key)
+                if !valid && invalidKey == nil { invalidKey = key }
+                entries.append(Entry(key: key, value: AMQPValue(entry.value, depth: depth)))
             }
         }
         self.entries = entries
@@ -178,6 +182,15 @@ extension String {
     /// Decodes an `amqp_bytes_t` as UTF-8.
     init(amqpBytes bytes: amqp_bytes_t) {
         self = String(decoding: Data(amqpBytes: bytes), as: UTF8.self)
+    }
+
+    /// Decodes an `amqp_bytes_t` as UTF-8, saying whether it was valid (ASCII is checked
+    /// without decoding twice).
+    static func checking(amqpBytes bytes: amqp_bytes_t) -> (String, valid: Bool) {
+        let data = Data(amqpBytes: bytes)
+        if data.allSatisfy({ $0 < 0x80 }) { return (String(decoding: data, as: UTF8.self), true) }
+        if let valid = String(validating: data, as: UTF8.self) { return (valid, true) }
+        return (String(decoding: data, as: UTF8.self), false)
     }
 }
 
