@@ -271,4 +271,88 @@ struct RabbitFaultPathTests {
             await broker.close()
         }
     }
+
+    /// Garbage in BrokerKit's own bookkeeping, written by another client (pika): a stream
+    /// group's offsets queue (`<stream>.offsets.<group>`, one message) and the destination
+    /// catalog. A stored offset that is not a whole number ≥ 0 is ignored (the group starts
+    /// from its start position, so nothing is skipped), catalog records that are not
+    /// BrokerKit's are skipped, and the stream keeps flowing.
+    @Test func foreignBookkeepingIsIgnored() async throws {
+        let url = try RabbitTestSupport.url()
+        let writer = """
+            import sys, pika
+            conn = pika.BlockingConnection(pika.URLParameters(sys.argv[1]))
+            ch = conn.channel()
+            ch.confirm_delivery()
+            for body in sys.argv[3:]:
+                if body.startswith("hex:"): data = bytes.fromhex(body[4:])
+                elif body.startswith("rep:"): data = body.split(":", 2)[2].encode() * int(body.split(":", 2)[1])
+                else: data = body.encode()
+                ch.basic_publish("", sys.argv[2], data, pika.BasicProperties(delivery_mode=2), mandatory=True)
+            conn.close()
+            """
+        @Sendable func write(_ queue: String, _ bodies: [String]) async throws {
+            let result = try await RabbitTestSupport.run("python3", ["-c", writer, url, queue] + bodies)
+            if result.status != 0 { throw ConformanceFailure("pika writer failed: \(result.output)") }
+        }
+        try await RabbitServerGate.shared.withShared {
+            let prefix = "tfb\(UUID().uuidString.prefix(6).lowercased())-"
+            let broker = try await RabbitTestSupport.connect(["prefix": prefix])
+            do {
+                let stream = "events"
+                try await broker.createStream(stream)
+                _ = try await broker.publish((0..<5).map { Message(text: "old-\($0)") }, to: stream)
+                let first = try await broker.consumeStream(stream, group: "g", options: .init(start: .earliest))
+                for _ in 0..<5 { try await #require(try await first.next(timeout: .seconds(10))).ack() }
+                await first.close()  // commits offset 4 (the next start: 5)
+
+                // The offsets queue keeps one message: each foreign write replaces the position.
+                for (round, garbage) in ["not a number", "-7", "99999999999999999999999", "hex:fffe"].enumerated() {
+                    try await write(prefix + stream + ".offsets.g", [garbage])
+                    let again = try await broker.consumeStream(stream, group: "g", options: .init(start: .earliest))
+                    let delivery = try #require(try await again.next(timeout: .seconds(10)), "no delivery after offset '\(garbage)'")
+                    #expect(delivery.message.text == "old-0", "offset '\(garbage)' was read as a position")
+                    try await delivery.ack()
+                    // Everything there is (5 old records, a marker per earlier round) acked:
+                    // the group commits again, and its next member starts after it.
+                    for _ in 1..<(5 + round) { try await #require(try await again.next(timeout: .seconds(10))).ack() }
+                    await again.close()
+                    try await broker.publish(Message(text: "marker-\(round)"), to: stream)
+                    let next = try await broker.consumeStream(stream, group: "g", options: .init(start: .earliest))
+                    let marker = try #require(try await next.next(timeout: .seconds(10)))
+                    #expect(marker.message.text == "marker-\(round)", "after offset '\(garbage)' the group did not commit again")
+                    try await marker.ack()
+                    await next.close()
+                }
+
+                // The catalog: not JSON, not an object of strings, an unknown destination, a
+                // negative wait, a marker without id, a megabyte of brackets.
+                try await write(
+                    prefix + "__brokerkit.catalog",
+                    [
+                        "hex:fffe00", "[1,2,3]", #"{"op":"queue","name":5}"#, #"{"op":"stream","name":"ghost"}"#,
+                        #"{"op":"wait","name":"events","ms":"-5"}"#, #"{"op":"mark"}"#, #"{"op":"delete"}"#,
+                        "rep:1048576:[",
+                    ])
+                let names = try await broker.listDestinations().map(\.name)
+                #expect(names.contains(stream), "\(names)")
+                #expect(!names.contains("ghost"), "\(names)")
+                try await broker.publish(Message(text: "new"), to: stream)
+                let fresh = try await broker.consumeStream(stream, group: "h", options: .init(start: .earliest))
+                var seen: [String] = []
+                while seen.count < 10, let delivery = try await fresh.next(timeout: .seconds(10)) {
+                    seen.append(delivery.message.text ?? "")
+                    try await delivery.ack()
+                }
+                #expect(seen == (0..<5).map { "old-\($0)" } + (0..<4).map { "marker-\($0)" } + ["new"])
+                await fresh.close()
+            } catch {
+                await broker.close()
+                await RabbitTestSupport.cleanUp(prefix: prefix)
+                throw error
+            }
+            await broker.close()
+            await RabbitTestSupport.cleanUp(prefix: prefix)
+        }
+    }
 }
