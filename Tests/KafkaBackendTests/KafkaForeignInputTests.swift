@@ -124,4 +124,47 @@ struct KafkaForeignInputTests {
         #expect(texts == ["dead", "foreign dead letter"])
         await broker.close()
     }
+
+    /// A forged envelope on the DLQ topic (another producer set BrokerKit's headers): an
+    /// origin that names Kafka's internals, attempts and times that are not numbers or out of
+    /// range, a deliver-at a year ahead. Listing reads it with those fields ignored; replay
+    /// sends it to the queue whose DLQ held it, without the reserved headers, so it is
+    /// delivered at once (not held back) and with a fresh attempt count.
+    @Test func forgedDeadLetterEnvelopesAreReplayedToTheirQueue() async throws {
+        let broker = try await KafkaTestSupport.connect()
+        let queue = "foreign-forged-\(UUID().uuidString.prefix(8))"
+        try await broker.createQueue(queue)
+        let aYearAhead = Int64(Date().timeIntervalSince1970 * 1000) + 366 * 86_400_000
+        let forged: [(String, [String])] = [
+            ("to-internals", ["x-brokerkit-original-destination=__consumer_offsets", "x-brokerkit-attempts=-1"]),
+            ("huge-attempts", ["x-brokerkit-original-destination=\(queue)", "x-brokerkit-attempts=99999999999999999999"]),
+            (
+                "held", [
+                    "x-brokerkit-original-destination=../\(queue)", "x-brokerkit-attempt=9223372036854775807",
+                    "x-brokerkit-deliver-at=\(aYearAhead)", "x-brokerkit-failed-at=yesterday",
+                    "x-brokerkit-first-failure-at=-1",
+                ]
+            ),
+        ]
+        for (text, headers) in forged {
+            try await KafkaInteropTests.kcat(
+                ["-P", "-t", KafkaTestSupport.runPrefix + queue + ".dlq"] + headers.flatMap { ["-H", $0] }, input: text + "\n")
+        }
+        let listed = try await broker.deadLetters(of: queue, limit: 10)
+        #expect(Set(listed.compactMap(\.envelope.original.text)) == ["to-internals", "huge-attempts", "held"])
+        #expect(listed.allSatisfy { $0.envelope.attempts >= 0 })
+        #expect(try await broker.replayDeadLetters(of: queue, limit: 10) == 3)
+        let consumer = try await broker.consumeQueue(queue)
+        var texts: Set<String> = []
+        while texts.count < 3, let delivery = try await consumer.next(timeout: .seconds(15)) {
+            texts.insert(delivery.message.text ?? "")
+            #expect(delivery.attempt == 1, "'\(delivery.message.text ?? "")' kept a forged attempt count")
+            #expect(!delivery.message.headers.keys.contains { $0.hasPrefix("x-brokerkit-") })
+            try await delivery.ack()
+        }
+        await consumer.close()
+        #expect(texts == ["to-internals", "huge-attempts", "held"], "replayed records missing or held back")
+        #expect(try await broker.deadLetters(of: queue, limit: 10).isEmpty)
+        await broker.close()
+    }
 }

@@ -63,7 +63,8 @@ public struct DeadLetterEnvelope: Sendable, Hashable {
         self.init(
             original: message,
             originalDestination: origin,
-            attempts: Int(message.headers[HeaderName.attempts] ?? "") ?? 0,
+            // Another program may have written it: a count, bounded like a delivery's attempts.
+            attempts: Int(message.headers[HeaderName.attempts] ?? "").map { min(max(0, $0), Delivery.maxAttempt) } ?? 0,
             lastError: message.headers[HeaderName.lastError] ?? "",
             failedAt: message.headers[HeaderName.failedAt].flatMap(ISO8601.parse) ?? message.timestamp,
             firstFailureAt: message.headers[HeaderName.firstFailureAt].flatMap(ISO8601.parse))
