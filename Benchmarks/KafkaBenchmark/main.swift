@@ -10,10 +10,12 @@
 // records that are gone (seen with 99,000 and 100,000: idle, never finishing).
 //
 // Scenarios (same message count, 256-byte payload, 3-partition topics, same producer
-// settings: idempotent, acks=all, linger 5 ms):
-//   produce-awaited   one record at a time, each delivery report awaited before the next
+// settings: idempotent, acks=all; BrokerKit with its defaults, linger 0 since issue 23):
+//   produce-awaited   one record at a time, each delivery report awaited before the next;
+//                     raw with linger.ms 0 (the baseline) and 5 (librdkafka's default)
 //   produce-batched   every record enqueued at once, then all delivery reports awaited
-//                     (BrokerKit: concurrent publish calls of 1,000 records)
+//                     (BrokerKit: concurrent publish calls of 1,000 records); raw with
+//                     linger.ms 0 and 5, the faster of the two each round is the baseline
 //   consume-commit    a group member reads every record and commits after processing
 //                     (raw: async commit of the consumed position every 1,000 records and
 //                     at the end; BrokerKit: ack each delivery, contiguous commits). Raw
@@ -138,11 +140,14 @@ func warmRaw(_ rk: OpaquePointer, _ topic: String) {
     delivered.update { $0 = 0 }
 }
 
-/// Times `body` on a fresh raw producer (warmed up on `topic`), on a thread of its own:
+/// Times `body` on a fresh raw producer with `linger.ms` = `lingerMs` (warmed up on `topic`),
+/// on a thread of its own:
 /// wall time, and the process's CPU time (every thread) over the same span.
-func timedRawProducer(_ topic: String, _ body: @escaping @Sendable (OpaquePointer) -> Void) async -> (wall: Duration, cpu: Duration) {
+func timedRawProducer(
+    _ topic: String, lingerMs: Int, _ body: @escaping @Sendable (OpaquePointer) -> Void
+) async -> (wall: Duration, cpu: Duration) {
     await onThread {
-        let rk = rawHandle(RD_KAFKA_PRODUCER, producerProperties, producer: true)
+        let rk = rawHandle(RD_KAFKA_PRODUCER, producerProperties.merging(["linger.ms": "\(lingerMs)"]) { $1 }, producer: true)
         defer { rd_kafka_destroy(rk) }
         warmRaw(rk, topic)
         let cpu = processCPUTime()
@@ -218,6 +223,8 @@ func deliveryOut(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> Int {
 
 /// Per round: raw building deliveries ÷ the raw floor (printed below the table).
 var deliveriesToFloor: [Double] = []
+/// Per round, the `linger.ms` (0 or 5) at which raw batched produce was faster.
+var rawBestBatchedLinger: [Int] = []
 
 /// Every scenario once, raw side first. Topic and group names carry the round.
 @MainActor func measureRound(_ round: Int) async throws -> [Row] {
@@ -227,16 +234,21 @@ var deliveriesToFloor: [Double] = []
         let kit = cpuPerMessage(count, kit), raw = cpuPerMessage(count, raw)
         rows.append(Row(name: name, kit: kit, raw: raw, ratio: raw / kit))
     }
-    // produce-awaited
+    // produce-awaited. Raw runs with linger.ms 0 (the target: nothing waits for a batch to
+    // fill) and with 5 (librdkafka's default, what BrokerKit used before issue 23).
     let awaitedCount = min(count, 2_000)
-    let rawAwaitedTopic = try await stream("raw-awaited-r\(round)").topic
-    await waitForQuietHost()
-    let rawAwaited = await timedRawProducer(rawAwaitedTopic) { rk in
-        for i in 0..<awaitedCount {
-            rawProduce(rk, rawAwaitedTopic, i)
-            while delivered.update({ $0 }) <= i { rd_kafka_poll(rk, 1) }
-        }
+    func rawAwaited(lingerMs: Int) async throws -> Duration {
+        let topic = try await stream("raw-awaited\(lingerMs)-r\(round)").topic
+        await waitForQuietHost()
+        return await timedRawProducer(topic, lingerMs: lingerMs) { rk in
+            for i in 0..<awaitedCount {
+                rawProduce(rk, topic, i)
+                while delivered.update({ $0 }) <= i { rd_kafka_poll(rk, 1) }
+            }
+        }.wall
     }
+    let rawAwaited0 = try await rawAwaited(lingerMs: 0)
+    let rawAwaited5 = try await rawAwaited(lingerMs: 5)
     let kitAwaitedStream = try await stream("kit-awaited-r\(round)").name
     try await broker.publish(Message(payload: payload), to: kitAwaitedStream)  // warm-up, as warmRaw
     await waitForQuietHost()
@@ -248,19 +260,29 @@ var deliveriesToFloor: [Double] = []
             }
         }
     }.value
-    row("produce awaited (msg/s)", kit: rate(awaitedCount, kitAwaited), raw: rate(awaitedCount, rawAwaited.wall))
+    row("produce awaited (msg/s), raw linger 0", kit: rate(awaitedCount, kitAwaited), raw: rate(awaitedCount, rawAwaited0))
+    row("produce awaited (msg/s), raw linger 5", kit: rate(awaitedCount, kitAwaited), raw: rate(awaitedCount, rawAwaited5))
 
-    // produce-batched
-    let rawBatchTopic = try await stream("raw-batched-r\(round)").topic
-    await waitForQuietHost()
-    let rawBatched = await timedRawProducer(rawBatchTopic) { rk in
-        for i in 0..<count {
-            rawProduce(rk, rawBatchTopic, i)
-            if i % 1000 == 0 { rd_kafka_poll(rk, 0) }
+    // produce-batched. Raw runs with linger.ms 0 and 5; the baseline is the faster of the two
+    // in this round (raw at its best settings).
+    func rawBatched(lingerMs: Int) async throws -> (wall: Duration, cpu: Duration) {
+        let topic = try await stream("raw-batched\(lingerMs)-r\(round)").topic
+        await waitForQuietHost()
+        let timed = await timedRawProducer(topic, lingerMs: lingerMs) { rk in
+            for i in 0..<count {
+                rawProduce(rk, topic, i)
+                if i % 1000 == 0 { rd_kafka_poll(rk, 0) }
+            }
+            _ = rd_kafka_flush(rk, 60_000)
         }
-        _ = rd_kafka_flush(rk, 60_000)
+        if delivered.update({ $0 }) != count { fatalError("raw batched: \(delivered.update { $0 }) reports") }
+        return timed
     }
-    if delivered.update({ $0 }) != count { fatalError("raw batched: \(delivered.update { $0 }) reports") }
+    let rawBatched0 = try await rawBatched(lingerMs: 0)
+    let rawBatched5 = try await rawBatched(lingerMs: 5)
+    let rawBatched = rawBatched0.wall < rawBatched5.wall ? rawBatched0 : rawBatched5
+    let rawBatchTopic = "bench.raw-batched5-r\(round)-\(run)"  // what the raw consumers read
+    rawBestBatchedLinger.append(rawBatched0.wall < rawBatched5.wall ? 0 : 5)
     let kitBatchStream = try await stream("kit-batched-r\(round)").name
     try await broker.publish(Message(payload: payload), to: kitBatchStream)  // warm-up, as warmRaw
     await waitForQuietHost()
@@ -277,7 +299,7 @@ var deliveriesToFloor: [Double] = []
         }
     } }.value
     let kitBatchedCPU = processCPUTime() - kitBatchedCPUStart
-    row("produce batched (msg/s)", kit: rate(count, kitBatched), raw: rate(count, rawBatched.wall))
+    row("produce batched (msg/s), raw at its best", kit: rate(count, kitBatched), raw: rate(count, rawBatched.wall))
     cpuRow("produce batched CPU (µs/msg)", kit: kitBatchedCPU, raw: rawBatched.cpu)
 
     // consume-commit, both reading the batched topics (count records each). The raw
@@ -416,7 +438,7 @@ var deliveriesToFloor: [Double] = []
             }
             return samples
         }
-        let latencyBroker = try await Brokers.connect(url: url, options: ["prefix": "bench.", "linger": "0", "statistics.interval": "0"].merging(mockOptions) { $1 })
+        let latencyBroker = try await Brokers.connect(url: url, options: ["prefix": "bench.", "statistics.interval": "0"].merging(mockOptions) { $1 })
         let kitLatencyStream = try await stream("kit-latency-r\(round)").name
         await waitForQuietHost()
         let latencyConsumer = try await latencyBroker.consumeStream(kitLatencyStream, group: "kit-lat-\(run)-\(round)", options: .init(start: .latest, prefetch: 1))
@@ -432,7 +454,8 @@ var deliveriesToFloor: [Double] = []
     }
 
     // (The 2.0.2 mock cluster does not answer DeleteTopics; its topics go with the process.)
-    for label in ["raw-awaited", "kit-awaited", "raw-batched", "kit-batched", "raw-latency", "kit-latency"] where mock == nil {
+    for label in ["raw-awaited0", "raw-awaited5", "kit-awaited", "raw-batched0", "raw-batched5", "kit-batched", "raw-latency", "kit-latency"]
+    where mock == nil {
         try? await broker.deleteDestination("\(label)-r\(round)-\(run)")
     }
     return rows
@@ -449,6 +472,7 @@ await broker.close()
 
 printRounds(rounds, rawName: "raw librdkafka")
 print("raw librdkafka building deliveries on one thread consumed at \(String(format: "%.2f", median(deliveriesToFloor))) of the raw floor's speed (rounds \(deliveriesToFloor.map { String(format: "%.2f", $0) }.joined(separator: " / "))): what building the values an app receives costs on one thread, before any hand-off between threads.")
+print("raw batched produce was faster with linger.ms \(rawBestBatchedLinger.map(String.init).joined(separator: " / ")) (rounds); that is its baseline.")
 print(quietWaitSummary())
 if let mock {
     rd_kafka_mock_cluster_destroy(mock.cluster)

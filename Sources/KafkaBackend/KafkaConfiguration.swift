@@ -56,7 +56,9 @@ struct KafkaConfiguration: Sendable {
         BrokerOption("compression.type", .choice(["none", "gzip", "snappy", "lz4", "zstd"]), default: "none", "Producer compression."),
         BrokerOption("batch.size", .int(1...1_000_000_000), "Largest producer batch in bytes (librdkafka batch.size)."),
         BrokerOption("batch.messages", .int(1...1_000_000), "Most messages in one producer batch (batch.num.messages)."),
-        BrokerOption("linger", .duration, default: "5ms", "How long the producer waits to fill a batch (linger.ms)."),
+        BrokerOption(
+            "linger", .duration, default: "0ms",
+            "How long the producer waits to fill a batch (linger.ms). 0: an awaited publish is sent at once; records still batch while requests are in flight."),
         BrokerOption("max.in.flight", .int(1...5), default: "5", "Produce requests in flight per broker (idempotence allows at most 5)."),
         BrokerOption("idempotence", .bool, default: "true", "Idempotent producer (no duplicates or reordering on producer retries)."),
         BrokerOption("acks", .choice(["all", "1", "0"]), default: "all", "Broker acknowledgements a produce waits for."),
@@ -146,7 +148,7 @@ struct KafkaConfiguration: Sendable {
             "enable.idempotence": configuration.string("idempotence") ?? "true",
             "acks": configuration.string("acks") ?? "all",
             "compression.type": configuration.string("compression.type") ?? "none",
-            "linger.ms": String(Self.milliseconds(configuration.duration("linger") ?? .milliseconds(5))),
+            "linger.ms": String(Self.milliseconds(configuration.duration("linger") ?? .zero)),
             "max.in.flight.requests.per.connection": configuration.string("max.in.flight") ?? "5",
             "message.timeout.ms": String(max(1000, Self.milliseconds(operationTimeout))),
         ]

@@ -168,9 +168,16 @@ struct KafkaFaultTests {
         #expect(Set(after).isSubset(of: Set(second)), "the consumer did not continue after the outage")
     }
 
+    /// One produce request in flight (`max.in.flight` 1). With several, and `linger` 0 (the
+    /// default since issue 23, which splits the 30 records over more requests), one full
+    /// test run in 2026-12 saw 6 of 30 records acknowledged and never stored: the mock
+    /// answers an injected REQUEST_TIMED_OUT without writing the batch, while librdkafka
+    /// 2.0.2 takes that error as "possibly persisted" (librdkafka 2.3.0 changed its handling,
+    /// PR 4438); a real broker returns it only after the leader wrote the batch. Not seen in
+    /// 22 runs of this test alone. See docs/kafka.md, Tests.
     @Test func injectedProduceErrorsAreRetriedWithoutDuplicates() async throws {
         let cluster = try MockCluster()
-        let broker = try await connect(cluster)
+        let broker = try await connect(cluster, ["max.in.flight": "1"])
         let queue = "fault-produce-errors"
         try await broker.createQueue(queue)
         cluster.pushErrors(apiKey: MockCluster.produce, [
