@@ -4,7 +4,8 @@
 //   swift build -c release --product RabbitBenchmark
 //   BROKERKIT_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:5682/ .build/release/RabbitBenchmark [scale] [rounds, default 3]
 //
-// Measured, for both: publish with confirms awaited one at a time; pipelined batch publish
+// Measured, for both: publish with confirms awaited one at a time (on a quorum queue, and on
+// a classic queue: what the quorum default costs); pipelined batch publish
 // (batches of 500, all confirmed); consume-and-ack (prefetch 256); end-to-end latency of a
 // message published (confirmed) one at a time and received by a running consumer.
 // Messages are 256-byte persistent messages on durable quorum queues; raw rabbitmq-c sends the
@@ -29,6 +30,8 @@ let payload = Data((0..<256).map { UInt8(truncatingIfNeeded: $0) })
 
 struct Figures {
     var publishOne = 0.0
+    /// The same awaited publishes to a classic queue (what the quorum default costs).
+    var publishOneClassic = 0.0
     var publishBatch = 0.0
     var consume = 0.0
     var p50 = 0.0
@@ -74,6 +77,15 @@ func benchmarkBrokerKit() async throws -> Figures {
     var start = ContinuousClock.now
     for _ in 0..<singles { try await broker.publish(Message(payload: payload), to: queue) }
     figures.publishOne = rate(singles, ContinuousClock.now - start)
+
+    let classicBroker = try await Brokers.connect(url: url, options: ["queue.type": "classic"])
+    let classicQueue = "bench-bk-classic-\(UUID().uuidString.prefix(6))"
+    try await classicBroker.createQueue(classicQueue)
+    start = ContinuousClock.now
+    for _ in 0..<singles { try await classicBroker.publish(Message(payload: payload), to: classicQueue) }
+    figures.publishOneClassic = rate(singles, ContinuousClock.now - start)
+    try await classicBroker.deleteDestination(classicQueue)
+    await classicBroker.close()
 
     start = ContinuousClock.now
     for _ in 0..<(batched / batchSize) {
@@ -136,11 +148,11 @@ final class RawConnection {
         guard amqp_get_rpc_reply(state).reply_type == AMQP_RESPONSE_NORMAL else { throw RawError(description: "\(what) failed") }
     }
 
-    func declare(_ queue: String) throws {
+    func declare(_ queue: String, type: String = "quorum") throws {
         var entry = amqp_table_entry_t()
         entry.key = amqp_cstring_bytes("x-queue-type")
         entry.value.kind = UInt8(AMQP_FIELD_KIND_UTF8.rawValue)
-        entry.value.value.bytes = amqp_cstring_bytes("quorum")
+        entry.value.value.bytes = amqp_cstring_bytes(type)
         try withUnsafeMutablePointer(to: &entry) { pointer in
             _ = amqp_queue_declare(state, 1, amqp_cstring_bytes(queue), 0, 1, 0, 0, amqp_table_t(num_entries: 1, entries: pointer))
             try check("queue.declare")
@@ -231,6 +243,16 @@ func benchmarkRaw() async throws -> Figures {
             try publisher.awaitConfirms(upTo: tag)
         }
         figures.publishOne = rate(singles, ContinuousClock.now - start)
+        let classicQueue = queue + "-classic"
+        try publisher.declare(classicQueue, type: "classic")
+        start = ContinuousClock.now
+        for _ in 0..<singles {
+            try publisher.publish(classicQueue, payload)
+            tag += 1
+            try publisher.awaitConfirms(upTo: tag)
+        }
+        figures.publishOneClassic = rate(singles, ContinuousClock.now - start)
+        publisher.delete(classicQueue)
         start = ContinuousClock.now
         for _ in 0..<(batched / batchSize) {
             for _ in 0..<batchSize { try publisher.publish(queue, payload) }
@@ -310,6 +332,7 @@ do {
     }
     print("measure (medians of \(roundCount) rounds)".padding(toLength: 34, withPad: " ", startingAt: 0) + "   BrokerKit  raw librabbitmq  ratio")
     row("publish, confirm awaited each", \.publishOne, "msg/s")
+    row("  the same, classic queue", \.publishOneClassic, "msg/s")
     row("publish, pipelined batches", \.publishBatch, "msg/s")
     row("consume + ack", \.consume, "msg/s")
     row("end-to-end latency p50", \.p50, "µs (ratio: raw/BrokerKit)", higherIsBetter: false)

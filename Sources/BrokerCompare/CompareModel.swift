@@ -13,6 +13,8 @@ public enum CompareScenario: String, CaseIterable, Sendable, Encodable {
     case orderedPerKey = "ordered-per-key"
     /// A steady trickle (100 msg/s by default) for a fixed time, then an idle spell.
     case lowTraffic = "low-traffic"
+    /// One publish at a time, each awaited (what an HTTP handler does), as fast as they go.
+    case awaitedPublish = "awaited-publish"
     /// Jobs dispatched to run at times spread over a window; lateness is measured.
     case delayedJobs = "delayed-jobs"
 
@@ -29,6 +31,8 @@ public enum CompareScenario: String, CaseIterable, Sendable, Encodable {
             return "\(settings.messages) messages over \(settings.keys) keys, \(settings.handlers) concurrent handlers of \(Self.format(settings.handlerWork)) each, order kept per key"
         case .lowTraffic:
             return "\(settings.lowTrafficRate) msg/s for \(Self.format(settings.lowTrafficDuration)), one awaited publish at a time; then \(Self.format(settings.idleDuration)) idle"
+        case .awaitedPublish:
+            return "\(settings.awaitedPublishes) publishes one at a time, each awaited before the next, to a queue with a consumer; latency columns are the publish call (what a request handler waits)"
         case .delayedJobs:
             return "\(settings.delayedJobs) jobs due at times spread over \(Self.format(settings.delayWindow)); latency columns are lateness (run time - due time)"
         }
@@ -62,6 +66,8 @@ public struct CompareSettings: Sendable, Encodable {
     public var lowTrafficDuration: Duration
     /// The idle spell after it, with the consumer attached and nothing to do.
     public var idleDuration: Duration
+    /// Publishes in the awaited-publish scenario.
+    public var awaitedPublishes: Int
     /// Jobs in the delayed-jobs scenario.
     public var delayedJobs: Int
     /// The window their due times are spread over (the first is due after 1 s, or after a
@@ -73,7 +79,8 @@ public struct CompareSettings: Sendable, Encodable {
     public init(
         messages: Int = 5_000, payloadBytes: Int = 256, groups: Int = 3, partitions: Int = 4, keys: Int = 64,
         handlers: Int = 8, handlerWork: Duration = .milliseconds(1), lowTrafficRate: Int = 100,
-        lowTrafficDuration: Duration = .seconds(10), idleDuration: Duration = .seconds(5), delayedJobs: Int = 1_000,
+        lowTrafficDuration: Duration = .seconds(10), idleDuration: Duration = .seconds(5), awaitedPublishes: Int = 2_000,
+        delayedJobs: Int = 1_000,
         delayWindow: Duration = .seconds(10), scenarioTimeout: Duration = .seconds(300)
     ) {
         self.messages = messages
@@ -86,6 +93,7 @@ public struct CompareSettings: Sendable, Encodable {
         self.lowTrafficRate = lowTrafficRate
         self.lowTrafficDuration = lowTrafficDuration
         self.idleDuration = idleDuration
+        self.awaitedPublishes = awaitedPublishes
         self.delayedJobs = delayedJobs
         self.delayWindow = delayWindow
         self.scenarioTimeout = scenarioTimeout
@@ -93,7 +101,7 @@ public struct CompareSettings: Sendable, Encodable {
 
     private enum CodingKeys: String, CodingKey {
         case messages, payloadBytes, groups, partitions, keys, handlers, handlerWorkSeconds, lowTrafficRate
-        case lowTrafficSeconds, idleSeconds, delayedJobs, delayWindowSeconds, scenarioTimeoutSeconds
+        case lowTrafficSeconds, idleSeconds, awaitedPublishes, delayedJobs, delayWindowSeconds, scenarioTimeoutSeconds
     }
 
     /// Durations as seconds, so that JSON readers in any language understand them.
@@ -109,6 +117,7 @@ public struct CompareSettings: Sendable, Encodable {
         try c.encode(lowTrafficRate, forKey: .lowTrafficRate)
         try c.encode(lowTrafficDuration.timeInterval, forKey: .lowTrafficSeconds)
         try c.encode(idleDuration.timeInterval, forKey: .idleSeconds)
+        try c.encode(awaitedPublishes, forKey: .awaitedPublishes)
         try c.encode(delayedJobs, forKey: .delayedJobs)
         try c.encode(delayWindow.timeInterval, forKey: .delayWindowSeconds)
         try c.encode(scenarioTimeout.timeInterval, forKey: .scenarioTimeoutSeconds)
@@ -130,6 +139,7 @@ public struct CompareSettings: Sendable, Encodable {
         try check(handlers >= 1 && handlers <= 256, "handlers must be 1 to 256, got \(handlers)")
         try check(lowTrafficRate >= 1 && lowTrafficRate <= 10_000, "low-traffic rate must be 1 to 10000 msg/s, got \(lowTrafficRate)")
         try check(lowTrafficDuration >= .milliseconds(100), "low-traffic duration must be at least 100 ms")
+        try check(awaitedPublishes >= 1, "awaited publishes must be at least 1, got \(awaitedPublishes)")
         try check(delayedJobs >= 1, "delayed jobs must be at least 1, got \(delayedJobs)")
         try check(delayWindow >= .milliseconds(500), "delay window must be at least 500 ms")
     }
@@ -163,6 +173,8 @@ public struct ObservedSemantics: Sendable, Encodable, Hashable {
     public var idleCPUPercent: Double?
     /// Delayed jobs that ran before they were due (delayed-jobs scenario).
     public var early: Int?
+    /// Publish to handler, median, in milliseconds (awaited-publish scenario).
+    public var endToEndP50Ms: Double?
 
     public init(nativeDLQ: Bool, nativeDelay: Bool) {
         self.nativeDLQ = nativeDLQ
@@ -237,6 +249,8 @@ public struct ScenarioResult: Sendable, Encodable {
             parts.append("order per key kept: \(observed.orderKeptPerKey == true ? "yes" : "no (\(observed.outOfOrder ?? 0) out of order)")")
         case .lowTraffic:
             if let idle = observed.idleCPUPercent { parts.append(String(format: "idle CPU %.1f %%", idle)) }
+        case .awaitedPublish:
+            if let p50 = observed.endToEndP50Ms { parts.append(String(format: "end-to-end p50 %.2f ms", p50)) }
         case .delayedJobs:
             parts.append(observed.nativeDelay ? "native delay" : "delay by BrokerKit")
             parts.append("early \(observed.early ?? 0)")

@@ -45,6 +45,7 @@ public struct CompareRunner: Sendable {
             case .replay: measured = try await replay(context, base)
             case .orderedPerKey: measured = try await orderedPerKey(context, base)
             case .lowTraffic: measured = try await lowTraffic(context, base)
+            case .awaitedPublish: measured = try await awaitedPublish(context, base)
             case .delayedJobs: measured = try await delayedJobs(context, base)
             }
             let seconds = Monotonic.seconds(from: measured.start, to: measured.end)
@@ -290,7 +291,50 @@ public struct CompareRunner: Sendable {
             observed: observed)
     }
 
-    // MARK: 6. delayed jobs
+    // MARK: 6. awaited publishes
+
+    /// What a request handler that publishes one message and awaits the broker's
+    /// confirmation waits for: the publish call's duration, one at a time, as fast as they
+    /// go (throughput: publishes per second). A consumer takes them meanwhile; its
+    /// publish-to-handler median is in the notes.
+    func awaitedPublish(_ c: ScenarioContext, _ base: ObservedSemantics) async throws -> Measured {
+        let count = settings.awaitedPublishes
+        let queue = try await c.create("awaited", kind: .queue)
+        let tally = ScenarioTally()
+        let calls = LatencyRecorder()
+        let endToEnd = LatencyRecorder()
+        let attached = Monotonic.nanos()
+        let consumer = try await c.broker.consumeQueue(queue, options: .init(prefetch: 16))
+        let run = c.startProcessor(consumer, concurrency: 1, orderedByKey: false) { delivery in
+            guard let index = ScenarioContext.index(of: delivery) else { return tally.markReady("queue") }
+            if let stamp = ScenarioContext.stamp(of: delivery) { endToEnd.record(sinceStamp: stamp) }
+            tally.handled(index)
+        }
+        try await c.publishWarmup(to: queue)
+        try await c.waitUntil({ "waiting for the consumer" }) { tally.snapshot.ready.count == 1 }
+        let ready = Monotonic.seconds(from: attached, to: tally.snapshot.readyAt)
+        let cpu = ProcessCPU.seconds()
+        let start = Monotonic.nanos()
+        for i in 0..<count {
+            let stamp = Monotonic.nanos()
+            _ = try await c.broker.publish(c.message(i, key: nil, stamp: stamp), to: queue)
+            calls.record(sinceStamp: stamp)
+            if i % 1_000 == 0 { c.report("\(i) of \(count) published") }
+            try c.checkDeadline("\(i) of \(count) published")
+        }
+        let end = Monotonic.nanos()
+        let cpuSeconds = ProcessCPU.seconds() - cpu
+        try await c.waitUntil({ "\(tally.snapshot.handled) of \(count) handled" }) { tally.snapshot.handled >= count }
+        await c.stop([run])
+        var observed = base
+        observed.endToEndP50Ms = endToEnd.summary?.p50
+        observed.duplicates = tally.snapshot.duplicates
+        return Measured(
+            messages: count, start: start, end: end, cpuSeconds: cpuSeconds, latency: calls, latencyKind: "publish call",
+            readySeconds: ready, observed: observed)
+    }
+
+    // MARK: 7. delayed jobs
 
     struct DelayedJob: Job {
         static let name = "compare-delayed"

@@ -21,8 +21,9 @@ struct CompareCommand: AsyncParsableCommand {
             Scenarios: work-queue (5 % of jobs fail twice, then succeed), fan-out (one stream, \
             three consumer groups), replay (a new group reads the last N messages of history), \
             ordered-per-key (8 concurrent handlers, order kept per key), low-traffic (100 msg/s \
-            for 10 s, then 5 s idle), delayed-jobs (1,000 jobs due within 10 s; latency columns \
-            are lateness).
+            for 10 s, then 5 s idle), awaited-publish (2,000 publishes one at a time, each awaited; \
+            latency columns are the publish call), delayed-jobs (1,000 jobs due within 10 s; \
+            latency columns are lateness).
 
             Backends: every --broker given; by default memory:// plus Redis, RabbitMQ and Kafka at \
             $BROKERKIT_TEST_REDIS_URL / $BROKERKIT_TEST_AMQP_URL / $BROKERKIT_TEST_KAFKA_URL (else \
@@ -61,6 +62,9 @@ struct CompareCommand: AsyncParsableCommand {
 
     @Option(name: .long, help: "Seconds idle after low-traffic (idle CPU cost).")
     var idleSeconds: Double = 5
+
+    @Option(name: .long, help: "Publishes in awaited-publish.")
+    var awaitedPublishes: Int = 2_000
 
     @Option(name: .long, help: "Jobs in delayed-jobs.")
     var delayedJobs: Int = 1_000
@@ -106,7 +110,7 @@ struct CompareCommand: AsyncParsableCommand {
         CompareSettings(
             messages: messages, payloadBytes: payloadSize, lowTrafficRate: rate,
             lowTrafficDuration: .milliseconds(Int64(lowTrafficSeconds * 1000)), idleDuration: .milliseconds(Int64(idleSeconds * 1000)),
-            delayedJobs: delayedJobs, delayWindow: .milliseconds(Int64(delayWindowSeconds * 1000)),
+            awaitedPublishes: awaitedPublishes, delayedJobs: delayedJobs, delayWindow: .milliseconds(Int64(delayWindowSeconds * 1000)),
             scenarioTimeout: .milliseconds(Int64(timeoutSeconds * 1000)))
     }
 

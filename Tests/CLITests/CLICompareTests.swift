@@ -2,13 +2,13 @@ import BrokerConformance
 import Foundation
 import Testing
 
-/// `brokerkit compare`: the six scenarios, their numbers and the semantics they observe.
+/// `brokerkit compare`: the seven scenarios, their numbers and the semantics they observe.
 @Suite("brokerkit compare")
 struct CLICompareTests {
     /// Small settings, so a whole run takes seconds per backend.
     static let small = [
         "--messages", "200", "--low-traffic-seconds", "1", "--idle-seconds", "1", "--delayed-jobs", "60",
-        "--delay-window-seconds", "2", "--timeout-seconds", "120",
+        "--delay-window-seconds", "2", "--timeout-seconds", "120", "--awaited-publishes", "100",
     ]
 
     static func results(_ stdout: String) throws -> (report: [String: Any], results: [[String: Any]]) {
@@ -22,9 +22,9 @@ struct CLICompareTests {
             "no \(backend) \(scenario) result")
     }
 
-    /// What every backend must show: all six ran, counts exact, order kept, history visible.
+    /// What every backend must show: all seven ran, counts exact, order kept, history visible.
     static func checkCommon(_ results: [[String: Any]], backend: String) throws {
-        for scenario in ["work-queue", "fan-out", "replay", "ordered-per-key", "low-traffic", "delayed-jobs"] {
+        for scenario in ["work-queue", "fan-out", "replay", "ordered-per-key", "low-traffic", "awaited-publish", "delayed-jobs"] {
             let r = try result(results, backend, scenario)
             #expect(r["status"] as? String == "ok", "\(backend) \(scenario): \(r["error"] ?? "")")
             #expect((r["throughput"] as? Double ?? 0) > 0, "\(backend) \(scenario) throughput")
@@ -45,17 +45,20 @@ struct CLICompareTests {
         let low = try result(results, backend, "low-traffic")
         #expect(low["messages"] as? Int == 100, "100 msg/s for 1 s")
         #expect((try #require(low["observed"] as? [String: Any]))["idleCPUPercent"] is Double)
+        let awaited = try result(results, backend, "awaited-publish")
+        #expect(awaited["messages"] as? Int == 100 && awaited["latencyKind"] as? String == "publish call", "\(awaited)")
+        #expect((try #require(awaited["observed"] as? [String: Any]))["endToEndP50Ms"] is Double, "\(awaited)")
         let delayed = try result(results, backend, "delayed-jobs")
         #expect(delayed["messages"] as? Int == 60 && delayed["latencyKind"] as? String == "lateness")
         #expect((try #require(delayed["observed"] as? [String: Any]))["early"] as? Int == 0, "a delayed job ran before it was due")
     }
 
-    @Test("compare on memory: all six scenarios succeed with exact counts and observed semantics")
+    @Test("compare on memory: all seven scenarios succeed with exact counts and observed semantics")
     func memory() async throws {
         let run = try await CLI.run(["compare", "--broker", "memory://", "--format", "json", "--quiet"] + Self.small, timeout: .seconds(120))
         try run.expectExit(0)
         let (report, results) = try Self.results(run.stdout)
-        #expect(results.count == 6)
+        #expect(results.count == 7)
         try Self.checkCommon(results, backend: "memory")
         let replay = try #require(try Self.result(results, "memory", "replay")["observed"] as? [String: Any])
         #expect(replay["replayByPosition"] as? Bool == true)
@@ -74,7 +77,7 @@ struct CLICompareTests {
         let run = try await CLI.run(arguments, timeout: .seconds(600))
         try run.expectExit(0)
         let (report, results) = try Self.results(run.stdout)
-        #expect(results.count == 24, "\(results.count) results")
+        #expect(results.count == 28, "\(results.count) results")
         for backend in ["memory", "redis", "amqp", "kafka"] { try Self.checkCommon(results, backend: backend) }
         // What differs between brokers, as the capability matrix says.
         func replayByPosition(_ backend: String) throws -> Bool? {
@@ -95,7 +98,7 @@ struct CLICompareTests {
         let svg = try String(contentsOf: chart, encoding: .utf8)
         #expect(svg.hasPrefix("<svg") && svg.hasSuffix("</svg>"))
         for backend in ["memory", "redis", "amqp", "kafka"] { #expect(svg.contains(">\(backend)</text>"), "legend lacks \(backend)") }
-        #expect(svg.components(separatedBy: "<rect x=").count - 1 >= 24 + 4, "expected a bar per result in each panel")
+        #expect(svg.components(separatedBy: "<rect x=").count - 1 >= 28 + 4, "expected a bar per result in each panel")
     }
 
     @Test("compare --format markdown and csv print the table")
