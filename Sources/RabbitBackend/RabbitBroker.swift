@@ -163,8 +163,16 @@ final class RabbitBroker: Broker {
                     backend: backendName, destination: user)
             }
             if !unroutable {
-                try await Task.sleep(for: backoff)
+                // Not past the deadline: a retry that starts after it would only race its own
+                // send deadline and report `timeout` instead of the lost connection.
+                try await Task.sleep(for: min(backoff, max(.zero, deadline - ContinuousClock.now)))
                 backoff = min(backoff * 2, .seconds(1))
+                if ContinuousClock.now >= deadline {
+                    throw BrokerError(
+                        .connectionFailed,
+                        "\(again.count) message(s) not confirmed by \(configuration.url.redacted) within operation.timeout \(settings.operationTimeout): \(lastError?.message ?? "connection lost")",
+                        backend: backendName, destination: user)
+                }
             }
             pending = again.sorted()
         }

@@ -32,9 +32,8 @@ enum RabbitMessageMapping {
     }
 
     /// Why BrokerKit cannot use `delivery` (``Delivery/defect``): more headers than
-    /// ``PublishValidation/maxHeaderCount``, or a text header (`S`), header name or text
-    /// property (message id, content type, …) that is not UTF-8 (its copy would carry other
-    /// bytes). `nil` for a usable message: one pass over the headers,
+    /// ``PublishValidation/maxHeaderCount``, or a text header (`S`), a header name (nested
+    /// ones too) or the message id that is not UTF-8 (its copy would carry other bytes). `nil` for a usable message: one pass over the headers,
     /// ASCII checked without decoding.
     static func defect(of delivery: AMQPDelivery) -> String? {
         let entries = delivery.properties.headers.entries

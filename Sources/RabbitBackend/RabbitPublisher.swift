@@ -34,21 +34,52 @@ final class RabbitPublisher: @unchecked Sendable {
     private var closed = false
     /// Set by ``close()`` at once, so that no new send is queued behind a stuck one.
     private let isClosed = Atomic<Bool>(false)
-    /// True while a send job writes to the socket (read by the send deadline's message).
-    private let sending = Atomic<Bool>(false)
+    /// Publish calls still waiting, for the send deadline (``expireOverdue()``).
+    private let open = Mutex<[ObjectIdentifier: (batch: ConfirmBatch, destination: String?)]>([:])
+    private let watchdog: any DispatchSourceTimer
     private var lastSweep = ContinuousClock.now
 
     init(connection: AMQPConnection, operationTimeout: Duration) {
         self.connection = connection
         self.operationTimeout = operationTimeout
+        watchdog = DispatchSource.makeTimerSource(queue: .global())
         connection.onOpen = { [weak self] in try self?.opened() }
         connection.onLost = { [weak self] error in self?.failAll(error) }
         connection.onIncoming = { [weak self] incoming in self?.handle(incoming) }
         connection.onTick = { [weak self] in self?.sweep() }
+        watchdog.schedule(deadline: .now() + 0.25, repeating: 0.25, leeway: .milliseconds(50))
+        watchdog.setEventHandler { [weak self] in self?.expireOverdue() }
+        watchdog.resume()
     }
 
     /// Dropped with a broker that was never closed: the connection closes in the background.
-    deinit { connection.closeInBackground() }
+    deinit {
+        watchdog.cancel()
+        connection.closeInBackground()
+    }
+
+    /// The send deadline, every 250 ms off the connection's thread. The connection's sweep
+    /// fails unconfirmed messages too, but only while its thread runs: a send blocked on a
+    /// full socket (a broker in a resource alarm stops reading) holds the thread, and
+    /// rabbitmq-c waits for the socket without a deadline. A call past its deadline fails
+    /// with `timeout` here; a message whose send had not started by then is never sent.
+    private func expireOverdue() {
+        let now = ContinuousClock.now
+        let overdue = open.withLock { $0.values.filter { $0.batch.deadline <= now } }
+        guard !overdue.isEmpty else { return }
+        let url = connection.endpoint.redactedURL
+        for (batch, destination) in overdue {
+            let why =
+                if connection.isBlocked {
+                    "RabbitMQ at \(url) has blocked publishing (a memory or disk resource alarm): not confirmed within operation.timeout \(operationTimeout)"
+                } else if !batch.isSent {
+                    "the message could not be written to \(url) within operation.timeout \(operationTimeout): the broker is not reading (a memory or disk resource alarm blocks publishers) or the network stalls"
+                } else {
+                    "no publisher confirm within operation.timeout \(operationTimeout)"
+                }
+            batch.expire(BrokerError(.timeout, why, backend: AMQPError.backend, destination: destination))
+        }
+    }
 
     /// Publishes `messages` and waits for each one's confirm. The result per message is
     /// `nil` (confirmed) or the error that message failed with.
@@ -66,26 +97,11 @@ final class RabbitPublisher: @unchecked Sendable {
             for index in messages.indices { batch.complete(index, failure) }
             return await batch.wait()
         }
-        // The send deadline. The connection's sweep fails unconfirmed messages too, but only
-        // while its thread runs: a send blocked on a full socket (a broker in a resource alarm
-        // stops reading) holds the thread, and rabbitmq-c waits for the socket without a
-        // deadline. Whatever is still open then fails with `timeout` here; a message whose
-        // send had not started by then is not sent at all.
-        let timeout = operationTimeout
-        let left = max(.zero, deadline - ContinuousClock.now)
-        DispatchQueue.global().asyncAfter(deadline: .now() + left.timeInterval) { [connection, weak self] in
-            let url = connection.endpoint.redactedURL
-            let why =
-                if connection.isBlocked {
-                    "RabbitMQ at \(url) has blocked publishing (a memory or disk resource alarm): not confirmed within operation.timeout \(timeout)"
-                } else if self?.sending.load(ordering: .acquiring) == true {
-                    "the message could not be written to \(url) within operation.timeout \(timeout): the broker is not reading (a memory or disk resource alarm blocks publishers) or the network stalls"
-                } else {
-                    "no publisher confirm within operation.timeout \(timeout)"
-                }
-            batch.expire(BrokerError(.timeout, why, backend: AMQPError.backend, destination: destination))
-        }
-        return await batch.wait()
+        // The send deadline: see ``expireOverdue()``.
+        open.withLock { $0[ObjectIdentifier(batch)] = (batch, destination) }
+        let results = await batch.wait()
+        open.withLock { $0[ObjectIdentifier(batch)] = nil }
+        return results
     }
 
     /// Fails what is still unconfirmed and closes the connection. Idempotent, and bounded by
@@ -97,6 +113,7 @@ final class RabbitPublisher: @unchecked Sendable {
             self.failAll(BrokerError.closed("publisher", backend: AMQPError.backend))
         }
         await connection.close()
+        watchdog.cancel()
     }
 
     // MARK: - On the connection's thread
@@ -108,8 +125,7 @@ final class RabbitPublisher: @unchecked Sendable {
     }
 
     private func send(_ messages: [AMQPOutgoing], batch: ConfirmBatch, destination: String?) {
-        sending.store(true, ordering: .releasing)
-        defer { sending.store(false, ordering: .releasing) }
+        defer { batch.markSent() }
         for index in messages.indices {
             let message = messages[index]
             if batch.isDone(index) { continue }  // expired before its turn came: never sent
@@ -198,6 +214,7 @@ final class ConfirmBatch: Sendable {
     private struct State {
         var results: [BrokerError?]
         var done: [Bool]
+        var sent = false
         var remaining: Int
         var continuation: CheckedContinuation<[BrokerError?], Never>?
     }
@@ -230,6 +247,10 @@ final class ConfirmBatch: Sendable {
     }
 
     func isDone(_ index: Int) -> Bool { state.withLock { $0.done[index] } }
+
+    /// Whether the send job has written (or given up on) every message.
+    var isSent: Bool { state.withLock { $0.sent } }
+    func markSent() { state.withLock { $0.sent = true } }
 
     func wait() async -> [BrokerError?] {
         await withCheckedContinuation { continuation in

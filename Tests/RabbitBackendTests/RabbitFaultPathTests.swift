@@ -248,6 +248,10 @@ struct RabbitFaultPathTests {
                 expect: .deadLettered(naming: "header name 'k\u{FFFD}' is not valid UTF-8"),
                 setup: #"pika.data.as_bytes = lambda v: v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v"#),
             try pika(
+                "a nested header name that is not UTF-8", headers: #"{"outer": {b"n\xff".decode("utf-8", "surrogateescape"): 1}}"#,
+                expect: .deadLettered(naming: "header name 'n\u{FFFD}' is not valid UTF-8"),
+                setup: #"pika.data.as_bytes = lambda v: v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v"#),
+            try pika(
                 "a message id that is not UTF-8", headers: "{}",
                 expect: .deadLettered(naming: "property 'message-id' is not valid UTF-8"), properties: #", message_id=b"id-\xff""#),
             // Fourteen thousand headers (void values, short names: one frame).

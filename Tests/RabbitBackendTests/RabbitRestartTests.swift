@@ -58,7 +58,9 @@ struct RabbitRestartTests {
                 #expect(closed == true, "close() did not return within 10 s (operation.timeout 3 s)")
             } catch {
                 outcome = .failure(error)
+                await broker.close()
             }
+            // 0.4: RabbitMQ's default, which scripts/brokers.sh does not change.
             _ = try await RabbitTestSupport.rabbitmqctl(["set_vm_memory_high_watermark", "0.4"])
             try outcome.get()
             try await Task.sleep(for: .seconds(1))

@@ -60,9 +60,11 @@ final class AMQPConnection: @unchecked Sendable {
     /// True between RabbitMQ's `connection.blocked` and `connection.unblocked` (a resource
     /// alarm: the broker has stopped reading what this connection publishes).
     private let blocked = Atomic<Bool>(false)
-    /// The session's socket, for ``abortSocket()`` from another thread; -1 without a session.
-    /// Cleared under the lock before rabbitmq-c closes the descriptor, so an abort never
-    /// touches a descriptor number the system has handed to someone else meanwhile.
+    /// A duplicate of the session's socket descriptor, for ``abortSocket()`` from another
+    /// thread; -1 without a session. Our own descriptor: rabbitmq-c closes its own on an RPC
+    /// or heartbeat timeout before we hear of it, and a shutdown through a number the system
+    /// had handed to someone else meanwhile would hit the wrong socket. `shutdown(2)` on the
+    /// duplicate acts on the socket itself.
     private let socketFD = Mutex<Int32>(-1)
 
     // MARK: Thread-confined
@@ -111,6 +113,7 @@ final class AMQPConnection: @unchecked Sendable {
     deinit {
         if wakeRead >= 0 { Glibc.close(wakeRead) }
         if wakeWrite >= 0 { Glibc.close(wakeWrite) }
+        socketFD.withLock { fd in if fd >= 0 { Glibc.close(fd) } }
     }
 
     /// The current session number (1 after the first connect; +1 per reconnect).
@@ -189,7 +192,8 @@ final class AMQPConnection: @unchecked Sendable {
             done.fire()
         }
         if accepted {
-            let abort = DispatchWorkItem { [self] in
+            let abort = DispatchWorkItem { [weak self] in
+                guard let self else { return }
                 logger.warning("closing \(endpoint.redactedURL): a call has not returned within operation.timeout \(endpoint.operationTimeout); shutting the socket down")
                 abortSocket()
             }
@@ -333,7 +337,10 @@ final class AMQPConnection: @unchecked Sendable {
     }
 
     private func forgetSocket() {
-        socketFD.withLock { $0 = -1 }
+        socketFD.withLock { fd in
+            if fd >= 0 { Glibc.close(fd) }
+            fd = -1
+        }
         blocked.store(false, ordering: .releasing)
     }
 
@@ -404,8 +411,11 @@ final class AMQPConnection: @unchecked Sendable {
         amqp_set_rpc_timeout(connection, &rpc)
         keep = true
         state = connection
-        let fd = amqp_get_sockfd(connection)
-        socketFD.withLock { $0 = fd }
+        let fd = dup(amqp_get_sockfd(connection))
+        socketFD.withLock { old in
+            if old >= 0 { Glibc.close(old) }
+            old = fd
+        }
         blocked.store(false, ordering: .releasing)
         openChannels = []
         lostError = nil

@@ -17,8 +17,9 @@ struct AMQPProperties: Sendable, Hashable {
     var type: String?
     var userID: String?
     var appID: String?
-    /// The first text property whose bytes were not UTF-8 (read with replacement characters),
-    /// by its AMQP name: another client wrote it.
+    /// `message-id` when its bytes were not UTF-8 (read with replacement characters): the
+    /// one text property BrokerKit carries over (as the message's id). The others are not
+    /// part of a `Message`, and their bytes do not matter to it.
     var invalidText: String?
 
     init() {}
@@ -32,19 +33,19 @@ struct AMQPProperties: Sendable, Hashable {
             if !valid && invalid == nil { invalid = name }
             return value
         }
-        if has(AMQP_BASIC_CONTENT_TYPE_FLAG) { contentType = text(raw.content_type, "content-type") }
-        if has(AMQP_BASIC_CONTENT_ENCODING_FLAG) { contentEncoding = text(raw.content_encoding, "content-encoding") }
+        if has(AMQP_BASIC_CONTENT_TYPE_FLAG) { contentType = String(amqpBytes: raw.content_type) }
+        if has(AMQP_BASIC_CONTENT_ENCODING_FLAG) { contentEncoding = String(amqpBytes: raw.content_encoding) }
         if has(AMQP_BASIC_HEADERS_FLAG) { headers = AMQPTable(raw.headers) }
         if has(AMQP_BASIC_DELIVERY_MODE_FLAG) { deliveryMode = raw.delivery_mode }
         if has(AMQP_BASIC_PRIORITY_FLAG) { priority = raw.priority }
-        if has(AMQP_BASIC_CORRELATION_ID_FLAG) { correlationID = text(raw.correlation_id, "correlation-id") }
-        if has(AMQP_BASIC_REPLY_TO_FLAG) { replyTo = text(raw.reply_to, "reply-to") }
-        if has(AMQP_BASIC_EXPIRATION_FLAG) { expiration = text(raw.expiration, "expiration") }
+        if has(AMQP_BASIC_CORRELATION_ID_FLAG) { correlationID = String(amqpBytes: raw.correlation_id) }
+        if has(AMQP_BASIC_REPLY_TO_FLAG) { replyTo = String(amqpBytes: raw.reply_to) }
+        if has(AMQP_BASIC_EXPIRATION_FLAG) { expiration = String(amqpBytes: raw.expiration) }
         if has(AMQP_BASIC_MESSAGE_ID_FLAG) { messageID = text(raw.message_id, "message-id") }
         if has(AMQP_BASIC_TIMESTAMP_FLAG) { timestamp = raw.timestamp }
-        if has(AMQP_BASIC_TYPE_FLAG) { type = text(raw.type, "type") }
-        if has(AMQP_BASIC_USER_ID_FLAG) { userID = text(raw.user_id, "user-id") }
-        if has(AMQP_BASIC_APP_ID_FLAG) { appID = text(raw.app_id, "app-id") }
+        if has(AMQP_BASIC_TYPE_FLAG) { type = String(amqpBytes: raw.type) }
+        if has(AMQP_BASIC_USER_ID_FLAG) { userID = String(amqpBytes: raw.user_id) }
+        if has(AMQP_BASIC_APP_ID_FLAG) { appID = String(amqpBytes: raw.app_id) }
         invalidText = invalid
     }
 

@@ -122,6 +122,17 @@ enum AMQPValue: Sendable, Hashable {
     }
 }
 
+extension AMQPValue {
+    /// The first key not UTF-8 in a nested table (also inside arrays), if any.
+    var invalidKey: String? {
+        switch self {
+        case .table(let table): table.invalidKey
+        case .array(let values): values.lazy.compactMap(\.invalidKey).first
+        default: nil
+        }
+    }
+}
+
 /// An AMQP field table (message headers, queue arguments), in wire order.
 struct AMQPTable: Sendable, Hashable {
     struct Entry: Sendable, Hashable {
@@ -147,7 +158,9 @@ struct AMQPTable: Sendable, Hashable {
                 let entry = raw[index]
                 let (key, valid) = String.checking(amqpBytes: entry.key)
                 if !valid && invalidKey == nil { invalidKey = key }
-                entries.append(Entry(key: key, value: AMQPValue(entry.value, depth: depth)))
+                let value = AMQPValue(entry.value, depth: depth)
+                if invalidKey == nil, let nested = value.invalidKey { invalidKey = nested }
+                entries.append(Entry(key: key, value: value))
             }
         }
         self.entries = entries
