@@ -243,12 +243,12 @@ public struct CompareRunner: Sendable {
             readySeconds: ready, observed: observed)
     }
 
-    // MARK: 5. low traffic, then idle
-
-    func lowTraffic(_ c: ScenarioContext, _ base: ObservedSemantics) async throws -> Measured {
-        let rate = settings.lowTrafficRate
-        let count = max(1, Int((Double(rate) * settings.lowTrafficDuration.timeInterval).rounded()))
-        let queue = try await c.create("trickle", kind: .queue)
+    /// A fresh queue with one handler (prefetch 16) that records each message's end-to-end
+    /// latency, attached and warmed up: what low-traffic and awaited-publish publish into.
+    func singleHandlerQueue(
+        _ c: ScenarioContext, _ label: String
+    ) async throws -> (queue: String, tally: ScenarioTally, latency: LatencyRecorder, run: ProcessorRun, ready: Double) {
+        let queue = try await c.create(label, kind: .queue)
         let tally = ScenarioTally()
         let latency = LatencyRecorder()
         let attached = Monotonic.nanos()
@@ -260,7 +260,15 @@ public struct CompareRunner: Sendable {
         }
         try await c.publishWarmup(to: queue)
         try await c.waitUntil({ "waiting for the consumer" }) { tally.snapshot.ready.count == 1 }
-        let ready = Monotonic.seconds(from: attached, to: tally.snapshot.readyAt)
+        return (queue, tally, latency, run, Monotonic.seconds(from: attached, to: tally.snapshot.readyAt))
+    }
+
+    // MARK: 5. low traffic, then idle
+
+    func lowTraffic(_ c: ScenarioContext, _ base: ObservedSemantics) async throws -> Measured {
+        let rate = settings.lowTrafficRate
+        let count = max(1, Int((Double(rate) * settings.lowTrafficDuration.timeInterval).rounded()))
+        let (queue, tally, latency, run, ready) = try await singleHandlerQueue(c, "trickle")
         let clock = ContinuousClock()
         let interval = Duration.seconds(1) / rate
         let cpu = ProcessCPU.seconds()
@@ -299,20 +307,8 @@ public struct CompareRunner: Sendable {
     /// publish-to-handler median is in the notes.
     func awaitedPublish(_ c: ScenarioContext, _ base: ObservedSemantics) async throws -> Measured {
         let count = settings.awaitedPublishes
-        let queue = try await c.create("awaited", kind: .queue)
-        let tally = ScenarioTally()
+        let (queue, tally, endToEnd, run, ready) = try await singleHandlerQueue(c, "awaited")
         let calls = LatencyRecorder()
-        let endToEnd = LatencyRecorder()
-        let attached = Monotonic.nanos()
-        let consumer = try await c.broker.consumeQueue(queue, options: .init(prefetch: 16))
-        let run = c.startProcessor(consumer, concurrency: 1, orderedByKey: false) { delivery in
-            guard let index = ScenarioContext.index(of: delivery) else { return tally.markReady("queue") }
-            if let stamp = ScenarioContext.stamp(of: delivery) { endToEnd.record(sinceStamp: stamp) }
-            tally.handled(index)
-        }
-        try await c.publishWarmup(to: queue)
-        try await c.waitUntil({ "waiting for the consumer" }) { tally.snapshot.ready.count == 1 }
-        let ready = Monotonic.seconds(from: attached, to: tally.snapshot.readyAt)
         let cpu = ProcessCPU.seconds()
         let start = Monotonic.nanos()
         for i in 0..<count {
