@@ -91,6 +91,31 @@ struct ObservabilityTests {
         #expect(total("dead_lettered") == 2)
     }
 
+    /// A handler that settles its delivery itself (as `JobWorker`'s does: it acks, retries or
+    /// dead-letters each job) is timed too. Its duration used to be dropped, so
+    /// `brokerkit_handler_duration` never had a value for a job.
+    @Test func handlersThatSettleThemselvesAreTimed() async throws {
+        let metrics = TestObservability.metrics
+        let broker = try await Brokers.connect(url: "memory://obs-self-\(UUID().uuidString.prefix(8))")
+        let queue = "self-settled-\(UUID().uuidString.prefix(8))"
+        _ = try await broker.publish((0..<3).map { Message(text: "\($0)") }, to: queue)
+        let consumer = try await broker.consumeQueue(queue)
+        let processor = DeliveryProcessor(consumer: consumer, options: .init(concurrency: 2)) { delivery in
+            try await delivery.ack()
+        }
+        let run = Task { try await processor.run() }
+        for _ in 0..<200 {
+            let stats = try await broker.stats(for: queue)
+            if stats.depth == 0 && stats.inFlight == 0 { break }
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        processor.stop()
+        try await run.value
+        let timer = try metrics.expectTimer("brokerkit_handler_duration", [("backend", "memory"), ("destination", queue)])
+        #expect(timer.values.count == 3)
+        await broker.close()
+    }
+
     @Test func traceContextTravelsInHeadersToTheConsumerSpan() async throws {
         let tracer = TestObservability.tracer
         let broker = try await Brokers.connect(url: "memory://trace-\(UUID().uuidString.prefix(8))")

@@ -82,14 +82,23 @@ public final class DeliveryObserver: Sendable {
     }
 
     public func recordHandlerDuration(_ duration: Duration, destination: String) {
-        let (seconds, attoseconds) = duration.components
-        let timer = timers.withLock { table -> Metrics.Timer in
+        Self.record(duration, on: handlerTimer(destination))
+    }
+
+    /// The `brokerkit_handler_duration` timer of one destination (looked up under a lock: a
+    /// caller that records many durations keeps it).
+    func handlerTimer(_ destination: String) -> Metrics.Timer {
+        timers.withLock { table -> Metrics.Timer in
             if let timer = table[destination] { return timer }
             let timer = Metrics.Timer(label: "brokerkit_handler_duration", dimensions: [("backend", backend), ("destination", destination)])
             if table.count > 10_000 { table.removeAll() }
             table[destination] = timer
             return timer
         }
+    }
+
+    static func record(_ duration: Duration, on timer: Metrics.Timer) {
+        let (seconds, attoseconds) = duration.components
         timer.recordNanoseconds(seconds * 1_000_000_000 + attoseconds / 1_000_000_000)
     }
 }

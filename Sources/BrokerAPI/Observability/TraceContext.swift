@@ -40,6 +40,10 @@ public enum TraceContext {
         return context
     }
 
+    /// Whether a tracer is bootstrapped (not the no-op one). Reading it takes the
+    /// instrumentation system's lock: a processor checks once when it starts, not per message.
+    static var isTracing: Bool { !(InstrumentationSystem.tracer is NoOpTracer) }
+
     /// Runs `body` in a consumer span linked to the message's trace context.
     public static func withConsumerSpan<T: Sendable>(
         _ delivery: Delivery, _ body: () async throws -> T

@@ -1,5 +1,6 @@
 import Foundation
 import Logging
+import Metrics
 import Synchronization
 
 /// Runs a handler over a consumer's deliveries with bounded concurrency, per-key ordering,
@@ -101,13 +102,16 @@ public final class DeliveryProcessor: Sendable {
         // most one delivery, which bounds fetched-but-unfinished deliveries.
         let gate = KeyGate()
         let turn = AsyncSemaphore(1)
+        // Checked once: a span per message costs two lock round trips and a task-local even
+        // when no tracer is bootstrapped (a tracer bootstrapped later applies from the next run).
+        let tracing = TraceContext.isTracing
         let live = RunningCount()
         let count = options.concurrency
         live.add(count)
         workers.withLock { $0 = Array(repeating: WorkerState(), count: count) }
         let tasks = (0..<count).map { index in
             Task { [self] in
-                await work(index, turn: turn, gate: gate)
+                await work(index, turn: turn, gate: gate, tracing: tracing)
                 if live.add(-1) == 0 { ended.signal() }
             }
         }
@@ -137,9 +141,10 @@ public final class DeliveryProcessor: Sendable {
     }
 
     /// One worker: takes a delivery in its turn (with its per-key ticket), handles it, repeats.
-    private func work(_ index: Int, turn: AsyncSemaphore, gate: KeyGate) async {
+    private func work(_ index: Int, turn: AsyncSemaphore, gate: KeyGate, tracing: Bool) async {
         let ordered = options.orderedByKey || options.orderedByPartition
         let byPartition = options.orderedByPartition
+        var timers = HandlerTimers()
         while !isStopping && !Task.isCancelled {
             let delivery: Delivery
             let ticket: UInt64?
@@ -169,30 +174,53 @@ public final class DeliveryProcessor: Sendable {
                 states[index].fetching = false
                 return true
             }
-            await handle(delivery, ticket: ticket, gate: gate)
+            await handle(delivery, ticket: ticket, gate: gate, tracing: tracing, timers: &timers)
             if !go { return }
             workers.withLock { $0[index].fetching = true }
         }
     }
 
-    private func handle(_ delivery: Delivery, ticket: UInt64?, gate: KeyGate) async {
+    private func handle(_ delivery: Delivery, ticket: UInt64?, gate: KeyGate, tracing: Bool, timers: inout HandlerTimers) async {
         if let ticket { await gate.wait(ticket) }
-        await process(delivery)
+        if let duration = await process(delivery, tracing: tracing) {
+            DeliveryObserver.record(duration, on: timers.timer(for: delivery))
+        }
         if let ticket { gate.done(ticket) }
     }
 
-    private func process(_ delivery: Delivery) async {
+    /// The handler-duration timer of the destination a worker handled last: looked up again
+    /// (a global lock and two name hashes) only when the destination changes.
+    private struct HandlerTimers {
+        var backend = ""
+        var destination = ""
+        var timer: Metrics.Timer?
+
+        mutating func timer(for delivery: Delivery) -> Metrics.Timer {
+            if let timer, delivery.destination == destination, delivery.backend == backend { return timer }
+            let found = DeliveryObserver.shared(for: delivery.backend).handlerTimer(delivery.destination)
+            (backend, destination, timer) = (delivery.backend, delivery.destination, found)
+            return found
+        }
+    }
+
+    /// Runs the handler and settles the delivery; returns how long that took (nil when the
+    /// delivery was given back without running).
+    private func process(_ delivery: Delivery, tracing: Bool) async -> Duration? {
         if isStopping || Task.isCancelled {
             // Fetched but not started: give it back without counting an attempt.
             try? await delivery.release()
-            return
+            return nil
         }
         let started = ContinuousClock.now
         do {
-            try await TraceContext.withConsumerSpan(delivery) {
-                try await self.runHandler(delivery)
+            if tracing {
+                try await TraceContext.withConsumerSpan(delivery) {
+                    try await self.runHandler(delivery)
+                }
+            } else {
+                try await runHandler(delivery)
             }
-            if delivery.isSettled { return }  // the handler settled it itself
+            if delivery.isSettled { return ContinuousClock.now - started }  // the handler settled it itself
             // A handler that finished after the shutdown timeout cancelled it still succeeded:
             // ack it (releasing it would run it again).
             do {
@@ -216,8 +244,7 @@ public final class DeliveryProcessor: Sendable {
                 }
             }
         }
-        DeliveryObserver.shared(for: delivery.backend)
-            .recordHandlerDuration(ContinuousClock.now - started, destination: delivery.destination)
+        return ContinuousClock.now - started
     }
 
     private func runHandler(_ delivery: Delivery) async throws {
