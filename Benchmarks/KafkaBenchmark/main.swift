@@ -223,6 +223,22 @@ func deliveryOut(_ message: UnsafeMutablePointer<rd_kafka_message_t>) -> Int {
 
 /// Per round: raw building deliveries ÷ the raw floor (printed below the table).
 var deliveriesToFloor: [Double] = []
+/// Per round, BrokerKit's consume through 16 processor handlers ÷ its one-handler loop.
+var processorToLoop: [Double] = []
+/// Handler calls counted across a processor's tasks, with the first and last call's time.
+final class Handled: Sendable {
+    private let state = Mutex<(count: Int, first: ContinuousClock.Instant?, last: ContinuousClock.Instant?)>((0, nil, nil))
+    func record() {
+        let now = ContinuousClock.now
+        state.withLock { s in
+            s.count += 1
+            if s.first == nil { s.first = now }
+            s.last = now
+        }
+    }
+    var count: Int { state.withLock { $0.count } }
+    var span: Duration { state.withLock { s in (s.last ?? .now) - (s.first ?? .now) } }
+}
 /// Per round, the `linger.ms` (0 or 5) at which raw batched produce was faster.
 var rawBestBatchedLinger: [Int] = []
 
@@ -382,6 +398,26 @@ var rawBestBatchedLinger: [Int] = []
     cpuRow("  vs raw building deliveries, CPU", kit: kitConsumeCPU, raw: rawConsumeDeliveriesCPU)
     deliveriesToFloor.append(rawConsumeFloor / rawConsumeDeliveries)
 
+    // The same topic again, in a new group, through a DeliveryProcessor with 16 handlers
+    // (unordered), timed from the first handled record to the last: against the one-handler
+    // loop above (issue 23).
+    await waitForQuietHost()
+    let processorConsume = try await Task.detached { () -> Duration in
+        let consumer = try await broker.consumeStream(
+            kitBatchStream, group: "kit-proc-\(run)-\(round)", options: .init(start: .earliest, prefetch: 1000))
+        let handled = Handled()
+        let processor = DeliveryProcessor(consumer: consumer, options: .init(concurrency: 16, orderedByKey: false)) { _ in
+            handled.record()
+        }
+        let running = Task { try await processor.run() }
+        while handled.count < count { try await Task.sleep(for: .milliseconds(1)) }
+        let took = handled.span
+        processor.stop()
+        try await running.value
+        return took
+    }.value
+    processorToLoop.append(rate(count, processorConsume) / rate(count, kitConsume))
+
     // e2e latency (not on the mock cluster: it answers a waiting fetch only when
     // fetch.wait.max.ms is over, so every sample on both sides is ≈ 100 ms)
     if mock == nil {
@@ -472,6 +508,7 @@ await broker.close()
 
 printRounds(rounds, rawName: "raw librdkafka")
 print("raw librdkafka building deliveries on one thread consumed at \(String(format: "%.2f", median(deliveriesToFloor))) of the raw floor's speed (rounds \(deliveriesToFloor.map { String(format: "%.2f", $0) }.joined(separator: " / "))): what building the values an app receives costs on one thread, before any hand-off between threads.")
+print("BrokerKit consume + commit through a DeliveryProcessor with 16 handlers (unordered) ran at \(String(format: "%.2f", median(processorToLoop))) of its one-handler loop (rounds \(processorToLoop.map { String(format: "%.2f", $0) }.joined(separator: " / "))).")
 print("raw batched produce was faster with linger.ms \(rawBestBatchedLinger.map(String.init).joined(separator: " / ")) (rounds); that is its baseline.")
 print(quietWaitSummary())
 if let mock {

@@ -17,6 +17,7 @@ import BrokerAPI
 import CRabbitMQ
 import Foundation
 import RabbitBackend
+import Synchronization
 
 let environment = ProcessInfo.processInfo.environment
 let url = environment["BROKERKIT_TEST_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5682/"
@@ -34,6 +35,8 @@ struct Figures {
     var publishOneClassic = 0.0
     var publishBatch = 0.0
     var consume = 0.0
+    /// BrokerKit only: consume + ack through a `DeliveryProcessor` with 16 handlers.
+    var consumeProcessor = 0.0
     var p50 = 0.0
     var p99 = 0.0
 }
@@ -65,6 +68,9 @@ func latency(of body: UnsafeRawBufferPointer) -> Double? {
     let now = nowNanos()
     return now >= sent ? Double(now - sent) / 1000 : nil
 }
+
+/// Handler calls counted across the processor's tasks.
+final class Handled: Sendable { let count = Atomic<Int>(0) }
 
 func benchmarkBrokerKit() async throws -> Figures {
     RabbitBackend.register()
@@ -115,6 +121,29 @@ func benchmarkBrokerKit() async throws -> Figures {
     figures.p99 = percentile(latencies, 0.99)
     await consumer.close()
     try await broker.deleteDestination(queue)
+
+    // The same consume + ack through a DeliveryProcessor with 16 handlers (unordered), timed
+    // until the last message is handled, against the one-handler loop above.
+    let processorQueue = "bench-bk-proc-\(UUID().uuidString.prefix(6))"
+    try await broker.createQueue(processorQueue)
+    for _ in 0..<(batched / batchSize) {
+        try await broker.publish((0..<batchSize).map { _ in Message(payload: payload) }, to: processorQueue)
+    }
+    let handled = Handled()
+    let processorConsumer = try await broker.consumeQueue(processorQueue, options: .init(prefetch: 256))
+    let processor = DeliveryProcessor(consumer: processorConsumer, options: .init(concurrency: 16, orderedByKey: false)) { _ in
+        handled.count.add(1, ordering: .relaxed)
+    }
+    let (elapsed, running) = try await Task.detached { () -> (Duration, Task<Void, any Error>) in
+        let started = ContinuousClock.now
+        let running = Task { try await processor.run() }
+        while handled.count.load(ordering: .relaxed) < batched { try await Task.sleep(for: .milliseconds(1)) }
+        return (ContinuousClock.now - started, running)
+    }.value
+    figures.consumeProcessor = rate(batched, elapsed)
+    processor.stop()
+    try await running.value
+    try await broker.deleteDestination(processorQueue)
     return figures
 }
 
@@ -335,6 +364,10 @@ do {
     row("  the same, classic queue", \.publishOneClassic, "msg/s")
     row("publish, pipelined batches", \.publishBatch, "msg/s")
     row("consume + ack", \.consume, "msg/s")
+    print("  16 handlers (DeliveryProcessor) ÷ one handler, BrokerKit: "
+        + String(format: "%.2f", median(rounds.map { $0.kit.consumeProcessor / $0.kit.consume }))
+        + "  [rounds: " + rounds.map { String(format: "%.2f", $0.kit.consumeProcessor / $0.kit.consume) }.joined(separator: " / ")
+        + "]; 16 handlers \(String(format: "%.0f", median(rounds.map(\.kit.consumeProcessor)))) msg/s")
     row("end-to-end latency p50", \.p50, "µs (ratio: raw/BrokerKit)", higherIsBetter: false)
     row("end-to-end latency p99", \.p99, "µs (ratio: raw/BrokerKit)", higherIsBetter: false)
 } catch {
