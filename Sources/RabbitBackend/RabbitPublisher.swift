@@ -192,18 +192,14 @@ final class RabbitPublisher: @unchecked Sendable {
         for slot in slots.values { slot.batch.complete(slot.index, error) }
     }
 
-    /// Backstop: confirms that never come fail after `operation.timeout`.
+    /// Forgets the delivery tags of messages the send deadline failed (confirms that never
+    /// came), so `waiting` does not keep them.
     private func sweep() {
         let now = ContinuousClock.now
         guard now - lastSweep >= .milliseconds(500), !waiting.isEmpty else { return }
         lastSweep = now
-        for (tag, slot) in waiting where slot.batch.deadline < now {
+        for (tag, slot) in waiting where slot.batch.deadline < now && slot.batch.isDone(slot.index) {
             waiting[tag] = nil
-            slot.batch.complete(
-                slot.index,
-                BrokerError(
-                    .timeout, "no publisher confirm within operation.timeout \(operationTimeout)", backend: AMQPError.backend,
-                    destination: slot.routingKey))
         }
         while lowestOpen < nextTag && waiting[lowestOpen] == nil { lowestOpen += 1 }
     }
