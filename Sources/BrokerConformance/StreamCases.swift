@@ -4,7 +4,7 @@ import Foundation
 enum StreamCases {
     static let all: [ConformanceCase] = [
         twoGroups, membersShareWork, orderPerKey, replayEarliest, replayLatest, replayPosition, replayTimestamp,
-        seekOncePerGroup, inPlaceRetryKeepsOrder, restartResumes, droppedMember, lagStats,
+        seekOncePerGroup, inPlaceRetryKeepsOrder, concurrentNacksAllRetried, restartResumes, droppedMember, lagStats,
     ]
 
     static func stream(_ c: ConformanceContext, _ label: String, partitions: Int = 4) async throws -> String {
@@ -195,6 +195,44 @@ enum StreamCases {
         try await run.value
         let expected = ["r0"] + sent.compactMap(\.text)
         try c.expect(seen.values == expected, "order after an in-place retry: \(seen.values)")
+    }
+
+    /// Several deliveries of one partition nacked while each other's handlers run (different
+    /// keys, concurrent handlers): every one is retried. Found by `brokerkit soak` on memory://,
+    /// whose partitions kept one pending retry and dropped the earlier ones.
+    static let concurrentNacksAllRetried = ConformanceCase("stream.concurrentNacks.everyOneRetried", area: .stream, requires: [.streams]) { c in
+        let name = try await stream(c, "nacks", partitions: 1)
+        let sent = (0..<12).map { Message(key: "k\($0)", text: "n\($0)") }
+        let consumer = try await c.broker.consumeStream(
+            name, group: "nacks",
+            options: .init(start: .earliest, prefetch: 32, retryPolicy: RetryPolicy(maxAttempts: 4, backoff: .fixed(.milliseconds(200)))))
+        let succeeded = Collector<String>()
+        let failedOnce = Collector<String>()
+        let started = Collector<String>()
+        let processor = DeliveryProcessor(consumer: consumer, options: .init(concurrency: 12, orderedByKey: true)) { delivery in
+            let text = delivery.message.text ?? "?"
+            if delivery.attempt == 1 {
+                started.append(text)
+                // Let the other handlers start before failing, so the nacks come together.
+                let deadline = ContinuousClock.now + .seconds(2)
+                while started.count < sent.count, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+                failedOnce.append(text)
+                throw ConformanceFailure("fails on its first attempt")
+            }
+            succeeded.append(text)
+        }
+        let run = Task { try await processor.run() }
+        _ = try await c.broker.publish(sent, to: name)
+        do {
+            try await c.eventually("every nacked message retried and handled", timeout: .seconds(30)) { Set(succeeded.values).count >= sent.count }
+        } catch {
+            processor.stop()
+            _ = try? await run.value
+            let missing = Set(sent.compactMap(\.text)).subtracting(succeeded.values).sorted()
+            throw ConformanceFailure("never retried after a nack: \(missing) (failed once: \(failedOnce.count))")
+        }
+        processor.stop()
+        try await run.value
     }
 
     static let restartResumes = ConformanceCase("stream.restart.resumesFromCommittedPosition", area: .stream, requires: [.streams, .consumerGroups]) { c in

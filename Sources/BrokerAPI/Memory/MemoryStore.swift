@@ -48,8 +48,11 @@ actor MemoryStore {
         var acked: Set<Int64> = []
         /// Delivered, not settled: offset -> member.
         var outstanding: [Int64: UInt64] = [:]
-        /// An in-place retry that blocks the partition until due.
-        var retry: (offset: Int64, attempt: Int, firstFailureAt: Date, due: Date)?
+        /// In-place retries, by offset: while any is pending the partition hands out nothing
+        /// new (order holds); each goes out again when due. Several deliveries of one
+        /// partition can be nacked at once (concurrent handlers on different keys): each is
+        /// kept (one slot lost all but the last).
+        var retries: [Int64: (attempt: Int, firstFailureAt: Date, due: Date)] = [:]
         /// Attempt counts of offsets that were retried.
         var attempts: [Int64: (attempt: Int, firstFailureAt: Date)] = [:]
     }
@@ -381,7 +384,7 @@ actor MemoryStore {
         gp.cursor = offset
         gp.acked = []
         gp.outstanding = [:]
-        gp.retry = nil
+        gp.retries = [:]
         gp.attempts = [:]
     }
 
@@ -398,8 +401,8 @@ actor MemoryStore {
                 gp.acked = gp.acked.filter { $0 >= gp.cursor }
                 for member in gp.outstanding.values { consumers[member]?.inflight -= 1 }
                 gp.outstanding = [:]
-                if let retry = gp.retry { gp.cursor = min(gp.cursor, retry.offset) }
-                gp.retry = nil
+                if let first = gp.retries.keys.min() { gp.cursor = min(gp.cursor, first) }
+                gp.retries = [:]
             }
             group.assignment[index] = owner
         }
@@ -487,12 +490,12 @@ actor MemoryStore {
                 var offset: Int64
                 var attempt = 1
                 var firstFailure: Date?
-                if let retry = gp.retry {
-                    guard retry.due <= now else { continue }  // blocked until due: keeps order
-                    offset = retry.offset
+                if !gp.retries.isEmpty {
+                    // Blocked until a retry is due (keeps order); the lowest due offset first.
+                    guard let due = gp.retries.filter({ $0.value.due <= now }).keys.min(), let retry = gp.retries.removeValue(forKey: due) else { continue }
+                    offset = due
                     attempt = retry.attempt
                     firstFailure = retry.firstFailureAt
-                    gp.retry = nil
                 } else {
                     if gp.cursor < partition.baseOffset { gp.cursor = partition.baseOffset }
                     guard gp.cursor < partition.endOffset else { continue }
@@ -659,7 +662,7 @@ actor MemoryStore {
         guard wasOutstanding else { return }  // partition moved: the new owner re-reads it anyway
         gp.attempts[offset] = (nextAttempt, firstFailureAt)
         let due = Date().addingTimeInterval(delay.timeInterval)
-        gp.retry = (offset, nextAttempt, firstFailureAt, due)
+        gp.retries[offset] = (nextAttempt, firstFailureAt, due)
         scheduleTimer(at: due)
         pump(d)
     }
@@ -738,7 +741,7 @@ actor MemoryStore {
             if let first = d.delayed.first { consider(first.due) }
             for inflight in d.inflight.values { consider(inflight.leaseExpiry) }
             for group in d.groups.values {
-                for gp in group.partitions { if let retry = gp.retry { consider(retry.due) } }
+                for gp in group.partitions { for retry in gp.retries.values { consider(retry.due) } }
             }
         }
         return earliest
