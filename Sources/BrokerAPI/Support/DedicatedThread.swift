@@ -16,6 +16,7 @@ public enum DedicatedThread {
         // kept the pool's name, so the dropped-broker test did not see it).
         let thread = Thread {
             setKernelName(name)
+            blockSIGPIPE()
             body()
         }
         if let stackSize { thread.stackSize = stackSize }
@@ -36,6 +37,19 @@ public enum DedicatedThread {
         await withCheckedContinuation { continuation in
             start(name: name) { continuation.resume(returning: body()) }
         }
+    }
+
+    /// Blocks SIGPIPE on the calling thread. hiredis writes to its socket with plain
+    /// `write(2)`: on a connection the peer reset, that raises SIGPIPE for the writing thread,
+    /// and its default action ends the whole process (an app's publisher died without a word
+    /// when `brokerkit soak` cut the network). Blocked, the signal stays pending on this thread
+    /// only and the write fails with EPIPE, which the client handles as a dropped connection.
+    /// The app's own signal disposition is left alone.
+    static func blockSIGPIPE() {
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGPIPE)
+        pthread_sigmask(SIG_BLOCK, &set, nil)
     }
 
     /// Names the calling thread for the kernel too (Linux keeps the first 15 bytes; Foundation
