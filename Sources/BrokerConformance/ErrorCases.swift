@@ -74,7 +74,7 @@ enum ErrorCases {
     static let reservedNames = ConformanceCase("errors.reservedDestinationName.refused", area: .errors, requires: .queues) { c in
         let base = c.name("res")
         for bad in [base + ".delay", base + ":delay", base + ".dlq", base + ":dlq", base + ":retry", base + ".retry.2",
-                    base + ".wait.500", base + ".offsets.g", "__brokerkit.catalog", "__consumer_offsets"] {
+                    base + ".wait.500", base + ".wait.500.quorum", base + ".offsets.g", "__brokerkit.catalog", "__consumer_offsets"] {
             let error = try await c.expectError(.invalidDestination) { try await c.broker.publish(Message(text: "x"), to: bad) }
             try c.expect(error.message.contains("reserved") && error.message.contains(bad), "unclear error for '\(bad)': \(error)")
             try await c.expectError(.invalidDestination) { _ = try await c.broker.consumeQueue(bad) }

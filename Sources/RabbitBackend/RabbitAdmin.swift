@@ -9,9 +9,14 @@ import Synchronization
 /// - `orders`: the work queue (durable quorum queue, or classic with `queue.type=classic`),
 ///   dead-lettering natively to `orders.dlq`; or the stream queue (`x-queue-type=stream`).
 /// - `orders.dlq`: the dead-letter queue.
-/// - `orders.wait.<ms>`: one durable classic queue per retry / delivery delay (rounded up to
-///   two significant digits), with `x-message-ttl=<ms>` and a dead-letter route back to
-///   `orders`, and `x-expires` so unused ones disappear.
+/// - `orders.wait.<ms>.quorum`: one wait queue per retry / delivery delay (rounded up to two
+///   significant digits), with `x-message-ttl=<ms>` and a dead-letter route back to `orders`,
+///   and `x-expires` so unused ones disappear. A quorum queue that dead-letters at least once
+///   (`x-dead-letter-strategy=at-least-once`, which needs `x-overflow=reject-publish`): a
+///   classic wait queue dead-letters at most once, and a node that restarted expired its due
+///   messages before the quorum queue they go back to was up, dropping them. With
+///   `queue.type=classic` the work queue is classic too and the wait queue is the classic
+///   `orders.wait.<ms>`.
 /// - `orders.offsets.<group>`: a stream group's committed offset (one message, `x-max-length=1`).
 /// - `orders.lock.<group>`: an exclusive, auto-deleted queue held by the active member of a
 ///   stream group.
@@ -52,7 +57,8 @@ final class RabbitAdmin: @unchecked Sendable {
     // MARK: - Names
 
     static func dlqName(_ full: String) -> String { deadLetterName(for: full) }
-    static func waitName(_ full: String, ms: Int) -> String { "\(full).wait.\(ms)" }
+    static func waitName(_ full: String, ms: Int, quorum: Bool) -> String { quorum ? "\(full).wait.\(ms).quorum" : "\(full).wait.\(ms)" }
+    func waitName(_ full: String, ms: Int) -> String { Self.waitName(full, ms: ms, quorum: settings.queueType == "quorum") }
     static func offsetsName(_ full: String, group: String) -> String { "\(full).offsets.\(group)" }
     static func lockName(_ full: String, group: String) -> String { "\(full).lock.\(group)" }
     var catalogName: String { settings.prefix + "__brokerkit.catalog" }
@@ -215,15 +221,21 @@ final class RabbitAdmin: @unchecked Sendable {
 
     /// Declares the wait queue for `ms` (redeclared before its `x-expires` lease runs out).
     func ensureWaitQueue(_ full: String, user: String, ms: Int) async throws -> String {
-        let name = Self.waitName(full, ms: ms)
+        let name = waitName(full, ms: ms)
         let expires = 2 * ms + 600_000
         let now = ContinuousClock.now
         if let declared = waitDeclared.withLock({ $0[name] }), now - declared < .milliseconds(expires / 2) { return name }
-        let arguments = AMQPTable([
+        var arguments = AMQPTable([
             "x-message-ttl": .int64(Int64(ms)), "x-dead-letter-exchange": .text(""), "x-dead-letter-routing-key": .text(full),
             "x-expires": .int64(Int64(expires)),
         ])
-        try await call { c in try c.declareQueue(Self.rpcChannel, name, arguments: arguments, destination: user) }
+        if settings.queueType == "quorum" {
+            arguments["x-queue-type"] = .text("quorum")
+            arguments["x-dead-letter-strategy"] = .text("at-least-once")
+            arguments["x-overflow"] = .text("reject-publish")
+        }
+        let declared = arguments
+        try await call { c in try c.declareQueue(Self.rpcChannel, name, arguments: declared, destination: user) }
         waitDeclared.withLock { $0[name] = now }
         try await record(["op": "wait", "name": full, "ms": String(ms)], once: "wait:\(name)")
         return name
@@ -278,7 +290,8 @@ final class RabbitAdmin: @unchecked Sendable {
     func delete(_ full: String, user: String) async throws {
         try await requireExists(full, user: user)
         let state = try await refreshCatalog()
-        let waits = (state.waits[full] ?? []).map { Self.waitName(full, ms: $0) }
+        // Both kinds: a wait queue an earlier version declared classic under the old name too.
+        let waits = (state.waits[full] ?? []).flatMap { [Self.waitName(full, ms: $0, quorum: true), Self.waitName(full, ms: $0, quorum: false)] }
         let offsets = (state.groups[full] ?? []).map { Self.offsetsName(full, group: $0) }
         try await call { c in
             try c.deleteQueue(Self.rpcChannel, full, destination: user)
@@ -319,7 +332,7 @@ final class RabbitAdmin: @unchecked Sendable {
     func stats(_ full: String, user: String, inFlight: Int, groupPending: [String: (pending: Int, consumers: Int)]) async throws -> DestinationStats {
         let state = try await refreshCatalog()
         let kind = knownKind(full) ?? state.kinds[full] ?? .queue
-        let waits = (state.waits[full] ?? []).map { Self.waitName(full, ms: $0) }
+        let waits = (state.waits[full] ?? []).map { waitName(full, ms: $0) }
         let (ready, consumers, dead, delayed) = try await call { c -> (Int, Int, Int, Int) in
             let channel = self.allocateChannel()
             defer { c.closeChannel(channel) }

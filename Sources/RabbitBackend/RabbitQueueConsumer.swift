@@ -8,7 +8,8 @@ import Synchronization
 ///
 /// - ack: `basic.ack`.
 /// - nack with a delay: a copy (same id, headers, `x-brokerkit-attempt` = next attempt) is
-///   published with confirms to `<queue>.wait.<ms>`, whose TTL dead-letters it back to the
+///   published with confirms to `<queue>.wait.<ms>.quorum` (classic `<queue>.wait.<ms>` with
+///   `queue.type=classic`), whose TTL dead-letters it back to the
 ///   queue; then the original is acked. With no delay the copy goes straight to the queue.
 /// - dead-letter: the DLQ envelope is published to `<queue>.dlq` (keeping `x-death`), then
 ///   the original is acked.

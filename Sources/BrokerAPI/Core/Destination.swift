@@ -133,7 +133,8 @@ public enum DestinationName {
     /// Names an app cannot use, because a backend derives the names of its internal
     /// structures from the destination's: `<name>.dlq` / `<name>:dlq` (dead letters),
     /// `<name>.delay` / `<name>:delay` (delayed messages), `<name>:retry` and
-    /// `<name>.retry.<n>` (retries), `<name>.wait.<ms>` (RabbitMQ's delay queues),
+    /// `<name>.retry.<n>` (retries), `<name>.wait.<ms>` and `<name>.wait.<ms>.quorum` (RabbitMQ's
+    /// delay queues),
     /// `<name>.offsets.<group>` (RabbitMQ's committed stream positions) and names starting
     /// with `__` (BrokerKit's catalog, Kafka's own topics). Group names only may not start
     /// with `__`. Every backend refuses the same names, so an app can move between brokers.
@@ -150,6 +151,11 @@ public enum DestinationName {
             {
                 return "a name ending in '\(infix)<number>'"
             }
+        }
+        // RabbitMQ's quorum wait queues: `<name>.wait.<ms>.quorum`.
+        if name.hasSuffix(".quorum"), let range = name.range(of: ".wait.", options: .backwards) {
+            let digits = name[range.upperBound..<name.index(name.endIndex, offsetBy: -".quorum".count)]
+            if !digits.isEmpty, digits.allSatisfy(\.isNumber) { return "a name ending in '.wait.<number>.quorum'" }
         }
         if name.contains(".offsets.") { return "a name containing '.offsets.'" }
         return nil
