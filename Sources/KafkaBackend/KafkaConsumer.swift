@@ -484,7 +484,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     }
 
     private func handOutPass() {
-        let batch = state.withLock { s -> [Delivery] in
+        state.withLock { s in
             var out: [Delivery] = []
             while s.readyHead < s.ready.count && s.outstanding < prefetch {
                 guard let next = s.ready[s.readyHead] else { s.readyHead += 1; continue }
@@ -507,12 +507,16 @@ final class KafkaConsumer: MessageConsumer, Sendable {
                 s.ready.removeFirst(s.readyHead)
                 s.readyHead = 0
             }
-            return out
+            // Into the buffer under this lock, as one batch (one wake-up of a waiting reader):
+            // an in-place retry that blocks a partition takes the partition's deliveries back
+            // from the buffer under this lock too. Pushed after the lock, a batch collected
+            // before the block landed after the take, and a newer record of the partition was
+            // handed out ahead of the parked older ones (found by `brokerkit soak`).
+            if !out.isEmpty {
+                let rejected = buffer.push(contentsOf: out)
+                s.outstanding -= rejected.count
+            }
         }
-        guard !batch.isEmpty else { return }
-        // One lock and one wake-up of a waiting reader for the whole batch.
-        let rejected = buffer.push(contentsOf: batch)
-        if !rejected.isEmpty { state.withLock { $0.outstanding -= rejected.count } }
     }
 
     /// Drops this thread's references to settled deliveries. By then the app's task has
@@ -652,47 +656,79 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             guard p.live, !s.closing else { return false }
             p.blocked += 1
             s.blockedTotal += 1
+            // What this partition has in the buffer waits behind the retried record (taken
+            // under this lock, which hand-outs push under: see `handOutPass`).
+            let taken = buffer.take { ($0.backendSettler as? KafkaSettler)?.partition === p }
+            p.parkedDeliveries.append(contentsOf: taken)
             return true
         }
         guard live else { throw notHeld(record) }
-        // What this partition has in the buffer waits behind the retried record.
-        let taken = buffer.take { ($0.backendSettler as? KafkaSettler)?.partition === p }
-        if !taken.isEmpty { state.withLock { _ in p.parkedDeliveries.append(contentsOf: taken) } }
         wake()
         Task {
             try? await Task.sleep(for: delay)
-            let (still, parked, ready) = self.state.withLock { s -> (Bool, [Delivery], [Ready]) in
+            // The partition stays blocked while the retried record and the deliveries parked
+            // behind it go into the buffer: unblocked first, the poll thread handed a newer
+            // record of the partition out ahead of them (found by `brokerkit soak`: a key's
+            // later message handled before three earlier ones).
+            let (still, last, parked) = self.state.withLock { s -> (Bool, Bool, [Delivery]) in
                 s.blockedTotal = max(0, s.blockedTotal - 1)
                 guard p.live, !s.closing else {
                     // Not ours any more: the new owner redelivers them all.
                     s.outstanding -= 1 + p.parkedDeliveries.count
                     p.parkedDeliveries = []
                     p.parkedReady = []
-                    return (false, [], [])
+                    return (false, false, [])
                 }
-                p.blocked = max(0, p.blocked - 1)
-                guard p.blocked == 0 else { return (true, [], []) }
-                defer {
-                    p.parkedDeliveries = []
-                    p.parkedReady = []
+                guard p.blocked <= 1 else {
+                    p.blocked -= 1  // another retry of this partition is still waiting
+                    return (true, false, [])
                 }
-                return (true, p.parkedDeliveries, p.parkedReady)
+                defer { p.parkedDeliveries = [] }
+                return (true, true, p.parkedDeliveries)
             }
             guard still else { return }
             self.push(record, partition: p, attempt: nextAttempt, firstFailureAt: firstFailureAt)
-            if !parked.isEmpty {
-                let rejected = self.buffer.push(contentsOf: parked)
-                if !rejected.isEmpty { self.state.withLock { $0.outstanding -= rejected.count } }
-            }
-            if !ready.isEmpty {
-                self.state.withLock { s in
-                    s.ready.insert(contentsOf: ready.map { Optional($0) }, at: s.readyHead)
-                    s.readyBytes += ready.reduce(0) { $0 + $1.bytes }
-                }
-                self.handOut()
-            }
-            self.wake()
+            guard last else { return }
+            self.pushParked(parked)
+            self.unblock(p)
         }
+    }
+
+    /// Puts deliveries taken back behind an in-place retry into the buffer, in their order.
+    private func pushParked(_ parked: [Delivery]) {
+        guard !parked.isEmpty else { return }
+        let rejected = buffer.push(contentsOf: parked)
+        if !rejected.isEmpty { state.withLock { $0.outstanding -= rejected.count } }
+    }
+
+    /// Ends the last in-place retry of `p` once its record and parked deliveries are in the
+    /// buffer: what was released or fetched for `p` meanwhile goes out next, in order, ahead
+    /// of anything newer. A retry of `p` that began meanwhile keeps it blocked.
+    private func unblock(_ p: PartitionState) {
+        let (parked, ready) = state.withLock { s -> ([Delivery], [Ready]) in
+            guard p.live, !s.closing else {
+                s.outstanding -= p.parkedDeliveries.count
+                p.parkedDeliveries = []
+                p.parkedReady = []
+                return ([], [])
+            }
+            p.blocked = max(0, p.blocked - 1)
+            guard p.blocked == 0 else { return ([], []) }
+            defer {
+                p.parkedDeliveries = []
+                p.parkedReady = []
+            }
+            return (p.parkedDeliveries, p.parkedReady)
+        }
+        pushParked(parked)
+        if !ready.isEmpty {
+            state.withLock { s in
+                s.ready.insert(contentsOf: ready.map { Optional($0) }, at: s.readyHead)
+                s.readyBytes += ready.reduce(0) { $0 + $1.bytes }
+            }
+            handOut()
+        }
+        wake()
     }
 
     /// Gives `record` back: redelivered at once unless the consumer is closing (then its
