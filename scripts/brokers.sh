@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Starts / stops the real brokers the test suite uses, on loopback ports, with state under
-# .run/ in the repository. Usage: scripts/brokers.sh start|stop|status|costs [idle-seconds]
+# .run/ in the repository. Usage: scripts/brokers.sh start|stop|status|costs [idle-seconds]|restart-<server>
 # `start` writes .run/brokers.env with BROKERKIT_TEST_*_URL variables for the tests.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +12,7 @@ AMQPS_PORT="${BROKERKIT_AMQPS_PORT:-5683}"
 KAFKA_PORT="${BROKERKIT_KAFKA_PORT:-19092}"
 KAFKA_TLS_PORT="${BROKERKIT_KAFKA_TLS_PORT:-19093}"
 KAFKA_SASL_PORT="${BROKERKIT_KAFKA_SASL_PORT:-19094}"
+KAFKA_SOAK_PORT="${BROKERKIT_KAFKA_SOAK_PORT:-19095}"
 KAFKA_SASL_USER=alice
 KAFKA_SASL_PASSWORD=alice-secret
 RABBIT_NODE="${BROKERKIT_AMQP_NODE:-brokerkit-test@localhost}"
@@ -115,6 +116,12 @@ ssl_options.keyfile = $RUN/tls/server.key
 ssl_options.verify = verify_peer
 ssl_options.fail_if_no_peer_cert = true
 CONF
+    # Quorum wait queues dead-letter at least once: a due message whose target queue was not
+    # up yet (a restart) is re-sent by RabbitMQ's dead-letter worker after this timeout,
+    # 180 s by default. 5 s here, as docs/rabbitmq.md recommends for production.
+    cat >"$RUN/rabbitmq/advanced.config" <<CONF
+[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 5000}]}].
+CONF
     chown -R rabbitmq:rabbitmq "$RUN/rabbitmq" 2>/dev/null || true
     chmod o+x "$RUN" "$PWD" 2>/dev/null || true
     local t0=$SECONDS ms0
@@ -123,7 +130,7 @@ CONF
     export RABBITMQ_NODENAME="$RABBIT_NODE" RABBITMQ_NODE_PORT="$AMQP_PORT" RABBITMQ_NODE_IP_ADDRESS=127.0.0.1
     export RABBITMQ_DIST_PORT="$AMQP_DIST_PORT" RABBITMQ_PID_FILE="$RUN/rabbitmq/rabbit.pid"
     export RABBITMQ_ENABLED_PLUGINS_FILE="$RUN/rabbitmq/enabled_plugins"
-    export RABBITMQ_CONFIG_FILE="$RUN/rabbitmq/rabbitmq.conf"
+    export RABBITMQ_CONFIG_FILE="$RUN/rabbitmq/rabbitmq.conf" RABBITMQ_ADVANCED_CONFIG_FILE="$RUN/rabbitmq/advanced.config"
     echo "[]." > "$RABBITMQ_ENABLED_PLUGINS_FILE"
     chown rabbitmq:rabbitmq "$RABBITMQ_ENABLED_PLUGINS_FILE" 2>/dev/null || true
     # RabbitMQ sizes its file-handle pool from the open-files limit; 1024 wedges the node
@@ -210,16 +217,49 @@ start_kafka_sasl() {
     log "noida-db behind SASL (PLAIN, SCRAM) on 127.0.0.1:$KAFKA_SASL_PORT ($((SECONDS - t0)) s)"
 }
 
+# For `brokerkit soak`'s network cuts: one more noida-db in a namespace of its own, advertising
+# 127.0.0.1:KAFKA_SOAK_PORT, reachable only through its Unix socket. Nothing listens on that
+# port outside until the soak's proxy does: so every connection a Kafka client makes (the
+# bootstrap one and those to the address the metadata names) goes through the proxy the
+# soak cuts. Without this, a client would follow the metadata past the proxy.
+start_kafka_soak() {
+    local dir="$RUN/kafka-soak" t0=$SECONDS
+    launch_namespaced_kafka kafka-soak "$KAFKA_SOAK_PORT"
+    wait_until 60 "the soak Kafka broker did not answer in its namespace" "$dir" \
+        nsenter -t "$(cat "$dir/namespace.pid")" -n kcat -L -m 5 -b "127.0.0.1:$KAFKA_SOAK_PORT"
+    log "noida-db for soak cuts in a namespace, socket $dir/kafka.sock, advertising 127.0.0.1:$KAFKA_SOAK_PORT ($((SECONDS - t0)) s)"
+}
+
+restart_kafka_soak() {  # as restart_kafka, inside the soak broker's namespace
+    local dir="$RUN/kafka-soak" t0=$SECONDS ns
+    ns="$(cat "$dir/namespace.pid")"
+    nsenter -t "$ns" -n noida-db stop kafka --data-dir "$dir/data" >/dev/null 2>&1
+    sleep "${1:-0}"
+    nsenter -t "$ns" -n noida-db start kafka --data-dir "$dir/data" >/dev/null 2>&1
+    wait_until 60 "the soak Kafka broker did not come back" "$dir" \
+        nsenter -t "$ns" -n kcat -L -m 5 -b "127.0.0.1:$KAFKA_SOAK_PORT"
+    log "noida-db (soak) Kafka service restarted ($((SECONDS - t0)) s)"
+}
+
+restart_rabbitmq() {  # the node's application stops (connections close) and starts again
+    local t0=$SECONDS
+    rabbitmqctl -q -n "$RABBIT_NODE" stop_app >/dev/null
+    sleep "${1:-0}"
+    rabbitmqctl -q -n "$RABBIT_NODE" start_app >/dev/null
+    wait_port rabbitmq "$AMQP_PORT" 60
+    log "rabbitmq application restarted on node $RABBIT_NODE ($((SECONDS - t0)) s)"
+}
+
 stop_namespaced_kafka() {
     local dir f
-    for dir in "$RUN/kafka-tls" "$RUN/kafka-sasl"; do
+    for dir in "$RUN/kafka-tls" "$RUN/kafka-sasl" "$RUN/kafka-soak"; do
         for f in "$dir/front.pid" "$dir/namespace.pid"; do
             # Each was started as a session leader: the signal reaches its whole process group.
             if [ -f "$f" ]; then kill -TERM -- "-$(cat "$f")" 2>/dev/null || true; rm -f "$f"; fi
         done
     done
     # Leftovers of a start whose pid files are gone.
-    pkill -f "noida-db start --only kafka --kafka-port ($KAFKA_TLS_PORT|$KAFKA_SASL_PORT)" 2>/dev/null || true
+    pkill -f "noida-db start --only kafka --kafka-port ($KAFKA_TLS_PORT|$KAFKA_SASL_PORT|$KAFKA_SOAK_PORT)" 2>/dev/null || true
     pkill -f "OPENSSL-LISTEN:$KAFKA_TLS_PORT," 2>/dev/null || true
     pkill -f "kafka-sasl-front.py 127.0.0.1:$KAFKA_SASL_PORT " 2>/dev/null || true
 }
@@ -347,6 +387,7 @@ start)
     start_kafka
     start_kafka_tls
     start_kafka_sasl
+    start_kafka_soak
     cat >"$RUN/brokers.env" <<ENV
 export BROKERKIT_TEST_REDIS_URL=redis://127.0.0.1:$REDIS_PORT
 export BROKERKIT_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:$AMQP_PORT/
@@ -364,6 +405,12 @@ export BROKERKIT_TEST_AMQP_NODE=$RABBIT_NODE
 export BROKERKIT_TEST_REDIS_DIR=$RUN/redis
 export BROKERKIT_TEST_REDIS_RESTART="$PWD/scripts/brokers.sh restart-redis"
 export BROKERKIT_TEST_KAFKA_RESTART="$PWD/scripts/brokers.sh restart-kafka"
+export BROKERKIT_TEST_AMQP_RESTART="$PWD/scripts/brokers.sh restart-rabbitmq"
+# For soak runs with network cuts on Kafka: the broker behind this socket advertises this URL,
+# where the soak's proxy listens (brokerkit soak --proxy-listen / --proxy-upstream unix:…).
+export BROKERKIT_TEST_KAFKA_SOAK_URL=kafka://127.0.0.1:$KAFKA_SOAK_PORT
+export BROKERKIT_TEST_KAFKA_SOAK_SOCKET=$RUN/kafka-soak/kafka.sock
+export BROKERKIT_TEST_KAFKA_SOAK_RESTART="$PWD/scripts/brokers.sh restart-kafka-soak"
 ENV
     log "wrote $RUN/brokers.env"
     ;;
@@ -377,6 +424,12 @@ restart-redis)
 restart-kafka)
     restart_kafka "${2:-0}"
     ;;
+restart-kafka-soak)
+    restart_kafka_soak "${2:-0}"
+    ;;
+restart-rabbitmq)
+    restart_rabbitmq "${2:-0}"
+    ;;
 status)
     cat "$RUN/brokers.env" 2>/dev/null || echo "not running"
     ;;
@@ -384,7 +437,7 @@ costs)
     broker_costs "${2:-10}"
     ;;
 *)
-    echo "usage: $0 start|stop|status|costs [idle-seconds]|restart-redis|restart-kafka [pause-seconds]" >&2
+    echo "usage: $0 start|stop|status|costs [idle-seconds]|restart-redis|restart-rabbitmq|restart-kafka|restart-kafka-soak [pause-seconds]" >&2
     exit 2
     ;;
 esac
