@@ -17,6 +17,7 @@ let package = Package(
         .library(name: "RedisStreamsBackend", targets: ["RedisStreamsBackend"]),
         .library(name: "Examples", targets: ["Examples"]),
         .library(name: "BrokerCompare", targets: ["BrokerCompare"]),
+        .library(name: "BrokerSoak", targets: ["BrokerSoak"]),
         .executable(name: "brokerkit", targets: ["brokerkit"]),
     ],
     dependencies: [
@@ -92,10 +93,15 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        .target(
+            name: "BrokerSoak",
+            dependencies: ["BrokerAPI", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "brokerkit",
             dependencies: [
-                "BrokerAPI", "KafkaBackend", "RabbitBackend", "RedisStreamsBackend", "Examples", "BrokerCompare",
+                "BrokerAPI", "KafkaBackend", "RabbitBackend", "RedisStreamsBackend", "Examples", "BrokerCompare", "BrokerSoak",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -169,7 +175,7 @@ let package = Package(
         ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["brokerkit", "BrokerConformance"],
+            dependencies: ["brokerkit", "BrokerConformance", "BrokerSoak"],
             swiftSettings: swiftSettings
         ),
     ]

@@ -28,7 +28,8 @@ struct BrokerKitCommand: AsyncParsableCommand {
             """,
         subcommands: [
             PublishCommand.self, ConsumeCommand.self, StatsCommand.self, DLQCommand.self,
-            CapabilitiesCommand.self, DemoCommand.self, CompareCommand.self,
+            CapabilitiesCommand.self, DemoCommand.self, CompareCommand.self, SoakCommand.self,
+            SoakPublisherCommand.self, SoakWorkerCommand.self,
         ]
     )
 

@@ -1,0 +1,156 @@
+import BrokerConformance
+import BrokerSoak
+import Foundation
+import Testing
+
+/// `brokerkit soak`, the short version `make test` runs: 5,000 messages to a queue and to a
+/// stream with two groups, 200 delayed jobs, 3 worker processes, a worker killed with
+/// SIGKILL, a broker restart and a network cut (real brokers), a publisher killed mid-batch.
+/// The run fails (exit 1) if one confirmed message is lost, a poison message is missing from
+/// the DLQ, or a delayed job ran early; the test also reads the JSON ledger itself.
+enum SoakRun {
+    static func run(_ arguments: [String], timeout: Duration = .seconds(600)) async throws -> SoakReport {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("brokerkit-soak-\(UUID().uuidString.prefix(8))").path
+        defer { try? FileManager.default.removeItem(atPath: directory) }
+        let result = try await CLI.run(
+            ["soak", "--messages", "5000", "--rate", "500", "--jobs", "200", "--kill", "1", "--publisher-kills", "1", "--format", "json", "--dir", directory]
+                + arguments,
+            timeout: timeout)
+        let report = try #require(
+            try? JSONDecoder().decode(SoakReport.self, from: Data(result.stdout.utf8)),
+            "no JSON ledger (exit \(result.status))\nstdout:\n\(result.stdout)\nstderr (last 4,000 characters):\n\(result.stderr.suffix(4000))")
+        check(report)
+        #expect(result.status == (report.passed ? 0 : 1), "exit \(result.status) with a ledger that \(report.passed ? "passed" : "failed")")
+        return report
+    }
+
+    /// What every backend's short run must show.
+    static func check(_ report: SoakReport) {
+        let summary = SoakOutput.render(report, format: .text)
+        #expect(report.failures.isEmpty, "\(report.failures.joined(separator: "\n"))\n\(summary)")
+        for consumer in report.consumers {
+            #expect(consumer.lost.isEmpty, "\(consumer.consumer): lost \(consumer.lost.count)")
+            #expect(consumer.unfinished == 0, "\(consumer.consumer): \(consumer.unfinished) not handled in time")
+            #expect(consumer.poisonMissingFromDLQ.isEmpty && consumer.unexpectedInDLQ.isEmpty, "\(consumer.consumer): the DLQ is not the poison messages")
+            #expect(consumer.deadLettered == consumer.poisonExpected, "\(consumer.consumer): \(consumer.deadLettered) dead-lettered, \(consumer.poisonExpected) poison")
+            #expect(consumer.poisonExpected > 100, "too few poison messages to prove anything")
+            #expect(consumer.expected == 5000 || report.publishing.contains { $0.notConfirmed > 0 }, "\(consumer.consumer): \(consumer.expected) confirmed")
+        }
+        #expect(report.jobs.early.isEmpty, "delayed jobs ran early: \(report.jobs.early)")
+        #expect(report.jobs.lost.isEmpty && report.jobs.unfinished == 0, "delayed jobs that never ran: \(report.jobs.lost)")
+        #expect(report.jobs.ran == report.jobs.confirmed && report.jobs.confirmed == 200)
+    }
+}
+
+@Suite("brokerkit soak")
+struct SoakTests {
+    /// memory:// runs publishers and workers as tasks of one process: a kill cancels a worker.
+    @Test func memoryLosesNothing() async throws {
+        let report = try await SoakRun.run(["--broker", "memory://", "--restarts", "0", "--cuts", "0", "--settle", "60"])
+        #expect(report.faults.map(\.kind).sorted() == ["kill-publisher", "kill-worker"])
+    }
+
+    @Test func badOptionsExitTwoNamingThem() async throws {
+        for (arguments, named) in [
+            (["--messages", "0"], "--messages"), (["--poison", "120"], "--poison"), (["--poison", "60", "--flaky", "50"], "--flaky"),
+            (["--cut-seconds", "0"], "--cut-seconds"), (["--broker", "redis://127.0.0.1:1", "--restarts", "1"], "--restart-command"),
+            (["--proxy-upstream", "nowhere"], "--proxy-upstream"), (["--format", "yaml"], "--format"),
+        ] {
+            let result = try await CLI.run(["soak"] + arguments)
+            #expect(result.status == 2, "soak \(arguments) exited \(result.status)")
+            #expect(result.stderr.contains(named), "soak \(arguments): the error does not name \(named): \(result.stderr)")
+        }
+        let help = try await CLI.run(["soak", "--help"])
+        for option in ["--messages", "--keys", "--workers", "--poison", "--flaky", "--kill", "--restarts", "--restart-command", "--cuts", "--format", "--svg"] {
+            #expect(help.stdout.contains(option), "--help does not explain \(option)")
+        }
+    }
+
+    /// The ledger's arithmetic on a hand-made run: a confirmed message nobody handled is lost
+    /// unless the broker still holds as many; a poison message must be in the DLQ.
+    @Test func theLedgerCallsAnUnhandledConfirmedMessageLost() {
+        let plan = SoakPlan(runID: "t", messages: 40, keys: 4, workers: 1, jobs: 1, rate: 40)
+        let poison = (0..<40).filter { plan.kind(of: $0) == .poison }
+        let normal = (0..<40).filter { plan.kind(of: $0) != .poison }
+        var events: [SoakEvent] = []
+        func event(_ name: String, _ fields: [String], _ micros: Int64 = 1_000_000) { events.append(SoakEvent(micros: micros, name: name, fields: fields, source: "x")) }
+        let all = (0..<40).map(String.init).joined(separator: ",")
+        for destination in ["queue", "stream"] {
+            event("try", [destination, all])
+            event("ok", [destination, all])
+        }
+        event("jobok", ["0", "1500"])
+        event("job", ["0", "1500", "1"], 2_000_000)
+        // Every consumer handles every normal message, except the queue, which misses one.
+        let missed = normal[3]
+        for consumer in SoakPlan.consumers {
+            for seq in normal where !(consumer == "queue" && seq == missed) { event("run", [consumer, String(seq), "1", "ok"]) }
+        }
+        let letters = SoakPlan.consumers.flatMap { consumer in poison.map { SoakDeadLetter(consumer: consumer, seq: $0, reason: "poison message \($0)") } }
+        let report = SoakAnalysis.report(
+            backend: "test", url: "test://", plan: plan, events: events, deadLetters: letters, resources: SoakResources(), orderEnforced: true,
+            began: 0, ended: 3_000_000)
+        #expect(report.consumers.first { $0.consumer == "queue" }?.lost == [missed])
+        #expect(report.consumers.filter { $0.consumer != "queue" }.allSatisfy { $0.lost.isEmpty })
+        #expect(!report.passed)
+        // The broker still holding one message for the queue: not proven lost, not finished.
+        let held = SoakAnalysis.report(
+            backend: "test", url: "test://", plan: plan, events: events, deadLetters: letters, resources: SoakResources(), orderEnforced: true,
+            began: 0, ended: 3_000_000, backlog: ["queue": 1])
+        #expect(held.consumers.first { $0.consumer == "queue" }?.unfinished == 1)
+        #expect(held.consumers.first { $0.consumer == "queue" }?.lost.isEmpty == true)
+        #expect(!held.passed)
+        // A poison message missing from the DLQ, and a job that ran early.
+        var early = events
+        early.append(SoakEvent(micros: 1_000_000, name: "job", fields: ["0", "1500", "2"], source: "x"))
+        let partial = SoakAnalysis.report(
+            backend: "test", url: "test://", plan: plan, events: early + [SoakEvent(micros: 1, name: "run", fields: ["queue", String(missed), "1", "ok"], source: "x")],
+            deadLetters: Array(letters.dropFirst()), resources: SoakResources(), orderEnforced: true, began: 0, ended: 3_000_000)
+        #expect(partial.consumers.first { $0.consumer == "queue" }?.poisonMissingFromDLQ == [poison[0]])
+        #expect(partial.jobs.early == [0])
+        // The poison message missing from the DLQ was not handled either: it is lost too.
+        #expect(partial.consumers.first { $0.consumer == "queue" }?.lost == [poison[0]])
+        #expect(partial.failures.count == 3, "\(partial.failures)")
+        #expect(partial.failures.contains { $0.contains("missing from the DLQ") } && partial.failures.contains { $0.contains("ran before they were due") })
+    }
+}
+
+/// The short soak on each real broker, with a restart: the serial restart pass only.
+@Suite("brokerkit soak, real brokers (restart pass)", .serialized)
+struct SoakRestartTests {
+    @Test(.enabled(if: TestEnvironment.shouldRunRestartTests(.redis)))
+    func redisLosesNothing() async throws {
+        let url = try TestEnvironment.requireURL(.redis)
+        let restart = try #require(ProcessInfo.processInfo.environment["BROKERKIT_TEST_REDIS_RESTART"], "BROKERKIT_TEST_REDIS_RESTART is not set")
+        let report = try await SoakRun.run([
+            "--broker", url, "--option", "stream.lease=5s", "--restarts", "1", "--restart-command", restart, "--cuts", "1", "--settle", "180",
+        ])
+        #expect(report.faults.map(\.kind).sorted() == ["cut", "kill-publisher", "kill-worker", "restart-broker"])
+    }
+
+    @Test(.enabled(if: TestEnvironment.shouldRunRestartTests(.amqp)))
+    func rabbitMQLosesNothing() async throws {
+        let url = try TestEnvironment.requireURL(.amqp)
+        let restart = try #require(ProcessInfo.processInfo.environment["BROKERKIT_TEST_AMQP_RESTART"], "BROKERKIT_TEST_AMQP_RESTART is not set")
+        let report = try await SoakRun.run(["--broker", url, "--restarts", "1", "--restart-command", restart, "--cuts", "1", "--settle", "180"])
+        #expect(report.faults.map(\.kind).sorted() == ["cut", "kill-publisher", "kill-worker", "restart-broker"])
+        #expect(report.consumers.filter { $0.consumer != "queue" }.allSatisfy { $0.orderEnforced && $0.orderViolations == 0 })
+    }
+
+    /// Kafka runs against the noida-db instance that advertises the proxy's port (see
+    /// scripts/brokers.sh), so every connection goes through the cut.
+    @Test(.enabled(if: TestEnvironment.shouldRunRestartTests(.kafka)))
+    func kafkaLosesNothing() async throws {
+        let environment = ProcessInfo.processInfo.environment
+        let url = try #require(environment["BROKERKIT_TEST_KAFKA_SOAK_URL"], "BROKERKIT_TEST_KAFKA_SOAK_URL is not set (scripts/brokers.sh start)")
+        let socket = try #require(environment["BROKERKIT_TEST_KAFKA_SOAK_SOCKET"])
+        let restart = try #require(environment["BROKERKIT_TEST_KAFKA_SOAK_RESTART"])
+        let port = try #require(URLComponents(string: url)?.port)
+        let report = try await SoakRun.run([
+            "--broker", url, "--proxy-listen", String(port), "--proxy-upstream", "unix:\(socket)", "--restarts", "1", "--restart-command", restart,
+            "--cuts", "1", "--settle", "180",
+        ])
+        #expect(report.faults.map(\.kind).sorted() == ["cut", "kill-publisher", "kill-worker", "restart-broker"])
+        #expect(report.consumers.filter { $0.consumer != "queue" }.allSatisfy { $0.orderEnforced && $0.orderViolations == 0 })
+    }
+}
