@@ -149,6 +149,9 @@ struct SoakRestartTests {
         let report = try await SoakRun.run([
             "--broker", url, "--proxy-listen", String(port), "--proxy-upstream", "unix:\(socket)", "--restarts", "1", "--restart-command", restart,
             "--cuts", "1", "--settle", "180",
+            // As scripts/soak.sh: a rebalance waits at most 30 s for a killed member, and a
+            // restarted worker's start waits for that rebalance (docs/reliability.md).
+            "--option", "rdkafka.max.poll.interval.ms=30000", "--option", "operation.timeout=90s",
         ])
         #expect(report.faults.map(\.kind).sorted() == ["cut", "kill-publisher", "kill-worker", "restart-broker"])
         #expect(report.consumers.filter { $0.consumer != "queue" }.allSatisfy { $0.orderEnforced && $0.orderViolations == 0 })
