@@ -19,6 +19,7 @@ let package = Package(
         .library(name: "BrokerCompare", targets: ["BrokerCompare"]),
         .library(name: "BrokerSoak", targets: ["BrokerSoak"]),
         .executable(name: "brokerkit", targets: ["brokerkit"]),
+        .executable(name: "brokerkit-fuzz", targets: ["brokerkit-fuzz"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
@@ -108,6 +109,17 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "BrokerFuzzTargets",
+            dependencies: ["BrokerAPI", "KafkaBackend", "RabbitBackend", "RedisStreamsBackend"],
+            swiftSettings: swiftSettings
+        ),
+        .target(name: "CFuzzDriver"),
+        .executableTarget(
+            name: "brokerkit-fuzz",
+            dependencies: ["BrokerFuzzTargets", "CFuzzDriver"],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "BenchmarkSupport",
             dependencies: ["BrokerAPI", "BrokerCompare"],
             path: "Benchmarks/BenchmarkSupport",
@@ -171,6 +183,11 @@ let package = Package(
                 "Examples", "BrokerAPI", "BrokerConformance", "RedisStreamsBackend", "KafkaBackend", "RabbitBackend",
                 .product(name: "Logging", package: "swift-log"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .testTarget(
+            name: "FuzzTests",
+            dependencies: ["BrokerFuzzTargets", "BrokerAPI", "KafkaBackend", "RabbitBackend", "RedisStreamsBackend"],
             swiftSettings: swiftSettings
         ),
         .testTarget(

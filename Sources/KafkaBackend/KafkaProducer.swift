@@ -410,7 +410,7 @@ struct OutgoingRecord: Sendable {
             for (name, value) in extraHeaders.sorted(by: { $0.key < $1.key }) { headers.append((name, value)) }
         }
         self.headers = headers
-        timestampMilliseconds = Int64((message.timestamp.timeIntervalSince1970 * 1000).rounded())
+        timestampMilliseconds = EpochMillis.of(message.timestamp)
     }
 
     func makeHeaders() -> OpaquePointer? {

@@ -319,20 +319,37 @@ final class KafkaRecord: Sendable {
     }
 
     /// `topic`: the record's topic name (the poll thread looks it up through ``TopicNames``).
-    init(_ message: UnsafePointer<rd_kafka_message_t>, topic: String) {
+    convenience init(_ message: UnsafePointer<rd_kafka_message_t>, topic: String) {
         let m = message.pointee
+        var hdrs: OpaquePointer?
+        if rd_kafka_message_headers(message, &hdrs) != RD_KAFKA_RESP_ERR_NO_ERROR { hdrs = nil }
+        var type = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
+        let ms = rd_kafka_message_timestamp(message, &type)
+        self.init(
+            topic: topic, partition: m.partition, offset: m.offset,
+            key: m.key.map { UnsafeRawBufferPointer(start: $0, count: m.key_len) },
+            value: m.payload.map { UnsafeRawBufferPointer(start: $0, count: m.len) },
+            headers: hdrs, timestampMillis: ms)
+    }
+
+    /// Decodes a record from its parts: `headers` is a librdkafka header list (read with
+    /// `rd_kafka_header_get_all`), `timestampMillis` negative when there is none. Everything
+    /// here came from the broker and is untrusted (the fuzz target `kafka` runs this).
+    init(
+        topic: String, partition: Int32, offset: Int64, key: UnsafeRawBufferPointer?, value: UnsafeRawBufferPointer?,
+        headers hdrs: OpaquePointer?, timestampMillis ms: Int64
+    ) {
         self.topic = topic
-        partition = m.partition
-        offset = m.offset
-        key = m.key.map { Data(bytes: $0, count: m.key_len) }
-        value = m.payload.map { Data(bytes: $0, count: m.len) } ?? Data()
+        self.partition = partition
+        self.offset = offset
+        self.key = key.map { Data($0) }
+        self.value = value.map { Data($0) } ?? Data()
         var defect: String?
-        if let keyPointer = m.key, String(validating: UnsafeRawBufferPointer(start: keyPointer, count: m.key_len), as: UTF8.self) == nil {
+        if let key, String(validating: key, as: UTF8.self) == nil {
             defect = "the key is not valid UTF-8"
         }
         var headers: [(String, String)] = []
-        var hdrs: OpaquePointer?
-        if rd_kafka_message_headers(message, &hdrs) == RD_KAFKA_RESP_ERR_NO_ERROR, let hdrs {
+        if let hdrs {
             var index = 0
             while true {
                 var name: UnsafePointer<CChar>?
@@ -363,8 +380,6 @@ final class KafkaRecord: Sendable {
         }
         self.headers = headers
         self.defect = defect
-        var type = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
-        let ms = rd_kafka_message_timestamp(message, &type)
         timestamp = ms >= 0 ? Date(timeIntervalSince1970: TimeInterval(ms) / 1000) : nil
     }
 }

@@ -32,9 +32,9 @@ enum RedisFieldLayout {
         }
         add("id", RedisArgument(message.id))
         if let key = message.key { add("key", RedisArgument(key)) }
-        add("ts", RedisArgument(Int64((message.timestamp.timeIntervalSince1970 * 1000).rounded())))
+        add("ts", RedisArgument(EpochMillis.of(message.timestamp)))
         if attempt > 1 { add("attempt", RedisArgument(attempt)) }
-        if let firstFailureAt { add("ff", RedisArgument(Int64((firstFailureAt.timeIntervalSince1970 * 1000).rounded()))) }
+        if let firstFailureAt { add("ff", RedisArgument(EpochMillis.of(firstFailureAt))) }
         for (name, value) in message.headers.sorted(by: { $0.key < $1.key }) { add(RedisArgument("h:" + name), RedisArgument(value)) }
         add("payload", RedisArgument(message.payload))
         return fields

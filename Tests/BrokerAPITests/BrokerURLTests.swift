@@ -107,4 +107,11 @@ struct BrokerURLTests {
             #expect(text.contains("***"), "\(text)")
         }
     }
+
+    /// Found by the `url` fuzz target (Fuzz/regressions/url): control characters before
+    /// `://` and an invalid byte in a would-be password made the error scrubber trap.
+    @Test func aURLWithControlCharactersIsAnErrorNotACrash() {
+        let url = "s" + String(repeating: "\u{0}", count: 15) + "://:2n\u{FFFD}y?ytreeat@0s"
+        #expect(throws: BrokerError.self) { try BrokerURL(url) }
+    }
 }

@@ -183,11 +183,17 @@ public struct BrokerURL: Sendable, Hashable, CustomStringConvertible {
     /// "port", "host" or "option" that is really a piece of a password must not print it.
     static func scrub(_ text: String, of url: String) -> String {
         guard let secret = secretRange(in: url) else { return text }
+        // Compared as UTF-8 bytes: Foundation's `range(of:)` on a substring of a URL holding
+        // NUL and other control characters returned an index past its end, and stepping from
+        // it trapped (found by the `url` fuzz target: Fuzz/regressions/url).
+        let bytes = Array(url.utf8)
+        let secretStart = url.utf8.distance(from: url.startIndex, to: secret.lowerBound)
+        let secretEnd = url.utf8.distance(from: url.startIndex, to: secret.upperBound)
         func overlapsSecret(_ piece: Substring) -> Bool {
-            var from = url.startIndex
-            while let found = url[from...].range(of: piece) {
-                if found.lowerBound < secret.upperBound && secret.lowerBound < found.upperBound { return true }
-                from = url.index(after: found.lowerBound)
+            let needle = Array(piece.utf8)
+            guard !needle.isEmpty, needle.count <= bytes.count else { return false }
+            for start in 0...(bytes.count - needle.count) where start < secretEnd && secretStart < start + needle.count {
+                if bytes[start..<(start + needle.count)].elementsEqual(needle) { return true }
             }
             return false
         }

@@ -1,0 +1,2 @@
+/* Declarations only (include/CFuzzDriver.h): libFuzzer provides the function. */
+#include "CFuzzDriver.h"
