@@ -4,7 +4,16 @@ import Synchronization
 /// Log lines a test can read back: pass ``logger`` to the code under test, then read
 /// ``lines`` (to check that a failure is reported, and not reported a thousand times).
 public final class CapturedLog: Sendable {
-    public let lines = Mutex<[(level: Logger.Level, message: String)]>([])
+    public typealias Line = (level: Logger.Level, message: String)
+    private let storage = Mutex<[Line]>([])
+
+    /// The lines, behind their lock (not the `Mutex` itself: the ThreadSanitizer build swaps
+    /// in a module-internal one, see `TSanMutex.swift`).
+    public struct Lines: Sendable {
+        let log: CapturedLog
+        public func withLock<Result>(_ body: (inout [Line]) -> Result) -> Result { log.storage.withLock { body(&$0) } }
+    }
+    public var lines: Lines { Lines(log: self) }
 
     public init() {}
 

@@ -1,0 +1,1 @@
+../../Sources/BrokerAPI/Support/TSanMutex.swift
