@@ -93,7 +93,18 @@ struct RabbitRestartTests {
             try await Task.sleep(for: .seconds(3))
             _ = try await RabbitTestSupport.rabbitmqctl(["start_app"])
             _ = try? await RabbitTestSupport.rabbitmqctl(["await_startup"])
-            let consumer = try await broker.consumeQueue(queue, options: .init(prefetch: 32))
+            // Calls fail fast with connectionFailed while the client reconnects (docs/rabbitmq.md):
+            // retried here as an app would.
+            var opened: (any MessageConsumer)?
+            let reconnectDeadline = ContinuousClock.now + .seconds(30)
+            while opened == nil {
+                do {
+                    opened = try await broker.consumeQueue(queue, options: .init(prefetch: 32))
+                } catch let error as BrokerError where error.code == .connectionFailed && ContinuousClock.now < reconnectDeadline {
+                    try await Task.sleep(for: .milliseconds(500))
+                }
+            }
+            let consumer = opened!
             var seen = Set<String>()
             let deadline = ContinuousClock.now + .seconds(30)
             while !Set(sent).isSubset(of: seen), ContinuousClock.now < deadline {
