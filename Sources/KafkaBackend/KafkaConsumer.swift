@@ -835,6 +835,12 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             } else {
                 _ = rd_kafka_assign(rk, partitions)
             }
+            // librdkafka keeps a partition's pause across a rebalance: one paused here (a full
+            // prefetch, an in-place retry) when it was revoked came back still paused, while
+            // the fresh state above says it is not, so nothing ever resumed it and the group
+            // stalled with its backlog on the broker (the Kafka soak, issue 24). Resuming a
+            // partition that is not paused does nothing.
+            if let partitions { _ = rd_kafka_resume_partitions(rk, partitions) }
             logger.debug("kafka group \(groupID) assigned \(tps)")
             let waiters = state.withLock { s -> [CheckedContinuation<Void, Never>] in
                 s.joined = true
