@@ -9,7 +9,7 @@ import Testing
 /// The run fails (exit 1) if one confirmed message is lost, a poison message is missing from
 /// the DLQ, or a delayed job ran early; the test also reads the JSON ledger itself.
 enum SoakRun {
-    static func run(_ arguments: [String], timeout: Duration = .seconds(600)) async throws -> SoakReport {
+    static func run(_ arguments: [String], timeout: Duration = .seconds(600), stallIsKnownIssue: Bool = false) async throws -> SoakReport {
         let directory = FileManager.default.temporaryDirectory.appendingPathComponent("brokerkit-soak-\(UUID().uuidString.prefix(8))").path
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let result = try await CLI.run(
@@ -19,26 +19,50 @@ enum SoakRun {
         let report = try #require(
             try? JSONDecoder().decode(SoakReport.self, from: Data(result.stdout.utf8)),
             "no JSON ledger (exit \(result.status))\nstdout:\n\(result.stdout)\nstderr (last 4,000 characters):\n\(result.stderr.suffix(4000))")
-        check(report)
+        check(report, stallIsKnownIssue: stallIsKnownIssue)
         #expect(result.status == (report.passed ? 0 : 1), "exit \(result.status) with a ledger that \(report.passed ? "passed" : "failed")")
         return report
     }
 
-    /// What every backend's short run must show.
-    static func check(_ report: SoakReport) {
+    /// What every backend's short run must show. `stallIsKnownIssue`: a consumer group that
+    /// stops making progress after the faults (messages still on the broker when the settle
+    /// time ends, so poison ones not yet dead-lettered) is recorded as a known issue instead
+    /// of a failure — Kafka on noida-db, open in issue 24 (docs/reliability.md, "Kafka: groups
+    /// that stopped after a rebalance"). A lost message, a non-poison message in the DLQ or an
+    /// early job fails the test either way.
+    static func check(_ report: SoakReport, stallIsKnownIssue: Bool = false) {
         let summary = SoakOutput.render(report, format: .text)
-        #expect(report.failures.isEmpty, "\(report.failures.joined(separator: "\n"))\n\(summary)")
+        let stalled = report.consumers.contains { $0.unfinished > 0 } || report.jobs.unfinished > 0
+        if stallIsKnownIssue && stalled {
+            withKnownIssue("a Kafka consumer group on noida-db stopped making progress after the faults (issue 24)", isIntermittent: true) {
+                #expect(report.failures.isEmpty, "\(report.failures.joined(separator: "\n"))\n\(summary)")
+                for consumer in report.consumers {
+                    #expect(consumer.unfinished == 0, "\(consumer.consumer): \(consumer.unfinished) not handled in time")
+                    #expect(consumer.poisonMissingFromDLQ.isEmpty, "\(consumer.consumer): poison messages not dead-lettered")
+                    #expect(consumer.deadLettered == consumer.poisonExpected, "\(consumer.consumer): \(consumer.deadLettered) dead-lettered, \(consumer.poisonExpected) poison")
+                }
+                #expect(report.jobs.unfinished == 0 && report.jobs.ran == report.jobs.confirmed)
+            }
+        } else {
+            #expect(report.failures.isEmpty, "\(report.failures.joined(separator: "\n"))\n\(summary)")
+        }
         for consumer in report.consumers {
             #expect(consumer.lost.isEmpty, "\(consumer.consumer): lost \(consumer.lost.count)")
-            #expect(consumer.unfinished == 0, "\(consumer.consumer): \(consumer.unfinished) not handled in time")
-            #expect(consumer.poisonMissingFromDLQ.isEmpty && consumer.unexpectedInDLQ.isEmpty, "\(consumer.consumer): the DLQ is not the poison messages")
-            #expect(consumer.deadLettered == consumer.poisonExpected, "\(consumer.consumer): \(consumer.deadLettered) dead-lettered, \(consumer.poisonExpected) poison")
+            #expect(consumer.unexpectedInDLQ.isEmpty, "\(consumer.consumer): messages that are not poison in the DLQ")
+            if !(stallIsKnownIssue && stalled) {
+                #expect(consumer.unfinished == 0, "\(consumer.consumer): \(consumer.unfinished) not handled in time")
+                #expect(consumer.poisonMissingFromDLQ.isEmpty, "\(consumer.consumer): the DLQ is not the poison messages")
+                #expect(consumer.deadLettered == consumer.poisonExpected, "\(consumer.consumer): \(consumer.deadLettered) dead-lettered, \(consumer.poisonExpected) poison")
+            }
             #expect(consumer.poisonExpected > 100, "too few poison messages to prove anything")
             #expect(consumer.expected == 5000 || report.publishing.contains { $0.notConfirmed > 0 }, "\(consumer.consumer): \(consumer.expected) confirmed")
         }
         #expect(report.jobs.early.isEmpty, "delayed jobs ran early: \(report.jobs.early)")
-        #expect(report.jobs.lost.isEmpty && report.jobs.unfinished == 0, "delayed jobs that never ran: \(report.jobs.lost)")
-        #expect(report.jobs.ran == report.jobs.confirmed && report.jobs.confirmed == 200)
+        #expect(report.jobs.lost.isEmpty, "delayed jobs lost: \(report.jobs.lost)")
+        #expect(report.jobs.confirmed == 200)
+        if !(stallIsKnownIssue && stalled) {
+            #expect(report.jobs.unfinished == 0 && report.jobs.ran == report.jobs.confirmed, "delayed jobs that never ran: \(report.jobs.unfinished)")
+        }
     }
 }
 
@@ -149,7 +173,7 @@ struct SoakRestartTests {
         let report = try await SoakRun.run([
             "--broker", url, "--proxy-listen", String(port), "--proxy-upstream", "unix:\(socket)", "--restarts", "1", "--restart-command", restart,
             "--cuts", "1", "--settle", "180",
-        ])
+        ], stallIsKnownIssue: true)
         #expect(report.faults.map(\.kind).sorted() == ["cut", "kill-publisher", "kill-worker", "restart-broker"])
         #expect(report.consumers.filter { $0.consumer != "queue" }.allSatisfy { $0.orderEnforced && $0.orderViolations == 0 })
     }
