@@ -93,29 +93,45 @@ struct RabbitRestartTests {
             try await Task.sleep(for: .seconds(3))
             _ = try await RabbitTestSupport.rabbitmqctl(["start_app"])
             _ = try? await RabbitTestSupport.rabbitmqctl(["await_startup"])
-            // Calls fail fast with connectionFailed while the client reconnects (docs/rabbitmq.md):
-            // retried here as an app would.
-            var opened: (any MessageConsumer)?
-            let reconnectDeadline = ContinuousClock.now + .seconds(30)
-            while opened == nil {
-                do {
-                    opened = try await broker.consumeQueue(queue, options: .init(prefetch: 32))
-                } catch let error as BrokerError where error.code == .connectionFailed && ContinuousClock.now < reconnectDeadline {
-                    try await Task.sleep(for: .milliseconds(500))
+            // Calls fail fast with connectionFailed while the client reconnects (docs/rabbitmq.md),
+            // and a consumer opened on the connection the restart is closing fails with it:
+            // both retried here as an app would.
+            func open() async throws -> any MessageConsumer {
+                let until = ContinuousClock.now + .seconds(30)
+                while true {
+                    do {
+                        return try await broker.consumeQueue(queue, options: .init(prefetch: 32))
+                    } catch let error as BrokerError where error.code == .connectionFailed && ContinuousClock.now < until {
+                        try await Task.sleep(for: .milliseconds(500))
+                    }
                 }
             }
-            let consumer = opened!
+            var consumer = try await open()
             var seen = Set<String>()
             let deadline = ContinuousClock.now + .seconds(30)
             while !Set(sent).isSubset(of: seen), ContinuousClock.now < deadline {
-                guard let delivery = try await consumer.next(timeout: .seconds(2)) else { continue }
-                seen.insert(delivery.message.id)
-                try? await delivery.ack()
+                do {
+                    guard let delivery = try await consumer.next(timeout: .seconds(2)) else { continue }
+                    seen.insert(delivery.message.id)
+                    try? await delivery.ack()
+                } catch let error as BrokerError where error.code == .connectionFailed || error.code == .closed {
+                    await consumer.close()
+                    try await Task.sleep(for: .milliseconds(500))
+                    consumer = try await open()
+                }
             }
             let missing = Set(sent).subtracting(seen).sorted()
             #expect(missing.isEmpty, "\(missing.count) of \(sent.count) delayed messages lost across the restart: \(missing)")
             await consumer.close()
-            try await broker.deleteDestination(queue)
+            let until = ContinuousClock.now + .seconds(30)
+            while true {
+                do {
+                    try await broker.deleteDestination(queue)
+                    break
+                } catch let error as BrokerError where error.code == .connectionFailed && ContinuousClock.now < until {
+                    try await Task.sleep(for: .milliseconds(500))
+                }
+            }
             await broker.close()
         }
     }
