@@ -60,9 +60,8 @@ enum RabbitMessageMapping {
         var properties = AMQPProperties()
         properties.deliveryMode = 2
         properties.messageID = message.id
-        // A timestamp read from a broker can be anything: bounded to years 1970...9999 so the
-        // integer conversions below cannot trap on a copy of a foreign message.
-        let millis = min(max(0, (message.timestamp.timeIntervalSince1970 * 1000).rounded()), 253_402_300_799_999)
+        // A timestamp read from a broker can be anything: bounded to years 1970...9999.
+        let millis = EpochMillis.of(message.timestamp)
         properties.timestamp = UInt64(millis / 1000)
         var headers = AMQPTable()
         headers.entries.reserveCapacity(message.headers.count + 2 + extra.entries.count)
@@ -70,7 +69,7 @@ enum RabbitMessageMapping {
             headers.entries.append(.init(key: name, value: .text(value)))
         }
         if let key = message.key { headers.entries.append(.init(key: keyHeader, value: .text(key))) }
-        headers.entries.append(.init(key: timestampHeader, value: .int64(Int64(millis))))
+        headers.entries.append(.init(key: timestampHeader, value: .int64(millis)))
         // A set, not `headers[key]` per entry: a foreign message can carry tens of thousands
         // of kept entries, and the linear lookup made every copy of it quadratic.
         // At most `maxHeaderCount` of them: a foreign message with more is dead-lettered, and

@@ -50,7 +50,7 @@ enum RedisFieldLayout {
     }
 
     /// Milliseconds since 1970 that are a date BrokerKit can use (year 1970 to 9999).
-    static let millisRange: ClosedRange<Int64> = 0...253_402_300_799_999
+    static let millisRange = EpochMillis.range
 
     /// Collects one entry's fields. Names are compared as bytes and numbers parsed from
     /// bytes: this runs once per consumed message (straight from hiredis's reply for
