@@ -234,12 +234,12 @@ enum CLI {
         throw NotFound(searched: candidates.map(\.path).filter { seen.insert($0).inserted })
     }
 
-    /// Runs `brokerkit arguments` with `BROKER_URL` unset (unless given in `environment`);
-    /// kills it after `timeout`.
+    /// Runs `brokerkit arguments` (or another `program`) with `BROKER_URL` unset (unless given
+    /// in `environment`); kills it after `timeout`.
     static func run(
-        _ arguments: [String], environment: [String: String] = [:], timeout: Duration = .seconds(60)
+        _ arguments: [String], environment: [String: String] = [:], timeout: Duration = .seconds(60), program: URL? = nil
     ) async throws -> CLIResult {
-        let executable = try executable()
+        let executable = try program ?? executable()
         let fm = FileManager.default
         let scratch = fm.temporaryDirectory.appendingPathComponent("brokerkit-cli-\(UUID().uuidString)")
         try fm.createDirectory(at: scratch, withIntermediateDirectories: true)
