@@ -358,7 +358,7 @@ public final class SoakRunner: Sendable {
             deadLetters.append(SoakDeadLetter(consumer: "queue", seq: entry.envelope.original.text.flatMap { Int($0) }, reason: entry.envelope.lastError))
         }
         for entry in try await broker.deadLetters(of: plan.stream, limit: plan.messages * 6 + 1000) {
-            let group = entry.envelope.original.headers["x-brokerkit-group"] ?? "?"
+            let group = entry.envelope.original.headers[HeaderName.group] ?? "?"
             deadLetters.append(SoakDeadLetter(consumer: group, seq: entry.envelope.original.text.flatMap { Int($0) }, reason: entry.envelope.lastError))
         }
         // What the broker still holds, so the ledger can tell "not finished" from "lost".

@@ -993,7 +993,7 @@ struct KafkaSettler: DeliverySettler {
 
     func deadLetter(_ envelope: DeadLetterEnvelope) async throws {
         var dlq = envelope.message
-        if let group = consumer.group { dlq.headers["x-brokerkit-group"] = group }
+        if let group = consumer.group { dlq.headers[HeaderName.group] = group }
         let outgoing = OutgoingRecord(topic: consumer.settings.dlqTopic(consumer.destination), message: dlq)
         try consumer.checkHeld(record, partition: partition)
         try await consumer.broker.ensureDLQ(consumer.destination)

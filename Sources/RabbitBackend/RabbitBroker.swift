@@ -274,7 +274,7 @@ final class RabbitBroker: Broker {
         for delivery in taken {
             let envelope = RabbitAdmin.envelope(delivery, origin: destination, prefix: settings.prefix)
             var message = envelope.original
-            message.headers["x-brokerkit-group"] = nil
+            message.headers[HeaderName.group] = nil
             let origin = envelope.replayTarget(dlqOf: destination)
             let originFull = settings.prefix + origin
             outgoing.append(RabbitMessageMapping.outgoing(message, routingKey: originFull))

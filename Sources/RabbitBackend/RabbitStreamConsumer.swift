@@ -434,7 +434,7 @@ struct RabbitStreamSettler: DeliverySettler {
     func deadLetter(_ envelope: DeadLetterEnvelope) async throws {
         try consumer.checkHeld(item)
         var envelope = envelope
-        envelope.original.headers["x-brokerkit-group"] = consumer.groupName
+        envelope.original.headers[HeaderName.group] = consumer.groupName
         let dlq = try await consumer.broker.admin.ensureDLQ(consumer.full, user: consumer.stream)
         let kept = RabbitMessageMapping.message(from: item.raw).kept
         let outgoing = RabbitMessageMapping.outgoing(envelope.message, routingKey: dlq, extra: kept)

@@ -102,7 +102,7 @@ extension RedisBroker {
         for entry in RedisFieldLayout.entries(reply).valid {
             let envelope = DeadLetterEnvelope(dlqMessage: entry.message)
             var original = envelope?.original ?? entry.message
-            original.headers["x-brokerkit-group"] = nil
+            original.headers[HeaderName.group] = nil
             let originKey = envelope.map { settings.prefix + $0.replayTarget(dlqOf: destination) } ?? key
             let result = try await client.checked(
                 ["EVAL", RedisArgument(RedisScripts.replay), "2", RedisArgument(key + ":dlq"), RedisArgument(originKey), RedisArgument(entry.entryID)]

@@ -176,7 +176,7 @@ extension RedisConsumer {
 
     func deadLetterEntry(_ held: Held, envelope: DeadLetterEnvelope) async throws {
         var message = envelope.message
-        if !isQueue { message.headers["x-brokerkit-group"] = group }
+        if !isQueue { message.headers[HeaderName.group] = group }
         let reply = try await broker.client.checked(
             ["EVAL", RedisArgument(RedisScripts.deadLetter), "2", RedisArgument(key), RedisArgument(key + ":dlq"),
              RedisArgument(group), RedisArgument(held.entry.entryID), isQueue ? "1" : "0"]

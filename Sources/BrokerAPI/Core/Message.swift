@@ -158,6 +158,9 @@ public enum HeaderName {
     public static let jobName = "x-brokerkit-job"
     /// A job's idempotency key.
     public static let idempotencyKey = "x-brokerkit-idempotency-key"
+    /// The consumer group a stream's dead letter came from (a stream's DLQ is shared by its
+    /// groups; replay sends the entry back to that group only).
+    public static let group = "x-brokerkit-group"
     /// The prefix every reserved header starts with.
     public static let reservedPrefix = "x-brokerkit-"
 }

@@ -681,7 +681,7 @@ actor MemoryStore {
         let (d, _, gp) = try groupPartition(name, group, partition)
         settleOutstanding(gp, offset: offset, consumer: consumer)
         var envelope = envelope
-        envelope.original.headers["x-brokerkit-group"] = group
+        envelope.original.headers[HeaderName.group] = group
         appendDLQ(d, envelope)
         markAcked(gp, offset)
         pump(d)
@@ -713,7 +713,7 @@ actor MemoryStore {
             let envelope = DeadLetterEnvelope(dlqMessage: record.message)
             let origin = envelope?.originalDestination ?? name
             var message = envelope?.original ?? record.message
-            message.headers["x-brokerkit-group"] = nil
+            message.headers[HeaderName.group] = nil
             if byOrigin[origin] == nil { order.append(origin) }
             byOrigin[origin, default: []].append(message)
         }
