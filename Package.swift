@@ -76,6 +76,13 @@ let package = Package(
             dependencies: ["BrokerAPI", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
+        // Which test servers a run was given (scripts/brokers.sh); for this repository's tests only.
+        .target(
+            name: "BrokerTestSupport",
+            dependencies: ["BrokerAPI", "BrokerConformance"],
+            path: "Tests/BrokerTestSupport",
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "Examples",
             dependencies: [
@@ -146,6 +153,7 @@ let package = Package(
         .testTarget(
             name: "BrokerAPITests",
             dependencies: [
+                "BrokerTestSupport",
                 "BrokerAPI", "BrokerConformance",
                 .product(name: "Configuration", package: "swift-configuration"),
                 .product(name: "Metrics", package: "swift-metrics"),
@@ -159,27 +167,32 @@ let package = Package(
         ),
         .testTarget(
             name: "ConformanceTests",
-            dependencies: ["BrokerAPI", "BrokerConformance"],
+            dependencies: [
+                "BrokerTestSupport", "BrokerAPI", "BrokerConformance"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "KafkaBackendTests",
-            dependencies: ["BrokerConformance", "KafkaBackend", "BrokerAPI", "CRdKafka"],
+            dependencies: [
+                "BrokerTestSupport", "BrokerConformance", "KafkaBackend", "BrokerAPI", "CRdKafka"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "RabbitBackendTests",
-            dependencies: ["BrokerConformance", "RabbitBackend", "BrokerAPI", "CRabbitMQ"],
+            dependencies: [
+                "BrokerTestSupport", "BrokerConformance", "RabbitBackend", "BrokerAPI", "CRabbitMQ"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "RedisStreamsBackendTests",
-            dependencies: ["BrokerConformance", "RedisStreamsBackend", "BrokerAPI", "CHiredis"],
+            dependencies: [
+                "BrokerTestSupport", "BrokerConformance", "RedisStreamsBackend", "BrokerAPI", "CHiredis"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "ExamplesTests",
             dependencies: [
+                "BrokerTestSupport",
                 "Examples", "BrokerAPI", "BrokerConformance", "RedisStreamsBackend", "KafkaBackend", "RabbitBackend",
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -187,12 +200,14 @@ let package = Package(
         ),
         .testTarget(
             name: "FuzzTests",
-            dependencies: ["BrokerFuzzTargets", "BrokerAPI", "KafkaBackend", "RabbitBackend", "RedisStreamsBackend"],
+            dependencies: [
+                "BrokerTestSupport", "BrokerFuzzTargets", "BrokerAPI", "KafkaBackend", "RabbitBackend", "RedisStreamsBackend"],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "CLITests",
-            dependencies: ["brokerkit", "BrokerConformance", "BrokerSoak"],
+            dependencies: [
+                "BrokerTestSupport", "brokerkit", "BrokerConformance", "BrokerSoak"],
             swiftSettings: swiftSettings
         ),
     ]

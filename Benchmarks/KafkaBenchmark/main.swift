@@ -32,7 +32,7 @@
 // CPUs are quiet (BenchmarkSupport's waitForQuietHost): noida-db, when it runs on the same
 // host, rewrites its whole state to disk for seconds after every change.
 import BenchmarkSupport
-import BrokerAPI
+@_spi(BrokerBackend) import BrokerAPI
 import CRdKafka
 import Foundation
 import KafkaBackend

@@ -13,7 +13,7 @@
 // `x-brokerkit-timestamp-ms` header), so the broker's work is the same on both sides.
 
 import BenchmarkSupport
-import BrokerAPI
+@_spi(BrokerBackend) import BrokerAPI
 import CRabbitMQ
 import Foundation
 import RabbitBackend

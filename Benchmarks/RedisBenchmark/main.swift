@@ -11,7 +11,7 @@
 //                     (next + ack) and with 16 (DeliveryProcessor); its acks are asynchronous
 //   e2e-latency       publish one message, wait until a group consumer has it (p50 / p99)
 import BenchmarkSupport
-import BrokerAPI
+@_spi(BrokerBackend) import BrokerAPI
 import CHiredis
 import Foundation
 import RedisStreamsBackend

@@ -1,4 +1,4 @@
-import BrokerAPI
+@_spi(BrokerBackend) import BrokerAPI
 import Foundation
 
 /// The fixed workloads `brokerkit compare` runs on every backend.

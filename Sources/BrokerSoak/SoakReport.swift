@@ -1,4 +1,4 @@
-import BrokerAPI
+@_spi(BrokerBackend) import BrokerAPI
 import Foundation
 
 /// What a soak run proved, computed from every process's ledger and from the broker's own

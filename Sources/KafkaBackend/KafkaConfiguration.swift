@@ -1,4 +1,4 @@
-import BrokerAPI
+@_spi(BrokerBackend) import BrokerAPI
 import Foundation
 
 /// Settings of the Kafka backend, read from a validated ``BrokerConfiguration``.

@@ -1,4 +1,4 @@
-import BrokerAPI
+@_spi(BrokerBackend) import BrokerAPI
 import Foundation
 
 /// The RabbitMQ backend's options (namespace `amqp`: URL query `?heartbeat=10s`, environment

@@ -1,4 +1,4 @@
-import BrokerAPI
+@_spi(BrokerBackend) import BrokerAPI
 import Foundation
 
 /// How a BrokerKit ``Message`` travels as an AMQP 0-9-1 message.

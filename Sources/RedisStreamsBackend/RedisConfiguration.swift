@@ -1,4 +1,4 @@
-import BrokerAPI
+@_spi(BrokerBackend) import BrokerAPI
 import Foundation
 
 /// Settings of the Redis Streams backend, read from a validated ``BrokerConfiguration``.

@@ -1,4 +1,4 @@
-import BrokerAPI
+@_spi(BrokerBackend) import BrokerAPI
 import Foundation
 
 /// How a BrokerKit message is stored in a stream entry. Other clients can read and write

@@ -1,4 +1,4 @@
-import BrokerAPI
+@_spi(BrokerBackend) import BrokerAPI
 import Foundation
 
 /// Publishing: one XADD per message, batches pipelined in one round trip; delayed messages

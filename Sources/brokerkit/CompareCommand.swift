@@ -1,5 +1,5 @@
 import ArgumentParser
-import BrokerAPI
+@_spi(BrokerBackend) import BrokerAPI
 import BrokerCompare
 import Foundation
 import KafkaBackend

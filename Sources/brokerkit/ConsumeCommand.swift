@@ -1,5 +1,5 @@
 import ArgumentParser
-import BrokerAPI
+@_spi(BrokerBackend) import BrokerAPI
 import Foundation
 
 /// `brokerkit consume`: reads messages from a queue (or a stream with `--stream`) and prints

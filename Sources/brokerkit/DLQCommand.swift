@@ -1,5 +1,5 @@
 import ArgumentParser
-import BrokerAPI
+@_spi(BrokerBackend) import BrokerAPI
 
 /// `brokerkit dlq`: list and replay dead letters.
 struct DLQCommand: AsyncParsableCommand {

@@ -1,5 +1,5 @@
 import ArgumentParser
-import BrokerAPI
+@_spi(BrokerBackend) import BrokerAPI
 import Foundation
 
 /// `brokerkit publish`: publishes one message, or N numbered copies in one batch.

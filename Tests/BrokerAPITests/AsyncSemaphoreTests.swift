@@ -1,4 +1,4 @@
-@testable import BrokerAPI
+@_spi(BrokerBackend) @testable import BrokerAPI
 import Foundation
 import Synchronization
 import Testing

@@ -1,4 +1,4 @@
-import BrokerAPI
+@_spi(BrokerBackend) import BrokerAPI
 import BrokerConformance
 import Dispatch
 import Foundation

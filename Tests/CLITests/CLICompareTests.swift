@@ -1,6 +1,7 @@
 import BrokerConformance
 import Foundation
 import Testing
+import BrokerTestSupport
 
 /// `brokerkit compare`: the seven scenarios, their numbers and the semantics they observe.
 @Suite("brokerkit compare")

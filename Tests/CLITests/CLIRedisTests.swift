@@ -1,6 +1,7 @@
 import BrokerConformance
 import Foundation
 import Testing
+import BrokerTestSupport
 
 /// The CLI across processes on a real broker: what one `brokerkit publish` writes, a later
 /// `brokerkit consume` reads.

@@ -2,6 +2,7 @@ import BrokerConformance
 import BrokerSoak
 import Foundation
 import Testing
+import BrokerTestSupport
 
 /// `brokerkit soak`, the short version `make test` runs: 5,000 messages to a queue and to a
 /// stream with two groups, 200 delayed jobs, 3 worker processes, a worker killed with

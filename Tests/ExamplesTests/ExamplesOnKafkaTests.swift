@@ -4,6 +4,7 @@ import Examples
 import Foundation
 import KafkaBackend
 import Testing
+import BrokerTestSupport
 
 /// The same example apps, unchanged, on a Kafka-protocol broker: swapping brokers is a URL.
 @Suite("Examples on kafka", .enabled(if: TestEnvironment.shouldRun(.kafka)))

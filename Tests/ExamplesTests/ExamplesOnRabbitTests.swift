@@ -4,6 +4,7 @@ import Examples
 import Foundation
 import RabbitBackend
 import Testing
+import BrokerTestSupport
 
 /// The same example apps, unchanged, on a real RabbitMQ: swapping brokers is a URL. Only the
 /// jobs example: chat and commerce read streams with consumer groups, which the amqp backend

@@ -4,6 +4,7 @@ import Examples
 import Foundation
 import RedisStreamsBackend
 import Testing
+import BrokerTestSupport
 
 /// The same example apps, unchanged, on a real Redis: swapping brokers is a URL.
 @Suite("Examples on redis", .enabled(if: TestEnvironment.shouldRun(.redis)))

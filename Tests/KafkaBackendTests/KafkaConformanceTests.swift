@@ -3,6 +3,7 @@ import BrokerConformance
 import Foundation
 import KafkaBackend
 import Testing
+import BrokerTestSupport
 
 extension ConformanceCase: CustomTestStringConvertible {
     public var testDescription: String { name }

@@ -1,6 +1,7 @@
 import BrokerAPI
 import BrokerConformance
 import Testing
+import BrokerTestSupport
 
 @Suite("Kafka broker dropped without close", .enabled(if: TestEnvironment.shouldRun(.kafka)))
 struct KafkaDroppedBrokerTests {

@@ -1,8 +1,9 @@
-import BrokerAPI
+@_spi(BrokerBackend) import BrokerAPI
 import BrokerConformance
 import Foundation
 import KafkaBackend
 import Testing
+import BrokerTestSupport
 
 /// Issue 22 on Kafka: records another producer (kcat) writes with BrokerKit's reserved
 /// headers. Each test fails on e6eff75.

@@ -3,6 +3,7 @@ import BrokerConformance
 import Foundation
 import KafkaBackend
 import Testing
+import BrokerTestSupport
 
 /// kcat, an independent librdkafka-based client, reads what BrokerKit produces and produces
 /// what BrokerKit consumes; bad input gets clear errors.

@@ -5,6 +5,7 @@ import Foundation
 import KafkaBackend
 import Synchronization
 import Testing
+import BrokerTestSupport
 
 /// librdkafka's in-process mock cluster (`rd_kafka_mock_cluster_new`): a real Kafka-protocol
 /// peer with consumer groups and commits, plus fault injection (brokers down and up,

@@ -3,6 +3,7 @@ import BrokerConformance
 import Foundation
 import KafkaBackend
 import Testing
+import BrokerTestSupport
 
 /// Rebalance safety. A member acks the first half of what it fetched from each partition and
 /// holds the rest unacked when a second member joins. Every delivery it still holds is then of

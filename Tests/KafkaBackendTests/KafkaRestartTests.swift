@@ -3,6 +3,7 @@ import BrokerConformance
 import Foundation
 import KafkaBackend
 import Testing
+import BrokerTestSupport
 
 /// The out-of-process broker goes down mid-run and comes back (`scripts/brokers.sh
 /// restart-kafka`: SIGTERM, then a start on the same data). Runs in the serial restart pass.

@@ -5,6 +5,7 @@ import Glibc
 import KafkaBackend
 import Synchronization
 import Testing
+import BrokerTestSupport
 
 /// Bad SASL credentials. Neither test broker speaks SASL (noida-db has no authentication,
 /// librdkafka's mock cluster has no SASL handlers), so this listener speaks just enough of

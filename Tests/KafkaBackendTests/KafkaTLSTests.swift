@@ -3,6 +3,7 @@ import BrokerConformance
 import Foundation
 import KafkaBackend
 import Testing
+import BrokerTestSupport
 
 /// `kafka+ssl://` against a Kafka-protocol broker reachable only through TLS: noida-db in a
 /// network namespace of its own behind socat, which presents a certificate for localhost and

@@ -3,6 +3,7 @@ import CRdKafka
 import Foundation
 import KafkaBackend
 import Testing
+import BrokerTestSupport
 
 /// Proves the librdkafka link and the Kafka-protocol test broker the scripts start. The
 /// Kafka backend itself lands with its own issue; its conformance runs will live beside this.

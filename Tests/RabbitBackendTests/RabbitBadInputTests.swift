@@ -3,6 +3,7 @@ import BrokerConformance
 import Foundation
 import RabbitBackend
 import Testing
+import BrokerTestSupport
 
 /// Wrong credentials, a missing vhost, a queue redeclared with other arguments, oversized
 /// messages, a server that accepts TCP but never speaks AMQP: each a clear error, nothing

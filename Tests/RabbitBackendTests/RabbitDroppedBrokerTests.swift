@@ -2,6 +2,7 @@ import BrokerAPI
 import BrokerConformance
 import Foundation
 import Testing
+import BrokerTestSupport
 
 @Suite("RabbitMQ broker dropped without close", .enabled(if: TestEnvironment.shouldRun(.amqp)))
 struct RabbitDroppedBrokerTests {

@@ -3,6 +3,7 @@ import BrokerConformance
 import Foundation
 import RabbitBackend
 import Testing
+import BrokerTestSupport
 
 /// Issue 22 on RabbitMQ: settlement steps that fail, and headers another client wrote.
 @Suite("amqp fault paths", .enabled(if: TestEnvironment.shouldRun(.amqp)))

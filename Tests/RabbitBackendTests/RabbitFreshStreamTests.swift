@@ -3,6 +3,7 @@ import BrokerConformance
 import Foundation
 import RabbitBackend
 import Testing
+import BrokerTestSupport
 
 /// RabbitMQ 3.10 acknowledges the declaration of a stream another client created a moment
 /// earlier before the stream can take writes; publishing in that window crashed the channel

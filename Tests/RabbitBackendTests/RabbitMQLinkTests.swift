@@ -3,6 +3,7 @@ import CRabbitMQ
 import Foundation
 import RabbitBackend
 import Testing
+import BrokerTestSupport
 
 /// Proves the rabbitmq-c link and the test RabbitMQ server the scripts start. The RabbitMQ
 /// backend itself lands with its own issue; its conformance run will live beside this.

@@ -3,6 +3,7 @@ import BrokerConformance
 import Foundation
 import RabbitBackend
 import Testing
+import BrokerTestSupport
 
 /// RabbitMQ restarts mid-run (`rabbitmqctl stop_app` / `start_app`): publishers and
 /// consumers reconnect with backoff and redeclare, and no confirmed publish is lost. Runs in

@@ -3,6 +3,7 @@ import BrokerConformance
 import Foundation
 import RabbitBackend
 import Testing
+import BrokerTestSupport
 
 /// Stream behaviour the backend implements but whose capability flag it does not claim
 /// (`consumerGroups`: members of one group cannot share the work; `replay`: receipts carry no

@@ -3,6 +3,7 @@ import BrokerConformance
 import Foundation
 import RabbitBackend
 import Testing
+import BrokerTestSupport
 
 /// `amqps://` against the test server's TLS listener, which demands a client certificate
 /// signed by the test CA and presents a certificate for `localhost` only

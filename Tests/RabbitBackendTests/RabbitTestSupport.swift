@@ -4,6 +4,7 @@ import Foundation
 import RabbitBackend
 import Synchronization
 import Testing
+import BrokerTestSupport
 
 extension ConformanceCase: CustomTestStringConvertible {
     public var testDescription: String { name }

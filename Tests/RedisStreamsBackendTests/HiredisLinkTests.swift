@@ -3,6 +3,7 @@ import CHiredis
 import Foundation
 import RedisStreamsBackend
 import Testing
+import BrokerTestSupport
 
 /// Proves the hiredis link and the test Redis server the scripts start. The Redis Streams
 /// backend itself lands with its own issue; its conformance run will live beside this.

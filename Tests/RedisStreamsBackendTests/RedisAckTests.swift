@@ -3,6 +3,7 @@ import BrokerConformance
 import Foundation
 import RedisStreamsBackend
 import Testing
+import BrokerTestSupport
 
 /// Acks are asynchronous on Redis (recorded, then flushed in one round trip per batch); what
 /// users rely on is that nothing acked comes back, that `close()` sends every recorded ack,

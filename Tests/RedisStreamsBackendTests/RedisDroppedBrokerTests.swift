@@ -1,6 +1,7 @@
 import BrokerAPI
 import BrokerConformance
 import Testing
+import BrokerTestSupport
 
 @Suite("Redis broker dropped without close", .enabled(if: TestEnvironment.shouldRun(.redis)))
 struct RedisDroppedBrokerTests {

@@ -5,6 +5,7 @@ import Logging
 import RedisStreamsBackend
 import Synchronization
 import Testing
+import BrokerTestSupport
 
 /// Issue 22 on Redis: entries, set members and fault paths that another program (here
 /// `redis-cli`) can cause. Each test fails on e6eff75.

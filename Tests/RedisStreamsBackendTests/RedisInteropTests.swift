@@ -3,6 +3,7 @@ import BrokerConformance
 import Foundation
 import RedisStreamsBackend
 import Testing
+import BrokerTestSupport
 
 /// Another client (redis-cli) reads what BrokerKit writes and writes what BrokerKit reads,
 /// in the documented field layout; and bad input gets clear errors.

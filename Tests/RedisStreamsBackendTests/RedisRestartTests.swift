@@ -3,6 +3,7 @@ import BrokerConformance
 import Foundation
 import RedisStreamsBackend
 import Testing
+import BrokerTestSupport
 
 /// Tests that restart Redis or change its configuration; they run in the separate serial
 /// pass of scripts/test.sh (BROKERKIT_RESTART_TESTS=1).

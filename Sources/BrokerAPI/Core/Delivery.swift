@@ -116,7 +116,7 @@ public struct Delivery: Sendable {
     package var backendSettler: any DeliverySettler { storage.settler }
     private var metrics: DeliveryObserver.Destination? { storage.metrics }
 
-    public init(
+    @_spi(BrokerBackend) public init(
         message: Message, destination: String, group: String? = nil, attempt: Int,
         firstFailureAt: Date?, position: Position?, retryPolicy: RetryPolicy, backend: String,
         settler: any DeliverySettler, observer: DeliveryObserver? = nil, defect: String? = nil
@@ -130,7 +130,7 @@ public struct Delivery: Sendable {
     /// A delivery whose acks, retries and dead-letterings count in `metrics`: the
     /// destination's counters, looked up once by the consumer
     /// (``DeliveryObserver/destination(_:)``) instead of once per delivery.
-    public init(
+    @_spi(BrokerBackend) public init(
         message: Message, destination: String, group: String? = nil, attempt: Int,
         firstFailureAt: Date?, position: Position?, retryPolicy: RetryPolicy, backend: String,
         settler: any DeliverySettler, metrics: DeliveryObserver.Destination?, defect: String? = nil

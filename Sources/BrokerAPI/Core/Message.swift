@@ -231,13 +231,13 @@ public struct Position: Sendable, Hashable, CustomStringConvertible, Codable {
 
 extension Duration {
     /// The duration in seconds as a `TimeInterval`.
-    public var timeInterval: TimeInterval {
+    @_spi(BrokerBackend) public var timeInterval: TimeInterval {
         let (seconds, attoseconds) = components
         return TimeInterval(seconds) + TimeInterval(attoseconds) / 1e18
     }
 
     /// A duration from seconds given as a `TimeInterval`.
-    public static func interval(_ seconds: TimeInterval) -> Duration {
+    @_spi(BrokerBackend) public static func interval(_ seconds: TimeInterval) -> Duration {
         .nanoseconds(Int64((seconds * 1e9).rounded()))
     }
 }

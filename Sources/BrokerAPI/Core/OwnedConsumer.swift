@@ -16,7 +16,7 @@ import Synchronization
 /// It is also where records BrokerKit cannot use stop: a delivery whose backend found a
 /// ``Delivery/defect`` (a field out of range, not UTF-8, too many headers…) is dead-lettered
 /// here with that reason, logged, and never handed to the app; the next one is.
-public final class OwnedConsumer: MessageConsumer {
+@_spi(BrokerBackend) public final class OwnedConsumer: MessageConsumer {
     /// The backend's consumer (not handed out: holding it would not keep it open).
     private let consumer: any MessageConsumer
     private let closed = Atomic<Bool>(false)

@@ -9,7 +9,7 @@
 ///   `x-delivery-count`, `x-death`, …) (``BrokerError/Code/invalidMessage``);
 /// - it has more than ``maxHeaderCount`` headers or more than ``maxHeaderBytes`` of header
 ///   names and values (``BrokerError/Code/messageTooLarge``).
-public enum PublishValidation {
+@_spi(BrokerBackend) public enum PublishValidation {
     /// Most headers one message may carry.
     public static let maxHeaderCount = 256
     /// Most bytes of header names and values (UTF-8) one message may carry. RabbitMQ sends all

@@ -9,7 +9,7 @@ import Synchronization
 /// destination is first seen) and reused: creating them per message would cost a factory
 /// lookup and an allocation on every ack. Consumers keep their destination's
 /// ``Destination`` and count through it, so a delivery or an ack hashes no name.
-public final class DeliveryObserver: Sendable {
+@_spi(BrokerBackend) public final class DeliveryObserver: Sendable {
     public enum Event: String, Sendable, CaseIterable {
         case published
         case delivered

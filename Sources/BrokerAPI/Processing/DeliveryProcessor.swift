@@ -261,7 +261,7 @@ public final class DeliveryProcessor: Sendable {
 
 /// Runs `operation`, cancelling it and throwing ``BrokerError/Code/jobTimeout`` if it takes
 /// longer than `timeout`.
-public func withBrokerTimeout<T: Sendable>(
+@_spi(BrokerBackend) public func withBrokerTimeout<T: Sendable>(
     _ timeout: Duration, what: String, backend: String? = nil, destination: String? = nil,
     _ operation: @escaping @Sendable () async throws -> T
 ) async throws -> T {

@@ -88,7 +88,7 @@ public struct DeadLetterEntry: Sendable, Hashable {
 public func deadLetterName(for destination: String) -> String { destination + ".dlq" }
 
 /// ISO 8601 with fractional seconds, the format of every date header.
-public enum ISO8601 {
+@_spi(BrokerBackend) public enum ISO8601 {
     public static func format(_ date: Date) -> String {
         date.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
     }

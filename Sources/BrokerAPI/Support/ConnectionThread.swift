@@ -10,7 +10,7 @@ import Foundation
 /// let reply = try await thread.run { try connection.command(["PING"]) }
 /// thread.shutdown()
 /// ```
-public final class ConnectionThread: Sendable {
+@_spi(BrokerBackend) public final class ConnectionThread: Sendable {
     /// The job queue. `@unchecked Sendable` is safe: `jobs` and `stopped` are only touched
     /// while holding `condition`.
     private final class Core: @unchecked Sendable {

@@ -6,7 +6,7 @@ import Foundation
 /// cooperative pool kept the pool's name (`…root.default-qos`), so `top -H`, `perf` and
 /// `/proc/<pid>/task/*/comm` could not tell a broker's threads apart. Threads started here
 /// set their kernel name first (Linux keeps its first 15 bytes).
-public enum DedicatedThread {
+@_spi(BrokerBackend) public enum DedicatedThread {
     /// Runs `body` on a new thread named `name`, with `stackSize` bytes of stack when given
     /// (a C decoder that recurses once per nesting level of its input needs more than the
     /// default).

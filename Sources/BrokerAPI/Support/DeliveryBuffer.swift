@@ -3,7 +3,7 @@ import Synchronization
 /// A thread-safe FIFO of deliveries between a backend's fetch loop and `MessageConsumer.next()`.
 /// `next()` waits for an element, returns `nil` once finished and drained, and throws
 /// `CancellationError` when its task is cancelled (the waiting slot is freed, nothing is lost).
-public final class DeliveryBuffer: Sendable {
+@_spi(BrokerBackend) public final class DeliveryBuffer: Sendable {
     private struct State {
         /// Taken slots are set to nil at once: the app owns a delivery it took, and the
         /// compaction below then never runs a delivery's deinit under the lock.
@@ -165,7 +165,7 @@ public final class DeliveryBuffer: Sendable {
 
 /// Wakes a loop that waits for "something changed" (capacity freed, a due time reached),
 /// with a timeout so the loop also runs periodic work.
-public final class WakeSignal: Sendable {
+@_spi(BrokerBackend) public final class WakeSignal: Sendable {
     private let state = Mutex<(pending: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
 
     public init() {}

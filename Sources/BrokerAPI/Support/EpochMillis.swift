@@ -1,7 +1,7 @@
 import Foundation
 
 /// Milliseconds since 1970 as the brokers store them, for dates BrokerKit writes.
-public enum EpochMillis {
+@_spi(BrokerBackend) public enum EpochMillis {
     /// The dates BrokerKit writes: years 1970 to 9999.
     public static let range: ClosedRange<Int64> = 0...253_402_300_799_999
 

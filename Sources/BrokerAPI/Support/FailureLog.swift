@@ -12,7 +12,7 @@ import Synchronization
 /// do { try await fetch(); failures.succeeded() }
 /// catch { try await Task.sleep(for: failures.failed(error)) }
 /// ```
-public final class FailureLog: Sendable {
+@_spi(BrokerBackend) public final class FailureLog: Sendable {
     private struct State {
         var text: String?
         var count = 0

@@ -1,4 +1,4 @@
-import BrokerAPI
+@_spi(BrokerBackend) import BrokerAPI
 import Foundation
 
 /// A job of the jobs example: every one carries a key of its own, so the example can tell

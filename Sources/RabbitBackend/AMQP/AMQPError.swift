@@ -1,4 +1,4 @@
-import BrokerAPI
+@_spi(BrokerBackend) import BrokerAPI
 import CRabbitMQ
 
 /// Maps rabbitmq-c statuses and AMQP reply codes to ``BrokerError``s that name the broker,

@@ -1,4 +1,5 @@
-import BrokerAPI
+@_spi(BrokerBackend) import BrokerAPI
+import BrokerConformance
 import Foundation
 
 /// Finds the real servers a test run was given, and decides what happens when one is missing:
