@@ -49,10 +49,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         /// False once the partition is revoked or assigned anew: settles become no-ops and
         /// records not yet handed out are dropped (the new owner redelivers them).
         var live = true
-        var order: [Int64] = []
-        var head = 0
-        var done: Set<Int64> = []
-        var last: Int64?
+        var offsets = HandedOutOffsets()
         var committed: Int64?
         var held = 0
         var blocked = 0
@@ -74,24 +71,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             self.isCompanion = isCompanion
         }
 
-        /// The offset to commit: the first not-done one, or one past the last handed out.
-        var commitOffset: Int64? {
-            if head < order.count { return order[head] }
-            return last.map { $0 + 1 }
-        }
-
-        func markDone(_ offset: Int64) {
-            if head < order.count && order[head] == offset && done.isEmpty {
-                head += 1  // settled in fetch order: the common case, no set needed
-            } else {
-                done.insert(offset)
-                while head < order.count, done.remove(order[head]) != nil { head += 1 }
-            }
-            if head > 1024 && head * 2 > order.count {
-                order.removeFirst(head)
-                head = 0
-            }
-        }
+        var commitOffset: Int64? { offsets.commitOffset }
     }
 
     struct State {
@@ -442,8 +422,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         }
         state.withLock { s in
             for (p, offset, accepted) in items where p.live {
-                p.order.append(offset)
-                p.last = offset
+                p.offsets.handedOut(offset)
                 switch accepted {
                 case .held(let held):
                     p.held += 1
@@ -615,7 +594,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         let actions = state.withLock { s -> (live: Bool, refill: Bool, wake: Bool) in
             guard p.live else { return (false, false, false) }
             s.outstanding -= 1
-            p.markDone(record.offset)
+            p.offsets.markDone(record.offset)
             if !p.isDirty {
                 p.isDirty = true
                 s.dirty.insert(p.topicPartition)

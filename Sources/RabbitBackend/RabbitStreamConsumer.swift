@@ -60,9 +60,10 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         var failure: BrokerError?
         var active = false
         var generation: UInt64 = 0
-        /// Next offset to commit: every offset below it is acked (or skipped).
-        var committed: Int64?
-        var acked: Set<Int64> = []
+        /// Acked offsets and the next offset to commit: every offset below it is acked (or
+        /// skipped).
+        var acks = ContiguousAcks()
+        var committed: Int64? { acks.committed }
         /// Handed out, not settled.
         var outstanding: Set<Int64> = []
         /// Nacked messages waiting for their backoff, by offset; the stream waits with them.
@@ -142,7 +143,7 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         let start: AMQPValue = state.withLock { s -> AMQPValue in
             s.active = true
             s.stored = stored
-            s.acked = []
+            s.acks.reset(to: s.committed)
             s.retries = []
             // A seek applies only to a group without a stored position: a standby taking
             // over, or a member restarting, never rewinds the group (issue 22, item 10).
@@ -150,10 +151,10 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
                 switch options.start {
                 case .position(let position):
                     let offset = max(0, position.numericOffset ?? 0)
-                    s.committed = offset
+                    s.acks.reset(to: offset)
                     return .int64(offset)
                 case .timestamp(let date):
-                    s.committed = nil
+                    s.acks.reset(to: nil)
                     s.skipBefore = date
                     return .timestamp(UInt64(min(max(0, date.timeIntervalSince1970.rounded(.down) - 1), 253_402_300_799)))
                 case .earliest, .latest:
@@ -161,7 +162,7 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
                 }
             }
             if let stored {
-                s.committed = stored
+                s.acks.reset(to: stored)
                 return .int64(stored)
             }
             if let committed = s.committed { return .int64(committed) }
@@ -212,7 +213,7 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
             let message = RabbitMessageMapping.message(from: raw).message
             let generation = connection.generation
             let skip = state.withLock { s -> Bool in
-                if s.committed == nil { s.committed = offset }
+                if s.committed == nil { s.acks.reset(to: offset) }
                 if let committed = s.committed, offset < committed { return true }  // chunk start before our offset
                 if let before = s.skipBefore {
                     if message.timestamp < before {
@@ -241,14 +242,7 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
     }
 
     private func markAcked(_ s: inout State, _ offset: Int64) {
-        guard let start = s.committed, offset >= start else { return }
-        s.acked.insert(offset)
-        var next = start
-        while s.acked.remove(next) != nil {
-            s.attempts[next] = nil
-            next += 1
-        }
-        s.committed = next
+        for passed in s.acks.ack(offset) { s.attempts[passed] = nil }
     }
 
     // MARK: - Deliveries

@@ -40,12 +40,11 @@ actor MemoryStore {
     }
 
     final class GroupPartition {
-        /// Next offset to commit: everything below it is acked.
-        var committed: Int64?
+        /// Acked offsets and the next offset to commit: everything below it is acked.
+        var acks = ContiguousAcks()
+        var committed: Int64? { acks.committed }
         /// Next offset to deliver.
         var cursor: Int64 = 0
-        /// Acked offsets at or above `committed`.
-        var acked: Set<Int64> = []
         /// Delivered, not settled: offset -> member.
         var outstanding: [Int64: UInt64] = [:]
         /// In-place retries, by offset: while any is pending the partition hands out nothing
@@ -353,9 +352,9 @@ actor MemoryStore {
             let partition = d.partitions[index]
             switch options.start {
             case .earliest:
-                if gp.committed == nil { gp.committed = partition.baseOffset }
+                if gp.committed == nil { gp.acks.reset(to: partition.baseOffset) }
             case .latest:
-                if gp.committed == nil { gp.committed = partition.endOffset }
+                if gp.committed == nil { gp.acks.reset(to: partition.endOffset) }
             case .position(let position):
                 guard gp.committed == nil else { continue }
                 if position.partition == index {
@@ -366,7 +365,7 @@ actor MemoryStore {
                     }
                     seek(gp, to: max(partition.baseOffset, min(offset, partition.endOffset)))
                 } else if gp.committed == nil {
-                    gp.committed = partition.baseOffset
+                    gp.acks.reset(to: partition.baseOffset)
                 }
             case .timestamp(let date):
                 guard gp.committed == nil else { continue }
@@ -380,9 +379,8 @@ actor MemoryStore {
     }
 
     private func seek(_ gp: GroupPartition, to offset: Int64) {
-        gp.committed = offset
+        gp.acks.reset(to: offset)
         gp.cursor = offset
-        gp.acked = []
         gp.outstanding = [:]
         gp.retries = [:]
         gp.attempts = [:]
@@ -398,7 +396,6 @@ actor MemoryStore {
             if owner != previous {
                 let gp = group.partitions[index]
                 gp.cursor = gp.committed ?? d.partitions[index].baseOffset
-                gp.acked = gp.acked.filter { $0 >= gp.cursor }
                 for member in gp.outstanding.values { consumers[member]?.inflight -= 1 }
                 gp.outstanding = [:]
                 if let first = gp.retries.keys.min() { gp.cursor = min(gp.cursor, first) }
@@ -634,15 +631,7 @@ actor MemoryStore {
     }
 
     private func markAcked(_ gp: GroupPartition, _ offset: Int64) {
-        let start = gp.committed ?? 0
-        guard offset >= start else { return }
-        gp.acked.insert(offset)
-        var committed = start
-        while gp.acked.remove(committed) != nil {
-            gp.attempts[committed] = nil
-            committed += 1
-        }
-        gp.committed = committed
+        for passed in gp.acks.ack(offset) { gp.attempts[passed] = nil }
     }
 
     func streamAck(_ name: String, group: String, partition: Int, offset: Int64, consumer: UInt64) throws {
