@@ -12,7 +12,7 @@ import Synchronization
 /// - queues only: `name.delay` (publish with `deliverAt`) and `name.retry.1` … `name.retry.N`
 ///   (non-blocking retries), all read by the queue's group `name.workers` (or `group.id`)
 /// A destination is a queue when its `.delay` topic exists, else a stream.
-final class KafkaBroker: Broker {
+final class KafkaBroker: BrokerDriver {
     let configuration: BrokerConfiguration
     let settings: KafkaConfiguration
     /// The current producer; replaced when librdkafka declares it fatally broken.
@@ -116,7 +116,6 @@ final class KafkaBroker: Broker {
 
     func validate(_ destination: String) throws {
         try checkOpen(destination)
-        try DestinationName.validate(destination, backend: backendName)
     }
 
     /// The kind of an existing destination (a queue has a `.delay` topic), nil if its topic
@@ -230,14 +229,8 @@ final class KafkaBroker: Broker {
         return winner
     }
 
-    func publish(_ message: Message, to destination: String, options: PublishOptions) async throws -> PublishReceipt {
-        try await publish([message], to: destination, options: options)[0]
-    }
-
-    func publish(_ messages: [Message], to destination: String, options: PublishOptions) async throws -> [PublishReceipt] {
+    func publish(checked prepared: [Message], to destination: String, options: PublishOptions) async throws -> [PublishReceipt] {
         try validate(destination)
-        let prepared = try PublishValidation.prepare(messages, to: destination, configuration: configuration, backend: backendName)
-        if prepared.isEmpty { return [] }
         let kind = try await kind(of: destination, createAs: .queue)
         var topic = settings.topic(destination)
         var extra: [String: String] = [:]
@@ -257,7 +250,6 @@ final class KafkaBroker: Broker {
         } catch let error as BrokerError where error.code == .messageTooLarge {
             throw BrokerError(.messageTooLarge, "\(error.message) (message ids \(prepared.map(\.id).joined(separator: ", ")))", backend: backendName, destination: destination)
         }
-        observer.record(.published, destination: destination, count: prepared.count)
         // By index: zipping the two arrays copied every message just to read its id.
         return prepared.indices.map { index in
             PublishReceipt(
@@ -268,23 +260,22 @@ final class KafkaBroker: Broker {
 
     // MARK: - Consumers
 
-    func consumeQueue(_ queue: String, options: QueueConsumerOptions) async throws -> any MessageConsumer {
+    func openQueueConsumer(_ queue: String, options: QueueConsumerOptions) async throws -> any MessageConsumer {
         try validate(queue)
         let kind = try await kind(of: queue, createAs: .queue)
         guard kind == .queue else {
             throw BrokerError(.wrongDestinationKind, "'\(queue)' is a stream, not a queue", backend: backendName, destination: queue)
         }
-        return OwnedConsumer(try await start(RdKafka.offPool { try KafkaConsumer(broker: self, destination: queue, mode: .queue(options)) }), logger: logger)
+        return try await start(RdKafka.offPool { try KafkaConsumer(broker: self, destination: queue, mode: .queue(options)) })
     }
 
-    func consumeStream(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer {
+    func openStreamConsumer(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer {
         try validate(stream)
-        try DestinationName.validate(group, what: "group", backend: backendName)
         let kind = try await kind(of: stream, createAs: .stream)
         guard kind == .stream else {
             throw BrokerError(.wrongDestinationKind, "'\(stream)' is a queue, not a stream", backend: backendName, destination: stream)
         }
-        return OwnedConsumer(try await start(RdKafka.offPool { try KafkaConsumer(broker: self, destination: stream, mode: .stream(group: group, options)) }), logger: logger)
+        return try await start(RdKafka.offPool { try KafkaConsumer(broker: self, destination: stream, mode: .stream(group: group, options)) })
     }
 
     private func start(_ consumer: KafkaConsumer) async throws -> KafkaConsumer {

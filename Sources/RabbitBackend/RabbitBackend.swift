@@ -50,6 +50,6 @@ public struct RabbitBackend: BrokerBackend {
     ]
 
     public func connect(configuration: BrokerConfiguration, logger: Logger) async throws -> any Broker {
-        try await RabbitBroker.connect(configuration: configuration, logger: logger)
+        BrokerClient(driver: try await RabbitBroker.connect(configuration: configuration, logger: logger), logger: logger)
     }
 }

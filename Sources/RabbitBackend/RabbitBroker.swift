@@ -6,13 +6,13 @@ import Synchronization
 /// A connection to RabbitMQ: one confirm-mode publisher connection, one admin connection,
 /// and one connection per consumer (so that a consumer's blocking wait never stalls a
 /// publisher). See ``RabbitBackend``.
-final class RabbitBroker: Broker {
+final class RabbitBroker: BrokerDriver {
     let configuration: BrokerConfiguration
     let settings: RabbitSettings
     let logger: Logger
     let publisher: RabbitPublisher
     let admin: RabbitAdmin
-    let observer = DeliveryObserver(backend: AMQPError.backend)
+    let observer = DeliveryObserver.shared(for: AMQPError.backend)
     var backendName: String { AMQPError.backend }
     var capabilities: BrokerCapabilities { RabbitBackend.capabilities }
 
@@ -59,22 +59,15 @@ final class RabbitBroker: Broker {
     /// The broker-side name of `destination` (with `prefix`), after validating it.
     func fullName(_ destination: String) throws -> String {
         try checkOpen(destination)
-        try DestinationName.validate(destination, backend: backendName)
         return settings.prefix + destination
     }
 
     // MARK: - Publishing
 
-    func publish(_ message: Message, to destination: String, options: PublishOptions) async throws -> PublishReceipt {
-        try await publish([message], to: destination, options: options)[0]
-    }
+    func isReservedHeader(_ name: String) -> Bool { RabbitMessageMapping.isBrokerBookkeeping(name) }
 
-    func publish(_ messages: [Message], to destination: String, options: PublishOptions) async throws -> [PublishReceipt] {
+    func publish(checked prepared: [Message], to destination: String, options: PublishOptions) async throws -> [PublishReceipt] {
         let full = try fullName(destination)
-        let prepared = try PublishValidation.prepare(
-            messages, to: destination, configuration: configuration, backend: backendName,
-            reservedHeaders: RabbitMessageMapping.isBrokerBookkeeping)
-        guard !prepared.isEmpty else { return [] }
         try await admin.ensureForPublish(full, user: destination)
         var routingKey = full
         if let deliverAt = options.deliverAt, deliverAt.timeIntervalSinceNow > 0.0005 {
@@ -87,7 +80,6 @@ final class RabbitBroker: Broker {
         }
         let outgoing = prepared.map { RabbitMessageMapping.outgoing($0, routingKey: routingKey) }
         try await publishConfirmed(outgoing, user: destination, full: full)
-        observer.record(.published, destination: destination, count: prepared.count)
         return prepared.map { PublishReceipt(messageID: $0.id, destination: destination, position: nil) }
     }
 
@@ -180,25 +172,24 @@ final class RabbitBroker: Broker {
 
     // MARK: - Consuming
 
-    func consumeQueue(_ queue: String, options: QueueConsumerOptions) async throws -> any MessageConsumer {
+    func openQueueConsumer(_ queue: String, options: QueueConsumerOptions) async throws -> any MessageConsumer {
         let full = try fullName(queue)
         try await admin.ensure(full, user: queue, kind: .queue)
         let prefetch = options.prefetch == QueueConsumerOptions().prefetch ? (settings.prefetchOverride ?? options.prefetch) : options.prefetch
         let id = nextConsumerID()
         let consumer = RabbitQueueConsumer(broker: self, id: id, queue: queue, full: full, options: options, prefetch: prefetch)
         try await consumer.start()
-        return OwnedConsumer(track(consumer), logger: logger)
+        return track(consumer)
     }
 
-    func consumeStream(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer {
+    func openStreamConsumer(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer {
         let full = try fullName(stream)
-        try DestinationName.validate(group, what: "group", backend: backendName)
         try await admin.ensure(full, user: stream, kind: .stream)
         let prefetch = options.prefetch == StreamConsumerOptions().prefetch ? (settings.prefetchOverride ?? options.prefetch) : options.prefetch
         let id = nextConsumerID()
         let consumer = RabbitStreamConsumer(broker: self, id: id, stream: stream, full: full, group: group, options: options, prefetch: prefetch)
         try await consumer.start()
-        return OwnedConsumer(track(consumer), logger: logger)
+        return track(consumer)
     }
 
     private func nextConsumerID() -> UInt64 {

@@ -12,7 +12,7 @@ import Synchronization
 ///   `deliverAt` time (queues), moved back by consumers when due
 /// - `<prefix>brokerkit:destinations` — a hash of destination name → kind
 /// Queues use one consumer group, `brokerkit`; each stream consumer group is a Redis group.
-final class RedisBroker: Broker {
+final class RedisBroker: BrokerDriver {
     static let queueGroup = "brokerkit"
 
     let configuration: BrokerConfiguration
@@ -39,7 +39,6 @@ final class RedisBroker: Broker {
 
     func key(_ destination: String) throws -> String {
         try checkOpen(destination)
-        try DestinationName.validate(destination, backend: backendName)
         return settings.prefix + destination
     }
 
@@ -113,7 +112,7 @@ final class RedisBroker: Broker {
 
     // MARK: - Consumers
 
-    func consumeQueue(_ queue: String, options: QueueConsumerOptions) async throws -> any MessageConsumer {
+    func openQueueConsumer(_ queue: String, options: QueueConsumerOptions) async throws -> any MessageConsumer {
         let key = try key(queue)
         let kind = try await kind(of: key, destination: queue, createAs: .queue)
         guard kind == .queue else {
@@ -122,12 +121,11 @@ final class RedisBroker: Broker {
         let consumer = RedisConsumer(broker: self, destination: queue, key: key, mode: .queue(options))
         try await consumer.start()
         track(consumer)
-        return OwnedConsumer(consumer, logger: logger)
+        return consumer
     }
 
-    func consumeStream(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer {
+    func openStreamConsumer(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer {
         let key = try key(stream)
-        try DestinationName.validate(group, what: "group", backend: backendName)
         let kind = try await kind(of: key, destination: stream, createAs: .stream)
         guard kind == .stream else {
             throw BrokerError(.wrongDestinationKind, "'\(stream)' is a queue, not a stream", backend: backendName, destination: stream)
@@ -135,7 +133,7 @@ final class RedisBroker: Broker {
         let consumer = RedisConsumer(broker: self, destination: stream, key: key, mode: .stream(group: group, options))
         try await consumer.start()
         track(consumer)
-        return OwnedConsumer(consumer, logger: logger)
+        return consumer
     }
 
     private func track(_ consumer: any MessageConsumer & AnyObject) {

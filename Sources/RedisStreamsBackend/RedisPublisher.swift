@@ -4,20 +4,14 @@ import Foundation
 /// Publishing: one XADD per message, batches pipelined in one round trip; delayed messages
 /// go to the destination's delay set until due. See ``RedisFieldLayout`` for the entry fields.
 extension RedisBroker {
-    func publish(_ message: Message, to destination: String, options: PublishOptions) async throws -> PublishReceipt {
-        try await publish([message], to: destination, options: options)[0]
-    }
-
-    func publish(_ messages: [Message], to destination: String, options: PublishOptions) async throws -> [PublishReceipt] {
+    func publish(checked prepared: [Message], to destination: String, options: PublishOptions) async throws -> [PublishReceipt] {
         let key = try key(destination)
-        let prepared = try PublishValidation.prepare(messages, to: destination, configuration: configuration, backend: backendName)
         for message in prepared where message.payload.count > maxBulkLength {
             throw BrokerError(
                 .messageTooLarge,
                 "message '\(message.id)' payload is \(message.payload.count) bytes; redis \(settings.server) accepts at most \(maxBulkLength) (proto-max-bulk-len)",
                 backend: backendName, destination: destination)
         }
-        if prepared.isEmpty { return [] }
         let kind = try await kind(of: key, destination: destination, createAs: .queue)
         if let deliverAt = options.deliverAt, deliverAt > Date() {
             guard kind == .queue else {
@@ -29,7 +23,6 @@ extension RedisBroker {
             }
             let replies = try await client.pipeline(commands)
             try check(replies, destination: destination)
-            observer.record(.published, destination: destination, count: prepared.count)
             return prepared.map { PublishReceipt(messageID: $0.id, destination: destination, position: nil) }
         }
         var trim: [RedisArgument] = []
@@ -44,7 +37,6 @@ extension RedisBroker {
         let commands = prepared.map { RedisFieldLayout.fields(for: $0, after: xadd) }
         let replies = try await client.pipeline(commands)
         try check(replies, destination: destination)
-        observer.record(.published, destination: destination, count: prepared.count)
         return zip(prepared, replies).map { message, reply in
             PublishReceipt(messageID: message.id, destination: destination, position: reply.text.map { Position(partition: 0, offset: $0) })
         }

@@ -55,6 +55,8 @@ public struct RedisStreamsBackend: BrokerBackend {
         {
             maxBulk = Int(value)
         }
-        return RedisBroker(configuration: configuration, settings: settings, client: client, maxBulkLength: maxBulk, logger: logger)
+        return BrokerClient(
+            driver: RedisBroker(configuration: configuration, settings: settings, client: client, maxBulkLength: maxBulk, logger: logger),
+            logger: logger)
     }
 }

@@ -51,6 +51,6 @@ public struct MemoryBackend: BrokerBackend {
         }
         let storeName = url.hosts.first?.name ?? (url.path.isEmpty ? "default" : url.path)
         try DestinationName.validate(storeName, what: "memory store", backend: name)
-        return MemoryBroker(store: MemoryBackend.store(named: storeName), configuration: configuration, logger: logger)
+        return BrokerClient(driver: MemoryBroker(store: MemoryBackend.store(named: storeName), configuration: configuration, logger: logger), logger: logger)
     }
 }

@@ -2,8 +2,8 @@ import Foundation
 import Logging
 import Synchronization
 
-/// A connection to an in-memory store. See ``MemoryBackend``.
-final class MemoryBroker: Broker {
+/// The driver over an in-memory store. See ``MemoryBackend``.
+final class MemoryBroker: BrokerDriver {
     let store: MemoryStore
     let configuration: BrokerConfiguration
     let logger: Logger
@@ -11,7 +11,6 @@ final class MemoryBroker: Broker {
     var capabilities: BrokerCapabilities { MemoryBackend.capabilities }
 
     private let state = Mutex<(closed: Bool, consumers: [UInt64: MemoryConsumer])>((false, [:]))
-    private let observer = DeliveryObserver.shared(for: "memory")
 
     init(store: MemoryStore, configuration: BrokerConfiguration, logger: Logger) {
         self.store = store
@@ -24,7 +23,6 @@ final class MemoryBroker: Broker {
 
     private func name(_ destination: String) throws -> String {
         try checkOpen(destination)
-        try DestinationName.validate(destination, backend: backendName)
         return configuration.prefix + destination
     }
 
@@ -34,33 +32,24 @@ final class MemoryBroker: Broker {
         }
     }
 
-    func publish(_ message: Message, to destination: String, options: PublishOptions) async throws -> PublishReceipt {
-        try await publish([message], to: destination, options: options)[0]
-    }
-
-    func publish(_ messages: [Message], to destination: String, options: PublishOptions) async throws -> [PublishReceipt] {
-        let full = try name(destination)
-        let prepared = try PublishValidation.prepare(messages, to: destination, configuration: configuration, backend: backendName)
-        let receipts = try await store.publish(
-            prepared, to: full, deliverAt: options.deliverAt, autoCreate: configuration.autoCreate,
+    func publish(checked messages: [Message], to destination: String, options: PublishOptions) async throws -> [PublishReceipt] {
+        try await store.publish(
+            messages, to: try name(destination), deliverAt: options.deliverAt, autoCreate: configuration.autoCreate,
             defaultPartitions: defaultPartitions, maxMessages: maxMessages)
-        observer.record(.published, destination: destination, count: receipts.count)
-        return receipts
     }
 
-    func consumeQueue(_ queue: String, options: QueueConsumerOptions) async throws -> any MessageConsumer {
+    func openQueueConsumer(_ queue: String, options: QueueConsumerOptions) async throws -> any MessageConsumer {
         let full = try name(queue)
         let id = try await store.registerQueueConsumer(
             full, options: options, autoCreate: configuration.autoCreate, defaultPartitions: defaultPartitions)
-        return OwnedConsumer(track(MemoryConsumer(store: store, id: id, destination: full, onClose: untrack)), logger: logger)
+        return track(MemoryConsumer(store: store, id: id, destination: full, onClose: untrack))
     }
 
-    func consumeStream(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer {
+    func openStreamConsumer(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer {
         let full = try name(stream)
-        try DestinationName.validate(group, what: "group", backend: backendName)
         let id = try await store.registerStreamConsumer(
             full, group: group, options: options, autoCreate: configuration.autoCreate, defaultPartitions: defaultPartitions)
-        return OwnedConsumer(track(MemoryConsumer(store: store, id: id, destination: full, onClose: untrack)), logger: logger)
+        return track(MemoryConsumer(store: store, id: id, destination: full, onClose: untrack))
     }
 
     private func track(_ consumer: MemoryConsumer) -> MemoryConsumer {
