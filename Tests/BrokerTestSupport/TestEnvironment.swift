@@ -93,6 +93,18 @@ public enum TestEnvironment {
         return (String(rest[..<colon]), port)
     }
 
+    /// Restarts a test server with the command scripts/brokers.sh exports in `variable`
+    /// (`BROKERKIT_TEST_REDIS_RESTART`, `BROKERKIT_TEST_KAFKA_RESTART`): stop, `pause`
+    /// seconds, start on the same data. system() waits with waitpid (Foundation's Process can
+    /// miss the exit of a shell whose child daemonizes), on a thread of its own.
+    public static func restartServer(_ variable: String, pause: Double) async throws {
+        guard let command = ProcessInfo.processInfo.environment[variable] else {
+            throw ConformanceFailure("\(variable) is not set (scripts/brokers.sh start exports it)")
+        }
+        let status = try await blocking { system("\(command) \(pause) >/dev/null 2>&1") }
+        guard status == 0 else { throw ConformanceFailure("\(command) failed (status \(status))") }
+    }
+
     /// Runs blocking work (a C client call) on a dedicated thread, off the cooperative pool.
     public static func blocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
         try await DedicatedThread.run(name: "test-blocking", body)

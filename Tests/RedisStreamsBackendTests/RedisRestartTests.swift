@@ -9,54 +9,11 @@ import BrokerTestSupport
 /// pass of scripts/test.sh (BROKERKIT_RESTART_TESTS=1).
 @Suite("Redis restart and server limits", .serialized, .enabled(if: TestEnvironment.shouldRunRestartTests(.redis)))
 struct RedisRestartTests {
-    func restartRedis(pause: Double) async throws {
-        guard let command = ProcessInfo.processInfo.environment["BROKERKIT_TEST_REDIS_RESTART"] else {
-            throw ConformanceFailure("BROKERKIT_TEST_REDIS_RESTART is not set (scripts/brokers.sh start exports it)")
-        }
-        // system() waits with waitpid; Foundation's Process can miss the exit of a shell whose
-        // child daemonizes. Run it on its own thread, off the cooperative pool.
-        let status = try await TestEnvironment.blocking { system("\(command) \(pause) >/dev/null 2>&1") }
-        guard status == 0 else { throw ConformanceFailure("restarting redis failed (status \(status))") }
-    }
-
     @Test func publishersAndConsumersSurviveARestartWithoutLosingAcknowledgedPublishes() async throws {
         let broker = try await RedisTestSupport.connect(["operation.timeout": "20s"])
-        let queue = "restart-\(UUID().uuidString.prefix(8))"
-        try await broker.createQueue(queue)
-        let acknowledged = Collector<String>()
-        let handled = Collector<String>()
-        let consumer = try await broker.consumeQueue(queue, options: .init(prefetch: 8))
-        let consuming = Task {
-            while handled.count < 1_000_000 {
-                guard let delivery = try await consumer.next(timeout: .seconds(30)) else { break }
-                handled.append(delivery.message.text ?? "")
-                try? await delivery.ack()
-            }
-        }
-        let publishing = Task {
-            for i in 0..<300 {
-                let text = "m\(i)"
-                do {
-                    try await broker.publish(Message(text: text), to: queue)
-                    acknowledged.append(text)
-                } catch {
-                    // A publish that failed was not acknowledged; the test only counts acknowledged ones.
-                }
-                try await Task.sleep(for: .milliseconds(5))
-            }
-        }
-        try await Task.sleep(for: .milliseconds(400))
-        try await restartRedis(pause: 1)
-        try await publishing.value
-        let deadline = ContinuousClock.now + .seconds(30)
-        while !Set(acknowledged.values).isSubset(of: Set(handled.values)), ContinuousClock.now < deadline {
-            try await Task.sleep(for: .milliseconds(100))
-        }
-        consuming.cancel()
-        await consumer.close()
-        let missing = Set(acknowledged.values).subtracting(handled.values)
-        #expect(acknowledged.count > 250, "only \(acknowledged.count) publishes were acknowledged across the restart")
-        #expect(missing.isEmpty, "acknowledged but never delivered: \(missing.sorted().prefix(10))")
+        try await RestartCheck.run(
+            broker, plan: .init(publishes: 300, pause: .milliseconds(5), minimumAcknowledged: 251, settle: .seconds(30)),
+            restart: { try await TestEnvironment.restartServer("BROKERKIT_TEST_REDIS_RESTART", pause: 1) })
         await broker.close()
     }
 
