@@ -1,7 +1,7 @@
 /// The validated configuration a backend connects with: the URL plus backend options.
 ///
-/// Build one with ``Brokers/configuration(url:options:)`` or from a `ConfigReader` with
-/// ``Brokers/configuration(from:)``; ``description`` never shows passwords.
+/// Build one with ``Brokers/configuration(url:options:registry:)`` or from a `ConfigReader` with
+/// ``Brokers/configuration(from:registry:)``; ``description`` never shows passwords.
 public struct BrokerConfiguration: Sendable, CustomStringConvertible {
     /// The parsed URL.
     public let url: BrokerURL

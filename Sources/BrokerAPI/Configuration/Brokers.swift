@@ -131,7 +131,7 @@ public enum Brokers {
         return try configuration(url: url ?? fromSources.url.source, options: merged, registry: registry)
     }
 
-    /// Connects using ``configurationFromEnvironment(_:configFile:registry:)``.
+    /// Connects using ``configurationFromEnvironment(_:configFile:url:options:registry:)``.
     public static func connectFromEnvironment(
         configFile: String? = nil, registry: BrokerRegistry = .shared, logger: Logger = Logger(label: "brokerkit")
     ) async throws -> any Broker {

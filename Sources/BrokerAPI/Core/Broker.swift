@@ -191,8 +191,8 @@ public protocol Broker: MessagePublisher, BrokerAdmin {
     func consumeStream(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer
     /// Closes consumers, flushes publishers and releases connections. Idempotent. A broker
     /// dropped without it ends its threads and closes its connections in the background, once
-    /// none of its consumers is left (a consumer keeps its broker alive; see ``OwnedConsumer``
-    /// for when a dropped consumer is closed).
+    /// none of its consumers is left (a consumer keeps its broker alive; a consumer the app
+    /// drops is closed once it holds none of its deliveries either).
     func close() async
 }
 

@@ -16,7 +16,7 @@ public protocol DeliverySettler: Sendable {
 
 /// A message handed to a consumer, with its delivery metadata and settlement methods.
 ///
-/// Settle every delivery exactly once: ``ack()``, ``nack(error:delay:)``, ``deadLetter(reason:)``
+/// Settle every delivery exactly once: ``ack()``, `nack(error:delay:)`, ``deadLetter(reason:)``
 /// or ``release()``. A second settlement throws ``BrokerError/Code/alreadySettled``.
 ///
 /// - Important: A step that does not reach the broker (the retry copy or the dead letter
@@ -83,7 +83,8 @@ public struct Delivery: Sendable {
     public static let maxAttempt = 1_000_000_000
 
     private let storage: Storage
-    /// The app's handle on the consumer that handed this delivery out (``OwnedConsumer``):
+    /// The app's handle on the consumer that handed this delivery out (the wrapper a
+    /// ``BrokerClient`` returns):
     /// while the app holds a delivery, its consumer stays open even if the app dropped the
     /// consumer itself. `nil` inside backends, which never need it.
     private let owner: OwnedConsumer?
@@ -100,13 +101,13 @@ public struct Delivery: Sendable {
     public var firstFailureAt: Date? { storage.firstFailureAt }
     /// Where the message sits in the destination.
     public var position: Position? { storage.position }
-    /// The policy ``nack(error:delay:)`` applies.
+    /// The policy `nack(error:delay:)` applies.
     public var retryPolicy: RetryPolicy { storage.retryPolicy }
     /// The backend that delivered it.
     public var backend: String { storage.backend }
     /// Why BrokerKit cannot use this record, or `nil`: a field it reads from the broker is
     /// missing, out of range or not valid UTF-8 (another program wrote it, or it was
-    /// corrupted). The consumer ``Broker`` hands out (``OwnedConsumer``) dead-letters such a
+    /// corrupted). The consumer a ``BrokerClient`` hands out dead-letters such a
     /// delivery with this reason and never hands it to the app.
     public var defect: String? { storage.defect }
 
@@ -199,7 +200,7 @@ public struct Delivery: Sendable {
         metrics?.record(.acked)
     }
 
-    /// What ``nack(error:delay:)`` did.
+    /// What `nack(error:delay:)` did.
     public enum NackOutcome: Sendable, Equatable {
         case retried(after: Duration, nextAttempt: Int)
         case deadLettered(reason: String)

@@ -49,7 +49,7 @@ public struct Message: Sendable, Hashable {
 
     /// A new random message id: a version-4 UUID in lowercase text
     /// (`xxxxxxxx-xxxx-4xxx-yxxx-xxxxxxxxxxxx`), as `UUID().uuidString.lowercased()` gives,
-    /// but drawn from a pool of system randomness (see ``MessageIDs``) instead of opening
+    /// but drawn from a pool of system randomness (see `MessageIDs`) instead of opening
     /// `/dev/urandom` for each id: ≈ 0.1 µs instead of ≈ 4 µs on Linux.
     public static func newID() -> String { MessageIDs.next() }
 }
