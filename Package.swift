@@ -48,12 +48,21 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        .systemLibrary(name: "CRdKafka", path: "Sources/CRdKafka",
-                       providers: [.apt(["librdkafka-dev"])]),
-        .systemLibrary(name: "CRabbitMQ", path: "Sources/CRabbitMQ",
-                       providers: [.apt(["librabbitmq-dev"])]),
-        .systemLibrary(name: "CHiredis", path: "Sources/CHiredis",
-                       providers: [.apt(["libhiredis-dev"])]),
+        .systemLibrary(
+            name: "CRdKafka",
+            path: "Sources/CRdKafka",
+            providers: [.apt(["librdkafka-dev"])]
+        ),
+        .systemLibrary(
+            name: "CRabbitMQ",
+            path: "Sources/CRabbitMQ",
+            providers: [.apt(["librabbitmq-dev"])]
+        ),
+        .systemLibrary(
+            name: "CHiredis",
+            path: "Sources/CHiredis",
+            providers: [.apt(["libhiredis-dev"])]
+        ),
         .target(
             name: "KafkaBackend",
             dependencies: [
@@ -110,7 +119,8 @@ let package = Package(
         .executableTarget(
             name: "brokerkit",
             dependencies: [
-                "BrokerAPI", "KafkaBackend", "RabbitBackend", "RedisStreamsBackend", "Examples", "BrokerCompare", "BrokerSoak",
+                "BrokerAPI", "KafkaBackend", "RabbitBackend", "RedisStreamsBackend", "Examples", "BrokerCompare",
+                "BrokerSoak",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -169,25 +179,29 @@ let package = Package(
         .testTarget(
             name: "ConformanceTests",
             dependencies: [
-                "BrokerTestSupport", "BrokerAPI", "BrokerConformance"],
+                "BrokerTestSupport", "BrokerAPI", "BrokerConformance",
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "KafkaBackendTests",
             dependencies: [
-                "BrokerTestSupport", "BrokerConformance", "KafkaBackend", "BrokerAPI", "CRdKafka"],
+                "BrokerTestSupport", "BrokerConformance", "KafkaBackend", "BrokerAPI", "CRdKafka",
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "RabbitBackendTests",
             dependencies: [
-                "BrokerTestSupport", "BrokerConformance", "RabbitBackend", "BrokerAPI", "CRabbitMQ"],
+                "BrokerTestSupport", "BrokerConformance", "RabbitBackend", "BrokerAPI", "CRabbitMQ",
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "RedisStreamsBackendTests",
             dependencies: [
-                "BrokerTestSupport", "BrokerConformance", "RedisStreamsBackend", "BrokerAPI", "CHiredis"],
+                "BrokerTestSupport", "BrokerConformance", "RedisStreamsBackend", "BrokerAPI", "CHiredis",
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
@@ -202,13 +216,16 @@ let package = Package(
         .testTarget(
             name: "FuzzTests",
             dependencies: [
-                "BrokerTestSupport", "BrokerFuzzTargets", "BrokerAPI", "KafkaBackend", "RabbitBackend", "RedisStreamsBackend"],
+                "BrokerTestSupport", "BrokerFuzzTargets", "BrokerAPI", "KafkaBackend", "RabbitBackend",
+                "RedisStreamsBackend",
+            ],
             swiftSettings: swiftSettings
         ),
         .testTarget(
             name: "CLITests",
             dependencies: [
-                "BrokerTestSupport", "brokerkit", "BrokerConformance", "BrokerSoak"],
+                "BrokerTestSupport", "brokerkit", "BrokerConformance", "BrokerSoak",
+            ],
             swiftSettings: swiftSettings
         ),
     ]

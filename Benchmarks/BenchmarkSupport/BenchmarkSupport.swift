@@ -85,7 +85,8 @@ public struct Row: Sendable {
 /// The median of `values` (not empty).
 public func median(_ values: [Double]) -> Double {
     let sorted = values.sorted()
-    return sorted.count % 2 == 1 ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
+    return sorted.count % 2 == 1
+        ? sorted[sorted.count / 2] : (sorted[sorted.count / 2 - 1] + sorted[sorted.count / 2]) / 2
 }
 
 /// Prints the rounds as one markdown table: each scenario's medians and every round's ratio.
@@ -97,11 +98,17 @@ public func printRounds(_ rounds: [[Row]], rawName: String) {
         let all = rounds.map { $0[index] }
         let format = all[0].name.contains("latency") ? "%.3f" : all[0].name.contains("CPU") ? "%.2f" : "%.0f"
         let ratios = all.map { String(format: "%.2f", $0.ratio) }.joined(separator: " / ")
-        print("| \(all[0].name) | \(String(format: format, median(all.map(\.kit)))) | \(String(format: format, median(all.map(\.raw)))) | \(String(format: "%.2f", median(all.map(\.ratio)))) | \(ratios) |")
+        print(
+            "| \(all[0].name) | \(String(format: format, median(all.map(\.kit)))) | \(String(format: format, median(all.map(\.raw)))) | \(String(format: "%.2f", median(all.map(\.ratio)))) | \(ratios) |"
+        )
     }
     print("")
-    let cpu = rounds[0].contains { $0.name.contains("CPU") } ? ", CPU per message raw ÷ BrokerKit (1.00 = as cheap as raw)" : ""
-    print("medians of \(rounds.count) rounds; ratio: throughput BrokerKit ÷ raw, latency raw ÷ BrokerKit (1.00 = as fast as raw; the target is ≥ 0.80)\(cpu).")
+    let cpu =
+        rounds[0].contains { $0.name.contains("CPU") }
+        ? ", CPU per message raw ÷ BrokerKit (1.00 = as cheap as raw)" : ""
+    print(
+        "medians of \(rounds.count) rounds; ratio: throughput BrokerKit ÷ raw, latency raw ÷ BrokerKit (1.00 = as fast as raw; the target is ≥ 0.80)\(cpu)."
+    )
 }
 
 /// End-to-end latency samples for BrokerKit, off the main actor: `publish(i)` one message,
@@ -117,7 +124,9 @@ public func printRounds(_ rounds: [[Row]], rawName: String) {
 /// (≈ 5.5 ms against noida-db, ≈ 2.8 s for 500 samples where the raw loop took ≈ 0.1 s), and
 /// so exposed only BrokerKit's samples to whatever else the host did meanwhile.
 public func sampleLatencies(
-    _ count: Int, consumer: any MessageConsumer, publishAcknowledgedFirst: Bool = true,
+    _ count: Int,
+    consumer: any MessageConsumer,
+    publishAcknowledgedFirst: Bool = true,
     publish: @escaping @Sendable (Int) async throws -> Void
 ) async throws -> [Duration] {
     try await Task.detached {
@@ -150,8 +159,11 @@ public func sampleLatencies(
 public func latencyRows(kit: [Duration], raw: [Duration]) -> [Row] {
     [("p50", 0.5), ("p99", 0.99)].map { label, p in
         Row(
-            name: "e2e latency \(label) (ms)", kit: percentile(kit, p).timeInterval * 1000, raw: percentile(raw, p).timeInterval * 1000,
-            ratio: percentile(raw, p).timeInterval / percentile(kit, p).timeInterval)
+            name: "e2e latency \(label) (ms)",
+            kit: percentile(kit, p).timeInterval * 1000,
+            raw: percentile(raw, p).timeInterval * 1000,
+            ratio: percentile(raw, p).timeInterval / percentile(kit, p).timeInterval
+        )
     }
 }
 
@@ -159,7 +171,8 @@ public func latencyRows(kit: [Duration], raw: [Duration]) -> [Row] {
 /// first line of `/proc/stat`; nil where there is no `/proc/stat`.
 func hostCPUTicks() -> (busy: UInt64, total: UInt64)? {
     guard let text = try? String(contentsOfFile: "/proc/stat", encoding: .utf8),
-          let line = text.split(separator: "\n").first, line.hasPrefix("cpu ") else { return nil }
+        let line = text.split(separator: "\n").first, line.hasPrefix("cpu ")
+    else { return nil }
     // user nice system idle iowait irq softirq steal
     let ticks = line.split(separator: " ").dropFirst().prefix(8).compactMap { UInt64($0) }
     guard ticks.count >= 5 else { return nil }
@@ -212,6 +225,10 @@ public func waitForQuietHost() async {
 public func quietWaitSummary() -> String {
     func seconds(_ d: Duration) -> String { String(format: "%g s", d.timeInterval) }
     let waited = QuietHost.waited
-    let gaveUp = waited.gaveUp == 0 ? "" : "; \(waited.gaveUp) time(s) the host stayed busy (first for \(seconds(QuietHost.firstTimeout)), then \(seconds(QuietHost.laterTimeout))) and the scenario ran anyway: these figures include other work on the host"
-    return "before each timed scenario the benchmark waited for a quiet host (CPUs ≤ \(Int(QuietHost.maxBusy * 100)) % busy for \(seconds(QuietHost.window))): \(String(format: "%.1f", waited.total.timeInterval)) s in all\(gaveUp)."
+    let gaveUp =
+        waited.gaveUp == 0
+        ? ""
+        : "; \(waited.gaveUp) time(s) the host stayed busy (first for \(seconds(QuietHost.firstTimeout)), then \(seconds(QuietHost.laterTimeout))) and the scenario ran anyway: these figures include other work on the host"
+    return
+        "before each timed scenario the benchmark waited for a quiet host (CPUs ≤ \(Int(QuietHost.maxBusy * 100)) % busy for \(seconds(QuietHost.window))): \(String(format: "%.1f", waited.total.timeInterval)) s in all\(gaveUp)."
 }

@@ -63,7 +63,9 @@ func stamped() -> Data {
 
 /// Microseconds since `body` was stamped, or nil for a payload that is no latency sample.
 func latency(of body: UnsafeRawBufferPointer) -> Double? {
-    guard body.count >= 16, UInt64(littleEndian: body.loadUnaligned(fromByteOffset: 8, as: UInt64.self)) == latencyMarker else { return nil }
+    guard body.count >= 16,
+        UInt64(littleEndian: body.loadUnaligned(fromByteOffset: 8, as: UInt64.self)) == latencyMarker
+    else { return nil }
     let sent = UInt64(littleEndian: body.loadUnaligned(as: UInt64.self))
     let now = nowNanos()
     return now >= sent ? Double(now - sent) / 1000 : nil
@@ -131,7 +133,8 @@ func benchmarkBrokerKit() async throws -> Figures {
     }
     let handled = Handled()
     let processorConsumer = try await broker.consumeQueue(processorQueue, options: .init(prefetch: 256))
-    let processor = DeliveryProcessor(consumer: processorConsumer, options: .init(concurrency: 16, orderedByKey: false)) { _ in
+    let processor = DeliveryProcessor(consumer: processorConsumer, options: .init(concurrency: 16, orderedByKey: false))
+    { _ in
         handled.count.add(1, ordering: .relaxed)
     }
     let (elapsed, running) = try await Task.detached { () -> (Duration, Task<Void, any Error>) in
@@ -157,12 +160,23 @@ final class RawConnection {
 
     init(url: String) throws {
         let parsed = try BrokerURL(url)
-        guard let host = parsed.hosts.first, let state = amqp_new_connection() else { throw RawError(description: "bad url") }
+        guard let host = parsed.hosts.first, let state = amqp_new_connection() else {
+            throw RawError(description: "bad url")
+        }
         self.state = state
         let socket = amqp_tcp_socket_new(state)
-        guard amqp_socket_open(socket, host.name, Int32(host.port ?? 5672)) == 0 else { throw RawError(description: "cannot connect") }
+        guard amqp_socket_open(socket, host.name, Int32(host.port ?? 5672)) == 0 else {
+            throw RawError(description: "cannot connect")
+        }
         let reply = bk_amqp_login_plain(
-            state, parsed.path.isEmpty ? "/" : parsed.path, 0, 131_072, 0, parsed.user ?? "guest", parsed.password ?? "guest")
+            state,
+            parsed.path.isEmpty ? "/" : parsed.path,
+            0,
+            131_072,
+            0,
+            parsed.user ?? "guest",
+            parsed.password ?? "guest"
+        )
         guard reply.reply_type == AMQP_RESPONSE_NORMAL else { throw RawError(description: "login failed") }
         _ = amqp_channel_open(state, 1)
         try check("channel.open")
@@ -174,7 +188,9 @@ final class RawConnection {
     }
 
     func check(_ what: String) throws {
-        guard amqp_get_rpc_reply(state).reply_type == AMQP_RESPONSE_NORMAL else { throw RawError(description: "\(what) failed") }
+        guard amqp_get_rpc_reply(state).reply_type == AMQP_RESPONSE_NORMAL else {
+            throw RawError(description: "\(what) failed")
+        }
     }
 
     func declare(_ queue: String, type: String = "quorum") throws {
@@ -183,7 +199,16 @@ final class RawConnection {
         entry.value.kind = UInt8(AMQP_FIELD_KIND_UTF8.rawValue)
         entry.value.value.bytes = amqp_cstring_bytes(type)
         try withUnsafeMutablePointer(to: &entry) { pointer in
-            _ = amqp_queue_declare(state, 1, amqp_cstring_bytes(queue), 0, 1, 0, 0, amqp_table_t(num_entries: 1, entries: pointer))
+            _ = amqp_queue_declare(
+                state,
+                1,
+                amqp_cstring_bytes(queue),
+                0,
+                1,
+                0,
+                0,
+                amqp_table_t(num_entries: 1, entries: pointer)
+            )
             try check("queue.declare")
         }
     }
@@ -201,7 +226,9 @@ final class RawConnection {
     func publish(_ queue: String, _ body: Data) throws {
         var properties = amqp_basic_properties_t()
         properties._flags = amqp_flags_t(
-            AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG | AMQP_BASIC_HEADERS_FLAG)
+            AMQP_BASIC_DELIVERY_MODE_FLAG | AMQP_BASIC_MESSAGE_ID_FLAG | AMQP_BASIC_TIMESTAMP_FLAG
+                | AMQP_BASIC_HEADERS_FLAG
+        )
         properties.delivery_mode = 2
         let millis = Int64((Date().timeIntervalSince1970 * 1000).rounded())
         properties.timestamp = UInt64(millis / 1000)
@@ -214,10 +241,20 @@ final class RawConnection {
             body.withUnsafeBytes { buffer in
                 withUnsafeMutablePointer(to: &header) { entry in
                     properties.headers = amqp_table_t(num_entries: 1, entries: entry)
-                    properties.message_id = amqp_bytes_t(len: strlen(idPointer), bytes: UnsafeMutableRawPointer(mutating: idPointer))
+                    properties.message_id = amqp_bytes_t(
+                        len: strlen(idPointer),
+                        bytes: UnsafeMutableRawPointer(mutating: idPointer)
+                    )
                     return amqp_basic_publish(
-                        state, 1, amqp_empty_bytes, amqp_cstring_bytes(queue), 1, 0, &properties,
-                        amqp_bytes_t(len: buffer.count, bytes: UnsafeMutableRawPointer(mutating: buffer.baseAddress)))
+                        state,
+                        1,
+                        amqp_empty_bytes,
+                        amqp_cstring_bytes(queue),
+                        1,
+                        0,
+                        &properties,
+                        amqp_bytes_t(len: buffer.count, bytes: UnsafeMutableRawPointer(mutating: buffer.baseAddress))
+                    )
                 }
             }
         }
@@ -334,7 +371,9 @@ func benchmarkRaw() async throws -> Figures {
 // MARK: - Report
 
 print("RabbitMQ benchmark against \(BrokerURL.redact(url)) (rabbitmq-c \(RabbitBackend.libraryVersion))")
-print("\(singles) single publishes, \(batched) batched (\(batchSize)/batch), consume+ack \(singles + batched), \(latencySamples) latency samples; 256-byte persistent messages, quorum queues")
+print(
+    "\(singles) single publishes, \(batched) batched (\(batchSize)/batch), consume+ack \(singles + batched), \(latencySamples) latency samples; 256-byte persistent messages, quorum queues"
+)
 // Rounds: this VM's figures swing between runs, so both sides run `roundCount` times back to
 // back; the table shows medians, and each round's ratio compares two runs made under the
 // same conditions.
@@ -353,21 +392,32 @@ do {
         for round in rounds {
             kit.append(round.kit[keyPath: path])
             raw.append(round.raw[keyPath: path])
-            ratios.append(higherIsBetter ? kit[kit.count - 1] / raw[raw.count - 1] : raw[raw.count - 1] / kit[kit.count - 1])
+            ratios.append(
+                higherIsBetter ? kit[kit.count - 1] / raw[raw.count - 1] : raw[raw.count - 1] / kit[kit.count - 1]
+            )
         }
-        print(name.padding(toLength: 34, withPad: " ", startingAt: 0)
-            + String(format: "%12.0f %12.0f %8.0f%%  ", median(kit), median(raw), median(ratios) * 100)
-            + unit + "  [rounds: " + ratios.map { String(format: "%.0f%%", $0 * 100) }.joined(separator: " / ") + "]")
+        print(
+            name.padding(toLength: 34, withPad: " ", startingAt: 0)
+                + String(format: "%12.0f %12.0f %8.0f%%  ", median(kit), median(raw), median(ratios) * 100)
+                + unit + "  [rounds: " + ratios.map { String(format: "%.0f%%", $0 * 100) }.joined(separator: " / ")
+                + "]"
+        )
     }
-    print("measure (medians of \(roundCount) rounds)".padding(toLength: 34, withPad: " ", startingAt: 0) + "   BrokerKit  raw librabbitmq  ratio")
+    print(
+        "measure (medians of \(roundCount) rounds)".padding(toLength: 34, withPad: " ", startingAt: 0)
+            + "   BrokerKit  raw librabbitmq  ratio"
+    )
     row("publish, confirm awaited each", \.publishOne, "msg/s")
     row("  the same, classic queue", \.publishOneClassic, "msg/s")
     row("publish, pipelined batches", \.publishBatch, "msg/s")
     row("consume + ack", \.consume, "msg/s")
-    print("  16 handlers (DeliveryProcessor) ÷ one handler, BrokerKit: "
-        + String(format: "%.2f", median(rounds.map { $0.kit.consumeProcessor / $0.kit.consume }))
-        + "  [rounds: " + rounds.map { String(format: "%.2f", $0.kit.consumeProcessor / $0.kit.consume) }.joined(separator: " / ")
-        + "]; 16 handlers \(String(format: "%.0f", median(rounds.map(\.kit.consumeProcessor)))) msg/s")
+    print(
+        "  16 handlers (DeliveryProcessor) ÷ one handler, BrokerKit: "
+            + String(format: "%.2f", median(rounds.map { $0.kit.consumeProcessor / $0.kit.consume }))
+            + "  [rounds: "
+            + rounds.map { String(format: "%.2f", $0.kit.consumeProcessor / $0.kit.consume) }.joined(separator: " / ")
+            + "]; 16 handlers \(String(format: "%.0f", median(rounds.map(\.kit.consumeProcessor)))) msg/s"
+    )
     row("end-to-end latency p50", \.p50, "µs (ratio: raw/BrokerKit)", higherIsBetter: false)
     row("end-to-end latency p99", \.p99, "µs (ratio: raw/BrokerKit)", higherIsBetter: false)
 } catch {

@@ -17,7 +17,9 @@ import Foundation
 import RedisStreamsBackend
 
 let arguments = CommandLine.arguments
-let url = arguments.count > 1 ? arguments[1] : (ProcessInfo.processInfo.environment["BROKERKIT_TEST_REDIS_URL"] ?? "redis://127.0.0.1:6379")
+let url =
+    arguments.count > 1
+    ? arguments[1] : (ProcessInfo.processInfo.environment["BROKERKIT_TEST_REDIS_URL"] ?? "redis://127.0.0.1:6379")
 let count = positiveArgument(2, "messages", fallback: 20_000)
 let roundCount = positiveArgument(3, "rounds", fallback: 3)
 let latencySamples = 2_000
@@ -32,7 +34,9 @@ final class Raw: @unchecked Sendable {
     let context: UnsafeMutablePointer<redisContext>
 
     init(host: String, port: Int) {
-        guard let context = redisConnectWithTimeout(host, Int32(port), timeval(tv_sec: 5, tv_usec: 0)), context.pointee.err == 0 else {
+        guard let context = redisConnectWithTimeout(host, Int32(port), timeval(tv_sec: 5, tv_usec: 0)),
+            context.pointee.err == 0
+        else {
             fatalError("raw hiredis cannot connect to \(host):\(port)")
         }
         self.context = context
@@ -44,11 +48,13 @@ final class Raw: @unchecked Sendable {
         let buffers = args.map { data -> UnsafeMutablePointer<CChar> in
             let buffer = UnsafeMutablePointer<CChar>.allocate(capacity: max(1, data.count))
             data.withUnsafeBytes { raw in
-                if let base = raw.baseAddress { UnsafeMutableRawPointer(buffer).copyMemory(from: base, byteCount: data.count) }
+                if let base = raw.baseAddress {
+                    UnsafeMutableRawPointer(buffer).copyMemory(from: base, byteCount: data.count)
+                }
             }
             return buffer
         }
-        defer { buffers.forEach { $0.deallocate() } }
+        defer { for buffer in buffers { buffer.deallocate() } }
         var argv = buffers.map { UnsafePointer<CChar>?($0) }
         let lengths = args.map(\.count)
         _ = redisAppendCommandArgv(context, Int32(args.count), &argv, lengths)
@@ -73,7 +79,10 @@ final class Raw: @unchecked Sendable {
         return ids
     }
 
-    func command(_ args: [String]) { append(args.map { Data($0.utf8) }); reply() }
+    func command(_ args: [String]) {
+        append(args.map { Data($0.utf8) })
+        reply()
+    }
 
     /// XADDs `count` messages to `key` in pipelined batches of `batch`.
     func addAll(to key: String) {
@@ -88,16 +97,26 @@ final class Raw: @unchecked Sendable {
 }
 
 func fields(_ i: Int) -> [Data] {
-    [Data("id".utf8), Data("m\(i)".utf8), Data("ts".utf8), Data("\(Int(Date().timeIntervalSince1970 * 1000))".utf8),
-     Data("payload".utf8), payload]
+    [
+        Data("id".utf8), Data("m\(i)".utf8), Data("ts".utf8), Data("\(Int(Date().timeIntervalSince1970 * 1000))".utf8),
+        Data("payload".utf8), payload,
+    ]
 }
 
 final class Counter: @unchecked Sendable {
     // Safe: every access holds `lock`.
     private var count = 0
     private let lock = NSLock()
-    func increment() { lock.lock(); count += 1; lock.unlock() }
-    var value: Int { lock.lock(); defer { lock.unlock() }; return count }
+    func increment() {
+        lock.lock()
+        count += 1
+        lock.unlock()
+    }
+    var value: Int {
+        lock.lock()
+        defer { lock.unlock() }
+        return count
+    }
 }
 
 // MARK: - Setup
@@ -108,7 +127,9 @@ let host = parsed.hosts.first?.name ?? "127.0.0.1"
 let port = parsed.hosts.first?.port ?? 6379
 let broker = try await Brokers.connect(url: url, options: ["prefix": "bench:"])
 let run = UUID().uuidString.prefix(6)
-print("BrokerKit Redis Streams backend vs raw hiredis \(RedisStreamsBackend.libraryVersion) — \(count) messages of \(payload.count) B, \(url)")
+print(
+    "BrokerKit Redis Streams backend vs raw hiredis \(RedisStreamsBackend.libraryVersion) — \(count) messages of \(payload.count) B, \(url)"
+)
 print("")
 
 /// Every scenario once, raw side first. Names carry the round so rounds never share keys.
@@ -134,7 +155,14 @@ print("")
         for i in 0..<count { try await broker.publish(Message(id: "m\(i)", payload: payload), to: kitAwaitedQueue) }
     }
     try await broker.deleteDestination(kitAwaitedQueue)
-    rows.append(Row(name: "publish-awaited (msg/s)", kit: rate(count, kitAwaited), raw: rate(count, rawAwaited), ratio: rate(count, kitAwaited) / rate(count, rawAwaited)))
+    rows.append(
+        Row(
+            name: "publish-awaited (msg/s)",
+            kit: rate(count, kitAwaited),
+            raw: rate(count, rawAwaited),
+            ratio: rate(count, kitAwaited) / rate(count, rawAwaited)
+        )
+    )
 
     // publish-batched
     let rawBatchKey = "bench-raw-batched-\(run)-\(round)"
@@ -154,7 +182,14 @@ print("")
             i += n
         }
     }
-    rows.append(Row(name: "publish-batched (msg/s)", kit: rate(count, kitBatched), raw: rate(count, rawBatched), ratio: rate(count, kitBatched) / rate(count, rawBatched)))
+    rows.append(
+        Row(
+            name: "publish-batched (msg/s)",
+            kit: rate(count, kitBatched),
+            raw: rate(count, rawBatched),
+            ratio: rate(count, kitBatched) / rate(count, rawBatched)
+        )
+    )
 
     // consume-ack: both sides drain what they published, acking every message (XACK + XDEL in
     // MULTI/EXEC, checked). BrokerKit acks asynchronously (recorded, then flushed in one round
@@ -168,8 +203,11 @@ print("")
             let start = ContinuousClock.now
             var done = 0
             while done < count {
-                raw.append([Data("XREADGROUP".utf8), Data("GROUP".utf8), Data("g".utf8), Data("c".utf8), Data("COUNT".utf8),
-                            Data("\(batch)".utf8), Data("BLOCK".utf8), Data("100".utf8), Data("STREAMS".utf8), Data(key.utf8), Data(">".utf8)])
+                raw.append([
+                    Data("XREADGROUP".utf8), Data("GROUP".utf8), Data("g".utf8), Data("c".utf8), Data("COUNT".utf8),
+                    Data("\(batch)".utf8), Data("BLOCK".utf8), Data("100".utf8), Data("STREAMS".utf8), Data(key.utf8),
+                    Data(">".utf8),
+                ])
                 let ids = raw.reply().map { Data($0.utf8) }
                 guard !ids.isEmpty else { continue }
                 raw.append([Data("MULTI".utf8)])
@@ -208,7 +246,14 @@ print("")
     }
     await consumer.close()
     try await broker.deleteDestination(kitBatchQueue)
-    rows.append(Row(name: "consume-ack, one handler (msg/s)", kit: rate(count, kitSequential), raw: rate(count, rawSequential), ratio: rate(count, kitSequential) / rate(count, rawSequential)))
+    rows.append(
+        Row(
+            name: "consume-ack, one handler (msg/s)",
+            kit: rate(count, kitSequential),
+            raw: rate(count, rawSequential),
+            ratio: rate(count, kitSequential) / rate(count, rawSequential)
+        )
+    )
 
     let rawConcurrentKey = "bench-raw-concurrent-\(run)-\(round)"
     let kitConcurrentQueue = "concurrent-\(run)-\(round)"
@@ -216,7 +261,10 @@ print("")
     let rawConcurrent = await rawConsume(rawConcurrentKey)
     let handled = Counter()
     let concurrentConsumer = try await broker.consumeQueue(kitConcurrentQueue, options: .init(prefetch: batch))
-    let processor = DeliveryProcessor(consumer: concurrentConsumer, options: .init(concurrency: 16, orderedByKey: false)) { _ in
+    let processor = DeliveryProcessor(
+        consumer: concurrentConsumer,
+        options: .init(concurrency: 16, orderedByKey: false)
+    ) { _ in
         handled.increment()
     }
     // Timed until the last message is handled, as the one-handler row (stopping the
@@ -230,7 +278,14 @@ print("")
     processor.stop()
     try await running.value
     try await broker.deleteDestination(kitConcurrentQueue)
-    rows.append(Row(name: "consume-ack, 16 handlers (msg/s)", kit: rate(count, kitConcurrent), raw: rate(count, rawConcurrent), ratio: rate(count, kitConcurrent) / rate(count, rawConcurrent)))
+    rows.append(
+        Row(
+            name: "consume-ack, 16 handlers (msg/s)",
+            kit: rate(count, kitConcurrent),
+            raw: rate(count, rawConcurrent),
+            ratio: rate(count, kitConcurrent) / rate(count, rawConcurrent)
+        )
+    )
 
     // e2e latency: publish one message, wait for a blocked group reader to get it.
     let rawLatencyKey = "bench-raw-latency-\(run)-\(round)"
@@ -240,8 +295,11 @@ print("")
         reader.command(["XGROUP", "CREATE", rawLatencyKey, "g", "$", "MKSTREAM"])
         var samples: [Duration] = []
         for i in 0..<latencySamples {
-            reader.append([Data("XREADGROUP".utf8), Data("GROUP".utf8), Data("g".utf8), Data("c".utf8), Data("COUNT".utf8), Data("1".utf8),
-                           Data("BLOCK".utf8), Data("1000".utf8), Data("STREAMS".utf8), Data(rawLatencyKey.utf8), Data(">".utf8)])
+            reader.append([
+                Data("XREADGROUP".utf8), Data("GROUP".utf8), Data("g".utf8), Data("c".utf8), Data("COUNT".utf8),
+                Data("1".utf8),
+                Data("BLOCK".utf8), Data("1000".utf8), Data("STREAMS".utf8), Data(rawLatencyKey.utf8), Data(">".utf8),
+            ])
             // Flush the blocking read before publishing.
             var done: Int32 = 0
             while done == 0 { _ = redisBufferWrite(reader.context, &done) }
@@ -284,6 +342,8 @@ await broker.close()
 let hopThread = ConnectionThread(name: "bench-hop")
 let hops = try await measure { for _ in 0..<count { _ = try await hopThread.run { 0 } } }
 hopThread.shutdown()
-print("task → connection thread → task hop: \(String(format: "%.1f", hops.timeInterval / Double(count) * 1_000_000)) µs per call")
+print(
+    "task → connection thread → task hop: \(String(format: "%.1f", hops.timeInterval / Double(count) * 1_000_000)) µs per call"
+)
 print("")
 printRounds(rounds, rawName: "raw hiredis")

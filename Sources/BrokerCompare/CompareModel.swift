@@ -22,19 +22,26 @@ public enum CompareScenario: String, CaseIterable, Sendable, Encodable {
     public func summary(_ settings: CompareSettings) -> String {
         switch self {
         case .workQueue:
-            return "\(settings.messages) messages on a queue, \(settings.handlers) handlers; every 20th fails twice, then succeeds (backoff 20-200 ms)"
+            return
+                "\(settings.messages) messages on a queue, \(settings.handlers) handlers; every 20th fails twice, then succeeds (backoff 20-200 ms)"
         case .fanOut:
-            return "\(settings.messages) messages on a \(settings.partitions)-partition stream, read by \(settings.groups) consumer groups"
+            return
+                "\(settings.messages) messages on a \(settings.partitions)-partition stream, read by \(settings.groups) consumer groups"
         case .replay:
-            return "\(settings.historyMessages) messages of history; a new group replays the last \(settings.messages), another reads all from the start"
+            return
+                "\(settings.historyMessages) messages of history; a new group replays the last \(settings.messages), another reads all from the start"
         case .orderedPerKey:
-            return "\(settings.messages) messages over \(settings.keys) keys, \(settings.handlers) concurrent handlers of \(Self.format(settings.handlerWork)) each, order kept per key"
+            return
+                "\(settings.messages) messages over \(settings.keys) keys, \(settings.handlers) concurrent handlers of \(Self.format(settings.handlerWork)) each, order kept per key"
         case .lowTraffic:
-            return "\(settings.lowTrafficRate) msg/s for \(Self.format(settings.lowTrafficDuration)), one awaited publish at a time; then \(Self.format(settings.idleDuration)) idle"
+            return
+                "\(settings.lowTrafficRate) msg/s for \(Self.format(settings.lowTrafficDuration)), one awaited publish at a time; then \(Self.format(settings.idleDuration)) idle"
         case .awaitedPublish:
-            return "\(settings.awaitedPublishes) publishes one at a time, each awaited before the next, to a queue with a consumer; latency columns are the publish call (what a request handler waits)"
+            return
+                "\(settings.awaitedPublishes) publishes one at a time, each awaited before the next, to a queue with a consumer; latency columns are the publish call (what a request handler waits)"
         case .delayedJobs:
-            return "\(settings.delayedJobs) jobs due at times spread over \(Self.format(settings.delayWindow)); latency columns are lateness (run time - due time)"
+            return
+                "\(settings.delayedJobs) jobs due at times spread over \(Self.format(settings.delayWindow)); latency columns are lateness (run time - due time)"
         }
     }
 
@@ -77,11 +84,20 @@ public struct CompareSettings: Sendable, Encodable {
     public var scenarioTimeout: Duration
 
     public init(
-        messages: Int = 5_000, payloadBytes: Int = 256, groups: Int = 3, partitions: Int = 4, keys: Int = 64,
-        handlers: Int = 8, handlerWork: Duration = .milliseconds(1), lowTrafficRate: Int = 100,
-        lowTrafficDuration: Duration = .seconds(10), idleDuration: Duration = .seconds(5), awaitedPublishes: Int = 2_000,
+        messages: Int = 5_000,
+        payloadBytes: Int = 256,
+        groups: Int = 3,
+        partitions: Int = 4,
+        keys: Int = 64,
+        handlers: Int = 8,
+        handlerWork: Duration = .milliseconds(1),
+        lowTrafficRate: Int = 100,
+        lowTrafficDuration: Duration = .seconds(10),
+        idleDuration: Duration = .seconds(5),
+        awaitedPublishes: Int = 2_000,
         delayedJobs: Int = 1_000,
-        delayWindow: Duration = .seconds(10), scenarioTimeout: Duration = .seconds(300)
+        delayWindow: Duration = .seconds(10),
+        scenarioTimeout: Duration = .seconds(300)
     ) {
         self.messages = messages
         self.payloadBytes = payloadBytes
@@ -132,12 +148,18 @@ public struct CompareSettings: Sendable, Encodable {
             if !ok { throw BrokerError(.invalidConfiguration, "compare: \(what)") }
         }
         try check(messages >= 20, "messages must be at least 20, got \(messages)")
-        try check(payloadBytes >= 0 && payloadBytes <= 1_000_000, "payload size must be 0 to 1000000 bytes, got \(payloadBytes)")
+        try check(
+            payloadBytes >= 0 && payloadBytes <= 1_000_000,
+            "payload size must be 0 to 1000000 bytes, got \(payloadBytes)"
+        )
         try check(groups >= 1 && groups <= 16, "groups must be 1 to 16, got \(groups)")
         try check(partitions >= 1 && partitions <= 64, "partitions must be 1 to 64, got \(partitions)")
         try check(keys >= 1, "keys must be at least 1, got \(keys)")
         try check(handlers >= 1 && handlers <= 256, "handlers must be 1 to 256, got \(handlers)")
-        try check(lowTrafficRate >= 1 && lowTrafficRate <= 10_000, "low-traffic rate must be 1 to 10000 msg/s, got \(lowTrafficRate)")
+        try check(
+            lowTrafficRate >= 1 && lowTrafficRate <= 10_000,
+            "low-traffic rate must be 1 to 10000 msg/s, got \(lowTrafficRate)"
+        )
         try check(lowTrafficDuration >= .milliseconds(100), "low-traffic duration must be at least 100 ms")
         try check(awaitedPublishes >= 1, "awaited publishes must be at least 1, got \(awaitedPublishes)")
         try check(delayedJobs >= 1, "delayed jobs must be at least 1, got \(delayedJobs)")
@@ -246,7 +268,9 @@ public struct ScenarioResult: Sendable, Encodable {
             }
             if let old = observed.newGroupSeesOld { parts.append("new group sees old: \(old ? "yes" : "no")") }
         case .orderedPerKey:
-            parts.append("order per key kept: \(observed.orderKeptPerKey == true ? "yes" : "no (\(observed.outOfOrder ?? 0) out of order)")")
+            parts.append(
+                "order per key kept: \(observed.orderKeptPerKey == true ? "yes" : "no (\(observed.outOfOrder ?? 0) out of order)")"
+            )
         case .lowTraffic:
             if let idle = observed.idleCPUPercent { parts.append(String(format: "idle CPU %.1f %%", idle)) }
         case .awaitedPublish:
@@ -258,7 +282,9 @@ public struct ScenarioResult: Sendable, Encodable {
         if let duplicates = observed.duplicates, duplicates > 0 { parts.append("duplicates \(duplicates)") }
         if let ready = readySeconds { parts.append(String(format: "ready %.2f s", ready)) }
         if let rounds = roundThroughputs, let low = rounds.min(), let high = rounds.max() {
-            parts.append("\(rounds.count) rounds: \(CompareText.grouped(Int(low.rounded())))–\(CompareText.grouped(Int(high.rounded()))) msg/s")
+            parts.append(
+                "\(rounds.count) rounds: \(CompareText.grouped(Int(low.rounded())))–\(CompareText.grouped(Int(high.rounded()))) msg/s"
+            )
         }
         return parts.joined(separator: "; ")
     }
@@ -294,7 +320,13 @@ public struct CompareReport: Sendable, Encodable {
     public var backends: [CompareBackend]
     public var results: [ScenarioResult]
 
-    public init(startedAt: Date, machine: String, settings: CompareSettings, backends: [CompareBackend], results: [ScenarioResult]) {
+    public init(
+        startedAt: Date,
+        machine: String,
+        settings: CompareSettings,
+        backends: [CompareBackend],
+        results: [ScenarioResult]
+    ) {
         self.startedAt = startedAt
         self.machine = machine
         self.settings = settings

@@ -32,10 +32,18 @@ public struct CompareRunner: Sendable {
 
     /// Runs `scenario` on `broker`; a failure is reported in the result, never thrown.
     public func run(_ scenario: CompareScenario, on broker: any Broker) async -> ScenarioResult {
-        let context = ScenarioContext(broker: broker, settings: settings, scenario: scenario, logger: logger, progress: progress)
+        let context = ScenarioContext(
+            broker: broker,
+            settings: settings,
+            scenario: scenario,
+            logger: logger,
+            progress: progress
+        )
         context.report("starting")
         let base = ObservedSemantics(
-            nativeDLQ: broker.capabilities.contains(.nativeDLQ), nativeDelay: broker.capabilities.contains(.nativeDelay))
+            nativeDLQ: broker.capabilities.contains(.nativeDLQ),
+            nativeDelay: broker.capabilities.contains(.nativeDelay)
+        )
         var result: ScenarioResult
         do {
             let measured: Measured
@@ -51,18 +59,42 @@ public struct CompareRunner: Sendable {
             let seconds = Monotonic.seconds(from: measured.start, to: measured.end)
             let latency = measured.latency.summary
             result = ScenarioResult(
-                backend: broker.backendName, scenario: scenario, status: .ok, error: nil, messages: measured.messages,
-                seconds: seconds, throughput: seconds > 0 ? Double(measured.messages) / seconds : 0,
-                latencyKind: measured.latencyKind, latencyP50Ms: latency?.p50, latencyP99Ms: latency?.p99,
-                latencyMaxMs: latency?.max, cpuSeconds: measured.cpuSeconds, readySeconds: measured.readySeconds,
-                observed: measured.observed, roundThroughputs: nil)
+                backend: broker.backendName,
+                scenario: scenario,
+                status: .ok,
+                error: nil,
+                messages: measured.messages,
+                seconds: seconds,
+                throughput: seconds > 0 ? Double(measured.messages) / seconds : 0,
+                latencyKind: measured.latencyKind,
+                latencyP50Ms: latency?.p50,
+                latencyP99Ms: latency?.p99,
+                latencyMaxMs: latency?.max,
+                cpuSeconds: measured.cpuSeconds,
+                readySeconds: measured.readySeconds,
+                observed: measured.observed,
+                roundThroughputs: nil
+            )
             context.report(String(format: "done: %d in %.2f s", measured.messages, seconds))
         } catch {
             context.report("FAILED: \(error)")
             result = ScenarioResult(
-                backend: broker.backendName, scenario: scenario, status: .failed, error: "\(error)", messages: 0,
-                seconds: 0, throughput: 0, latencyKind: "end-to-end", latencyP50Ms: nil, latencyP99Ms: nil,
-                latencyMaxMs: nil, cpuSeconds: 0, readySeconds: nil, observed: base, roundThroughputs: nil)
+                backend: broker.backendName,
+                scenario: scenario,
+                status: .failed,
+                error: "\(error)",
+                messages: 0,
+                seconds: 0,
+                throughput: 0,
+                latencyKind: "end-to-end",
+                latencyP50Ms: nil,
+                latencyP99Ms: nil,
+                latencyMaxMs: nil,
+                cpuSeconds: 0,
+                readySeconds: nil,
+                observed: base,
+                roundThroughputs: nil
+            )
         }
         await context.cleanUp()
         return result
@@ -75,9 +107,15 @@ public struct CompareRunner: Sendable {
         let queue = try await c.create("work", kind: .queue)
         let tally = ScenarioTally()
         let latency = LatencyRecorder()
-        let policy = RetryPolicy(maxAttempts: 5, backoff: .exponential(initial: .milliseconds(20), max: .milliseconds(200), jitter: 0.2))
+        let policy = RetryPolicy(
+            maxAttempts: 5,
+            backoff: .exponential(initial: .milliseconds(20), max: .milliseconds(200), jitter: 0.2)
+        )
         let attached = Monotonic.nanos()
-        let consumer = try await c.broker.consumeQueue(queue, options: .init(prefetch: settings.handlers * 8, retryPolicy: policy))
+        let consumer = try await c.broker.consumeQueue(
+            queue,
+            options: .init(prefetch: settings.handlers * 8, retryPolicy: policy)
+        )
         let run = c.startProcessor(consumer, concurrency: settings.handlers, orderedByKey: false) { delivery in
             guard let index = ScenarioContext.index(of: delivery) else { return tally.markReady("queue") }
             if Self.failsTwice(index), delivery.attempt <= 2 {
@@ -88,12 +126,14 @@ public struct CompareRunner: Sendable {
             tally.handled(index)
         }
         try await c.publishWarmup(to: queue)
-        try await c.waitUntil({ "waiting for the consumer" }) { tally.snapshot.ready.count == 1 }
+        try await c.waitUntil("waiting for the consumer") { tally.snapshot.ready.count == 1 }
         let ready = Monotonic.seconds(from: attached, to: tally.snapshot.readyAt)
         let cpu = ProcessCPU.seconds()
         let start = Monotonic.nanos()
-        try await c.publishBatches(0..<count, to: queue) { i, stamp in c.message(i, key: "k\(i % settings.keys)", stamp: stamp) }
-        try await c.waitUntil({ "\(tally.snapshot.handled) of \(count) handled, \(tally.snapshot.retried) retried" }) {
+        try await c.publishBatches(0..<count, to: queue) { i, stamp in
+            c.message(i, key: "k\(i % settings.keys)", stamp: stamp)
+        }
+        try await c.waitUntil("\(tally.snapshot.handled) of \(count) handled, \(tally.snapshot.retried) retried") {
             tally.snapshot.handled >= count
         }
         let cpuSeconds = ProcessCPU.seconds() - cpu
@@ -108,8 +148,14 @@ public struct CompareRunner: Sendable {
         observed.duplicates = state.duplicates
         observed.deadLettered = try await c.broker.stats(for: queue).deadLettered
         return Measured(
-            messages: count, start: start, end: state.lastHandledAt, cpuSeconds: cpuSeconds, latency: latency,
-            readySeconds: ready, observed: observed)
+            messages: count,
+            start: start,
+            end: state.lastHandledAt,
+            cpuSeconds: cpuSeconds,
+            latency: latency,
+            readySeconds: ready,
+            observed: observed
+        )
     }
 
     /// Every 20th message (5 %) fails its first two attempts.
@@ -127,22 +173,26 @@ public struct CompareRunner: Sendable {
         for g in 1...settings.groups {
             let group = "group\(g)"
             let consumer = try await c.broker.consumeStream(stream, group: group, options: .init(start: .earliest))
-            runs.append(c.startProcessor(consumer, concurrency: settings.handlers, orderedByKey: true) { delivery in
-                guard let index = ScenarioContext.index(of: delivery) else { return tally.markReady(group) }
-                if let stamp = ScenarioContext.stamp(of: delivery) { latency.record(sinceStamp: stamp) }
-                tally.handled(index, group: group)
-            })
+            runs.append(
+                c.startProcessor(consumer, concurrency: settings.handlers, orderedByKey: true) { delivery in
+                    guard let index = ScenarioContext.index(of: delivery) else { return tally.markReady(group) }
+                    if let stamp = ScenarioContext.stamp(of: delivery) { latency.record(sinceStamp: stamp) }
+                    tally.handled(index, group: group)
+                }
+            )
         }
         try await c.publishWarmup(to: stream)
-        try await c.waitUntil({ "\(tally.snapshot.ready.count) of \(settings.groups) groups attached" }) {
+        try await c.waitUntil("\(tally.snapshot.ready.count) of \(settings.groups) groups attached") {
             tally.snapshot.ready.count == settings.groups
         }
         let ready = Monotonic.seconds(from: attached, to: tally.snapshot.readyAt)
         let cpu = ProcessCPU.seconds()
         let start = Monotonic.nanos()
-        try await c.publishBatches(0..<count, to: stream) { i, stamp in c.message(i, key: "k\(i % settings.keys)", stamp: stamp) }
+        try await c.publishBatches(0..<count, to: stream) { i, stamp in
+            c.message(i, key: "k\(i % settings.keys)", stamp: stamp)
+        }
         let total = count * settings.groups
-        try await c.waitUntil({ "\(tally.snapshot.handled) of \(total) handled (\(tally.snapshot.byGroup))" }) {
+        try await c.waitUntil("\(tally.snapshot.handled) of \(total) handled (\(tally.snapshot.byGroup))") {
             tally.snapshot.handled >= total
         }
         let cpuSeconds = ProcessCPU.seconds() - cpu
@@ -151,8 +201,14 @@ public struct CompareRunner: Sendable {
         var observed = base
         observed.duplicates = state.duplicates
         return Measured(
-            messages: total, start: start, end: state.lastHandledAt, cpuSeconds: cpuSeconds, latency: latency,
-            readySeconds: ready, observed: observed)
+            messages: total,
+            start: start,
+            end: state.lastHandledAt,
+            cpuSeconds: cpuSeconds,
+            latency: latency,
+            readySeconds: ready,
+            observed: observed
+        )
     }
 
     // MARK: 3. replay
@@ -162,12 +218,15 @@ public struct CompareRunner: Sendable {
         let history = settings.historyMessages
         let stream = try await c.create("replay", kind: .stream, partitions: 1)
         c.report("publishing \(history) messages of history")
-        try await c.publishBatches(0..<(history - count), to: stream) { i, stamp in c.message(i, key: "k", stamp: stamp) }
+        try await c.publishBatches(0..<(history - count), to: stream) { i, stamp in c.message(i, key: "k", stamp: stamp)
+        }
         // A gap around the cut, for brokers that can only seek by time.
         try await Task.sleep(for: .milliseconds(100))
         let cut = Date()
         try await Task.sleep(for: .milliseconds(100))
-        let tail = try await c.publishBatches((history - count)..<history, to: stream) { i, stamp in c.message(i, key: "k", stamp: stamp) }
+        let tail = try await c.publishBatches((history - count)..<history, to: stream) { i, stamp in
+            c.message(i, key: "k", stamp: stamp)
+        }
         let position = c.broker.capabilities.contains(.replay) ? tail.first?.position : nil
         let start: StartPosition = position.map { .position($0) } ?? .timestamp(cut)
 
@@ -175,7 +234,11 @@ public struct CompareRunner: Sendable {
         let latency = LatencyRecorder()
         let cpu = ProcessCPU.seconds()
         let begin = Monotonic.nanos()
-        let replayer = try await c.broker.consumeStream(stream, group: "replayer", options: .init(start: start, prefetch: 256))
+        let replayer = try await c.broker.consumeStream(
+            stream,
+            group: "replayer",
+            options: .init(start: start, prefetch: 256)
+        )
         let indices = try await c.read(count, from: replayer, what: "replayed") { latency.record(sinceStamp: begin) }
         let end = Monotonic.nanos()
         let cpuSeconds = ProcessCPU.seconds() - cpu
@@ -184,7 +247,11 @@ public struct CompareRunner: Sendable {
 
         // Untimed: a group created now, from the earliest message, sees the whole history.
         c.report("a new group reads all \(history) from the start")
-        let newcomer = try await c.broker.consumeStream(stream, group: "newcomer", options: .init(start: .earliest, prefetch: 256))
+        let newcomer = try await c.broker.consumeStream(
+            stream,
+            group: "newcomer",
+            options: .init(start: .earliest, prefetch: 256)
+        )
         let seen = try await c.read(history, from: newcomer, what: "new group read")
         await newcomer.close()
 
@@ -194,8 +261,15 @@ public struct CompareRunner: Sendable {
         observed.replayExact = indices == Array((history - count)..<history) && extra == nil
         observed.newGroupSeesOld = seen.first == 0
         return Measured(
-            messages: count, start: begin, end: end, cpuSeconds: cpuSeconds, latency: latency,
-            latencyKind: "first-message", readySeconds: nil, observed: observed)
+            messages: count,
+            start: begin,
+            end: end,
+            cpuSeconds: cpuSeconds,
+            latency: latency,
+            latencyKind: "first-message",
+            readySeconds: nil,
+            observed: observed
+        )
     }
 
     // MARK: 4. ordered per key, concurrent handlers
@@ -223,14 +297,14 @@ public struct CompareRunner: Sendable {
             tally.handled(index)
         }
         try await c.publishWarmup(to: stream)
-        try await c.waitUntil({ "waiting for the consumer" }) { tally.snapshot.ready.count == 1 }
+        try await c.waitUntil("waiting for the consumer") { tally.snapshot.ready.count == 1 }
         let ready = Monotonic.seconds(from: attached, to: tally.snapshot.readyAt)
         let cpu = ProcessCPU.seconds()
         let start = Monotonic.nanos()
         try await c.publishBatches(0..<count, to: stream) { i, stamp in
             c.message(i, key: "key\(i % keys)", stamp: stamp, headers: [CompareHeader.sequence: String(i / keys)])
         }
-        try await c.waitUntil({ "\(tally.snapshot.handled) of \(count) handled" }) { tally.snapshot.handled >= count }
+        try await c.waitUntil("\(tally.snapshot.handled) of \(count) handled") { tally.snapshot.handled >= count }
         let cpuSeconds = ProcessCPU.seconds() - cpu
         await c.stop([run])
         let state = tally.snapshot
@@ -239,15 +313,23 @@ public struct CompareRunner: Sendable {
         observed.orderKeptPerKey = state.outOfOrder == 0
         observed.duplicates = state.duplicates
         return Measured(
-            messages: count, start: start, end: state.lastHandledAt, cpuSeconds: cpuSeconds, latency: latency,
-            readySeconds: ready, observed: observed)
+            messages: count,
+            start: start,
+            end: state.lastHandledAt,
+            cpuSeconds: cpuSeconds,
+            latency: latency,
+            readySeconds: ready,
+            observed: observed
+        )
     }
 
     /// A fresh queue with one handler (prefetch 16) that records each message's end-to-end
     /// latency, attached and warmed up: what low-traffic and awaited-publish publish into.
     func singleHandlerQueue(
-        _ c: ScenarioContext, _ label: String
-    ) async throws -> (queue: String, tally: ScenarioTally, latency: LatencyRecorder, run: ProcessorRun, ready: Double) {
+        _ c: ScenarioContext,
+        _ label: String
+    ) async throws -> (queue: String, tally: ScenarioTally, latency: LatencyRecorder, run: ProcessorRun, ready: Double)
+    {
         let queue = try await c.create(label, kind: .queue)
         let tally = ScenarioTally()
         let latency = LatencyRecorder()
@@ -259,7 +341,7 @@ public struct CompareRunner: Sendable {
             tally.handled(index)
         }
         try await c.publishWarmup(to: queue)
-        try await c.waitUntil({ "waiting for the consumer" }) { tally.snapshot.ready.count == 1 }
+        try await c.waitUntil("waiting for the consumer") { tally.snapshot.ready.count == 1 }
         return (queue, tally, latency, run, Monotonic.seconds(from: attached, to: tally.snapshot.readyAt))
     }
 
@@ -280,7 +362,7 @@ public struct CompareRunner: Sendable {
             if i % rate == 0 { c.report("\(i) of \(count) published, \(tally.snapshot.handled) handled") }
             try c.checkDeadline("\(i) of \(count) published")
         }
-        try await c.waitUntil({ "\(tally.snapshot.handled) of \(count) handled" }) { tally.snapshot.handled >= count }
+        try await c.waitUntil("\(tally.snapshot.handled) of \(count) handled") { tally.snapshot.handled >= count }
         let cpuSeconds = ProcessCPU.seconds() - cpu
         let end = tally.snapshot.lastHandledAt
         // Idle: the consumer stays attached with nothing to do.
@@ -295,8 +377,14 @@ public struct CompareRunner: Sendable {
         observed.idleCPUPercent = idleSeconds > 0 ? idleUsed / idleSeconds * 100 : nil
         observed.duplicates = tally.snapshot.duplicates
         return Measured(
-            messages: count, start: start, end: end, cpuSeconds: cpuSeconds, latency: latency, readySeconds: ready,
-            observed: observed)
+            messages: count,
+            start: start,
+            end: end,
+            cpuSeconds: cpuSeconds,
+            latency: latency,
+            readySeconds: ready,
+            observed: observed
+        )
     }
 
     // MARK: 6. awaited publishes
@@ -320,14 +408,21 @@ public struct CompareRunner: Sendable {
         }
         let end = Monotonic.nanos()
         let cpuSeconds = ProcessCPU.seconds() - cpu
-        try await c.waitUntil({ "\(tally.snapshot.handled) of \(count) handled" }) { tally.snapshot.handled >= count }
+        try await c.waitUntil("\(tally.snapshot.handled) of \(count) handled") { tally.snapshot.handled >= count }
         await c.stop([run])
         var observed = base
         observed.endToEndP50Ms = endToEnd.summary?.p50
         observed.duplicates = tally.snapshot.duplicates
         return Measured(
-            messages: count, start: start, end: end, cpuSeconds: cpuSeconds, latency: calls, latencyKind: "publish call",
-            readySeconds: ready, observed: observed)
+            messages: count,
+            start: start,
+            end: end,
+            cpuSeconds: cpuSeconds,
+            latency: calls,
+            latencyKind: "publish call",
+            readySeconds: ready,
+            observed: observed
+        )
     }
 
     // MARK: 7. delayed jobs
@@ -349,10 +444,15 @@ public struct CompareRunner: Sendable {
         let tally = ScenarioTally()
         let lateness = LatencyRecorder()
         let worker = JobWorker(
-            broker: c.broker, queue: queue,
-            options: .init(concurrency: settings.handlers, retryPolicy: RetryPolicy(maxAttempts: 3, backoff: .fixed(.milliseconds(50))),
-                           shutdownTimeout: .seconds(10)),
-            logger: logger)
+            broker: c.broker,
+            queue: queue,
+            options: .init(
+                concurrency: settings.handlers,
+                retryPolicy: RetryPolicy(maxAttempts: 3, backoff: .fixed(.milliseconds(50))),
+                shutdownTimeout: .seconds(10)
+            ),
+            logger: logger
+        )
         worker.register(WarmupJob.self) { _, _ in tally.markReady("worker") }
         worker.register(DelayedJob.self) { job, _ in
             let late = Int64((Date().timeIntervalSince1970 * 1000).rounded()) - job.dueMillis
@@ -365,7 +465,7 @@ public struct CompareRunner: Sendable {
         do {
             let jobs = JobQueue(broker: c.broker, queue: queue)
             try await jobs.dispatch(WarmupJob())
-            try await c.waitUntil({ "waiting for the worker" }) { tally.snapshot.ready.count == 1 }
+            try await c.waitUntil("waiting for the worker") { tally.snapshot.ready.count == 1 }
             let ready = Monotonic.seconds(from: attached, to: tally.snapshot.readyAt)
             let window = settings.delayWindow.timeInterval
             let firstDue = min(1.0, window / 10)
@@ -390,8 +490,14 @@ public struct CompareRunner: Sendable {
                     if next < count { add() }
                 }
             }
-            c.report(String(format: "%d jobs dispatched in %.2f s", count, Monotonic.seconds(from: start, to: Monotonic.nanos())))
-            try await c.waitUntil({ "\(tally.snapshot.handled) of \(count) run" }) { tally.snapshot.handled >= count }
+            c.report(
+                String(
+                    format: "%d jobs dispatched in %.2f s",
+                    count,
+                    Monotonic.seconds(from: start, to: Monotonic.nanos())
+                )
+            )
+            try await c.waitUntil("\(tally.snapshot.handled) of \(count) run") { tally.snapshot.handled >= count }
             let cpuSeconds = ProcessCPU.seconds() - cpu
             worker.stop()
             try await running.value
@@ -400,8 +506,15 @@ public struct CompareRunner: Sendable {
             observed.early = state.early
             observed.duplicates = state.duplicates
             return Measured(
-                messages: count, start: start, end: state.lastHandledAt, cpuSeconds: cpuSeconds, latency: lateness,
-                latencyKind: "lateness", readySeconds: ready, observed: observed)
+                messages: count,
+                start: start,
+                end: state.lastHandledAt,
+                cpuSeconds: cpuSeconds,
+                latency: lateness,
+                latencyKind: "lateness",
+                readySeconds: ready,
+                observed: observed
+            )
         } catch {
             worker.stop()
             _ = try? await running.value

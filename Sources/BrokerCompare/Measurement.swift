@@ -40,8 +40,13 @@ public enum ProcessCPU {
 /// Latencies in microseconds, recorded from many tasks into one HdrHistogram (3 significant
 /// digits, 1 µs to 1 hour).
 final class LatencyRecorder: Sendable {
-    private let histogram = Mutex(Histogram<UInt64>(
-        lowestDiscernibleValue: 1, highestTrackableValue: 3_600_000_000, numberOfSignificantValueDigits: .three))
+    private let histogram = Mutex(
+        Histogram<UInt64>(
+            lowestDiscernibleValue: 1,
+            highestTrackableValue: 3_600_000_000,
+            numberOfSignificantValueDigits: .three
+        )
+    )
 
     func record(micros: UInt64) {
         let value = min(max(micros, 1), 3_600_000_000)
@@ -60,7 +65,9 @@ final class LatencyRecorder: Sendable {
     var summary: (p50: Double, p99: Double, max: Double)? {
         histogram.withLock { h in
             guard h.totalCount > 0 else { return nil }
-            return (Double(h.valueAtPercentile(50)) / 1000, Double(h.valueAtPercentile(99)) / 1000, Double(h.max) / 1000)
+            return (
+                Double(h.valueAtPercentile(50)) / 1000, Double(h.valueAtPercentile(99)) / 1000, Double(h.max) / 1000
+            )
         }
     }
 }

@@ -35,7 +35,12 @@ final class ProcessorRun: Sendable {
     private let task = Mutex<Task<Void, Never>?>(nil)
     private let failure = Mutex<String?>(nil)
 
-    init(consumer: any MessageConsumer, options: DeliveryProcessor.Options, logger: Logger, handler: @escaping DeliveryProcessor.Handler) {
+    init(
+        consumer: any MessageConsumer,
+        options: DeliveryProcessor.Options,
+        logger: Logger,
+        handler: @escaping DeliveryProcessor.Handler
+    ) {
         self.consumer = consumer
         self.processor = DeliveryProcessor(consumer: consumer, options: options, logger: logger, handler: handler)
         let processor = self.processor
@@ -70,7 +75,13 @@ final class ScenarioContext: Sendable {
     private let created = Mutex<[String]>([])
     private let runs = Mutex<[ProcessorRun]>([])
 
-    init(broker: any Broker, settings: CompareSettings, scenario: CompareScenario, logger: Logger, progress: @escaping @Sendable (String) -> Void) {
+    init(
+        broker: any Broker,
+        settings: CompareSettings,
+        scenario: CompareScenario,
+        logger: Logger,
+        progress: @escaping @Sendable (String) -> Void
+    ) {
         self.broker = broker
         self.settings = settings
         self.scenario = scenario
@@ -107,11 +118,17 @@ final class ScenarioContext: Sendable {
 
     /// Starts a processor that ``cleanUp()`` stops if the scenario does not.
     func startProcessor(
-        _ consumer: any MessageConsumer, concurrency: Int, orderedByKey: Bool, handler: @escaping DeliveryProcessor.Handler
+        _ consumer: any MessageConsumer,
+        concurrency: Int,
+        orderedByKey: Bool,
+        handler: @escaping DeliveryProcessor.Handler
     ) -> ProcessorRun {
         let run = ProcessorRun(
-            consumer: consumer, options: .init(concurrency: concurrency, orderedByKey: orderedByKey, shutdownTimeout: .seconds(10)),
-            logger: logger, handler: handler)
+            consumer: consumer,
+            options: .init(concurrency: concurrency, orderedByKey: orderedByKey, shutdownTimeout: .seconds(10)),
+            logger: logger,
+            handler: handler
+        )
         runs.withLock { $0.append(run) }
         return run
     }
@@ -134,7 +151,9 @@ final class ScenarioContext: Sendable {
     /// publish call; returns the receipts.
     @discardableResult
     func publishBatches(
-        _ range: Range<Int>, to destination: String, make: (Int, UInt64) -> Message
+        _ range: Range<Int>,
+        to destination: String,
+        make: (Int, UInt64) -> Message
     ) async throws -> [PublishReceipt] {
         var receipts: [PublishReceipt] = []
         receipts.reserveCapacity(range.count)
@@ -152,7 +171,10 @@ final class ScenarioContext: Sendable {
 
     /// Publishes one warm-up message: consumers mark themselves ready when it arrives.
     func publishWarmup(to destination: String, key: String? = nil) async throws {
-        try await broker.publish(Message(key: key, text: "warm-up", headers: [CompareHeader.warmup: "1"]), to: destination)
+        try await broker.publish(
+            Message(key: key, text: "warm-up", headers: [CompareHeader.warmup: "1"]),
+            to: destination
+        )
     }
 
     /// The message's index, or nil for a warm-up message.
@@ -169,7 +191,10 @@ final class ScenarioContext: Sendable {
     /// message without one); `onFirst` runs as the first arrives. Closes the consumer when it
     /// fails, and leaves it open when it succeeds.
     func read(
-        _ count: Int, from consumer: any MessageConsumer, what: String, onFirst: () -> Void = {}
+        _ count: Int,
+        from consumer: any MessageConsumer,
+        what: String,
+        onFirst: () -> Void = {}
     ) async throws -> [Int] {
         var indices: [Int] = []
         indices.reserveCapacity(count)
@@ -201,7 +226,7 @@ final class ScenarioContext: Sendable {
 
     /// Polls `done` every 5 ms until it holds; reports `status` as progress about once a
     /// second; throws when the deadline passes or a processor failed.
-    func waitUntil(_ status: @escaping () -> String, _ done: () -> Bool) async throws {
+    func waitUntil(_ status: @autoclosure @escaping () -> String, _ done: () -> Bool) async throws {
         let clock = ContinuousClock()
         var lastReport = clock.now
         while !done() {

@@ -25,8 +25,12 @@ public struct ConformanceHarness: Sendable {
     public let registry: BrokerRegistry
 
     public init(
-        name: String, url: String, capabilities: BrokerCapabilities, unreachableURL: String? = nil,
-        options: [String: String] = [:], registry: BrokerRegistry = .shared
+        name: String,
+        url: String,
+        capabilities: BrokerCapabilities,
+        unreachableURL: String? = nil,
+        options: [String: String] = [:],
+        registry: BrokerRegistry = .shared
     ) {
         self.name = name
         self.url = url
@@ -71,7 +75,10 @@ public final class ConformanceContext: Sendable {
 
     /// Throws a ``ConformanceFailure`` unless `condition` holds.
     public func expect(
-        _ condition: Bool, _ message: @autoclosure () -> String, file: StaticString = #fileID, line: UInt = #line
+        _ condition: Bool,
+        _ message: @autoclosure () -> String,
+        file: StaticString = #fileID,
+        line: UInt = #line
     ) throws {
         if !condition { throw ConformanceFailure("[\(harness.name)] \(caseName): \(message()) (\(file):\(line))") }
     }
@@ -84,15 +91,23 @@ public final class ConformanceContext: Sendable {
     /// Receives `count` deliveries (acking each unless `ack` is false), failing if they do
     /// not arrive within `timeout`.
     public func receive(
-        _ count: Int, from consumer: any MessageConsumer, ack: Bool = true, timeout: Duration = .seconds(15),
-        file: StaticString = #fileID, line: UInt = #line
+        _ count: Int,
+        from consumer: any MessageConsumer,
+        ack: Bool = true,
+        timeout: Duration = .seconds(15),
+        file: StaticString = #fileID,
+        line: UInt = #line
     ) async throws -> [Delivery] {
         var received: [Delivery] = []
         let deadline = ContinuousClock.now + timeout
         while received.count < count {
             let left = deadline - ContinuousClock.now
             guard left > .zero, let delivery = try await consumer.next(timeout: left) else {
-                throw fail("expected \(count) deliveries within \(timeout), got \(received.count)", file: file, line: line)
+                throw fail(
+                    "expected \(count) deliveries within \(timeout), got \(received.count)",
+                    file: file,
+                    line: line
+                )
             }
             arrivals.withLock { $0[delivery.message.id] = Date() }
             if ack { try await delivery.ack() }
@@ -111,13 +126,18 @@ public final class ConformanceContext: Sendable {
 
     /// Waits until `condition` returns true, polling every 25 ms, failing after `timeout`.
     public func eventually(
-        _ what: String, timeout: Duration = .seconds(15), file: StaticString = #fileID, line: UInt = #line,
+        _ what: String,
+        timeout: Duration = .seconds(15),
+        file: StaticString = #fileID,
+        line: UInt = #line,
         _ condition: () async throws -> Bool
     ) async throws {
         let deadline = ContinuousClock.now + timeout
         while true {
             if try await condition() { return }
-            if ContinuousClock.now >= deadline { throw fail("timed out after \(timeout) waiting for \(what)", file: file, line: line) }
+            if ContinuousClock.now >= deadline {
+                throw fail("timed out after \(timeout) waiting for \(what)", file: file, line: line)
+            }
             try await Task.sleep(for: .milliseconds(25))
         }
     }
@@ -125,7 +145,10 @@ public final class ConformanceContext: Sendable {
     /// Expects `body` to throw a ``BrokerError`` with `code`; returns it.
     @discardableResult
     public func expectError(
-        _ code: BrokerError.Code, file: StaticString = #fileID, line: UInt = #line, _ body: () async throws -> Void
+        _ code: BrokerError.Code,
+        file: StaticString = #fileID,
+        line: UInt = #line,
+        _ body: () async throws -> Void
     ) async throws -> BrokerError {
         do {
             try await body()

@@ -13,7 +13,9 @@ public struct ConformanceCase: Sendable, CustomStringConvertible {
     let body: @Sendable (ConformanceContext) async throws -> Void
 
     public init(
-        _ name: String, area: Area, requires: BrokerCapabilities,
+        _ name: String,
+        area: Area,
+        requires: BrokerCapabilities,
         body: @escaping @Sendable (ConformanceContext) async throws -> Void
     ) {
         self.name = name
@@ -38,7 +40,8 @@ public enum ConformanceSuite {
     public static func cases(for capabilities: BrokerCapabilities) -> [ConformanceCase] {
         let only = selectedNames
         return allCases.filter { testCase in
-            capabilities.isSuperset(of: testCase.requires) && (only.isEmpty || only.contains { testCase.name.contains($0) })
+            capabilities.isSuperset(of: testCase.requires)
+                && (only.isEmpty || only.contains { testCase.name.contains($0) })
         }
     }
 
@@ -50,7 +53,9 @@ public enum ConformanceSuite {
 
     /// The cases a backend with `capabilities` skips, with the capabilities it lacks.
     public static func skipped(for capabilities: BrokerCapabilities) -> [(name: String, missing: BrokerCapabilities)] {
-        allCases.filter { !capabilities.isSuperset(of: $0.requires) }.map { ($0.name, $0.requires.subtracting(capabilities)) }
+        allCases.filter { !capabilities.isSuperset(of: $0.requires) }.map {
+            ($0.name, $0.requires.subtracting(capabilities))
+        }
     }
 
     /// Parallel repetitions from `BROKERKIT_CONFORMANCE_STRESS` (default 1).
@@ -61,7 +66,9 @@ public enum ConformanceSuite {
     /// Runs `testCase` against `harness` (``stressRepetitions`` times in parallel).
     public static func run(_ testCase: ConformanceCase, on harness: ConformanceHarness) async throws {
         guard harness.capabilities.isSuperset(of: testCase.requires) else {
-            throw ConformanceFailure("\(testCase.name) needs [\(testCase.requires.subtracting(harness.capabilities))], which \(harness.name) disclaims")
+            throw ConformanceFailure(
+                "\(testCase.name) needs [\(testCase.requires.subtracting(harness.capabilities))], which \(harness.name) disclaims"
+            )
         }
         let repetitions = stressRepetitions
         try await withThrowingTaskGroup(of: Void.self) { group in

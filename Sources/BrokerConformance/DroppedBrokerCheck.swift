@@ -25,20 +25,26 @@ public enum DroppedBrokerCheck {
 
     static func threads() -> Set<ThreadEntry> {
         let tids = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []
-        return Set(tids.compactMap { tid in
-            guard let name = try? String(contentsOfFile: "/proc/self/task/\(tid)/comm", encoding: .utf8) else { return nil }
-            return ThreadEntry(tid: tid, name: name.trimmingCharacters(in: .whitespacesAndNewlines))
-        })
+        return Set(
+            tids.compactMap { tid in
+                guard let name = try? String(contentsOfFile: "/proc/self/task/\(tid)/comm", encoding: .utf8) else {
+                    return nil
+                }
+                return ThreadEntry(tid: tid, name: name.trimmingCharacters(in: .whitespacesAndNewlines))
+            }
+        )
     }
 
     static func files() -> Set<FileEntry> {
         let fds = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/fd")) ?? []
-        return Set(fds.compactMap { fd in
-            guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(fd)"),
-                target.hasPrefix("socket:") || target.hasPrefix("pipe:")
-            else { return nil }
-            return FileEntry(fd: fd, target: target)
-        })
+        return Set(
+            fds.compactMap { fd in
+                guard let target = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/fd/\(fd)"),
+                    target.hasPrefix("socket:") || target.hasPrefix("pipe:")
+                else { return nil }
+                return FileEntry(fd: fd, target: target)
+            }
+        )
     }
 
     /// What an app does with a broker before it forgets to close it: creates a queue,
@@ -80,8 +86,10 @@ public enum DroppedBrokerCheck {
     /// check would prove nothing). The destinations `use` returns are deleted afterwards, over
     /// a new connection.
     public static func run(
-        threadPrefixes: [String], deadline: Duration = .seconds(10),
-        connect: () async throws -> any Broker, use: (any Broker) async throws -> [String]
+        threadPrefixes: [String],
+        deadline: Duration = .seconds(10),
+        connect: () async throws -> any Broker,
+        use: (any Broker) async throws -> [String]
     ) async throws {
         let threadsBefore = threads()
         let filesBefore = files()
@@ -91,12 +99,15 @@ public enum DroppedBrokerCheck {
         do {
             let broker = try await connect()
             leftBehind = try await use(broker)
-            started = threads().subtracting(threadsBefore).filter { entry in threadPrefixes.contains { entry.name.hasPrefix($0) } }
+            started = threads().subtracting(threadsBefore).filter { entry in
+                threadPrefixes.contains { entry.name.hasPrefix($0) }
+            }
             opened = files().subtracting(filesBefore)
         }  // the broker is dropped here, never closed
         guard !started.isEmpty, opened.contains(where: { $0.target.hasPrefix("socket:") }) else {
             throw ConformanceFailure(
-                "the broker started no thread named \(threadPrefixes) (\(started)) or opened no socket (\(opened)): nothing to check")
+                "the broker started no thread named \(threadPrefixes) (\(started)) or opened no socket (\(opened)): nothing to check"
+            )
         }
         let end = ContinuousClock.now + deadline
         while true {
@@ -105,7 +116,8 @@ public enum DroppedBrokerCheck {
             if threadsLeft.isEmpty && filesLeft.isEmpty { break }
             if ContinuousClock.now >= end {
                 throw ConformanceFailure(
-                    "\(deadline) after a broker was dropped without close(), \(threadsLeft.count) of its \(started.count) threads still run (\(threadsLeft.sorted { $0.tid < $1.tid })) and \(filesLeft.count) of its \(opened.count) sockets and pipes are open (\(filesLeft.sorted { $0.fd < $1.fd }))")
+                    "\(deadline) after a broker was dropped without close(), \(threadsLeft.count) of its \(started.count) threads still run (\(threadsLeft.sorted { $0.tid < $1.tid })) and \(filesLeft.count) of its \(opened.count) sockets and pipes are open (\(filesLeft.sorted { $0.fd < $1.fd }))"
+                )
             }
             try await Task.sleep(for: .milliseconds(50))
         }

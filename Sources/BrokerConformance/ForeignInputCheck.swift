@@ -52,7 +52,10 @@ public enum ForeignInputCheck {
     /// it (so its retry copy, built from what was read, is published too) and succeeds the
     /// second time.
     public static func run(
-        _ records: [ForeignRecord], on broker: any Broker, queue: String, timeout: Duration = .seconds(60),
+        _ records: [ForeignRecord],
+        on broker: any Broker,
+        queue: String,
+        timeout: Duration = .seconds(60),
         nackForeignOnce: Bool = false
     ) async throws {
         try await broker.createQueue(queue)
@@ -69,7 +72,9 @@ public enum ForeignInputCheck {
         let failedOnce = Collector<String>()
         let goodTexts = good
         let consumer = try await broker.consumeQueue(
-            queue, options: .init(prefetch: 8, retryPolicy: RetryPolicy(maxAttempts: 3, backoff: .fixed(.milliseconds(100)))))
+            queue,
+            options: .init(prefetch: 8, retryPolicy: RetryPolicy(maxAttempts: 3, backoff: .fixed(.milliseconds(100))))
+        )
         let processor = DeliveryProcessor(consumer: consumer, options: .init(concurrency: 4)) { delivery in
             let text = delivery.message.text ?? "<\(delivery.message.payload.count) bytes>"
             let foreign = !goodTexts.contains(text)
@@ -80,14 +85,20 @@ public enum ForeignInputCheck {
             delivered.append(foreign ? "foreign:\(delivery.message.id)" : text)
         }
         let run = Task { try await processor.run() }
-        let expectedDelivered = records.filter { if case .delivered = $0.expectation { return true } else { return false } }.count
-        let expectedDead = records.filter { if case .deadLettered = $0.expectation { return true } else { return false } }
+        let expectedDelivered = records.filter {
+            if case .delivered = $0.expectation { return true } else { return false }
+        }.count
+        let expectedDead = records.filter {
+            if case .deadLettered = $0.expectation { return true } else { return false }
+        }
         let deadline = ContinuousClock.now + timeout
         var deadCount = 0
         while ContinuousClock.now < deadline {
             deadCount = (try? await broker.stats(for: queue).deadLettered) ?? deadCount
             let goodSeen = good.isSubset(of: Set(delivered.values))
-            if goodSeen && delivered.count >= good.count + expectedDelivered && deadCount >= expectedDead.count { break }
+            if goodSeen && delivered.count >= good.count + expectedDelivered && deadCount >= expectedDead.count {
+                break
+            }
             try await Task.sleep(for: .milliseconds(100))
         }
         try await Task.sleep(for: .milliseconds(300))  // anything extra shows up now
@@ -96,21 +107,28 @@ public enum ForeignInputCheck {
         let seen = delivered.values
         let missing = good.subtracting(seen)
         if !missing.isEmpty {
-            throw ConformanceFailure("good messages behind foreign records never arrived: \(missing.sorted()); delivered \(seen)")
+            throw ConformanceFailure(
+                "good messages behind foreign records never arrived: \(missing.sorted()); delivered \(seen)"
+            )
         }
         let extra = seen.count - good.count
         if extra != expectedDelivered {
-            throw ConformanceFailure("\(extra) foreign records reached the handler, expected \(expectedDelivered): \(seen.filter { !good.contains($0) })")
+            throw ConformanceFailure(
+                "\(extra) foreign records reached the handler, expected \(expectedDelivered): \(seen.filter { !good.contains($0) })"
+            )
         }
         let dead = try await broker.deadLetters(of: queue, limit: 1000)
         if dead.count != expectedDead.count {
             throw ConformanceFailure(
-                "the DLQ holds \(dead.count) entries, expected \(expectedDead.count): \(dead.map(\.envelope.lastError))")
+                "the DLQ holds \(dead.count) entries, expected \(expectedDead.count): \(dead.map(\.envelope.lastError))"
+            )
         }
         for record in expectedDead {
             guard case .deadLettered(let field) = record.expectation else { continue }
             if !dead.contains(where: { $0.envelope.lastError.contains(field) }) {
-                throw ConformanceFailure("no DLQ entry names '\(field)' for '\(record.label)': \(dead.map(\.envelope.lastError))")
+                throw ConformanceFailure(
+                    "no DLQ entry names '\(field)' for '\(record.label)': \(dead.map(\.envelope.lastError))"
+                )
             }
         }
         let stats = try await broker.stats(for: queue)

@@ -3,12 +3,14 @@ import Foundation
 
 enum QueueCases {
     static let all: [ConformanceCase] = [
-        roundTrip, competingConsumers, nackRedelivers, closedWithoutAck, droppedWithoutClose, retriesExhausted, dlqReplay, backoffFollowsPolicy,
+        roundTrip, competingConsumers, nackRedelivers, closedWithoutAck, droppedWithoutClose, retriesExhausted,
+        dlqReplay, backoffFollowsPolicy,
         delayedNotEarly, prefetchBound, concurrentPublishers, destinationsIsolated, manyDestinations,
         closeWhileConsuming, batchPublishReceipts, statsDepth, heldPastLease,
     ]
 
-    static let roundTrip = ConformanceCase("queue.roundTrip.keepsBytesKeyAndHeaders", area: .queue, requires: .queues) { c in
+    static let roundTrip = ConformanceCase("queue.roundTrip.keepsBytesKeyAndHeaders", area: .queue, requires: .queues) {
+        c in
         let queue = c.name("roundtrip")
         try await c.broker.createQueue(queue)
         let payloads: [(String, Data)] = [
@@ -19,8 +21,10 @@ enum QueueCases {
         var sent: [Message] = []
         for (label, payload) in payloads {
             let message = Message(
-                key: "ключ-🔑-\(label)", payload: payload,
-                headers: ["emoji": "✅ ok", "ünïcødé-name": "çødé ∑ 漢字", "label": label, "empty": ""])
+                key: "ключ-🔑-\(label)",
+                payload: payload,
+                headers: ["emoji": "✅ ok", "ünïcødé-name": "çødé ∑ 漢字", "label": label, "empty": ""]
+            )
             sent.append(message)
             let receipt = try await c.broker.publish(message, to: queue)
             try c.expect(receipt.messageID == message.id, "receipt id \(receipt.messageID) != \(message.id)")
@@ -32,17 +36,27 @@ enum QueueCases {
             guard let got = received.first(where: { $0.message.id == original.id }) else {
                 throw c.fail("message \(original.headers["label"]!) was not received")
             }
-            try c.expect(got.message.payload == original.payload, "payload \(original.headers["label"]!) changed: \(got.message.payload.count) bytes vs \(original.payload.count)")
+            try c.expect(
+                got.message.payload == original.payload,
+                "payload \(original.headers["label"]!) changed: \(got.message.payload.count) bytes vs \(original.payload.count)"
+            )
             try c.expect(got.message.key == original.key, "key changed: \(String(describing: got.message.key))")
             for (name, value) in original.headers {
-                try c.expect(got.message.headers[name] == value, "header '\(name)' changed: \(String(describing: got.message.headers[name])) != \(value)")
+                try c.expect(
+                    got.message.headers[name] == value,
+                    "header '\(name)' changed: \(String(describing: got.message.headers[name])) != \(value)"
+                )
             }
             try c.expect(got.attempt == 1, "first delivery has attempt \(got.attempt)")
             try c.expect(got.destination.hasSuffix(queue), "destination \(got.destination) is not \(queue)")
         }
     }
 
-    static let competingConsumers = ConformanceCase("queue.competingConsumers.getAllWithoutDuplicates", area: .queue, requires: .queues) { c in
+    static let competingConsumers = ConformanceCase(
+        "queue.competingConsumers.getAllWithoutDuplicates",
+        area: .queue,
+        requires: .queues
+    ) { c in
         let queue = c.name("compete")
         try await c.broker.createQueue(queue)
         let consumers = [try await c.broker.consumeQueue(queue), try await c.broker.consumeQueue(queue)]
@@ -68,14 +82,21 @@ enum QueueCases {
         try c.expect(Set(values).count == total, "duplicates on the happy path: \(values.count - Set(values).count)")
     }
 
-    static let nackRedelivers = ConformanceCase("queue.nack.redeliversWithNextAttemptAfterBackoff", area: .queue, requires: .queues) { c in
+    static let nackRedelivers = ConformanceCase(
+        "queue.nack.redeliversWithNextAttemptAfterBackoff",
+        area: .queue,
+        requires: .queues
+    ) { c in
         let queue = c.name("nack")
         try await c.broker.createQueue(queue)
         let policy = RetryPolicy(maxAttempts: 3, backoff: .fixed(.milliseconds(300)))
         let consumer = try await c.broker.consumeQueue(queue, options: .init(retryPolicy: policy))
         try await c.broker.publish(Message(text: "retry me"), to: queue)
         let first = try await c.receive(1, from: consumer, ack: false)[0]
-        try c.expect(first.attempt == 1 && first.firstFailureAt == nil, "first delivery: attempt \(first.attempt), firstFailureAt \(String(describing: first.firstFailureAt))")
+        try c.expect(
+            first.attempt == 1 && first.firstFailureAt == nil,
+            "first delivery: attempt \(first.attempt), firstFailureAt \(String(describing: first.firstFailureAt))"
+        )
         let nackedAt = ContinuousClock.now
         let outcome = try await first.nack(error: "transient failure")
         try c.expect(outcome == .retried(after: .milliseconds(300), nextAttempt: 2), "nack outcome \(outcome)")
@@ -91,7 +112,11 @@ enum QueueCases {
     /// A consumer closed with a delivery unacked: the delivery is redelivered, and an ack after
     /// the close fails with `closed` (nothing is recorded, the message comes back) instead of
     /// reporting a success that did not happen.
-    static let closedWithoutAck = ConformanceCase("queue.consumerClosedWithoutAck.redelivered", area: .queue, requires: .queues) { c in
+    static let closedWithoutAck = ConformanceCase(
+        "queue.consumerClosedWithoutAck.redelivered",
+        area: .queue,
+        requires: .queues
+    ) { c in
         let queue = c.name("noack")
         try await c.broker.createQueue(queue)
         try await c.broker.publish(Message(text: "unacked"), to: queue)
@@ -110,7 +135,11 @@ enum QueueCases {
     /// it (so `consumeQueue(q).next()` gives a delivery that can still be acked), and a
     /// consumer the app dropped with everything it handed out is closed, its unsettled
     /// delivery given back at once rather than after a visibility timeout.
-    static let droppedWithoutClose = ConformanceCase("queue.consumerDroppedWithoutClose.closedForTheApp", area: .queue, requires: .queues) { c in
+    static let droppedWithoutClose = ConformanceCase(
+        "queue.consumerDroppedWithoutClose.closedForTheApp",
+        area: .queue,
+        requires: .queues
+    ) { c in
         let queue = c.name("dropped")
         try await c.broker.createQueue(queue)
         try await c.broker.publish(Message(text: "acked late"), to: queue)
@@ -124,20 +153,30 @@ enum QueueCases {
         do {
             let consumer = try await c.broker.consumeQueue(queue, options: .init(visibilityTimeout: .seconds(60)))
             let delivery = try await c.receive(1, from: consumer, ack: false, timeout: .seconds(20))[0]
-            try c.expect(delivery.message.text == "dropped unacked", "got \(delivery.message.text ?? "?"), the acked message came back")
+            try c.expect(
+                delivery.message.text == "dropped unacked",
+                "got \(delivery.message.text ?? "?"), the acked message came back"
+            )
         }  // consumer and delivery dropped, neither closed nor settled
         let next = try await c.broker.consumeQueue(queue)
         let again = try await c.receive(1, from: next, timeout: .seconds(20))[0]
         let extra = try await next.next(timeout: .milliseconds(500))
         await next.close()
-        try c.expect(again.message.text == "dropped unacked", "got \(again.message.text ?? "?") instead of the dropped consumer's unsettled message")
+        try c.expect(
+            again.message.text == "dropped unacked",
+            "got \(again.message.text ?? "?") instead of the dropped consumer's unsettled message"
+        )
         try c.expect(extra == nil, "\(extra?.message.text ?? "?") came back after it was acked")
     }
 
     /// A live consumer's lease is renewed: a delivery held three times longer than its
     /// `visibilityTimeout` is not given to another consumer, and its ack then works (issue 22,
     /// item 13: a handler slower than the lease had its message run twice).
-    static let heldPastLease = ConformanceCase("queue.heldPastLease.renewedWhileTheConsumerLives", area: .queue, requires: [.queues, .leaseExpiry]) { c in
+    static let heldPastLease = ConformanceCase(
+        "queue.heldPastLease.renewedWhileTheConsumerLives",
+        area: .queue,
+        requires: [.queues, .leaseExpiry]
+    ) { c in
         let queue = c.name("renewed")
         try await c.broker.createQueue(queue)
         try await c.broker.publish(Message(text: "long job"), to: queue)
@@ -148,10 +187,17 @@ enum QueueCases {
         try await delivery.ack()
         await rival.close()
         await holder.close()
-        try c.expect(stolen == nil, "another consumer got '\(stolen?.message.text ?? "?")' (attempt \(stolen?.attempt ?? 0)) while its holder lived")
+        try c.expect(
+            stolen == nil,
+            "another consumer got '\(stolen?.message.text ?? "?")' (attempt \(stolen?.attempt ?? 0)) while its holder lived"
+        )
     }
 
-    static let retriesExhausted = ConformanceCase("queue.retriesExhausted.deadLettersWithEnvelope", area: .queue, requires: .queues) { c in
+    static let retriesExhausted = ConformanceCase(
+        "queue.retriesExhausted.deadLettersWithEnvelope",
+        area: .queue,
+        requires: .queues
+    ) { c in
         let queue = c.name("exhaust")
         try await c.broker.createQueue(queue)
         let policy = RetryPolicy(maxAttempts: 3, backoff: .fixed(.milliseconds(50)))
@@ -165,7 +211,10 @@ enum QueueCases {
             try c.expect(delivery.attempt == attempt, "attempt \(delivery.attempt), expected \(attempt)")
             outcomes.append(try await delivery.nack(error: "boom \(attempt)"))
         }
-        try c.expect(outcomes.last == .deadLettered(reason: "retries exhausted after 3 attempts"), "last outcome \(String(describing: outcomes.last))")
+        try c.expect(
+            outcomes.last == .deadLettered(reason: "retries exhausted after 3 attempts"),
+            "last outcome \(String(describing: outcomes.last))"
+        )
         let extra = try await consumer.next(timeout: .milliseconds(300))
         await consumer.close()
         try c.expect(extra == nil, "message was delivered again after dead-lettering")
@@ -183,7 +232,10 @@ enum QueueCases {
         try c.expect(envelope.originalDestination.hasSuffix(queue), "origin \(envelope.originalDestination)")
         try c.expect(envelope.attempts == 3, "attempts \(envelope.attempts)")
         try c.expect(envelope.lastError == "boom 3", "last error '\(envelope.lastError)'")
-        try c.expect(envelope.failedAt >= before.addingTimeInterval(-1) && envelope.failedAt <= Date().addingTimeInterval(1), "failedAt \(envelope.failedAt)")
+        try c.expect(
+            envelope.failedAt >= before.addingTimeInterval(-1) && envelope.failedAt <= Date().addingTimeInterval(1),
+            "failedAt \(envelope.failedAt)"
+        )
         try c.expect(envelope.firstFailureAt != nil, "first failure time missing")
         let stats = try await c.broker.stats(for: queue)
         try c.expect(stats.deadLettered == 1, "stats.deadLettered \(stats.deadLettered)")
@@ -202,19 +254,32 @@ enum QueueCases {
         try c.expect(moved == 1, "replayed \(moved)")
         let again = try await c.receive(1, from: consumer)[0]
         await consumer.close()
-        try c.expect(again.message.id == original.id && again.message.payload == original.payload, "replayed message differs")
+        try c.expect(
+            again.message.id == original.id && again.message.payload == original.payload,
+            "replayed message differs"
+        )
         try c.expect(again.message.headers["h"] == "v", "replay lost a header")
-        try c.expect(again.message.headers[HeaderName.lastError] == nil, "replayed message still carries DLQ envelope headers")
+        try c.expect(
+            again.message.headers[HeaderName.lastError] == nil,
+            "replayed message still carries DLQ envelope headers"
+        )
         try c.expect(again.attempt == 1, "replayed attempt \(again.attempt), expected a fresh 1")
         let left = try await c.broker.deadLetters(of: queue, limit: 5)
         try c.expect(left.isEmpty, "DLQ still holds \(left.count) after replay")
     }
 
-    static let backoffFollowsPolicy = ConformanceCase("queue.backoff.delaysFollowPolicy", area: .queue, requires: .queues) { c in
+    static let backoffFollowsPolicy = ConformanceCase(
+        "queue.backoff.delaysFollowPolicy",
+        area: .queue,
+        requires: .queues
+    ) { c in
         let queue = c.name("backoff")
         try await c.broker.createQueue(queue)
         let backoff = Backoff.exponential(initial: .milliseconds(150), multiplier: 2, max: .seconds(2), jitter: 0)
-        let consumer = try await c.broker.consumeQueue(queue, options: .init(retryPolicy: RetryPolicy(maxAttempts: 4, backoff: backoff)))
+        let consumer = try await c.broker.consumeQueue(
+            queue,
+            options: .init(retryPolicy: RetryPolicy(maxAttempts: 4, backoff: backoff))
+        )
         try await c.broker.publish(Message(text: "b"), to: queue)
         var last = ContinuousClock.now
         var gaps: [Duration] = []
@@ -233,7 +298,11 @@ enum QueueCases {
         }
     }
 
-    static let delayedNotEarly = ConformanceCase("queue.delayedMessage.notDeliveredEarly", area: .queue, requires: [.queues, .delayedDelivery]) { c in
+    static let delayedNotEarly = ConformanceCase(
+        "queue.delayedMessage.notDeliveredEarly",
+        area: .queue,
+        requires: [.queues, .delayedDelivery]
+    ) { c in
         let queue = c.name("delay")
         try await c.broker.createQueue(queue)
         let consumer = try await c.broker.consumeQueue(queue)
@@ -243,16 +312,25 @@ enum QueueCases {
         let publishedNow = Date()
         let received = try await c.receive(2, from: consumer)
         await consumer.close()
-        guard let later = received.first(where: { $0.message.text == "later" }) else { throw c.fail("the delayed message never arrived") }
+        guard let later = received.first(where: { $0.message.text == "later" }) else {
+            throw c.fail("the delayed message never arrived")
+        }
         let arrived = try c.arrival(of: later)
-        try c.expect(arrived >= due.addingTimeInterval(-0.02), "delayed message arrived \(due.timeIntervalSince(arrived)) s early")
+        try c.expect(
+            arrived >= due.addingTimeInterval(-0.02),
+            "delayed message arrived \(due.timeIntervalSince(arrived)) s early"
+        )
         if publishedNow < due.addingTimeInterval(-0.2) {
             // Both were published well before the due time: the immediate one must come first.
             try c.expect(received[0].message.text == "now", "the delayed message overtook the immediate one")
         }
     }
 
-    static let prefetchBound = ConformanceCase("queue.prefetch.boundsInFlight", area: .queue, requires: [.queues, .prefetch]) { c in
+    static let prefetchBound = ConformanceCase(
+        "queue.prefetch.boundsInFlight",
+        area: .queue,
+        requires: [.queues, .prefetch]
+    ) { c in
         let queue = c.name("prefetch")
         try await c.broker.createQueue(queue)
         _ = try await c.broker.publish((0..<10).map { Message(text: "p\($0)") }, to: queue)
@@ -268,7 +346,11 @@ enum QueueCases {
         await consumer.close()
     }
 
-    static let concurrentPublishers = ConformanceCase("queue.twentyConcurrentPublishers.loseNothing", area: .queue, requires: .queues) { c in
+    static let concurrentPublishers = ConformanceCase(
+        "queue.twentyConcurrentPublishers.loseNothing",
+        area: .queue,
+        requires: .queues
+    ) { c in
         let queue = c.name("pub20")
         try await c.broker.createQueue(queue)
         try await withThrowingTaskGroup(of: Void.self) { group in
@@ -290,7 +372,8 @@ enum QueueCases {
         try c.expect(texts.count == 200, "received \(texts.count) distinct of 200")
     }
 
-    static let destinationsIsolated = ConformanceCase("queue.destinations.areIsolated", area: .queue, requires: .queues) { c in
+    static let destinationsIsolated = ConformanceCase("queue.destinations.areIsolated", area: .queue, requires: .queues)
+    { c in
         let a = c.name("iso-a")
         let b = c.name("iso-b")
         try await c.broker.createQueue(a)
@@ -307,7 +390,8 @@ enum QueueCases {
         try c.expect(statsB.depth == 5, "queue B depth \(statsB.depth), expected 5")
     }
 
-    static let manyDestinations = ConformanceCase("queue.manyDestinations.atOnce", area: .queue, requires: .queues) { c in
+    static let manyDestinations = ConformanceCase("queue.manyDestinations.atOnce", area: .queue, requires: .queues) {
+        c in
         let names = (0..<25).map { c.name("many\($0)") }
         try await withThrowingTaskGroup(of: Void.self) { group in
             for name in names {
@@ -324,23 +408,34 @@ enum QueueCases {
                     let consumer = try await c.broker.consumeQueue(name)
                     let got = try await c.receive(2, from: consumer)
                     await consumer.close()
-                    try c.expect(Set(got.compactMap(\.message.text)) == [name + "#1", name + "#2"], "\(name) delivered \(got.compactMap(\.message.text))")
+                    try c.expect(
+                        Set(got.compactMap(\.message.text)) == [name + "#1", name + "#2"],
+                        "\(name) delivered \(got.compactMap(\.message.text))"
+                    )
                 }
             }
             try await group.waitForAll()
         }
         let listed = Set(try await c.broker.listDestinations().map(\.name))
-        try c.expect(Set(names).isSubset(of: listed), "listDestinations misses \(Set(names).subtracting(listed).count) queues")
+        try c.expect(
+            Set(names).isSubset(of: listed),
+            "listDestinations misses \(Set(names).subtracting(listed).count) queues"
+        )
     }
 
-    static let closeWhileConsuming = ConformanceCase("queue.closeWhileConsuming.losesNothing", area: .queue, requires: .queues) { c in
+    static let closeWhileConsuming = ConformanceCase(
+        "queue.closeWhileConsuming.losesNothing",
+        area: .queue,
+        requires: .queues
+    ) { c in
         let queue = c.name("closing")
         try await c.broker.createQueue(queue)
         let total = 50
         _ = try await c.broker.publish((0..<total).map { Message(text: "m\($0)") }, to: queue)
         let handled = Collector<String>()
         let first = try await c.broker.consumeQueue(queue, options: .init(prefetch: 8, visibilityTimeout: .seconds(2)))
-        let processor = DeliveryProcessor(consumer: first, options: .init(concurrency: 4, shutdownTimeout: .seconds(5))) { delivery in
+        let processor = DeliveryProcessor(consumer: first, options: .init(concurrency: 4, shutdownTimeout: .seconds(5)))
+        { delivery in
             try await Task.sleep(for: .milliseconds(5))
             handled.append(delivery.message.text ?? "")
         }
@@ -355,10 +450,17 @@ enum QueueCases {
         }
         await second.close()
         let distinct = Set(handled.values)
-        try c.expect(distinct.count == total, "after closing mid-stream only \(distinct.count) of \(total) were handled")
+        try c.expect(
+            distinct.count == total,
+            "after closing mid-stream only \(distinct.count) of \(total) were handled"
+        )
     }
 
-    static let batchPublishReceipts = ConformanceCase("queue.batchPublish.receiptsInOrder", area: .queue, requires: .queues) { c in
+    static let batchPublishReceipts = ConformanceCase(
+        "queue.batchPublish.receiptsInOrder",
+        area: .queue,
+        requires: .queues
+    ) { c in
         let queue = c.name("batch")
         try await c.broker.createQueue(queue)
         let messages = (0..<25).map { Message(text: "b\($0)") }
@@ -390,4 +492,3 @@ enum QueueCases {
         try await c.expectError(.unknownDestination) { _ = try await c.broker.stats(for: missing) }
     }
 }
-

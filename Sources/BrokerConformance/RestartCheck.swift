@@ -71,10 +71,17 @@ public enum RestartCheck {
         var problems: [String] = []
         if acknowledged.count < plan.minimumAcknowledged {
             problems.append(
-                "only \(acknowledged.count) of \(plan.publishes) publishes were acknowledged across the restart (at least \(plan.minimumAcknowledged) must be); failures: \(failed.values.prefix(5))")
+                "only \(acknowledged.count) of \(plan.publishes) publishes were acknowledged across the restart (at least \(plan.minimumAcknowledged) must be); failures: \(failed.values.prefix(5))"
+            )
         }
-        if !acknowledged.values.contains(last) { problems.append("publishing did not recover after the restart: \(failed.values.suffix(3))") }
-        if !lost.isEmpty { problems.append("\(lost.count) acknowledged publishes never delivered after the restart: \(lost.sorted().prefix(10))") }
+        if !acknowledged.values.contains(last) {
+            problems.append("publishing did not recover after the restart: \(failed.values.suffix(3))")
+        }
+        if !lost.isEmpty {
+            problems.append(
+                "\(lost.count) acknowledged publishes never delivered after the restart: \(lost.sorted().prefix(10))"
+            )
+        }
         if !problems.isEmpty { throw ConformanceFailure(problems.joined(separator: "; ")) }
     }
 }

@@ -13,7 +13,11 @@ enum StreamCases {
         return name
     }
 
-    static let twoGroups = ConformanceCase("stream.twoGroups.eachReceiveEveryMessage", area: .stream, requires: [.streams, .consumerGroups]) { c in
+    static let twoGroups = ConformanceCase(
+        "stream.twoGroups.eachReceiveEveryMessage",
+        area: .stream,
+        requires: [.streams, .consumerGroups]
+    ) { c in
         let name = try await stream(c, "fanout")
         let a = try await c.broker.consumeStream(name, group: "group-a", options: .init(start: .earliest))
         let b = try await c.broker.consumeStream(name, group: "group-b", options: .init(start: .earliest))
@@ -30,7 +34,11 @@ enum StreamCases {
         try c.expect(gotA.allSatisfy { $0.group == "group-a" }, "deliveries do not name their group")
     }
 
-    static let membersShareWork = ConformanceCase("stream.groupMembers.shareTheWork", area: .stream, requires: [.streams, .consumerGroups]) { c in
+    static let membersShareWork = ConformanceCase(
+        "stream.groupMembers.shareTheWork",
+        area: .stream,
+        requires: [.streams, .consumerGroups]
+    ) { c in
         let name = try await stream(c, "share")
         let m1 = try await c.broker.consumeStream(name, group: "workers", options: .init(start: .earliest))
         let m2 = try await c.broker.consumeStream(name, group: "workers", options: .init(start: .earliest))
@@ -57,11 +65,21 @@ enum StreamCases {
         await m1.close()
         await m2.close()
         let all = byMember[0].values + byMember[1].values
-        try c.expect(all.count == total && Set(all).count == total, "group handled \(Set(all).count) distinct / \(all.count) total of \(total)")
-        try c.expect(byMember[0].count > 0 && byMember[1].count > 0, "work was not shared: \(byMember[0].count) / \(byMember[1].count)")
+        try c.expect(
+            all.count == total && Set(all).count == total,
+            "group handled \(Set(all).count) distinct / \(all.count) total of \(total)"
+        )
+        try c.expect(
+            byMember[0].count > 0 && byMember[1].count > 0,
+            "work was not shared: \(byMember[0].count) / \(byMember[1].count)"
+        )
     }
 
-    static let orderPerKey = ConformanceCase("stream.orderPerKey.holdsWithConcurrentKeys", area: .stream, requires: [.streams, .orderedPerKey]) { c in
+    static let orderPerKey = ConformanceCase(
+        "stream.orderPerKey.holdsWithConcurrentKeys",
+        area: .stream,
+        requires: [.streams, .orderedPerKey]
+    ) { c in
         let name = try await stream(c, "order")
         let keys = 6
         let perKey = 25
@@ -72,7 +90,8 @@ enum StreamCases {
         let seen = Collector<(String, Int)>()
         let live = Collector<Int>()
         let gauge = ConcurrencyGauge()
-        let processor = DeliveryProcessor(consumer: consumer, options: .init(concurrency: 8, orderedByKey: true)) { delivery in
+        let processor = DeliveryProcessor(consumer: consumer, options: .init(concurrency: 8, orderedByKey: true)) {
+            delivery in
             live.append(gauge.enter())
             try await Task.sleep(for: .milliseconds(Int.random(in: 1...4)))
             seen.append((delivery.message.key ?? "", Int(delivery.message.text ?? "") ?? -1))
@@ -88,10 +107,17 @@ enum StreamCases {
             try c.expect(seq == previous + 1, "key \(key): \(seq) handled after \(previous)")
             lastSeq[key] = seq
         }
-        try c.expect(live.values.max() ?? 0 >= 2, "different keys never ran concurrently (max \(live.values.max() ?? 0))")
+        try c.expect(
+            live.values.max() ?? 0 >= 2,
+            "different keys never ran concurrently (max \(live.values.max() ?? 0))"
+        )
     }
 
-    static let replayEarliest = ConformanceCase("stream.replay.fromEarliest", area: .stream, requires: [.streams, .replay, .newGroupSeesHistory]) { c in
+    static let replayEarliest = ConformanceCase(
+        "stream.replay.fromEarliest",
+        area: .stream,
+        requires: [.streams, .replay, .newGroupSeesHistory]
+    ) { c in
         let name = try await stream(c, "earliest", partitions: 1)
         let sent = (0..<10).map { Message(key: "same", text: "r\($0)") }
         _ = try await c.broker.publish(sent, to: name)
@@ -101,7 +127,11 @@ enum StreamCases {
         try c.expect(got.map(\.message.id) == sent.map(\.id), "a new group did not read the history in order")
     }
 
-    static let replayLatest = ConformanceCase("stream.replay.fromLatest", area: .stream, requires: [.streams, .consumerGroups]) { c in
+    static let replayLatest = ConformanceCase(
+        "stream.replay.fromLatest",
+        area: .stream,
+        requires: [.streams, .consumerGroups]
+    ) { c in
         let name = try await stream(c, "latest", partitions: 1)
         _ = try await c.broker.publish((0..<5).map { Message(key: "k", text: "old\($0)") }, to: name)
         let consumer = try await c.broker.consumeStream(name, group: "tail", options: .init(start: .latest))
@@ -115,7 +145,11 @@ enum StreamCases {
         try c.expect(extra == nil, "latest delivered old messages too")
     }
 
-    static let replayPosition = ConformanceCase("stream.replay.fromPosition", area: .stream, requires: [.streams, .replay]) { c in
+    static let replayPosition = ConformanceCase(
+        "stream.replay.fromPosition",
+        area: .stream,
+        requires: [.streams, .replay]
+    ) { c in
         let name = try await stream(c, "position", partitions: 1)
         let sent = (0..<10).map { Message(key: "k", text: "p\($0)") }
         let receipts = try await c.broker.publish(sent, to: name)
@@ -123,11 +157,21 @@ enum StreamCases {
         let consumer = try await c.broker.consumeStream(name, group: "seek", options: .init(start: .position(position)))
         let got = try await c.receive(4, from: consumer)
         await consumer.close()
-        try c.expect(got.map(\.message.id) == sent[6...].map(\.id), "from \(position) got \(got.compactMap(\.message.text))")
-        try c.expect(got.first?.position == position, "first delivery position \(String(describing: got.first?.position)) != \(position)")
+        try c.expect(
+            got.map(\.message.id) == sent[6...].map(\.id),
+            "from \(position) got \(got.compactMap(\.message.text))"
+        )
+        try c.expect(
+            got.first?.position == position,
+            "first delivery position \(String(describing: got.first?.position)) != \(position)"
+        )
     }
 
-    static let replayTimestamp = ConformanceCase("stream.replay.fromTimestamp", area: .stream, requires: [.streams, .timestampSeek]) { c in
+    static let replayTimestamp = ConformanceCase(
+        "stream.replay.fromTimestamp",
+        area: .stream,
+        requires: [.streams, .timestampSeek]
+    ) { c in
         let name = try await stream(c, "timestamp", partitions: 1)
         _ = try await c.broker.publish((0..<5).map { Message(key: "k", text: "before\($0)") }, to: name)
         try await Task.sleep(for: .milliseconds(100))
@@ -146,7 +190,11 @@ enum StreamCases {
     /// A `.position` start applies to a new group only: a member that joins (or restarts)
     /// with the same options resumes after what the group committed instead of rewinding it
     /// (issue 22, item 10: scaling a group out replayed work it had already done).
-    static let seekOncePerGroup = ConformanceCase("stream.seekStart.appliesOncePerGroup", area: .stream, requires: [.streams, .replay, .consumerGroups]) { c in
+    static let seekOncePerGroup = ConformanceCase(
+        "stream.seekStart.appliesOncePerGroup",
+        area: .stream,
+        requires: [.streams, .replay, .consumerGroups]
+    ) { c in
         let name = try await stream(c, "seek-once", partitions: 1)
         let sent = (0..<10).map { Message(key: "k", text: "s\($0)") }
         let receipts = try await c.broker.publish(sent, to: name)
@@ -155,24 +203,40 @@ enum StreamCases {
         let first = try await c.broker.consumeStream(name, group: "seek-once", options: options)
         let handled = try await c.receive(5, from: first)
         await first.close()
-        try c.expect(handled.map(\.message.id) == sent[..<5].map(\.id), "first member got \(handled.compactMap(\.message.text))")
+        try c.expect(
+            handled.map(\.message.id) == sent[..<5].map(\.id),
+            "first member got \(handled.compactMap(\.message.text))"
+        )
         let second = try await c.broker.consumeStream(name, group: "seek-once", options: options)
         let rest = try await c.receive(5, from: second, timeout: .seconds(30))
         let extra = try await second.next(timeout: .milliseconds(500))
         await second.close()
-        try c.expect(rest.map(\.message.id) == sent[5...].map(\.id), "the second member rewound the group: got \(rest.compactMap(\.message.text))")
+        try c.expect(
+            rest.map(\.message.id) == sent[5...].map(\.id),
+            "the second member rewound the group: got \(rest.compactMap(\.message.text))"
+        )
         try c.expect(extra == nil, "the second member got \(extra?.message.text ?? "?") again")
     }
 
     /// A nacked stream message is retried in place, and the messages fetched after it wait:
     /// with a deep prefetch the handler sees 0, 0, 1, 2… (issue 22, item 9: it saw 0, 1…19, 0).
-    static let inPlaceRetryKeepsOrder = ConformanceCase("stream.inPlaceRetry.holdsBackFetchedMessages", area: .stream, requires: [.streams, .orderedPerKey]) { c in
+    static let inPlaceRetryKeepsOrder = ConformanceCase(
+        "stream.inPlaceRetry.holdsBackFetchedMessages",
+        area: .stream,
+        requires: [.streams, .orderedPerKey]
+    ) { c in
         let name = try await stream(c, "retry-order", partitions: 1)
         let sent = (0..<20).map { Message(key: "k", text: "r\($0)") }
         _ = try await c.broker.publish(sent, to: name)
         let consumer = try await c.broker.consumeStream(
-            name, group: "ordered",
-            options: .init(start: .earliest, prefetch: 32, retryPolicy: RetryPolicy(maxAttempts: 3, backoff: .fixed(.milliseconds(300)))))
+            name,
+            group: "ordered",
+            options: .init(
+                start: .earliest,
+                prefetch: 32,
+                retryPolicy: RetryPolicy(maxAttempts: 3, backoff: .fixed(.milliseconds(300)))
+            )
+        )
         let seen = Collector<String>()
         let failed = Collector<Bool>()
         let processor = DeliveryProcessor(consumer: consumer, options: .init(concurrency: 1)) { delivery in
@@ -200,22 +264,35 @@ enum StreamCases {
     /// Several deliveries of one partition nacked while each other's handlers run (different
     /// keys, concurrent handlers): every one is retried. Found by `brokerkit soak` on memory://,
     /// whose partitions kept one pending retry and dropped the earlier ones.
-    static let concurrentNacksAllRetried = ConformanceCase("stream.concurrentNacks.everyOneRetried", area: .stream, requires: [.streams]) { c in
+    static let concurrentNacksAllRetried = ConformanceCase(
+        "stream.concurrentNacks.everyOneRetried",
+        area: .stream,
+        requires: [.streams]
+    ) { c in
         let name = try await stream(c, "nacks", partitions: 1)
         let sent = (0..<12).map { Message(key: "k\($0)", text: "n\($0)") }
         let consumer = try await c.broker.consumeStream(
-            name, group: "nacks",
-            options: .init(start: .earliest, prefetch: 32, retryPolicy: RetryPolicy(maxAttempts: 4, backoff: .fixed(.milliseconds(200)))))
+            name,
+            group: "nacks",
+            options: .init(
+                start: .earliest,
+                prefetch: 32,
+                retryPolicy: RetryPolicy(maxAttempts: 4, backoff: .fixed(.milliseconds(200)))
+            )
+        )
         let succeeded = Collector<String>()
         let failedOnce = Collector<String>()
         let started = Collector<String>()
-        let processor = DeliveryProcessor(consumer: consumer, options: .init(concurrency: 12, orderedByKey: true)) { delivery in
+        let processor = DeliveryProcessor(consumer: consumer, options: .init(concurrency: 12, orderedByKey: true)) {
+            delivery in
             let text = delivery.message.text ?? "?"
             if delivery.attempt == 1 {
                 started.append(text)
                 // Let the other handlers start before failing, so the nacks come together.
                 let deadline = ContinuousClock.now + .seconds(2)
-                while started.count < sent.count, ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+                while started.count < sent.count, ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(5))
+                }
                 failedOnce.append(text)
                 throw ConformanceFailure("fails on its first attempt")
             }
@@ -224,7 +301,9 @@ enum StreamCases {
         let run = Task { try await processor.run() }
         _ = try await c.broker.publish(sent, to: name)
         do {
-            try await c.eventually("every nacked message retried and handled", timeout: .seconds(30)) { Set(succeeded.values).count >= sent.count }
+            try await c.eventually("every nacked message retried and handled", timeout: .seconds(30)) {
+                Set(succeeded.values).count >= sent.count
+            }
         } catch {
             processor.stop()
             _ = try? await run.value
@@ -235,11 +314,19 @@ enum StreamCases {
         try await run.value
     }
 
-    static let restartResumes = ConformanceCase("stream.restart.resumesFromCommittedPosition", area: .stream, requires: [.streams, .consumerGroups]) { c in
+    static let restartResumes = ConformanceCase(
+        "stream.restart.resumesFromCommittedPosition",
+        area: .stream,
+        requires: [.streams, .consumerGroups]
+    ) { c in
         let name = try await stream(c, "resume", partitions: 2)
         let sent = (0..<12).map { Message(key: "k\($0 % 3)", text: "c\($0)") }
         _ = try await c.broker.publish(sent, to: name)
-        let first = try await c.broker.consumeStream(name, group: "resumer", options: .init(start: .earliest, prefetch: 1))
+        let first = try await c.broker.consumeStream(
+            name,
+            group: "resumer",
+            options: .init(start: .earliest, prefetch: 1)
+        )
         let handled = try await c.receive(5, from: first)
         await first.close()
         let restarted = try await c.broker.consumeStream(name, group: "resumer", options: .init(start: .earliest))
@@ -256,7 +343,11 @@ enum StreamCases {
     /// As ``restartResumes``, but the app forgets `close()`: a member it dropped (holding one
     /// delivery unacked) is closed for it, so the group's next member resumes after the acked
     /// run and gets the unacked message, instead of waiting for the dropped one to time out.
-    static let droppedMember = ConformanceCase("stream.memberDroppedWithoutClose.groupResumes", area: .stream, requires: [.streams, .consumerGroups]) { c in
+    static let droppedMember = ConformanceCase(
+        "stream.memberDroppedWithoutClose.groupResumes",
+        area: .stream,
+        requires: [.streams, .consumerGroups]
+    ) { c in
         let name = try await stream(c, "dropped-member", partitions: 1)
         let sent = (0..<12).map { Message(key: "k\($0 % 3)", text: "d\($0)") }
         _ = try await c.broker.publish(sent, to: name)
@@ -264,7 +355,11 @@ enum StreamCases {
         var handledIDs: Set<String> = []
         var heldID: String?
         do {
-            let first = try await c.broker.consumeStream(name, group: "forgetful", options: .init(start: .earliest, prefetch: 1))
+            let first = try await c.broker.consumeStream(
+                name,
+                group: "forgetful",
+                options: .init(start: .earliest, prefetch: 1)
+            )
             handledIDs = Set(try await c.receive(5, from: first).map(\.message.id))
             heldID = try await c.receive(1, from: first, ack: false).first?.message.id
         }  // the member and its deliveries are dropped here, the last one unacked
@@ -275,15 +370,26 @@ enum StreamCases {
         await next.close()
         let restIDs = Set(rest.map(\.message.id))
         try c.expect(handledIDs.isDisjoint(with: restIDs), "acked messages were handled again by the next member")
-        try c.expect(heldID.map { restIDs.contains($0) } == true, "the dropped member's unacked message did not come again")
+        try c.expect(
+            heldID.map { restIDs.contains($0) } == true,
+            "the dropped member's unacked message did not come again"
+        )
         try c.expect(handledIDs.union(restIDs) == Set(sent.map(\.id)), "messages were lost when the member was dropped")
         try c.expect(extra == nil, "an extra delivery: \(extra?.message.text ?? "?")")
     }
 
-    static let lagStats = ConformanceCase("stream.stats.lagAndDepth", area: .stream, requires: [.streams, .consumerGroups]) { c in
+    static let lagStats = ConformanceCase(
+        "stream.stats.lagAndDepth",
+        area: .stream,
+        requires: [.streams, .consumerGroups]
+    ) { c in
         let name = try await stream(c, "lag", partitions: 2)
         _ = try await c.broker.publish((0..<10).map { Message(key: "k\($0)", text: "l\($0)") }, to: name)
-        let consumer = try await c.broker.consumeStream(name, group: "lagging", options: .init(start: .earliest, prefetch: 1))
+        let consumer = try await c.broker.consumeStream(
+            name,
+            group: "lagging",
+            options: .init(start: .earliest, prefetch: 1)
+        )
         _ = try await c.receive(4, from: consumer)
         await consumer.close()
         try await c.eventually("lag 6 for the group") {
@@ -305,7 +411,13 @@ enum StreamCases {
 /// Counts handlers running at once.
 final class ConcurrencyGauge: Sendable {
     private let box = LockedBox<(current: Int, max: Int)>((0, 0))
-    func enter() -> Int { box.withLock { $0.current += 1; $0.max = Swift.max($0.max, $0.current); return $0.current } }
+    func enter() -> Int {
+        box.withLock {
+            $0.current += 1
+            $0.max = Swift.max($0.max, $0.current)
+            return $0.current
+        }
+    }
     func leave() { box.withLock { $0.current -= 1 } }
     var maximum: Int { box.withLock { $0.max } }
 }

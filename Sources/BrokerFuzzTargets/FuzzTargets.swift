@@ -134,7 +134,9 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
         var headers: [KafkaUntrustedInput.Header] = []
         while let name = reader.chunk(lengthBytes: 1) {
             guard let length = reader.bytes(2).map({ Int($0[0]) << 8 | Int($0[1]) }) else { break }
-            headers.append(.init(name: name, value: length == 0xFFFF ? nil : reader.bytes(min(length, reader.remaining)) ?? []))
+            headers.append(
+                .init(name: name, value: length == 0xFFFF ? nil : reader.bytes(min(length, reader.remaining)) ?? [])
+            )
         }
         let decoded = KafkaUntrustedInput.decode(key: key, value: value, headers: headers, timestampMillis: millis)
         if let attempt = decoded.attempt { _ = Int(attempt) }
@@ -148,7 +150,8 @@ public enum FuzzTarget: String, CaseIterable, Sendable {
 
     /// A copy BrokerKit writes of an accepted message must read back as the same message.
     static func checkCopy(_ message: Message, _ copy: Message, _ data: UnsafeRawBufferPointer) {
-        guard copy.id == message.id, copy.key == message.key, copy.payload == message.payload, copy.headers == message.headers
+        guard copy.id == message.id, copy.key == message.key, copy.payload == message.payload,
+            copy.headers == message.headers
         else {
             fail("the copy of an accepted message differs: \(message) became \(copy)", describe(data))
         }

@@ -85,9 +85,13 @@ public final class SoakLedgerReader {
             offsets[path] = start + UInt64(complete.count)
             let source = URL(fileURLWithPath: path).lastPathComponent
             for line in complete.split(separator: UInt8(ascii: "\n")) {
-                let parts = line.split(separator: UInt8(ascii: "\t"), omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+                let parts = line.split(separator: UInt8(ascii: "\t"), omittingEmptySubsequences: false).map {
+                    String(decoding: $0, as: UTF8.self)
+                }
                 guard parts.count >= 2, let micros = Int64(parts[0]) else { continue }
-                events.append(SoakEvent(micros: micros, name: parts[1], fields: Array(parts.dropFirst(2)), source: source))
+                events.append(
+                    SoakEvent(micros: micros, name: parts[1], fields: Array(parts.dropFirst(2)), source: source)
+                )
             }
         }
         return events

@@ -38,9 +38,19 @@ public struct SoakPlan: Codable, Sendable, Equatable {
     public var backoffMillis: Int
 
     public init(
-        runID: String = String(UInt32.random(in: 0...UInt32.max), radix: 16), messages: Int = 100_000, keys: Int = 64,
-        publishers: Int = 2, workers: Int = 3, concurrency: Int = 8, poisonPercent: Double = 5, flakyPercent: Double = 5,
-        jobs: Int = 1_000, rate: Int = 2_000, batch: Int = 20, partitions: Int = 4, visibilityTimeoutMillis: Int = 10_000,
+        runID: String = String(UInt32.random(in: 0...UInt32.max), radix: 16),
+        messages: Int = 100_000,
+        keys: Int = 64,
+        publishers: Int = 2,
+        workers: Int = 3,
+        concurrency: Int = 8,
+        poisonPercent: Double = 5,
+        flakyPercent: Double = 5,
+        jobs: Int = 1_000,
+        rate: Int = 2_000,
+        batch: Int = 20,
+        partitions: Int = 4,
+        visibilityTimeoutMillis: Int = 10_000,
         backoffMillis: Int = 10
     ) {
         self.runID = runID
@@ -99,11 +109,18 @@ public struct SoakPlan: Codable, Sendable, Equatable {
     public var retryPolicy: RetryPolicy {
         RetryPolicy(
             maxAttempts: 5,
-            backoff: .exponential(initial: .milliseconds(Int64(backoffMillis)), max: .milliseconds(Int64(backoffMillis) * 10), jitter: 0.2))
+            backoff: .exponential(
+                initial: .milliseconds(Int64(backoffMillis)),
+                max: .milliseconds(Int64(backoffMillis) * 10),
+                jitter: 0.2
+            )
+        )
     }
 
     public func encoded() -> String { String(decoding: (try? JSONEncoder().encode(self)) ?? Data(), as: UTF8.self) }
-    public static func decode(_ text: String) throws -> SoakPlan { try JSONDecoder().decode(SoakPlan.self, from: Data(text.utf8)) }
+    public static func decode(_ text: String) throws -> SoakPlan {
+        try JSONDecoder().decode(SoakPlan.self, from: Data(text.utf8))
+    }
 }
 
 /// The payload of a soak message and of a soak job: its sequence number.

@@ -42,14 +42,20 @@ public final class SoakProxy: Sendable {
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = in_port_t(UInt16(listenPort).bigEndian)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+            }
+        }
         guard bound == 0, listen(fd, 128) == 0 else {
             close(fd)
             throw SoakError("proxy: cannot listen on 127.0.0.1:\(listenPort): \(String(cString: strerror(errno)))")
         }
         var actual = sockaddr_in()
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &actual) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        _ = withUnsafeMutablePointer(to: &actual) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
         port = Int(UInt16(bigEndian: actual.sin_port))
         listener = fd
         let thread = Thread { [self] in acceptLoop() }
@@ -146,7 +152,11 @@ public final class SoakProxy: Sendable {
             address.sin_family = sa_family_t(AF_INET)
             address.sin_port = in_port_t(UInt16(port).bigEndian)
             address.sin_addr.s_addr = inet_addr(host == "localhost" ? "127.0.0.1" : host)
-            let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
             if connected != 0 {
                 close(fd)
                 return nil
@@ -168,7 +178,11 @@ public final class SoakProxy: Sendable {
                 raw.copyBytes(from: bytes)
                 raw[bytes.count] = 0
             }
-            let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+            let connected = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size))
+                }
+            }
             if connected != 0 {
                 close(fd)
                 return nil
@@ -185,7 +199,9 @@ public final class SoakProxy: Sendable {
             if count <= 0 { return }
             var offset = 0
             while offset < count {
-                let sent = buffer.withUnsafeBytes { send(to, $0.baseAddress! + offset, count - offset, Int32(MSG_NOSIGNAL)) }
+                let sent = buffer.withUnsafeBytes {
+                    send(to, $0.baseAddress! + offset, count - offset, Int32(MSG_NOSIGNAL))
+                }
                 if sent < 0, errno == EINTR { continue }
                 if sent <= 0 { return }
                 offset += sent

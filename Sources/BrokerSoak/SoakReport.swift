@@ -121,8 +121,16 @@ public struct SoakResources: Sendable {
 
 public enum SoakAnalysis {
     public static func report(
-        backend: String, url: String, plan: SoakPlan, events: [SoakEvent], deadLetters: [SoakDeadLetter], resources: SoakResources,
-        orderEnforced: Bool, began: Int64, ended: Int64, backlog: SoakBacklog = [:]
+        backend: String,
+        url: String,
+        plan: SoakPlan,
+        events: [SoakEvent],
+        deadLetters: [SoakDeadLetter],
+        resources: SoakResources,
+        orderEnforced: Bool,
+        began: Int64,
+        ended: Int64,
+        backlog: SoakBacklog = [:]
     ) -> SoakReport {
         // Publishing.
         var attempted: [String: Set<Int>] = [:]
@@ -145,7 +153,10 @@ public enum SoakAnalysis {
             case "run" where f.count >= 4:
                 guard let seq = Int(f[1]) else { continue }
                 touched[f[0], default: []].insert(seq)
-                if let seen = firstSeen[f[0]]?[seq], seen <= event.micros {} else { firstSeen[f[0], default: [:]][seq] = event.micros }
+                if let seen = firstSeen[f[0]]?[seq], seen <= event.micros {
+                } else {
+                    firstSeen[f[0], default: [:]][seq] = event.micros
+                }
                 if f[3] == "ok" {
                     runs[f[0], default: [:]][seq, default: 0] += 1
                     okMicros.append(event.micros)
@@ -154,7 +165,9 @@ public enum SoakAnalysis {
                 if let seq = Int(f[0]), let due = Int64(f[1]) { jobRuns[seq, default: []].append((event.micros, due)) }
             case "fault": faultEvents.append(event)
             case "exit" where f.count >= 3:
-                exits.append("worker \(f[1]) exited with status \(f[2]) at \(String(format: "%.1f", Double(event.micros - began) / 1_000_000)) s")
+                exits.append(
+                    "worker \(f[1]) exited with status \(f[2]) at \(String(format: "%.1f", Double(event.micros - began) / 1_000_000)) s"
+                )
             default: break
             }
         }
@@ -175,16 +188,28 @@ public enum SoakAnalysis {
         var failures: [String] = []
         var publishing: [SoakReport.Publishing] = []
         for destination in ["queue", "stream", "jobs"] {
-            let tried = attempted[destination] ?? [], done = confirmed[destination] ?? []
+            let tried = attempted[destination] ?? []
+            let done = confirmed[destination] ?? []
             let missing = tried.subtracting(done)
             let consumersOf = destination == "queue" ? ["queue"] : destination == "stream" ? SoakPlan.groups : []
             let arrived: Int
             if destination == "jobs" {
                 arrived = missing.filter { jobRuns[$0] != nil }.count
             } else {
-                arrived = missing.filter { seq in consumersOf.contains { (touched[$0]?.contains(seq) ?? false) || dlq[$0]?[seq] != nil } }.count
+                arrived =
+                    missing.filter { seq in
+                        consumersOf.contains { (touched[$0]?.contains(seq) ?? false) || dlq[$0]?[seq] != nil }
+                    }.count
             }
-            publishing.append(.init(destination: destination, attempted: tried.count, confirmed: done.count, notConfirmed: missing.count, notConfirmedArrived: arrived))
+            publishing.append(
+                .init(
+                    destination: destination,
+                    attempted: tried.count,
+                    confirmed: done.count,
+                    notConfirmed: missing.count,
+                    notConfirmedArrived: arrived
+                )
+            )
         }
 
         var consumers: [SoakReport.Consumption] = []
@@ -212,27 +237,55 @@ public enum SoakAnalysis {
             }
             let enforced = consumer != "queue" && orderEnforced
             let row = SoakReport.Consumption(
-                consumer: consumer, expected: expected.count, handledOnce: handled.values.filter { $0 == 1 }.count,
-                handledMoreThanOnce: handled.values.filter { $0 > 1 }.count, maxHandledCount: handled.values.max() ?? 0,
-                poisonExpected: poison.count, deadLettered: dead.count, deadLetterCopies: dead.values.reduce(0) { $0 + $1 - 1 },
-                poisonMissingFromDLQ: missing, unexpectedInDLQ: unexpected, wrongReason: wrongReason[consumer] ?? 0, lost: lost,
-                unfinished: lost.isEmpty ? unfinished : 0, brokerBacklog: held,
-                orderViolations: violations, orderEnforced: enforced)
+                consumer: consumer,
+                expected: expected.count,
+                handledOnce: handled.values.filter { $0 == 1 }.count,
+                handledMoreThanOnce: handled.values.filter { $0 > 1 }.count,
+                maxHandledCount: handled.values.max() ?? 0,
+                poisonExpected: poison.count,
+                deadLettered: dead.count,
+                deadLetterCopies: dead.values.reduce(0) { $0 + $1 - 1 },
+                poisonMissingFromDLQ: missing,
+                unexpectedInDLQ: unexpected,
+                wrongReason: wrongReason[consumer] ?? 0,
+                lost: lost,
+                unfinished: lost.isEmpty ? unfinished : 0,
+                brokerBacklog: held,
+                orderViolations: violations,
+                orderEnforced: enforced
+            )
             if !lost.isEmpty {
                 failures.append(
-                    "\(consumer): \(lost.count) confirmed messages neither handled nor dead-lettered, more than the broker still holds (\(held)): lost (first: \(lost.prefix(10).map(String.init).joined(separator: ", ")))")
+                    "\(consumer): \(lost.count) confirmed messages neither handled nor dead-lettered, more than the broker still holds (\(held)): lost (first: \(lost.prefix(10).map(String.init).joined(separator: ", ")))"
+                )
             } else if unfinished > 0 {
-                failures.append("\(consumer): \(unfinished) confirmed messages not handled within the settle time (the broker still holds \(held) for it)")
+                failures.append(
+                    "\(consumer): \(unfinished) confirmed messages not handled within the settle time (the broker still holds \(held) for it)"
+                )
             }
-            if !missing.isEmpty { failures.append("\(consumer): \(missing.count) poison messages missing from the DLQ (first: \(missing.prefix(10).map(String.init).joined(separator: ", ")))") }
-            if !unexpected.isEmpty { failures.append("\(consumer): \(unexpected.count) messages in the DLQ that are not poison (first: \(unexpected.prefix(10).map(String.init).joined(separator: ", ")))") }
-            if row.wrongReason > 0 { failures.append("\(consumer): \(row.wrongReason) DLQ entries whose reason does not name the handler's error") }
+            if !missing.isEmpty {
+                failures.append(
+                    "\(consumer): \(missing.count) poison messages missing from the DLQ (first: \(missing.prefix(10).map(String.init).joined(separator: ", ")))"
+                )
+            }
+            if !unexpected.isEmpty {
+                failures.append(
+                    "\(consumer): \(unexpected.count) messages in the DLQ that are not poison (first: \(unexpected.prefix(10).map(String.init).joined(separator: ", ")))"
+                )
+            }
+            if row.wrongReason > 0 {
+                failures.append(
+                    "\(consumer): \(row.wrongReason) DLQ entries whose reason does not name the handler's error"
+                )
+            }
             if enforced, violations > 0 { failures.append("\(consumer): \(violations) per-key order violations") }
             consumers.append(row)
         }
 
         // Jobs.
-        var early: [Int] = [], jobLost: [Int] = [], lateness: [Int64] = []
+        var early: [Int] = []
+        var jobLost: [Int] = []
+        var lateness: [Int64] = []
         var ranTwice = 0
         for (seq, due) in jobDue {
             guard let ran = jobRuns[seq], let first = ran.min(by: { $0.micros < $1.micros }) else {
@@ -249,11 +302,26 @@ public enum SoakAnalysis {
         let jobsUnfinished = jobLost.count <= jobsHeld ? jobLost.count : 0
         if jobsUnfinished > 0 { jobLost = [] }
         let jobs = SoakReport.Jobs(
-            confirmed: jobDue.count, ran: jobRuns.keys.count, ranMoreThanOnce: ranTwice, early: early.sorted(), lost: jobLost.sorted(), unfinished: jobsUnfinished,
-            maxLatenessMillis: Int(lateness.last ?? 0), medianLatenessMillis: Int(lateness.isEmpty ? 0 : lateness[lateness.count / 2]))
+            confirmed: jobDue.count,
+            ran: jobRuns.keys.count,
+            ranMoreThanOnce: ranTwice,
+            early: early.sorted(),
+            lost: jobLost.sorted(),
+            unfinished: jobsUnfinished,
+            maxLatenessMillis: Int(lateness.last ?? 0),
+            medianLatenessMillis: Int(lateness.isEmpty ? 0 : lateness[lateness.count / 2])
+        )
         if !early.isEmpty { failures.append("jobs: \(early.count) delayed jobs ran before they were due") }
-        if !jobLost.isEmpty { failures.append("jobs: \(jobLost.count) confirmed jobs never ran, more than the job queue still holds (\(jobsHeld)): lost") }
-        if jobsUnfinished > 0 { failures.append("jobs: \(jobsUnfinished) confirmed jobs did not run within the settle time (the job queue still holds \(jobsHeld))") }
+        if !jobLost.isEmpty {
+            failures.append(
+                "jobs: \(jobLost.count) confirmed jobs never ran, more than the job queue still holds (\(jobsHeld)): lost"
+            )
+        }
+        if jobsUnfinished > 0 {
+            failures.append(
+                "jobs: \(jobsUnfinished) confirmed jobs did not run within the settle time (the job queue still holds \(jobsHeld))"
+            )
+        }
 
         // Timeline and faults.
         let seconds = max(1, Int((ended - began) / 1_000_000) + 1)
@@ -268,7 +336,8 @@ public enum SoakAnalysis {
             let kind = event.fields.first ?? "?"
             let end = event.fields.count > 1 ? Int64(event.fields[1]) ?? event.micros : event.micros
             let detail = event.fields.count > 2 ? event.fields[2] : ""
-            let startSecond = Int(at(event.micros)), endSecond = max(startSecond, Int(at(end)))
+            let startSecond = Int(at(event.micros))
+            let endSecond = max(startSecond, Int(at(end)))
             let window = timeline[max(0, startSecond - 5)..<min(timeline.count, max(0, startSecond))]
             let before = window.isEmpty ? 0 : Double(window.reduce(0, +)) / Double(window.count)
             var recovery: Double?
@@ -278,9 +347,18 @@ public enum SoakAnalysis {
                     break
                 }
             }
-            faults.append(.init(kind: kind, detail: detail, atSeconds: at(event.micros), endSeconds: at(end), recoverySeconds: recovery))
+            faults.append(
+                .init(
+                    kind: kind,
+                    detail: detail,
+                    atSeconds: at(event.micros),
+                    endSeconds: at(end),
+                    recoverySeconds: recovery
+                )
+            )
         }
-        let firstFault = faults.map(\.atSeconds).min(), lastFaultEnd = faults.map(\.endSeconds).max()
+        let firstFault = faults.map(\.atSeconds).min()
+        let lastFaultEnd = faults.map(\.endSeconds).max()
         func rate(_ from: Double, _ to: Double) -> Double {
             guard to > from else { return 0 }
             let count = okMicros.filter { at($0) >= from && at($0) < to }.count
@@ -292,9 +370,23 @@ public enum SoakAnalysis {
         let during = firstFault.flatMap { start in lastFaultEnd.map { rate(start, max($0, start + 1)) } } ?? 0
         let handledTotal = okMicros.count
         return SoakReport(
-            backend: backend, url: url, plan: plan, date: ISO8601.format(Date()), durationSeconds: at(ended), publishing: publishing,
-            consumers: consumers, jobs: jobs, faults: faults, throughputBefore: before, throughputDuring: during, timeline: timeline,
-            clientCPUSeconds: resources.cpuSeconds, cpuMicrosPerHandled: handledTotal == 0 ? 0 : resources.cpuSeconds * 1_000_000 / Double(handledTotal),
-            peakWorkerRSSMiB: Double(resources.peakWorkerRSSKiB) / 1024, workerExits: exits, failures: failures)
+            backend: backend,
+            url: url,
+            plan: plan,
+            date: ISO8601.format(Date()),
+            durationSeconds: at(ended),
+            publishing: publishing,
+            consumers: consumers,
+            jobs: jobs,
+            faults: faults,
+            throughputBefore: before,
+            throughputDuring: during,
+            timeline: timeline,
+            clientCPUSeconds: resources.cpuSeconds,
+            cpuMicrosPerHandled: handledTotal == 0 ? 0 : resources.cpuSeconds * 1_000_000 / Double(handledTotal),
+            peakWorkerRSSMiB: Double(resources.peakWorkerRSSKiB) / 1024,
+            workerExits: exits,
+            failures: failures
+        )
     }
 }

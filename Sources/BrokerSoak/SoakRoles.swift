@@ -11,14 +11,20 @@ import Synchronization
 /// until it succeeds; a message may then be there twice). Jobs: `jobok <seq> <due ms>`.
 public enum SoakPublisher {
     public static func run(
-        broker: any Broker, plan: SoakPlan, index: Int, ledger: SoakLedgerWriter, previous: [SoakEvent] = [],
+        broker: any Broker,
+        plan: SoakPlan,
+        index: Int,
+        ledger: SoakLedgerWriter,
+        previous: [SoakEvent] = [],
         logger: Logger = Logger(label: "brokerkit.soak.publisher")
     ) async throws {
         // A replacement publisher skips what an earlier incarnation had confirmed.
         var confirmed: [String: Set<Int>] = [:]
         var jobsConfirmed = Set<Int>()
         for event in previous {
-            if event.name == "ok", event.fields.count >= 2 { confirmed[event.fields[0], default: []].formUnion(SeqList.parse(event.fields[1])) }
+            if event.name == "ok", event.fields.count >= 2 {
+                confirmed[event.fields[0], default: []].formUnion(SeqList.parse(event.fields[1]))
+            }
             if event.name == "jobok", let seq = event.fields.first.flatMap({ Int($0) }) { jobsConfirmed.insert(seq) }
         }
         ledger.record("start", ["publisher", String(index)])
@@ -57,7 +63,11 @@ public enum SoakPublisher {
     /// Publishes with retries: a broker restart or a network cut fails calls for a while, and
     /// a real publisher tries again. Gives up after two minutes of failures in a row.
     static func publishWithRetry(
-        label: String, seqs: [Int], ledger: SoakLedgerWriter, logger: Logger, _ body: () async throws -> Void
+        label: String,
+        seqs: [Int],
+        ledger: SoakLedgerWriter,
+        logger: Logger,
+        _ body: () async throws -> Void
     ) async throws {
         let list = SeqList.format(seqs)
         var pause = Duration.milliseconds(100)
@@ -78,7 +88,8 @@ public enum SoakPublisher {
         }
     }
 
-    static func dispatchJobs(broker: any Broker, plan: SoakPlan, skip: Set<Int>, ledger: SoakLedgerWriter) async throws {
+    static func dispatchJobs(broker: any Broker, plan: SoakPlan, skip: Set<Int>, ledger: SoakLedgerWriter) async throws
+    {
         let jobs = JobQueue(broker: broker, queue: plan.jobQueue)
         let base = Date()
         let todo = (0..<plan.jobs).filter { !skip.contains($0) }
@@ -89,7 +100,12 @@ public enum SoakPublisher {
                     let due = base.addingTimeInterval(plan.jobDelay(seq).timeInterval)
                     let job = SoakJob(seq: seq, dueMillis: Int64((due.timeIntervalSince1970 * 1000).rounded(.down)))
                     group.addTask {
-                        try await publishWithRetry(label: "jobs", seqs: [seq], ledger: ledger, logger: Logger(label: "brokerkit.soak.publisher")) {
+                        try await publishWithRetry(
+                            label: "jobs",
+                            seqs: [seq],
+                            ledger: ledger,
+                            logger: Logger(label: "brokerkit.soak.publisher")
+                        ) {
                             _ = try await jobs.dispatch(job, at: due)
                         }
                         ledger.record("jobok", [String(seq), String(job.dueMillis)])
@@ -115,7 +131,12 @@ public final class SoakWorker: Sendable {
     private let jobWorker = Mutex<JobWorker?>(nil)
     private let stopped = Atomic<Bool>(false)
 
-    public init(broker: any Broker, plan: SoakPlan, ledger: SoakLedgerWriter, logger: Logger = Logger(label: "brokerkit.soak.worker")) {
+    public init(
+        broker: any Broker,
+        plan: SoakPlan,
+        ledger: SoakLedgerWriter,
+        logger: Logger = Logger(label: "brokerkit.soak.worker")
+    ) {
         self.broker = broker
         self.plan = plan
         self.ledger = ledger
@@ -135,18 +156,52 @@ public final class SoakWorker: Sendable {
         let visibility = Duration.milliseconds(Int64(plan.visibilityTimeoutMillis))
         var runs: [(DeliveryProcessor, any MessageConsumer)] = []
         let queueConsumer = try await broker.consumeQueue(
-            plan.queue, options: QueueConsumerOptions(prefetch: 16, retryPolicy: plan.retryPolicy, visibilityTimeout: visibility))
-        runs.append((Self.processor(consumer: queueConsumer, label: "queue", ordered: false, plan: plan, ledger: ledger, logger: logger), queueConsumer))
+            plan.queue,
+            options: QueueConsumerOptions(prefetch: 16, retryPolicy: plan.retryPolicy, visibilityTimeout: visibility)
+        )
+        runs.append(
+            (
+                Self.processor(
+                    consumer: queueConsumer,
+                    label: "queue",
+                    ordered: false,
+                    plan: plan,
+                    ledger: ledger,
+                    logger: logger
+                ), queueConsumer
+            )
+        )
         for group in SoakPlan.groups {
             let consumer = try await broker.consumeStream(
-                plan.stream, group: group, options: StreamConsumerOptions(start: .earliest, prefetch: 64, retryPolicy: plan.retryPolicy))
-            runs.append((Self.processor(consumer: consumer, label: group, ordered: true, plan: plan, ledger: ledger, logger: logger), consumer))
+                plan.stream,
+                group: group,
+                options: StreamConsumerOptions(start: .earliest, prefetch: 64, retryPolicy: plan.retryPolicy)
+            )
+            runs.append(
+                (
+                    Self.processor(
+                        consumer: consumer,
+                        label: group,
+                        ordered: true,
+                        plan: plan,
+                        ledger: ledger,
+                        logger: logger
+                    ), consumer
+                )
+            )
         }
         processors.withLock { $0 = runs.map(\.0) }
         let worker = JobWorker(
-            broker: broker, queue: plan.jobQueue,
-            options: .init(concurrency: 4, retryPolicy: plan.retryPolicy, shutdownTimeout: .seconds(10), visibilityTimeout: visibility),
-            logger: logger)
+            broker: broker,
+            queue: plan.jobQueue,
+            options: .init(
+                concurrency: 4,
+                retryPolicy: plan.retryPolicy,
+                shutdownTimeout: .seconds(10),
+                visibilityTimeout: visibility
+            ),
+            logger: logger
+        )
         worker.register(SoakJob.self) { job, context in
             ledger.record("job", [String(job.seq), String(job.dueMillis), String(context.attempt)])
         }
@@ -170,10 +225,17 @@ public final class SoakWorker: Sendable {
     }
 
     static func processor(
-        consumer: any MessageConsumer, label: String, ordered: Bool, plan: SoakPlan, ledger: SoakLedgerWriter, logger: Logger
+        consumer: any MessageConsumer,
+        label: String,
+        ordered: Bool,
+        plan: SoakPlan,
+        ledger: SoakLedgerWriter,
+        logger: Logger
     ) -> DeliveryProcessor {
         DeliveryProcessor(
-            consumer: consumer, options: .init(concurrency: plan.concurrency, orderedByKey: ordered, shutdownTimeout: .seconds(10)), logger: logger
+            consumer: consumer,
+            options: .init(concurrency: plan.concurrency, orderedByKey: ordered, shutdownTimeout: .seconds(10)),
+            logger: logger
         ) { delivery in
             guard let seq = delivery.message.text.flatMap({ Int($0) }) else {
                 ledger.record("foreign", [label, delivery.message.id])

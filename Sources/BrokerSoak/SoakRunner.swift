@@ -23,7 +23,14 @@ public struct SoakFaults: Sendable {
     /// A shell command that restarts the broker (e.g. `scripts/brokers.sh restart-redis`).
     public var restartCommand: String?
 
-    public init(kills: Int = 3, restarts: Int = 2, cuts: Int = 1, publisherKills: Int = 1, cutLength: Duration = .seconds(5), restartCommand: String? = nil) {
+    public init(
+        kills: Int = 3,
+        restarts: Int = 2,
+        cuts: Int = 1,
+        publisherKills: Int = 1,
+        cutLength: Duration = .seconds(5),
+        restartCommand: String? = nil
+    ) {
         self.kills = kills
         self.restarts = restarts
         self.cuts = cuts
@@ -62,8 +69,16 @@ public final class SoakRunner: Sendable {
         public var seed: UInt64
 
         public init(
-            plan: SoakPlan, faults: SoakFaults, url: String, options: [String: String] = [:], directory: String, settle: Duration = .seconds(180),
-            proxyListen: Int = 0, proxyUpstream: SoakProxy.Upstream? = nil, keep: Bool = false, seed: UInt64 = UInt64.random(in: 0...UInt64.max)
+            plan: SoakPlan,
+            faults: SoakFaults,
+            url: String,
+            options: [String: String] = [:],
+            directory: String,
+            settle: Duration = .seconds(180),
+            proxyListen: Int = 0,
+            proxyUpstream: SoakProxy.Upstream? = nil,
+            keep: Bool = false,
+            seed: UInt64 = UInt64.random(in: 0...UInt64.max)
         ) {
             self.plan = plan
             self.faults = faults
@@ -145,7 +160,9 @@ public final class SoakRunner: Sendable {
         func current(_ role: String) -> [Child] {
             let list = all.withLock { $0 }.filter { $0.role == role }
             var latest: [Int: Child] = [:]
-            for child in list where (latest[child.index]?.incarnation ?? -1) < child.incarnation { latest[child.index] = child }
+            for child in list where (latest[child.index]?.incarnation ?? -1) < child.incarnation {
+                latest[child.index] = child
+            }
             return latest.keys.sorted().compactMap { latest[$0] }
         }
         func paths(_ role: String, index: Int) -> [String] {
@@ -155,7 +172,11 @@ public final class SoakRunner: Sendable {
     }
 
     private func start(
-        role: String, index: Int, incarnation: Int, childURL: String, children: Children
+        role: String,
+        index: Int,
+        incarnation: Int,
+        childURL: String,
+        children: Children
     ) throws -> Child {
         let path = "\(settings.directory)/\(role)-\(index).\(incarnation).log"
         let child = Child(role: role, index: index, incarnation: incarnation, ledgerPath: path)
@@ -166,7 +187,9 @@ public final class SoakRunner: Sendable {
             let process = Process()
             process.executableURL = URL(fileURLWithPath: executable)
             var arguments = ["soak-\(role)", "--broker", childURL]
-            for (key, value) in settings.options.sorted(by: { $0.key < $1.key }) { arguments += ["--option", "\(key)=\(value)"] }
+            for (key, value) in settings.options.sorted(by: { $0.key < $1.key }) {
+                arguments += ["--option", "\(key)=\(value)"]
+            }
             arguments += ["--plan", settings.plan.encoded(), "--index", String(index), "--ledger", path]
             if !previous.isEmpty { arguments += ["--previous", previous.joined(separator: ",")] }
             process.arguments = arguments
@@ -191,10 +214,20 @@ public final class SoakRunner: Sendable {
                 let events = SoakLedgerReader().readNew(from: previous)
                 child.task = Task { [logger] in
                     do {
-                        try await SoakPublisher.run(broker: broker, plan: plan, index: index, ledger: ledger, previous: events, logger: logger)
+                        try await SoakPublisher.run(
+                            broker: broker,
+                            plan: plan,
+                            index: index,
+                            ledger: ledger,
+                            previous: events,
+                            logger: logger
+                        )
                         child.lock.withLock { $0.done = true }
                     } catch {
-                        child.lock.withLock { $0.done = true; $0.status = 1 }
+                        child.lock.withLock {
+                            $0.done = true
+                            $0.status = 1
+                        }
                         throw error
                     }
                 }
@@ -237,29 +270,45 @@ public final class SoakRunner: Sendable {
         let began = SoakLedgerWriter.now()
         coordinator.record("begin", [backend, plan.encoded()])
         let children = Children()
-        for index in 0..<plan.workers { _ = try start(role: "worker", index: index, incarnation: 1, childURL: childURL, children: children) }
+        for index in 0..<plan.workers {
+            _ = try start(role: "worker", index: index, incarnation: 1, childURL: childURL, children: children)
+        }
         // Workers first: their groups exist (and start at the earliest entry) before the load.
         try await Task.sleep(for: .seconds(2))
         let publishing = SoakLedgerWriter.now()
-        for index in 0..<plan.publishers { _ = try start(role: "publisher", index: index, incarnation: 1, childURL: childURL, children: children) }
+        for index in 0..<plan.publishers {
+            _ = try start(role: "publisher", index: index, incarnation: 1, childURL: childURL, children: children)
+        }
 
         // A supervisor, as systemd or Kubernetes would be: a worker that exits on its own (a
         // consumer that could not start while the broker was away) is logged and started again.
         let supervising = Task { [self] in
             while !Task.isCancelled {
                 try? await Task.sleep(for: .seconds(1))
-                for worker in children.current("worker") where !worker.isRunning && !worker.wasKilled && !worker.wasStopped {
+                for worker in children.current("worker")
+                where !worker.isRunning && !worker.wasKilled && !worker.wasStopped {
                     let status = worker.exitStatus ?? -1
                     coordinator.record("exit", ["worker", String(worker.index), String(status)])
-                    logger.warning("soak: worker \(worker.index) exited on its own (status \(status)); starting it again")
-                    _ = try? start(role: "worker", index: worker.index, incarnation: worker.incarnation + 1, childURL: childURL, children: children)
+                    logger.warning(
+                        "soak: worker \(worker.index) exited on its own (status \(status)); starting it again"
+                    )
+                    _ = try? start(
+                        role: "worker",
+                        index: worker.index,
+                        incarnation: worker.incarnation + 1,
+                        childURL: childURL,
+                        children: children
+                    )
                 }
             }
         }
         let sampler = ResourceSampler()
         let sampling = Task {
             while !Task.isCancelled {
-                sampler.sample(children.all.withLock { $0 }, inProcess: { if case .inProcess = mode { return true } else { return false } }())
+                sampler.sample(
+                    children.all.withLock { $0 },
+                    inProcess: { if case .inProcess = mode { return true } else { return false } }()
+                )
                 try? await Task.sleep(for: .milliseconds(500))
             }
         }
@@ -268,13 +317,17 @@ public final class SoakRunner: Sendable {
         var kinds: [String] = []
         kinds += Array(repeating: "kill-worker", count: settings.faults.kills)
         if case .processes = mode {
-            if settings.faults.restartCommand != nil { kinds += Array(repeating: "restart-broker", count: settings.faults.restarts) }
+            if settings.faults.restartCommand != nil {
+                kinds += Array(repeating: "restart-broker", count: settings.faults.restarts)
+            }
             kinds += Array(repeating: "cut", count: settings.faults.cuts)
         }
         kinds += Array(repeating: "kill-publisher", count: settings.faults.publisherKills)
         kinds.shuffle(using: &generator)
         let slot = plan.publishSeconds / Double(kinds.count + 1)
-        let times = kinds.indices.map { i in max(0.5, Double(i + 1) * slot + Double.random(in: -slot / 3...slot / 3, using: &generator)) }
+        let times = kinds.indices.map { i in
+            max(0.5, Double(i + 1) * slot + Double.random(in: -slot / 3...slot / 3, using: &generator))
+        }
         let picks = kinds.indices.map { _ in Int.random(in: 0..<1000, using: &generator) }
         for (i, kind) in kinds.enumerated() {
             let due = publishing + Int64(times[i] * 1_000_000)
@@ -288,10 +341,17 @@ public final class SoakRunner: Sendable {
                 guard !running.isEmpty else { continue }
                 let victim = running[picks[i] % running.count]
                 victim.kill()
-                detail = "worker \(victim.index)\(victim.pid.map { " (pid \($0))" } ?? "") killed, started again after 1 s"
+                detail =
+                    "worker \(victim.index)\(victim.pid.map { " (pid \($0))" } ?? "") killed, started again after 1 s"
                 logger.info("soak: \(detail)")
                 try await Task.sleep(for: .seconds(1))
-                _ = try start(role: "worker", index: victim.index, incarnation: victim.incarnation + 1, childURL: childURL, children: children)
+                _ = try start(
+                    role: "worker",
+                    index: victim.index,
+                    incarnation: victim.incarnation + 1,
+                    childURL: childURL,
+                    children: children
+                )
             case "kill-publisher":
                 let running = children.current("publisher").filter(\.isRunning)
                 guard !running.isEmpty else {
@@ -303,7 +363,13 @@ public final class SoakRunner: Sendable {
                 detail = "publisher \(victim.index) killed mid-batch; a replacement finishes its share"
                 logger.info("soak: \(detail)")
                 try await Task.sleep(for: .milliseconds(500))
-                _ = try start(role: "publisher", index: victim.index, incarnation: victim.incarnation + 1, childURL: childURL, children: children)
+                _ = try start(
+                    role: "publisher",
+                    index: victim.index,
+                    incarnation: victim.incarnation + 1,
+                    childURL: childURL,
+                    children: children
+                )
             case "restart-broker":
                 let command = settings.faults.restartCommand ?? "true"
                 logger.info("soak: restarting the broker: \(command)")
@@ -322,9 +388,13 @@ public final class SoakRunner: Sendable {
 
         // Publishing over: wait for the publishers (replacements included).
         var failures: [String] = []
-        while children.current("publisher").contains(where: \.isRunning) { try await Task.sleep(for: .milliseconds(200)) }
+        while children.current("publisher").contains(where: \.isRunning) {
+            try await Task.sleep(for: .milliseconds(200))
+        }
         for publisher in children.current("publisher") where publisher.exitStatus != 0 {
-            failures.append("publisher \(publisher.index) exited with status \(publisher.exitStatus ?? -1) (see \(settings.directory))")
+            failures.append(
+                "publisher \(publisher.index) exited with status \(publisher.exitStatus ?? -1) (see \(settings.directory))"
+            )
         }
         coordinator.record("published", [])
         logger.info("soak: publishing done; waiting for the consumers (at most \(settings.settle))")
@@ -343,35 +413,65 @@ public final class SoakRunner: Sendable {
         supervising.cancel()
         for worker in children.current("worker") { worker.terminate() }
         let stopDeadline = ContinuousClock.now + .seconds(30)
-        while children.current("worker").contains(where: \.isRunning), ContinuousClock.now < stopDeadline { try await Task.sleep(for: .milliseconds(200)) }
+        while children.current("worker").contains(where: \.isRunning), ContinuousClock.now < stopDeadline {
+            try await Task.sleep(for: .milliseconds(200))
+        }
         for worker in children.current("worker") where worker.isRunning {
             failures.append("worker \(worker.index) did not stop within 30 s of SIGTERM; killed")
             worker.kill()
         }
         sampling.cancel()
-        sampler.sample(children.all.withLock { $0 }, inProcess: { if case .inProcess = mode { return true } else { return false } }())
+        sampler.sample(
+            children.all.withLock { $0 },
+            inProcess: { if case .inProcess = mode { return true } else { return false } }()
+        )
         let ended = SoakLedgerWriter.now()
 
         // The broker's own account: its dead letters.
         var deadLetters: [SoakDeadLetter] = []
         for entry in try await broker.deadLetters(of: plan.queue, limit: plan.messages * 3 + 1000) {
-            deadLetters.append(SoakDeadLetter(consumer: "queue", seq: entry.envelope.original.text.flatMap { Int($0) }, reason: entry.envelope.lastError))
+            deadLetters.append(
+                SoakDeadLetter(
+                    consumer: "queue",
+                    seq: entry.envelope.original.text.flatMap { Int($0) },
+                    reason: entry.envelope.lastError
+                )
+            )
         }
         for entry in try await broker.deadLetters(of: plan.stream, limit: plan.messages * 6 + 1000) {
             let group = entry.envelope.original.headers[HeaderName.group] ?? "?"
-            deadLetters.append(SoakDeadLetter(consumer: group, seq: entry.envelope.original.text.flatMap { Int($0) }, reason: entry.envelope.lastError))
+            deadLetters.append(
+                SoakDeadLetter(
+                    consumer: group,
+                    seq: entry.envelope.original.text.flatMap { Int($0) },
+                    reason: entry.envelope.lastError
+                )
+            )
         }
         // What the broker still holds, so the ledger can tell "not finished" from "lost".
         var backlog: SoakBacklog = [:]
-        if let stats = try? await broker.stats(for: plan.queue) { backlog["queue"] = stats.depth + stats.delayed + stats.inFlight }
+        if let stats = try? await broker.stats(for: plan.queue) {
+            backlog["queue"] = stats.depth + stats.delayed + stats.inFlight
+        }
         if let stats = try? await broker.stats(for: plan.stream) {
             for group in stats.groups { backlog[group.group] = group.lag + group.pending }
         }
-        if let stats = try? await broker.stats(for: plan.jobQueue) { backlog["jobs"] = stats.depth + stats.delayed + stats.inFlight }
+        if let stats = try? await broker.stats(for: plan.jobQueue) {
+            backlog["jobs"] = stats.depth + stats.delayed + stats.inFlight
+        }
         let events = SoakLedgerReader().readNew(from: children.ledgerPaths + ["\(settings.directory)/coordinator.log"])
         var report = SoakAnalysis.report(
-            backend: backend, url: BrokerURLRedaction.redact(settings.url), plan: plan, events: events, deadLetters: deadLetters,
-            resources: sampler.resources, orderEnforced: orderEnforced, began: began, ended: ended, backlog: backlog)
+            backend: backend,
+            url: BrokerURLRedaction.redact(settings.url),
+            plan: plan,
+            events: events,
+            deadLetters: deadLetters,
+            resources: sampler.resources,
+            orderEnforced: orderEnforced,
+            began: began,
+            ended: ended,
+            backlog: backlog
+        )
         report.failures = failures + report.failures
         if !settings.keep {
             for name in [plan.queue, plan.stream, plan.jobQueue] { try? await broker.deleteDestination(name) }
@@ -452,7 +552,9 @@ struct CompletionTracker {
 
 /// CPU time and peak RSS of the children, from /proc (in-process mode: this process's own).
 final class ResourceSampler: Sendable {
-    private let state = Mutex<(cpu: [Int32: Double], rss: [Int32: Int], own: Double, ownStart: Double?)>(([:], [:], 0, nil))
+    private let state = Mutex<(cpu: [Int32: Double], rss: [Int32: Int], own: Double, ownStart: Double?)>(
+        ([:], [:], 0, nil)
+    )
 
     var resources: SoakResources {
         state.withLock { s in
@@ -486,7 +588,9 @@ final class ResourceSampler: Sendable {
     }
 
     static func cpuSeconds(pid: Int32) -> Double? {
-        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = text.lastIndex(of: ")") else { return nil }
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+            let close = text.lastIndex(of: ")")
+        else { return nil }
         let fields = text[text.index(after: close)...].split(separator: " ")
         // After the command: state is field 3; utime and stime are fields 14 and 15.
         guard fields.count > 12, let user = Double(fields[11]), let system = Double(fields[12]) else { return nil }

@@ -40,8 +40,11 @@ final class KafkaAdminClient: Sendable {
             let err = rd_kafka_metadata(rk, topic == nil ? 1 : 0, rkt, &md, ms)
             guard err == RD_KAFKA_RESP_ERR_NO_ERROR, let md else {
                 throw RdKafka.brokerError(
-                    err, "cannot reach the Kafka cluster", server: server,
-                    detail: handle.lastErrorDetail.map { "\(RdKafka.errorText(err)); last error \($0)" })
+                    err,
+                    "cannot reach the Kafka cluster",
+                    server: server,
+                    detail: handle.lastErrorDetail.map { "\(RdKafka.errorText(err)); last error \($0)" }
+                )
             }
             defer { rd_kafka_metadata_destroy(md) }
             return (0..<Int(md.pointee.topic_cnt)).map { i in
@@ -88,25 +91,53 @@ final class KafkaAdminClient: Sendable {
             var newTopics: [OpaquePointer?] = []
             defer { for t in newTopics { rd_kafka_NewTopic_destroy(t) } }
             for topic in topics {
-                guard let nt = rd_kafka_NewTopic_new(topic.name, Int32(topic.partitions), Int32(topic.replication), &errstr, errstr.count) else {
-                    throw BrokerError(.invalidConfiguration, "cannot create topic '\(topic.name)': \(RdKafka.cString(errstr))", backend: "kafka", destination: destination)
+                guard
+                    let nt = rd_kafka_NewTopic_new(
+                        topic.name,
+                        Int32(topic.partitions),
+                        Int32(topic.replication),
+                        &errstr,
+                        errstr.count
+                    )
+                else {
+                    throw BrokerError(
+                        .invalidConfiguration,
+                        "cannot create topic '\(topic.name)': \(RdKafka.cString(errstr))",
+                        backend: "kafka",
+                        destination: destination
+                    )
                 }
                 newTopics.append(nt)
                 for (key, value) in topic.configs.sorted(by: { $0.key < $1.key }) {
                     _ = rd_kafka_NewTopic_set_config(nt, key, value)
                 }
             }
-            let results: [(String, rd_kafka_resp_err_t, String?)] = try Self.runAdmin(rk, timeoutMs: ms, server: server, what: "CreateTopics", destination: destination) { options, queue in
+            let results: [(String, rd_kafka_resp_err_t, String?)] = try Self.runAdmin(
+                rk,
+                timeoutMs: ms,
+                server: server,
+                what: "CreateTopics",
+                destination: destination
+            ) { options, queue in
                 newTopics.withUnsafeMutableBufferPointer { buffer in
                     rd_kafka_CreateTopics(rk, buffer.baseAddress, buffer.count, options, queue)
                 }
             } extract: { event in
                 var count = 0
-                guard let result = rd_kafka_event_CreateTopics_result(event), let list = rd_kafka_CreateTopics_result_topics(result, &count) else { return [] }
+                guard let result = rd_kafka_event_CreateTopics_result(event),
+                    let list = rd_kafka_CreateTopics_result_topics(result, &count)
+                else { return [] }
                 return Self.topicResults(list, count)
             }
-            for (name, err, text) in results where err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS {
-                throw RdKafka.brokerError(err, "cannot create topic '\(name)'", server: server, destination: destination, detail: text)
+            for (name, err, text) in results
+            where err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR_TOPIC_ALREADY_EXISTS {
+                throw RdKafka.brokerError(
+                    err,
+                    "cannot create topic '\(name)'",
+                    server: server,
+                    destination: destination,
+                    detail: text
+                )
             }
         }
     }
@@ -121,34 +152,62 @@ final class KafkaAdminClient: Sendable {
             let rk = handle.rk
             var deletes: [OpaquePointer?] = names.map { rd_kafka_DeleteTopic_new($0) }
             defer { for d in deletes { rd_kafka_DeleteTopic_destroy(d) } }
-            let results: [(String, rd_kafka_resp_err_t, String?)] = try Self.runAdmin(rk, timeoutMs: ms, server: server, what: "DeleteTopics", destination: destination) { options, queue in
+            let results: [(String, rd_kafka_resp_err_t, String?)] = try Self.runAdmin(
+                rk,
+                timeoutMs: ms,
+                server: server,
+                what: "DeleteTopics",
+                destination: destination
+            ) { options, queue in
                 deletes.withUnsafeMutableBufferPointer { buffer in
                     rd_kafka_DeleteTopics(rk, buffer.baseAddress, buffer.count, options, queue)
                 }
             } extract: { event in
                 var count = 0
-                guard let result = rd_kafka_event_DeleteTopics_result(event), let list = rd_kafka_DeleteTopics_result_topics(result, &count) else { return [] }
+                guard let result = rd_kafka_event_DeleteTopics_result(event),
+                    let list = rd_kafka_DeleteTopics_result_topics(result, &count)
+                else { return [] }
                 return Self.topicResults(list, count)
             }
-            for (name, err, text) in results where err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART {
-                throw RdKafka.brokerError(err, "cannot delete topic '\(name)'", server: server, destination: destination, detail: text)
+            for (name, err, text) in results
+            where err != RD_KAFKA_RESP_ERR_NO_ERROR && err != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART {
+                throw RdKafka.brokerError(
+                    err,
+                    "cannot delete topic '\(name)'",
+                    server: server,
+                    destination: destination,
+                    detail: text
+                )
             }
         }
     }
 
-    private static func topicResults(_ list: UnsafeMutablePointer<OpaquePointer?>, _ count: Int) -> [(String, rd_kafka_resp_err_t, String?)] {
+    private static func topicResults(
+        _ list: UnsafeMutablePointer<OpaquePointer?>,
+        _ count: Int
+    ) -> [(String, rd_kafka_resp_err_t, String?)] {
         (0..<count).compactMap { i in
             guard let r = list[i] else { return nil }
-            return (String(cString: rd_kafka_topic_result_name(r)), rd_kafka_topic_result_error(r), rd_kafka_topic_result_error_string(r).map { String(cString: $0) })
+            return (
+                String(cString: rd_kafka_topic_result_name(r)), rd_kafka_topic_result_error(r),
+                rd_kafka_topic_result_error_string(r).map { String(cString: $0) }
+            )
         }
     }
 
     /// Runs one admin request and waits for its result event on a private queue.
     private static func runAdmin<T>(
-        _ rk: OpaquePointer, timeoutMs: Int32, server: String, what: String, destination: String?,
-        call: (OpaquePointer?, OpaquePointer?) -> Void, extract: (OpaquePointer) throws -> T
+        _ rk: OpaquePointer,
+        timeoutMs: Int32,
+        server: String,
+        what: String,
+        destination: String?,
+        call: (OpaquePointer?, OpaquePointer?) -> Void,
+        extract: (OpaquePointer) throws -> T
     ) throws -> T {
-        guard let queue = rd_kafka_queue_new(rk) else { throw BrokerError(.brokerError, "rd_kafka_queue_new failed", backend: "kafka") }
+        guard let queue = rd_kafka_queue_new(rk) else {
+            throw BrokerError(.brokerError, "rd_kafka_queue_new failed", backend: "kafka")
+        }
         defer { rd_kafka_queue_destroy(queue) }
         let options = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_ANY)
         defer { rd_kafka_AdminOptions_destroy(options) }
@@ -156,7 +215,12 @@ final class KafkaAdminClient: Sendable {
         _ = rd_kafka_AdminOptions_set_request_timeout(options, timeoutMs, &errstr, errstr.count)
         call(options, queue)
         guard let event = rd_kafka_queue_poll(queue, timeoutMs + 1000) else {
-            throw BrokerError(.timeout, "\(what) got no answer within \(timeoutMs) ms (kafka \(server))", backend: "kafka", destination: destination)
+            throw BrokerError(
+                .timeout,
+                "\(what) got no answer within \(timeoutMs) ms (kafka \(server))",
+                backend: "kafka",
+                destination: destination
+            )
         }
         defer { rd_kafka_event_destroy(event) }
         let err = rd_kafka_event_error(event)
@@ -181,7 +245,12 @@ final class KafkaAdminClient: Sendable {
                 var high: Int64 = 0
                 let err = rd_kafka_query_watermark_offsets(rk, topic, Int32(p), &low, &high, ms)
                 guard err == RD_KAFKA_RESP_ERR_NO_ERROR else {
-                    throw RdKafka.brokerError(err, "cannot read the offsets of '\(topic)' partition \(p)", server: server, destination: topic)
+                    throw RdKafka.brokerError(
+                        err,
+                        "cannot read the offsets of '\(topic)' partition \(p)",
+                        server: server,
+                        destination: topic
+                    )
                 }
                 return (low, high)
             }
@@ -199,17 +268,29 @@ final class KafkaAdminClient: Sendable {
             let request = PartitionList(partitions.map { ($0, Int64(-1001)) })
             var ops: [OpaquePointer?] = [rd_kafka_ListConsumerGroupOffsets_new(group, request.list)]
             defer { for op in ops { rd_kafka_ListConsumerGroupOffsets_destroy(op) } }
-            return try Self.runAdmin(rk, timeoutMs: ms, server: server, what: "ListConsumerGroupOffsets(\(group))", destination: nil) { options, queue in
+            return try Self.runAdmin(
+                rk,
+                timeoutMs: ms,
+                server: server,
+                what: "ListConsumerGroupOffsets(\(group))",
+                destination: nil
+            ) { options, queue in
                 ops.withUnsafeMutableBufferPointer { buffer in
                     rd_kafka_ListConsumerGroupOffsets(rk, buffer.baseAddress, buffer.count, options, queue)
                 }
             } extract: { event in
                 var count = 0
                 guard let result = rd_kafka_event_ListConsumerGroupOffsets_result(event),
-                    let groups = rd_kafka_ListConsumerGroupOffsets_result_groups(result, &count), count > 0, let first = groups[0]
+                    let groups = rd_kafka_ListConsumerGroupOffsets_result_groups(result, &count), count > 0,
+                    let first = groups[0]
                 else { return [:] }
                 if let error = rd_kafka_group_result_error(first) {
-                    throw RdKafka.brokerError(rd_kafka_error_code(error), "cannot read the offsets of group '\(group)'", server: server, detail: String(cString: rd_kafka_error_string(error)))
+                    throw RdKafka.brokerError(
+                        rd_kafka_error_code(error),
+                        "cannot read the offsets of group '\(group)'",
+                        server: server,
+                        detail: String(cString: rd_kafka_error_string(error))
+                    )
                 }
                 guard let list = rd_kafka_group_result_partitions(first) else { return [:] }
                 return Self.committedOffsets(list)
@@ -224,7 +305,9 @@ final class KafkaAdminClient: Sendable {
         let ms = timeoutMs
         return try await thread.run {
             let rk = handle.rk
-            guard let queue = rd_kafka_queue_new(rk) else { throw BrokerError(.brokerError, "rd_kafka_queue_new failed", backend: "kafka") }
+            guard let queue = rd_kafka_queue_new(rk) else {
+                throw BrokerError(.brokerError, "rd_kafka_queue_new failed", backend: "kafka")
+            }
             defer { rd_kafka_queue_destroy(queue) }
             let options = rd_kafka_AdminOptions_new(rk, RD_KAFKA_ADMIN_OP_ANY)
             defer { rd_kafka_AdminOptions_destroy(options) }
@@ -243,7 +326,8 @@ final class KafkaAdminClient: Sendable {
                 var count = 0
                 guard rd_kafka_event_error(event) == RD_KAFKA_RESP_ERR_NO_ERROR,
                     let result = rd_kafka_event_ListConsumerGroupOffsets_result(event),
-                    let list = rd_kafka_ListConsumerGroupOffsets_result_groups(result, &count), count > 0, let first = list[0],
+                    let list = rd_kafka_ListConsumerGroupOffsets_result_groups(result, &count), count > 0,
+                    let first = list[0],
                     rd_kafka_group_result_error(first) == nil, let parts = rd_kafka_group_result_partitions(first)
                 else { continue }
                 found[String(cString: rd_kafka_group_result_name(first))] = Self.committedOffsets(parts)
@@ -253,9 +337,12 @@ final class KafkaAdminClient: Sendable {
     }
 
     /// The committed offsets in a group result (partitions without one left out).
-    private static func committedOffsets(_ list: UnsafePointer<rd_kafka_topic_partition_list_t>) -> [TopicPartition: Int64] {
+    private static func committedOffsets(
+        _ list: UnsafePointer<rd_kafka_topic_partition_list_t>
+    ) -> [TopicPartition: Int64] {
         var offsets: [TopicPartition: Int64] = [:]
-        for (tp, offset, err) in PartitionList.entries(of: list) where err == RD_KAFKA_RESP_ERR_NO_ERROR && offset >= 0 {
+        for (tp, offset, err) in PartitionList.entries(of: list) where err == RD_KAFKA_RESP_ERR_NO_ERROR && offset >= 0
+        {
             offsets[tp] = offset
         }
         return offsets
@@ -272,17 +359,29 @@ final class KafkaAdminClient: Sendable {
             let list = PartitionList(offsets.map { ($0.key, $0.value) })
             var ops: [OpaquePointer?] = [rd_kafka_AlterConsumerGroupOffsets_new(group, list.list)]
             defer { for op in ops { rd_kafka_AlterConsumerGroupOffsets_destroy(op) } }
-            _ = try Self.runAdmin(rk, timeoutMs: ms, server: server, what: "AlterConsumerGroupOffsets(\(group))", destination: nil) { options, queue in
+            _ = try Self.runAdmin(
+                rk,
+                timeoutMs: ms,
+                server: server,
+                what: "AlterConsumerGroupOffsets(\(group))",
+                destination: nil
+            ) { options, queue in
                 ops.withUnsafeMutableBufferPointer { buffer in
                     rd_kafka_AlterConsumerGroupOffsets(rk, buffer.baseAddress, buffer.count, options, queue)
                 }
             } extract: { event in
                 var count = 0
                 guard let result = rd_kafka_event_AlterConsumerGroupOffsets_result(event),
-                    let groups = rd_kafka_AlterConsumerGroupOffsets_result_groups(result, &count), count > 0, let first = groups[0]
+                    let groups = rd_kafka_AlterConsumerGroupOffsets_result_groups(result, &count), count > 0,
+                    let first = groups[0]
                 else { return }
                 if let error = rd_kafka_group_result_error(first) {
-                    throw RdKafka.brokerError(rd_kafka_error_code(error), "cannot commit offsets of group '\(group)'", server: server, detail: String(cString: rd_kafka_error_string(error)))
+                    throw RdKafka.brokerError(
+                        rd_kafka_error_code(error),
+                        "cannot commit offsets of group '\(group)'",
+                        server: server,
+                        detail: String(cString: rd_kafka_error_string(error))
+                    )
                 }
                 if let list = rd_kafka_group_result_partitions(first) {
                     for (tp, _, err) in PartitionList.entries(of: list) where err != RD_KAFKA_RESP_ERR_NO_ERROR {
@@ -300,14 +399,18 @@ final class KafkaAdminClient: Sendable {
         let server = settings.server
         return try await thread.run {
             let rk = handle.rk
-            return try Self.runAdmin(rk, timeoutMs: ms, server: server, what: "ListConsumerGroups", destination: nil) { options, queue in
+            return try Self.runAdmin(rk, timeoutMs: ms, server: server, what: "ListConsumerGroups", destination: nil) {
+                options,
+                queue in
                 rd_kafka_ListConsumerGroups(rk, options, queue)
             } extract: { event in
                 var count = 0
                 guard let result = rd_kafka_event_ListConsumerGroups_result(event),
                     let valid = rd_kafka_ListConsumerGroups_result_valid(result, &count)
                 else { return [] }
-                return (0..<count).compactMap { i in valid[i].map { String(cString: rd_kafka_ConsumerGroupListing_group_id($0)) } }
+                return (0..<count).compactMap { i in
+                    valid[i].map { String(cString: rd_kafka_ConsumerGroupListing_group_id($0)) }
+                }
             }
         }
     }

@@ -44,6 +44,9 @@ public struct KafkaBackend: BrokerBackend {
     ]
 
     public func connect(configuration: BrokerConfiguration, logger: Logger) async throws -> any Broker {
-        BrokerClient(driver: try await KafkaBroker.connect(configuration: configuration, logger: logger), logger: logger)
+        BrokerClient(
+            driver: try await KafkaBroker.connect(configuration: configuration, logger: logger),
+            logger: logger
+        )
     }
 }

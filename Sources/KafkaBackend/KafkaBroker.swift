@@ -22,13 +22,21 @@ final class KafkaBroker: BrokerDriver {
     let admin: KafkaAdminClient
     let logger: Logger
     let observer = DeliveryObserver.shared(for: "kafka")
-    private let state = Mutex<(closed: Bool, kinds: [String: DestinationKind], dlqs: Set<String>, consumers: [ObjectIdentifier: KafkaConsumer], groupsSeen: Set<String>)>((false, [:], [], [:], []))
+    private let state = Mutex<
+        (
+            closed: Bool, kinds: [String: DestinationKind], dlqs: Set<String>,
+            consumers: [ObjectIdentifier: KafkaConsumer], groupsSeen: Set<String>
+        )
+    >((false, [:], [], [:], []))
 
     var backendName: String { "kafka" }
     var capabilities: BrokerCapabilities { KafkaBackend.capabilities }
 
     private init(
-        configuration: BrokerConfiguration, settings: KafkaConfiguration, producer: KafkaProducer, adminHandle: RdKafkaHandle,
+        configuration: BrokerConfiguration,
+        settings: KafkaConfiguration,
+        producer: KafkaProducer,
+        adminHandle: RdKafkaHandle,
         logger: Logger
     ) {
         self.configuration = configuration
@@ -52,13 +60,23 @@ final class KafkaBroker: BrokerDriver {
         let adminHandle: RdKafkaHandle
         do {
             adminHandle = try await RdKafka.offPool {
-                try RdKafkaHandle(type: RD_KAFKA_PRODUCER, properties: frozenAdmin, callbacks: RdKafkaCallbacks(logger: logger, role: "admin"))
+                try RdKafkaHandle(
+                    type: RD_KAFKA_PRODUCER,
+                    properties: frozenAdmin,
+                    callbacks: RdKafkaCallbacks(logger: logger, role: "admin")
+                )
             }
         } catch {
             await producer.close(timeout: .seconds(1))
             throw error
         }
-        let broker = KafkaBroker(configuration: configuration, settings: settings, producer: producer, adminHandle: adminHandle, logger: logger)
+        let broker = KafkaBroker(
+            configuration: configuration,
+            settings: settings,
+            producer: producer,
+            adminHandle: adminHandle,
+            logger: logger
+        )
         // One metadata round trip proves the cluster answers (and the credentials work). It
         // is asked in short slices so that rejected credentials and failed TLS handshakes,
         // which librdkafka only reports through its error callback while it keeps retrying,
@@ -78,19 +96,24 @@ final class KafkaBroker: BrokerDriver {
                     let mechanism = settings.common["sasl.mechanism"] ?? "SASL"
                     throw BrokerError(
                         .authenticationFailed,
-                        "kafka \(settings.server) rejected the credentials of \(user) (\(mechanism)): \(reason)", backend: "kafka")
+                        "kafka \(settings.server) rejected the credentials of \(user) (\(mechanism)): \(reason)",
+                        backend: "kafka"
+                    )
                 case .tlsHandshake(let reason):
                     await broker.close()
                     throw BrokerError(
                         .connectionFailed,
                         "TLS handshake with kafka \(settings.server) failed (check ssl.ca.location, ssl.certificate.location and ssl.key.location): \(reason)",
-                        backend: "kafka")
+                        backend: "kafka"
+                    )
                 case nil:
                     break
                 }
                 if ContinuousClock.now < deadline {
                     // An immediate failure (connection refused): pause rather than spin.
-                    if ContinuousClock.now - asked < .milliseconds(100) { try? await Task.sleep(for: .milliseconds(100)) }
+                    if ContinuousClock.now - asked < .milliseconds(100) {
+                        try? await Task.sleep(for: .milliseconds(100))
+                    }
                     continue
                 }
                 await broker.close()
@@ -98,10 +121,14 @@ final class KafkaBroker: BrokerDriver {
                 if code == .timeout || code == .brokerError { code = .connectionFailed }
                 // The metadata call's error is generic (transport failure) and names the admin
                 // handle's last error only; the producer's may say why (refused, TLS alert).
-                let last = adminHandle.lastErrorDetail == nil ? producer.handle.lastErrorDetail.map { "; last error \($0)" } ?? "" : ""
+                let last =
+                    adminHandle.lastErrorDetail == nil
+                    ? producer.handle.lastErrorDetail.map { "; last error \($0)" } ?? "" : ""
                 throw BrokerError(
-                    code, "cannot connect to kafka \(settings.server) within \(settings.connectTimeout): \(error.message)\(last)",
-                    backend: "kafka")
+                    code,
+                    "cannot connect to kafka \(settings.server) within \(settings.connectTimeout): \(error.message)\(last)",
+                    backend: "kafka"
+                )
             }
         }
     }
@@ -135,8 +162,11 @@ final class KafkaBroker: BrokerDriver {
         }
         guard let createAs, settings.autoCreate else {
             throw BrokerError(
-                .unknownDestination, "topic '\(topic)' does not exist on kafka \(settings.server) and auto.create is off",
-                backend: backendName, destination: destination)
+                .unknownDestination,
+                "topic '\(topic)' does not exist on kafka \(settings.server) and auto.create is off",
+                backend: backendName,
+                destination: destination
+            )
         }
         try await create(destination, kind: createAs, options: DestinationOptions())
         return createAs
@@ -155,16 +185,28 @@ final class KafkaBroker: BrokerDriver {
     private func create(_ destination: String, kind: DestinationKind, options: DestinationOptions) async throws {
         let partitions = options.partitions ?? settings.defaultPartitions
         let replication = options.replicationFactor ?? settings.defaultReplication
-        var topics = [KafkaAdminClient.NewTopic(
-            name: settings.topic(destination), partitions: partitions, replication: replication,
-            configs: topicConfigs(options, kind: kind))]
+        var topics = [
+            KafkaAdminClient.NewTopic(
+                name: settings.topic(destination),
+                partitions: partitions,
+                replication: replication,
+                configs: topicConfigs(options, kind: kind)
+            )
+        ]
         let companionConfigs = ["max.message.bytes": settings.common["message.max.bytes"] ?? "1048588"]
         if kind == .queue {
             for name in [settings.delayTopic(destination)] + settings.retryTopics(destination) {
                 topics.append(.init(name: name, partitions: 1, replication: replication, configs: companionConfigs))
             }
         }
-        topics.append(.init(name: settings.dlqTopic(destination), partitions: 1, replication: replication, configs: companionConfigs))
+        topics.append(
+            .init(
+                name: settings.dlqTopic(destination),
+                partitions: 1,
+                replication: replication,
+                configs: companionConfigs
+            )
+        )
         if settings.autoTopicCreation {
             for topic in topics { try await admin.touch(topic.name) }
         } else {
@@ -175,7 +217,12 @@ final class KafkaBroker: BrokerDriver {
         for topic in topics {
             while try await admin.partitions(of: topic.name) == nil {
                 guard ContinuousClock.now < deadline else {
-                    throw BrokerError(.timeout, "topic '\(topic.name)' was created but never appeared in the metadata", backend: backendName, destination: destination)
+                    throw BrokerError(
+                        .timeout,
+                        "topic '\(topic.name)' was created but never appeared in the metadata",
+                        backend: backendName,
+                        destination: destination
+                    )
                 }
                 try await Task.sleep(for: .milliseconds(20))
             }
@@ -191,9 +238,13 @@ final class KafkaBroker: BrokerDriver {
         if state.withLock({ $0.dlqs.contains(destination) }) { return }
         let dlq = settings.dlqTopic(destination)
         if try await admin.partitions(of: dlq) == nil {
-            if settings.autoTopicCreation { try await admin.touch(dlq) } else {
+            if settings.autoTopicCreation {
+                try await admin.touch(dlq)
+            } else {
                 try await admin.createTopics(
-                [.init(name: dlq, partitions: 1, replication: settings.defaultReplication, configs: [:])], destination: destination)
+                    [.init(name: dlq, partitions: 1, replication: settings.defaultReplication, configs: [:])],
+                    destination: destination
+                )
             }
             while try await admin.partitions(of: dlq) == nil { try await Task.sleep(for: .milliseconds(20)) }
         }
@@ -229,7 +280,11 @@ final class KafkaBroker: BrokerDriver {
         return winner
     }
 
-    func publish(checked prepared: [Message], to destination: String, options: PublishOptions) async throws -> [PublishReceipt] {
+    func publish(
+        checked prepared: [Message],
+        to destination: String,
+        options: PublishOptions
+    ) async throws -> [PublishReceipt] {
         try validate(destination)
         let kind = try await kind(of: destination, createAs: .queue)
         var topic = settings.topic(destination)
@@ -237,7 +292,12 @@ final class KafkaBroker: BrokerDriver {
         var delayed = false
         if let deliverAt = options.deliverAt, deliverAt > Date() {
             guard kind == .queue else {
-                throw BrokerError(.unsupported, "delayed delivery applies to queues; '\(destination)' is a stream", backend: backendName, destination: destination)
+                throw BrokerError(
+                    .unsupported,
+                    "delayed delivery applies to queues; '\(destination)' is a stream",
+                    backend: backendName,
+                    destination: destination
+                )
             }
             topic = settings.delayTopic(destination)
             extra[HeaderName.deliverAt] = ISO8601.format(deliverAt)
@@ -248,13 +308,20 @@ final class KafkaBroker: BrokerDriver {
         do {
             positions = try await activeProducer().produce(records, destination: destination)
         } catch let error as BrokerError where error.code == .messageTooLarge {
-            throw BrokerError(.messageTooLarge, "\(error.message) (message ids \(prepared.map(\.id).joined(separator: ", ")))", backend: backendName, destination: destination)
+            throw BrokerError(
+                .messageTooLarge,
+                "\(error.message) (message ids \(prepared.map(\.id).joined(separator: ", ")))",
+                backend: backendName,
+                destination: destination
+            )
         }
         // By index: zipping the two arrays copied every message just to read its id.
         return prepared.indices.map { index in
             PublishReceipt(
-                messageID: prepared[index].id, destination: destination,
-                position: delayed ? nil : Position(partition: Int(positions[index].0), offset: positions[index].1))
+                messageID: prepared[index].id,
+                destination: destination,
+                position: delayed ? nil : Position(partition: Int(positions[index].0), offset: positions[index].1)
+            )
         }
     }
 
@@ -264,18 +331,38 @@ final class KafkaBroker: BrokerDriver {
         try validate(queue)
         let kind = try await kind(of: queue, createAs: .queue)
         guard kind == .queue else {
-            throw BrokerError(.wrongDestinationKind, "'\(queue)' is a stream, not a queue", backend: backendName, destination: queue)
+            throw BrokerError(
+                .wrongDestinationKind,
+                "'\(queue)' is a stream, not a queue",
+                backend: backendName,
+                destination: queue
+            )
         }
-        return try await start(RdKafka.offPool { try KafkaConsumer(broker: self, destination: queue, mode: .queue(options)) })
+        return try await start(
+            RdKafka.offPool { try KafkaConsumer(broker: self, destination: queue, mode: .queue(options)) }
+        )
     }
 
-    func openStreamConsumer(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer {
+    func openStreamConsumer(
+        _ stream: String,
+        group: String,
+        options: StreamConsumerOptions
+    ) async throws -> any MessageConsumer {
         try validate(stream)
         let kind = try await kind(of: stream, createAs: .stream)
         guard kind == .stream else {
-            throw BrokerError(.wrongDestinationKind, "'\(stream)' is a queue, not a stream", backend: backendName, destination: stream)
+            throw BrokerError(
+                .wrongDestinationKind,
+                "'\(stream)' is a queue, not a stream",
+                backend: backendName,
+                destination: stream
+            )
         }
-        return try await start(RdKafka.offPool { try KafkaConsumer(broker: self, destination: stream, mode: .stream(group: group, options)) })
+        return try await start(
+            RdKafka.offPool {
+                try KafkaConsumer(broker: self, destination: stream, mode: .stream(group: group, options))
+            }
+        )
     }
 
     private func start(_ consumer: KafkaConsumer) async throws -> KafkaConsumer {
@@ -307,8 +394,11 @@ final class KafkaBroker: BrokerDriver {
         if let existing = try await existingKind(of: name) {
             guard existing == kind else {
                 throw BrokerError(
-                    .wrongDestinationKind, "'\(name)' already exists as a \(existing), cannot create it as a \(kind)",
-                    backend: backendName, destination: name)
+                    .wrongDestinationKind,
+                    "'\(name)' already exists as a \(existing), cannot create it as a \(kind)",
+                    backend: backendName,
+                    destination: name
+                )
             }
             if kind == .queue {
                 // Make sure every companion topic exists (topics created by older versions or by hand).
@@ -338,14 +428,24 @@ final class KafkaBroker: BrokerDriver {
         let names = Set(topics.map(\.name))
         let prefix = settings.topic("")
         return topics.compactMap { topic -> DestinationInfo? in
-            guard topic.name.hasPrefix(prefix), !topic.name.hasPrefix("__"), !KafkaConfiguration.isCompanion(topic.name) else { return nil }
+            guard topic.name.hasPrefix(prefix), !topic.name.hasPrefix("__"), !KafkaConfiguration.isCompanion(topic.name)
+            else { return nil }
             let kind: DestinationKind = names.contains(topic.name + ".delay") ? .queue : .stream
-            return DestinationInfo(name: String(topic.name.dropFirst(prefix.count)), kind: kind, partitions: topic.partitions)
+            return DestinationInfo(
+                name: String(topic.name.dropFirst(prefix.count)),
+                kind: kind,
+                partitions: topic.partitions
+            )
         }.sorted { $0.name < $1.name }
     }
 
     /// Lag of `group` on `topic`: high watermark − committed offset (low watermark when none).
-    private func lag(topic: String, partitions: Int, committed: [TopicPartition: Int64], marks: [(low: Int64, high: Int64)]) -> Int {
+    private func lag(
+        topic: String,
+        partitions: Int,
+        committed: [TopicPartition: Int64],
+        marks: [(low: Int64, high: Int64)]
+    ) -> Int {
         var total: Int64 = 0
         for p in 0..<partitions {
             let mark = marks[p]
@@ -359,7 +459,12 @@ final class KafkaBroker: BrokerDriver {
         try validate(destination)
         let topic = settings.topic(destination)
         guard let partitions = try await admin.partitions(of: topic) else {
-            throw BrokerError(.unknownDestination, "topic '\(topic)' does not exist on kafka \(settings.server)", backend: backendName, destination: destination)
+            throw BrokerError(
+                .unknownDestination,
+                "topic '\(topic)' does not exist on kafka \(settings.server)",
+                backend: backendName,
+                destination: destination
+            )
         }
         let kind = try await kind(of: destination, createAs: nil)
         let marks = try await admin.watermarks(topic: topic, partitions: partitions)
@@ -387,9 +492,22 @@ final class KafkaBroker: BrokerDriver {
                 committed[TopicPartition(topic: topic, partition: Int32(p))].map { Position(partition: p, offset: $0) }
             }
             return DestinationStats(
-                name: destination, kind: .queue, depth: max(0, mainLag - inFlight), inFlight: inFlight,
-                delayed: max(0, delayed), deadLettered: deadLettered,
-                groups: [GroupStats(group: group, lag: mainLag, pending: inFlight, consumers: local.count, committed: positions)])
+                name: destination,
+                kind: .queue,
+                depth: max(0, mainLag - inFlight),
+                inFlight: inFlight,
+                delayed: max(0, delayed),
+                deadLettered: deadLettered,
+                groups: [
+                    GroupStats(
+                        group: group,
+                        lag: mainLag,
+                        pending: inFlight,
+                        consumers: local.count,
+                        committed: positions
+                    )
+                ]
+            )
         }
         let depth = Int(marks.reduce(Int64(0)) { $0 + max(0, $1.high - $1.low) })
         let tps = (0..<partitions).map { TopicPartition(topic: topic, partition: Int32($0)) }
@@ -407,18 +525,36 @@ final class KafkaBroker: BrokerDriver {
         for (groupID, committed) in offsets.sorted(by: { $0.key < $1.key }) where !committed.isEmpty {
             let name = String(groupID.dropFirst(groupPrefix.count))
             let members = local.filter { $0.groupID == groupID }
-            let positions = committed.sorted { $0.key.partition < $1.key.partition }.map { Position(partition: Int($0.key.partition), offset: $0.value) }
-            groups.append(GroupStats(
-                group: name, lag: lag(topic: topic, partitions: partitions, committed: committed, marks: marks),
-                pending: members.reduce(0) { $0 + $1.unsettled }, consumers: members.count, committed: positions))
+            let positions = committed.sorted { $0.key.partition < $1.key.partition }.map {
+                Position(partition: Int($0.key.partition), offset: $0.value)
+            }
+            groups.append(
+                GroupStats(
+                    group: name,
+                    lag: lag(topic: topic, partitions: partitions, committed: committed, marks: marks),
+                    pending: members.reduce(0) { $0 + $1.unsettled },
+                    consumers: members.count,
+                    committed: positions
+                )
+            )
         }
-        return DestinationStats(name: destination, kind: .stream, depth: depth, inFlight: local.reduce(0) { $0 + $1.unsettled }, delayed: 0, deadLettered: deadLettered, groups: groups)
+        return DestinationStats(
+            name: destination,
+            kind: .stream,
+            depth: depth,
+            inFlight: local.reduce(0) { $0 + $1.unsettled },
+            delayed: 0,
+            deadLettered: deadLettered,
+            groups: groups
+        )
     }
 
     // MARK: - Dead letters
 
     /// Where the DLQ's unreplayed entries start and end, per partition.
-    private func dlqBacklog(_ destination: String) async throws -> (ranges: [(TopicPartition, Int64, Int64)], count: Int) {
+    private func dlqBacklog(
+        _ destination: String
+    ) async throws -> (ranges: [(TopicPartition, Int64, Int64)], count: Int) {
         let dlq = settings.dlqTopic(destination)
         guard let partitions = try await admin.partitions(of: dlq) else { return ([], 0) }
         let marks = try await admin.watermarks(topic: dlq, partitions: partitions)
@@ -442,7 +578,10 @@ final class KafkaBroker: BrokerDriver {
         let records = try await KafkaReader.read(ranges: backlog.ranges, limit: limit, broker: self)
         return records.compactMap { record in
             DeadLetterEnvelope(dlqMessage: KafkaRecordLayout.message(from: record)).map {
-                DeadLetterEntry(envelope: $0, position: Position(partition: Int(record.partition), offset: record.offset))
+                DeadLetterEntry(
+                    envelope: $0,
+                    position: Position(partition: Int(record.partition), offset: record.offset)
+                )
             }
         }
     }
@@ -460,7 +599,8 @@ final class KafkaBroker: BrokerDriver {
             // A record without an envelope (another producer wrote to the DLQ topic) goes to
             // the queue as it is, as on the other backends: committing past it without
             // sending it anywhere lost it.
-            let envelope = DeadLetterEnvelope(dlqMessage: message)
+            let envelope =
+                DeadLetterEnvelope(dlqMessage: message)
                 ?? DeadLetterEnvelope(original: message, originalDestination: destination, attempts: 0, lastError: "")
             var original = envelope.original
             original.headers = original.headers.filter { !PublishValidation.isReserved($0.key) }

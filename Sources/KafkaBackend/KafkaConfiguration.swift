@@ -52,44 +52,143 @@ struct KafkaConfiguration: Sendable {
 
     static let options: [BrokerOption] = [
         BrokerOption("client.id", .string, default: "brokerkit", "Client id sent to the brokers."),
-        BrokerOption("group.id", .string, "Consumer group of queue consumers (default: '<topic>.workers'). Stream groups are named by the app."),
-        BrokerOption("compression.type", .choice(["none", "gzip", "snappy", "lz4", "zstd"]), default: "none", "Producer compression."),
-        BrokerOption("batch.size", .int(1...1_000_000_000), "Largest producer batch in bytes (librdkafka batch.size)."),
-        BrokerOption("batch.messages", .int(1...1_000_000), "Most messages in one producer batch (batch.num.messages)."),
         BrokerOption(
-            "linger", .duration, default: "0ms",
-            "How long the producer waits to fill a batch (linger.ms). 0: an awaited publish is sent at once; records still batch while requests are in flight."),
-        BrokerOption("max.in.flight", .int(1...5), default: "5", "Produce requests in flight per broker (idempotence allows at most 5)."),
-        BrokerOption("idempotence", .bool, default: "true", "Idempotent producer (no duplicates or reordering on producer retries)."),
-        BrokerOption("acks", .choice(["all", "1", "0"]), default: "all", "Broker acknowledgements a produce waits for."),
-        BrokerOption("security.protocol", .choice(["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"]), "Transport security (default: plaintext, or sasl_plaintext when the URL has credentials)."),
-        BrokerOption("sasl.mechanism", .choice(["plain", "scram-sha-256", "scram-sha-512"]), default: "plain", "SASL mechanism."),
+            "group.id",
+            .string,
+            "Consumer group of queue consumers (default: '<topic>.workers'). Stream groups are named by the app."
+        ),
+        BrokerOption(
+            "compression.type",
+            .choice(["none", "gzip", "snappy", "lz4", "zstd"]),
+            default: "none",
+            "Producer compression."
+        ),
+        BrokerOption("batch.size", .int(1...1_000_000_000), "Largest producer batch in bytes (librdkafka batch.size)."),
+        BrokerOption(
+            "batch.messages",
+            .int(1...1_000_000),
+            "Most messages in one producer batch (batch.num.messages)."
+        ),
+        BrokerOption(
+            "linger",
+            .duration,
+            default: "0ms",
+            "How long the producer waits to fill a batch (linger.ms). 0: an awaited publish is sent at once; records still batch while requests are in flight."
+        ),
+        BrokerOption(
+            "max.in.flight",
+            .int(1...5),
+            default: "5",
+            "Produce requests in flight per broker (idempotence allows at most 5)."
+        ),
+        BrokerOption(
+            "idempotence",
+            .bool,
+            default: "true",
+            "Idempotent producer (no duplicates or reordering on producer retries)."
+        ),
+        BrokerOption(
+            "acks",
+            .choice(["all", "1", "0"]),
+            default: "all",
+            "Broker acknowledgements a produce waits for."
+        ),
+        BrokerOption(
+            "security.protocol",
+            .choice(["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"]),
+            "Transport security (default: plaintext, or sasl_plaintext when the URL has credentials)."
+        ),
+        BrokerOption(
+            "sasl.mechanism",
+            .choice(["plain", "scram-sha-256", "scram-sha-512"]),
+            default: "plain",
+            "SASL mechanism."
+        ),
         BrokerOption("sasl.username", .string, "SASL user (or put it in the URL)."),
         BrokerOption("sasl.password", .string, secret: true, "SASL password (or put it in the URL)."),
         BrokerOption("ssl.ca.location", .string, "CA certificate file for TLS."),
         BrokerOption("ssl.certificate.location", .string, "Client certificate file for TLS."),
         BrokerOption("ssl.key.location", .string, "Client private key file for TLS."),
         BrokerOption("ssl.key.password", .string, secret: true, "Password of the client private key."),
-        BrokerOption("auto.offset.reset", .choice(["earliest", "latest"]), default: "earliest", "Where a group restarts when its committed offset no longer exists (retention)."),
-        BrokerOption("session.timeout", .duration, default: "10s", "Group session timeout: how long a silent member keeps its partitions."),
-        BrokerOption("retry.mode", .choice(["topics", "blocking"]), default: "topics", "Queue retries: 'topics' (<topic>.retry.<n>, non-blocking) or 'blocking' (in place, partition waits)."),
-        BrokerOption("retry.topics", .int(1...20), default: "3", "Number of retry topics <topic>.retry.1 ... .N per queue (later attempts reuse the last)."),
-        BrokerOption("delay.hold.max", .int(0...1_000_000), default: "1000", "Not-yet-due retry/delayed messages a consumer holds in memory before pausing that partition."),
-        BrokerOption("default.partitions", .int(1...10_000), default: "3", "Partitions of topics created without an explicit count."),
-        BrokerOption("default.replication", .int(-1...32), default: "-1", "Replication factor of created topics (-1: the broker's default)."),
-        BrokerOption("group.scope", .choice(["stream", "global"]), default: "stream", "Kafka group id of a stream group: '<topic>/<group>' (stream) or the name as given (global, to share it with other Kafka clients)."),
-        BrokerOption("topic.creation", .choice(["admin", "auto"]), default: "admin", "How missing topics are created: 'admin' (CreateTopics with partitions and configs) or 'auto' (the broker's auto.create.topics.enable, its default partition count)."),
-        BrokerOption("statistics.interval", .duration, default: "5s", "How often librdkafka statistics feed swift-metrics (0 turns them off)."),
-        BrokerOption(prefix: "rdkafka.", "Any other librdkafka property, passed through (rdkafka.fetch.wait.max.ms=50)."),
+        BrokerOption(
+            "auto.offset.reset",
+            .choice(["earliest", "latest"]),
+            default: "earliest",
+            "Where a group restarts when its committed offset no longer exists (retention)."
+        ),
+        BrokerOption(
+            "session.timeout",
+            .duration,
+            default: "10s",
+            "Group session timeout: how long a silent member keeps its partitions."
+        ),
+        BrokerOption(
+            "retry.mode",
+            .choice(["topics", "blocking"]),
+            default: "topics",
+            "Queue retries: 'topics' (<topic>.retry.<n>, non-blocking) or 'blocking' (in place, partition waits)."
+        ),
+        BrokerOption(
+            "retry.topics",
+            .int(1...20),
+            default: "3",
+            "Number of retry topics <topic>.retry.1 ... .N per queue (later attempts reuse the last)."
+        ),
+        BrokerOption(
+            "delay.hold.max",
+            .int(0...1_000_000),
+            default: "1000",
+            "Not-yet-due retry/delayed messages a consumer holds in memory before pausing that partition."
+        ),
+        BrokerOption(
+            "default.partitions",
+            .int(1...10_000),
+            default: "3",
+            "Partitions of topics created without an explicit count."
+        ),
+        BrokerOption(
+            "default.replication",
+            .int(-1...32),
+            default: "-1",
+            "Replication factor of created topics (-1: the broker's default)."
+        ),
+        BrokerOption(
+            "group.scope",
+            .choice(["stream", "global"]),
+            default: "stream",
+            "Kafka group id of a stream group: '<topic>/<group>' (stream) or the name as given (global, to share it with other Kafka clients)."
+        ),
+        BrokerOption(
+            "topic.creation",
+            .choice(["admin", "auto"]),
+            default: "admin",
+            "How missing topics are created: 'admin' (CreateTopics with partitions and configs) or 'auto' (the broker's auto.create.topics.enable, its default partition count)."
+        ),
+        BrokerOption(
+            "statistics.interval",
+            .duration,
+            default: "5s",
+            "How often librdkafka statistics feed swift-metrics (0 turns them off)."
+        ),
+        BrokerOption(
+            prefix: "rdkafka.",
+            "Any other librdkafka property, passed through (rdkafka.fetch.wait.max.ms=50)."
+        ),
     ]
 
     init(_ configuration: BrokerConfiguration) throws {
         let url = configuration.url
         guard !url.hosts.isEmpty else {
-            throw BrokerError.invalidConfiguration("kafka URL '\(url.redacted)' names no broker (kafka://host:9092[,host2:9092])", backend: "kafka")
+            throw BrokerError.invalidConfiguration(
+                "kafka URL '\(url.redacted)' names no broker (kafka://host:9092[,host2:9092])",
+                backend: "kafka"
+            )
         }
         if !url.path.isEmpty {
-            throw BrokerError.invalidConfiguration("kafka URL '\(url.redacted)' has a path '/\(url.path)'; Kafka URLs list brokers only", backend: "kafka")
+            throw BrokerError.invalidConfiguration(
+                "kafka URL '\(url.redacted)' has a path '/\(url.path)'; Kafka URLs list brokers only",
+                backend: "kafka"
+            )
         }
         bootstrap = url.hosts.map { host in
             let name = host.name.contains(":") && !host.name.hasPrefix("[") ? "[\(host.name)]" : host.name
@@ -119,7 +218,9 @@ struct KafkaConfiguration: Sendable {
             "socket.connection.setup.timeout.ms": String(max(1000, Self.milliseconds(connectTimeout))),
             "topic.metadata.refresh.interval.ms": "10000",
         ]
-        if statisticsInterval > .zero { common["statistics.interval.ms"] = String(max(100, Self.milliseconds(statisticsInterval))) }
+        if statisticsInterval > .zero {
+            common["statistics.interval.ms"] = String(max(100, Self.milliseconds(statisticsInterval)))
+        }
         let user = configuration.string("sasl.username") ?? url.user
         let password = configuration.string("sasl.password") ?? url.password
         var security = configuration.string("security.protocol")
@@ -130,7 +231,10 @@ struct KafkaConfiguration: Sendable {
         if let security { common["security.protocol"] = security }
         if let security, security.hasPrefix("sasl") {
             guard let user, let password else {
-                throw BrokerError.invalidConfiguration("security.protocol \(security) needs sasl.username and sasl.password (or user:password@ in the URL)", backend: "kafka")
+                throw BrokerError.invalidConfiguration(
+                    "security.protocol \(security) needs sasl.username and sasl.password (or user:password@ in the URL)",
+                    backend: "kafka"
+                )
             }
             common["sasl.mechanism"] = (configuration.string("sasl.mechanism") ?? "plain").uppercased()
             common["sasl.username"] = user
@@ -155,7 +259,10 @@ struct KafkaConfiguration: Sendable {
         if let size = configuration.string("batch.size") { producer["batch.size"] = size }
         if let count = configuration.string("batch.messages") { producer["batch.num.messages"] = count }
         if producer["enable.idempotence"] == "true" && producer["acks"] != "all" {
-            throw BrokerError.invalidConfiguration("option 'acks' of kafka: '\(producer["acks"]!)' needs idempotence=false (the idempotent producer requires acks=all)", backend: "kafka")
+            throw BrokerError.invalidConfiguration(
+                "option 'acks' of kafka: '\(producer["acks"]!)' needs idempotence=false (the idempotent producer requires acks=all)",
+                backend: "kafka"
+            )
         }
         var consumer: [String: String] = [
             "allow.auto.create.topics": "false",
@@ -163,7 +270,9 @@ struct KafkaConfiguration: Sendable {
             "enable.auto.offset.store": "false",
             "enable.partition.eof": "false",
             "auto.offset.reset": configuration.string("auto.offset.reset") ?? "earliest",
-            "session.timeout.ms": String(max(1000, Self.milliseconds(configuration.duration("session.timeout") ?? .seconds(10)))),
+            "session.timeout.ms": String(
+                max(1000, Self.milliseconds(configuration.duration("session.timeout") ?? .seconds(10)))
+            ),
             "heartbeat.interval.ms": "1000",
             "partition.assignment.strategy": "roundrobin",
             "fetch.max.bytes": String(max(52_428_800, wireLimit)),
@@ -180,7 +289,8 @@ struct KafkaConfiguration: Sendable {
             // stream: from the group the app names), so one id for every handle cannot apply.
             throw BrokerError.invalidConfiguration(
                 "option 'rdkafka.group.id' of kafka is not passed through: BrokerKit derives each consumer's group id; set option 'group.id' for queue workers, and name stream groups in consumeStream (group.scope=global keeps them verbatim)",
-                backend: "kafka")
+                backend: "kafka"
+            )
         }
         for (key, value) in passThrough {
             common[key] = value

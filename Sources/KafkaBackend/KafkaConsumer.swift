@@ -195,14 +195,21 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             DedicatedThread.start(name: "kafka-consumer") { [self] in
                 rd_kafka_poll_set_consumer(handle.rk)
                 consumerQueue.withLock { $0 = rd_kafka_queue_get_consumer(handle.rk) }
-                let subscription = PartitionList(topics.map { (TopicPartition(topic: $0, partition: -1), Int64(-1001)) })
+                let subscription = PartitionList(
+                    topics.map { (TopicPartition(topic: $0, partition: -1), Int64(-1001)) }
+                )
                 continuation.resume(returning: rd_kafka_subscribe(handle.rk, subscription.list))
                 loop()
             }
         }
         guard err == RD_KAFKA_RESP_ERR_NO_ERROR else {
             await stopAndWait()
-            throw RdKafka.brokerError(err, "cannot subscribe to \(topics)", server: settings.server, destination: destination)
+            throw RdKafka.brokerError(
+                err,
+                "cannot subscribe to \(topics)",
+                server: settings.server,
+                destination: destination
+            )
         }
         let joined = await waitForJoin(timeout: settings.operationTimeout)
         if !joined {
@@ -210,8 +217,11 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             detail += handle.lastErrorDetail.map { "; last error \($0)" } ?? ""
             await stopAndWait()
             throw BrokerError(
-                .timeout, "group '\(groupID)' did not assign partitions within \(settings.operationTimeout) (kafka \(settings.server))\(detail)",
-                backend: "kafka", destination: destination)
+                .timeout,
+                "group '\(groupID)' did not assign partitions within \(settings.operationTimeout) (kafka \(settings.server))\(detail)",
+                backend: "kafka",
+                destination: destination
+            )
         }
         if let error = state.withLock({ $0.joinError }) {
             await stopAndWait()
@@ -294,7 +304,9 @@ final class KafkaConsumer: MessageConsumer, Sendable {
 
     /// Copies a polled message into `records` (errors are logged) and frees it.
     private func take(
-        _ message: UnsafeMutablePointer<rd_kafka_message_t>, into records: inout [KafkaRecord], names: inout TopicNames
+        _ message: UnsafeMutablePointer<rd_kafka_message_t>,
+        into records: inout [KafkaRecord],
+        names: inout TopicNames
     ) {
         defer { rd_kafka_message_destroy(message) }
         let err = message.pointee.err
@@ -327,11 +339,12 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             }
             // Wait for one record, then take whatever else is already fetched in one call.
             guard let first = rd_kafka_consumer_poll(rk, waitMs) else { continue }
-            let n = consumerQueue.withLock({ $0 }).map { queue in
-                batch.withUnsafeMutableBufferPointer { buffer in
-                    rd_kafka_consume_batch_queue(queue, 0, buffer.baseAddress, buffer.count)
-                }
-            } ?? 0
+            let n =
+                consumerQueue.withLock({ $0 }).map { queue in
+                    batch.withUnsafeMutableBufferPointer { buffer in
+                        rd_kafka_consume_batch_queue(queue, 0, buffer.baseAddress, buffer.count)
+                    }
+                } ?? 0
             // Both polls may have run a rebalance (polled messages keep their topic handles).
             if namesGeneration != topicHandlesGeneration {
                 names.removeAll()
@@ -385,7 +398,8 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         state.withLock { s in
             var last: PartitionState?
             for record in records {
-                if let p = last, p.topicPartition.partition == record.partition, p.topicPartition.topic == record.topic {
+                if let p = last, p.topicPartition.partition == record.partition, p.topicPartition.topic == record.topic
+                {
                     partitions.append(p)
                 } else {
                     last = s.partitions[record.topicPartition]  // nil: not assigned any more
@@ -411,13 +425,26 @@ final class KafkaConsumer: MessageConsumer, Sendable {
                 let date = ISO8601.parse(text), date > now
             {
                 if date.timeIntervalSince(now) > Self.maxHoldAhead.timeInterval {
-                    defect = "header '\(HeaderName.deliverAt)' is '\(text.prefix(40))', more than \(Self.maxHoldAhead) ahead"
+                    defect =
+                        "header '\(HeaderName.deliverAt)' is '\(text.prefix(40))', more than \(Self.maxHoldAhead) ahead"
                 } else {
                     due = date
                 }
             }
-            let accepted: Accepted = due.map { .held(Held(record: record, partition: partition, due: $0)) }
-                ?? .ready(Ready(delivery: delivery(for: record, partition: partition, attempt: nil, firstFailureAt: nil, defect: defect), partition: partition))
+            let accepted: Accepted =
+                due.map { .held(Held(record: record, partition: partition, due: $0)) }
+                ?? .ready(
+                    Ready(
+                        delivery: delivery(
+                            for: record,
+                            partition: partition,
+                            attempt: nil,
+                            firstFailureAt: nil,
+                            defect: defect
+                        ),
+                        partition: partition
+                    )
+                )
             items.append((partition, record.offset, accepted))
         }
         state.withLock { s in
@@ -466,7 +493,10 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         state.withLock { s in
             var out: [Delivery] = []
             while s.readyHead < s.ready.count && s.outstanding < prefetch {
-                guard let next = s.ready[s.readyHead] else { s.readyHead += 1; continue }
+                guard let next = s.ready[s.readyHead] else {
+                    s.readyHead += 1
+                    continue
+                }
                 s.ready[s.readyHead] = nil  // the app holds it now; nothing to free at compaction
                 s.readyHead += 1
                 s.readyBytes -= next.bytes
@@ -534,7 +564,10 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         if !due.isEmpty {
             // Built outside the lock; only this thread revokes partitions, so they stay live.
             let items = due.map { held in
-                Ready(delivery: delivery(for: held.record, partition: held.partition, attempt: nil, firstFailureAt: nil), partition: held.partition)
+                Ready(
+                    delivery: delivery(for: held.record, partition: held.partition, attempt: nil, firstFailureAt: nil),
+                    partition: held.partition
+                )
             }
             state.withLock { s in
                 for item in items where item.partition.live { s.enqueue(item) }
@@ -557,7 +590,11 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     /// The delivery for `record`; `attempt` / `firstFailureAt` override what its headers say.
     /// The attempt and first-failure headers count only on a queue's retry and delay topics.
     private func delivery(
-        for record: KafkaRecord, partition: PartitionState, attempt: Int?, firstFailureAt: Date?, defect: String? = nil
+        for record: KafkaRecord,
+        partition: PartitionState,
+        attempt: Int?,
+        firstFailureAt: Date?,
+        defect: String? = nil
     ) -> Delivery {
         let consumed = KafkaRecordLayout.consumed(from: record)
         var defect = defect ?? record.defect
@@ -566,18 +603,31 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             if let value = Int(text), (1...Delivery.maxAttempt).contains(value) {
                 headerAttempt = value
             } else {
-                defect = defect ?? "header '\(HeaderName.attempt)' is '\(text.prefix(40))', not a whole number from 1 to \(Delivery.maxAttempt)"
+                defect =
+                    defect
+                    ?? "header '\(HeaderName.attempt)' is '\(text.prefix(40))', not a whole number from 1 to \(Delivery.maxAttempt)"
             }
         }
         let settler = KafkaSettler(
-            consumer: self, record: record, partition: partition,
+            consumer: self,
+            record: record,
+            partition: partition,
             attempt: attempt ?? headerAttempt ?? 1,
-            firstFailureAt: firstFailureAt ?? (partition.isCompanion ? consumed.firstFailureAt : nil))
+            firstFailureAt: firstFailureAt ?? (partition.isCompanion ? consumed.firstFailureAt : nil)
+        )
         return Delivery(
-            message: consumed.message, destination: destination, group: group, attempt: settler.attempt,
+            message: consumed.message,
+            destination: destination,
+            group: group,
+            attempt: settler.attempt,
             firstFailureAt: settler.firstFailureAt,
             position: Position(partition: Int(record.partition), offset: record.offset),
-            retryPolicy: retryPolicy, backend: "kafka", settler: settler, metrics: metrics, defect: defect)
+            retryPolicy: retryPolicy,
+            backend: "kafka",
+            settler: settler,
+            metrics: metrics,
+            defect: defect
+        )
     }
 
     // MARK: - Settlement (any thread)
@@ -613,7 +663,9 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         BrokerError(
             .closed,
             "delivery from \(record.topic)[\(record.partition)] at offset \(record.offset) is no longer held (its consumer closed, or a rebalance gave the partition to another member): not committed, it will be delivered again",
-            backend: "kafka", destination: destination)
+            backend: "kafka",
+            destination: destination
+        )
     }
 
     /// Throws ``notHeld(_:)`` unless this consumer still holds `p`: checked before a retry
@@ -630,7 +682,13 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     /// ``notHeld(_:)`` (keeping the slot for the release that follows) when this consumer no
     /// longer holds the partition: the new owner redelivers it, and the nack must not report
     /// a retry that will not happen here.
-    func retryInPlace(_ record: KafkaRecord, partition p: PartitionState, after delay: Duration, nextAttempt: Int, firstFailureAt: Date) throws {
+    func retryInPlace(
+        _ record: KafkaRecord,
+        partition p: PartitionState,
+        after delay: Duration,
+        nextAttempt: Int,
+        firstFailureAt: Date
+    ) throws {
         let live = state.withLock { s -> Bool in
             guard p.live, !s.closing else { return false }
             p.blocked += 1
@@ -749,9 +807,11 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             if full || (!s.paused.isEmpty && s.paused == all && halfFull) {
                 desired = all
             } else {
-                desired = Set(s.partitions.filter { _, p in
-                    p.blocked > 0 || (p.held > 0 && p.held >= settings.delayHoldMax)
-                }.keys)
+                desired = Set(
+                    s.partitions.filter { _, p in
+                        p.blocked > 0 || (p.held > 0 && p.held >= settings.delayHoldMax)
+                    }.keys
+                )
             }
             let pause = desired.subtracting(s.paused)
             let resume = s.paused.subtracting(desired).intersection(all)
@@ -793,7 +853,10 @@ final class KafkaConsumer: MessageConsumer, Sendable {
 
     // MARK: - Rebalance (poll thread, inside rd_kafka_consumer_poll)
 
-    private func rebalance(_ err: rd_kafka_resp_err_t, _ partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) {
+    private func rebalance(
+        _ err: rd_kafka_resp_err_t,
+        _ partitions: UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?
+    ) {
         let rk = handle.rk
         let cooperative = rd_kafka_rebalance_protocol(rk).map { String(cString: $0) } == "COOPERATIVE"
         let entries = partitions.map { PartitionList.entries(of: $0) } ?? []
@@ -872,7 +935,12 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             defer { rd_kafka_topic_partition_list_destroy(committed) }
             let err = rd_kafka_committed(rk, committed, timeout)
             guard err == RD_KAFKA_RESP_ERR_NO_ERROR else {
-                let error = RdKafka.brokerError(err, "committed-offset lookup before a seek failed", server: settings.server, destination: destination)
+                let error = RdKafka.brokerError(
+                    err,
+                    "committed-offset lookup before a seek failed",
+                    server: settings.server,
+                    destination: destination
+                )
                 logger.error("\(error)")
                 state.withLock { $0.joinError = error }
                 return nil
@@ -883,7 +951,9 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         case .position(let position):
             guard let offset = position.numericOffset, let fresh = uncommitted() else { return }
             for i in fresh {
-                let seekHere = bk_tp_topic(list, i).map({ String(cString: $0) }) == mainTopic && Int(bk_tp_partition(list, i)) == position.partition
+                let seekHere =
+                    bk_tp_topic(list, i).map({ String(cString: $0) }) == mainTopic
+                    && Int(bk_tp_partition(list, i)) == position.partition
                 bk_tp_set_offset(list, i, seekHere ? offset : -2)  // -2: RD_KAFKA_OFFSET_BEGINNING
             }
             return
@@ -895,7 +965,12 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             for i in 0..<count { bk_tp_set_offset(query, Int32(i), ms) }
             let err = rd_kafka_offsets_for_times(rk, query, timeout)
             if err != RD_KAFKA_RESP_ERR_NO_ERROR {
-                let error = RdKafka.brokerError(err, "timestamp seek (offsets_for_times) failed", server: settings.server, destination: destination)
+                let error = RdKafka.brokerError(
+                    err,
+                    "timestamp seek (offsets_for_times) failed",
+                    server: settings.server,
+                    destination: destination
+                )
                 logger.error("\(error)")
                 state.withLock { $0.joinError = error }
                 return
@@ -916,14 +991,23 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             defer { rd_kafka_topic_partition_list_destroy(committed) }
             let err = rd_kafka_committed(rk, committed, timeout)
             guard err == RD_KAFKA_RESP_ERR_NO_ERROR else {
-                logger.warning("kafka committed-offset lookup failed (\(RdKafka.errorName(err))); auto.offset.reset applies")
+                logger.warning(
+                    "kafka committed-offset lookup failed (\(RdKafka.errorName(err))); auto.offset.reset applies"
+                )
                 return
             }
             for i in 0..<count where bk_tp_offset(committed, Int32(i)) < 0 {
                 if case .latest = start, let topic = bk_tp_topic(list, Int32(i)) {
                     var low: Int64 = 0
                     var high: Int64 = 0
-                    if rd_kafka_query_watermark_offsets(rk, topic, bk_tp_partition(list, Int32(i)), &low, &high, timeout) == RD_KAFKA_RESP_ERR_NO_ERROR {
+                    if rd_kafka_query_watermark_offsets(
+                        rk,
+                        topic,
+                        bk_tp_partition(list, Int32(i)),
+                        &low,
+                        &high,
+                        timeout
+                    ) == RD_KAFKA_RESP_ERR_NO_ERROR {
                         bk_tp_set_offset(list, Int32(i), high)
                     } else {
                         bk_tp_set_offset(list, Int32(i), -1)  // RD_KAFKA_OFFSET_END
@@ -956,17 +1040,27 @@ struct KafkaSettler: DeliverySettler {
             // The message as the app got it, rebuilt from the record: keeping a copy in every
             // settler cost each delivery a copy for the rare retry.
             let message = KafkaRecordLayout.consumed(from: record).message
-            let outgoing = OutgoingRecord(topic: topic, message: message, extraHeaders: [
-                HeaderName.attempt: String(nextAttempt),
-                HeaderName.firstFailureAt: ISO8601.format(firstFailureAt),
-                HeaderName.deliverAt: ISO8601.format(due),
-            ])
+            let outgoing = OutgoingRecord(
+                topic: topic,
+                message: message,
+                extraHeaders: [
+                    HeaderName.attempt: String(nextAttempt),
+                    HeaderName.firstFailureAt: ISO8601.format(firstFailureAt),
+                    HeaderName.deliverAt: ISO8601.format(due),
+                ]
+            )
             try consumer.checkHeld(record, partition: partition)
             // Not moved if this throws: `Delivery` releases it, so it is not lost.
             _ = try await consumer.broker.activeProducer().produce([outgoing], destination: consumer.destination)
             try consumer.settle(record, partition: partition)
         } else {
-            try consumer.retryInPlace(record, partition: partition, after: delay, nextAttempt: nextAttempt, firstFailureAt: firstFailureAt)
+            try consumer.retryInPlace(
+                record,
+                partition: partition,
+                after: delay,
+                nextAttempt: nextAttempt,
+                firstFailureAt: firstFailureAt
+            )
         }
     }
 

@@ -42,7 +42,10 @@ enum KafkaRecordLayout {
         var headers: [String: String] = [:]
         var id: String?
         for (name, value) in record.headers {
-            if name == idHeader { id = value; continue }
+            if name == idHeader {
+                id = value
+                continue
+            }
             headers[name] = value
         }
         return message(of: record, id: id, headers: headers)
@@ -53,7 +56,10 @@ enum KafkaRecordLayout {
         Message(
             id: id ?? "\(record.topic)-\(record.partition)-\(record.offset)",
             key: record.key.map { String(decoding: $0, as: UTF8.self) },
-            payload: record.value, headers: headers, timestamp: record.timestamp ?? Date())
+            payload: record.value,
+            headers: headers,
+            timestamp: record.timestamp ?? Date()
+        )
     }
 }
 
@@ -75,7 +81,9 @@ final class KafkaProducer: Sendable {
         self.settings = settings
         let callbacks = RdKafkaCallbacks(logger: logger, role: "producer")
         handle = try RdKafkaHandle(
-            type: RD_KAFKA_PRODUCER, properties: settings.producerProperties, callbacks: callbacks
+            type: RD_KAFKA_PRODUCER,
+            properties: settings.producerProperties,
+            callbacks: callbacks
         ) { conf in
             rd_kafka_conf_set_dr_msg_cb(conf) { _, message, _ in
                 guard let message, let opaque = message.pointee._private else { return }
@@ -110,7 +118,12 @@ final class KafkaProducer: Sendable {
     func produce(_ records: [OutgoingRecord], destination: String) async throws -> [(Int32, Int64)] {
         if records.isEmpty { return [] }
         if let fatal = handle.callbacks.fatal.withLock({ $0 }) {
-            throw BrokerError(.brokerError, "the Kafka producer hit a fatal error and must be recreated: \(fatal)", backend: "kafka", destination: destination)
+            throw BrokerError(
+                .brokerError,
+                "the Kafka producer hit a fatal error and must be recreated: \(fatal)",
+                backend: "kafka",
+                destination: destination
+            )
         }
         let collector = BatchCollector(count: records.count)
         if records.count == 1, askedTopics.withLock({ $0.contains(records[0].topic) }) {
@@ -134,7 +147,12 @@ final class KafkaProducer: Sendable {
                 learnNewTopics(records)
                 var gaveUpOnRoom = false
                 for index in records.indices {
-                    enqueue(records[index], slot: collector.slot(index), destination: destination, gaveUpOnRoom: &gaveUpOnRoom)
+                    enqueue(
+                        records[index],
+                        slot: collector.slot(index),
+                        destination: destination,
+                        gaveUpOnRoom: &gaveUpOnRoom
+                    )
                 }
             }
         } catch {
@@ -150,8 +168,11 @@ final class KafkaProducer: Sendable {
             return try await collector.wait()
         } catch let error as BrokerError {
             throw BrokerError(
-                error.code, error.message.replacingOccurrences(of: "kafka ?)", with: "kafka \(settings.server))"),
-                backend: "kafka", destination: destination)
+                error.code,
+                error.message.replacingOccurrences(of: "kafka ?)", with: "kafka \(settings.server))"),
+                backend: "kafka",
+                destination: destination
+            )
         }
     }
 
@@ -187,7 +208,10 @@ final class KafkaProducer: Sendable {
     /// publish call that finds the queue full (`gaveUpOnRoom`), at once instead of after a wait
     /// of its own. Errors complete the record's slot.
     private func enqueue(
-        _ record: borrowing OutgoingRecord, slot opaque: UnsafeMutableRawPointer, destination: String, gaveUpOnRoom: inout Bool
+        _ record: borrowing OutgoingRecord,
+        slot opaque: UnsafeMutableRawPointer,
+        destination: String,
+        gaveUpOnRoom: inout Bool
     ) {
         var waitingSince: ContinuousClock.Instant?
         while true {
@@ -210,14 +234,23 @@ final class KafkaProducer: Sendable {
                 error = BrokerError(
                     .timeout,
                     "record for topic '\(record.topic)' not sent: the producer's local queue stayed full for \(settings.operationTimeout) (operation.timeout; queue.buffering.max.messages = \(properties["queue.buffering.max.messages"] ?? "100000"), queue.buffering.max.kbytes = \(properties["queue.buffering.max.kbytes"] ?? "1048576")), so the broker is unreachable or takes records slower than they are published; the rest of this publish call's records that found the queue full were not sent either (kafka \(settings.server))",
-                    backend: "kafka", destination: destination)
+                    backend: "kafka",
+                    destination: destination
+                )
             } else if err == RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE {
                 error = BrokerError(
                     .messageTooLarge,
                     "record for '\(record.topic)' is \(record.value.count) bytes, more than librdkafka's message.max.bytes (\(settings.common["message.max.bytes"] ?? "?"))",
-                    backend: "kafka", destination: destination)
+                    backend: "kafka",
+                    destination: destination
+                )
             } else {
-                error = RdKafka.brokerError(err, "cannot enqueue a record for topic '\(record.topic)'", server: settings.server, destination: destination)
+                error = RdKafka.brokerError(
+                    err,
+                    "cannot enqueue a record for topic '\(record.topic)'",
+                    server: settings.server,
+                    destination: destination
+                )
             }
             BatchCollector.report(opaque, .failure(error))
             return
@@ -225,15 +258,25 @@ final class KafkaProducer: Sendable {
     }
 
     /// One non-blocking `rd_kafka_producev`; headers are freed here when it fails.
-    private func tryEnqueue(_ record: borrowing OutgoingRecord, opaque: UnsafeMutableRawPointer) -> rd_kafka_resp_err_t {
+    private func tryEnqueue(_ record: borrowing OutgoingRecord, opaque: UnsafeMutableRawPointer) -> rd_kafka_resp_err_t
+    {
         let headers = record.makeHeaders()
         let hasKey = record.hasKey
         let timestamp = record.timestampMilliseconds
         let err: rd_kafka_resp_err_t = record.value.withUnsafeBytes { value in
             record.key.withUnsafeBytes { key in
                 bk_produce(
-                    handle.rk, record.topic, -1, value.baseAddress, value.count,
-                    hasKey ? key.baseAddress : nil, hasKey ? key.count : 0, headers, timestamp, opaque)
+                    handle.rk,
+                    record.topic,
+                    -1,
+                    value.baseAddress,
+                    value.count,
+                    hasKey ? key.baseAddress : nil,
+                    hasKey ? key.count : 0,
+                    headers,
+                    timestamp,
+                    opaque
+                )
             }
         }
         if err != RD_KAFKA_RESP_ERR_NO_ERROR, let headers { rd_kafka_headers_destroy(headers) }
@@ -433,7 +476,12 @@ struct OutgoingRecord: Sendable {
                     let namePointer = nameBytes.baseAddress.map { UnsafeRawPointer($0) } ?? empty.baseAddress!
                     let valuePointer = valueBytes.baseAddress.map { UnsafeRawPointer($0) } ?? empty.baseAddress!
                     _ = rd_kafka_header_add(
-                        list, namePointer.assumingMemoryBound(to: CChar.self), nameBytes.count, valuePointer, valueBytes.count)
+                        list,
+                        namePointer.assumingMemoryBound(to: CChar.self),
+                        nameBytes.count,
+                        valuePointer,
+                        valueBytes.count
+                    )
                 }
             }
         }

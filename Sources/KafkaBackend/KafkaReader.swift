@@ -5,7 +5,11 @@ import Foundation
 /// Reads fixed offset ranges (the DLQ backlog) with a short-lived consumer that is assigned
 /// partitions directly: it joins no group and commits nothing. Runs on its own thread.
 enum KafkaReader {
-    static func read(ranges: [(TopicPartition, Int64, Int64)], limit: Int, broker: KafkaBroker) async throws -> [KafkaRecord] {
+    static func read(
+        ranges: [(TopicPartition, Int64, Int64)],
+        limit: Int,
+        broker: KafkaBroker
+    ) async throws -> [KafkaRecord] {
         if ranges.isEmpty || limit <= 0 { return [] }
         let settings = broker.settings
         var properties = settings.consumerProperties
@@ -16,12 +20,22 @@ enum KafkaReader {
         return try await RdKafka.offPool {
             let handle = try RdKafkaHandle(type: RD_KAFKA_CONSUMER, properties: frozen, callbacks: callbacks)
             defer { handle.destroy() }
-            return try readBlocking(handle: handle, ranges: ranges, limit: limit, timeout: timeout, server: settings.server)
+            return try readBlocking(
+                handle: handle,
+                ranges: ranges,
+                limit: limit,
+                timeout: timeout,
+                server: settings.server
+            )
         }
     }
 
     private static func readBlocking(
-        handle: RdKafkaHandle, ranges: [(TopicPartition, Int64, Int64)], limit: Int, timeout: Duration, server: String
+        handle: RdKafkaHandle,
+        ranges: [(TopicPartition, Int64, Int64)],
+        limit: Int,
+        timeout: Duration,
+        server: String
     ) throws -> [KafkaRecord] {
         let rk = handle.rk
         let assignment = PartitionList(ranges.map { ($0.0, $0.1) })
@@ -36,7 +50,11 @@ enum KafkaReader {
         let deadline = ContinuousClock.now + timeout
         while !ends.isEmpty && records.count < limit {
             guard ContinuousClock.now < deadline else {
-                throw BrokerError(.timeout, "reading \(ends.keys.sorted { $0.description < $1.description }) did not finish within \(timeout) (kafka \(server))", backend: "kafka")
+                throw BrokerError(
+                    .timeout,
+                    "reading \(ends.keys.sorted { $0.description < $1.description }) did not finish within \(timeout) (kafka \(server))",
+                    backend: "kafka"
+                )
             }
             guard let message = rd_kafka_consumer_poll(rk, 100) else { continue }
             defer { rd_kafka_message_destroy(message) }

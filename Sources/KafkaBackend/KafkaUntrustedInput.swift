@@ -20,7 +20,10 @@ package enum KafkaUntrustedInput {
     /// the message, the defect that dead-letters it, the attempt header's text, and the
     /// DLQ envelope read back when the record sits on a DLQ topic.
     package static func decode(
-        key: [UInt8]?, value: [UInt8]?, headers: [Header], timestampMillis: Int64
+        key: [UInt8]?,
+        value: [UInt8]?,
+        headers: [Header],
+        timestampMillis: Int64
     ) -> (message: Message, defect: String?, attempt: String?, envelope: DeadLetterEnvelope?, copy: Message?) {
         let list = rd_kafka_headers_new(headers.count)!
         defer { rd_kafka_headers_destroy(list) }
@@ -33,7 +36,13 @@ package enum KafkaUntrustedInput {
                     let namePointer = (name.baseAddress ?? UnsafeRawPointer(zero)).assumingMemoryBound(to: CChar.self)
                     if let value = header.value {
                         value.withUnsafeBytes { value in
-                            _ = rd_kafka_header_add(list, namePointer, name.count, value.baseAddress ?? UnsafeRawPointer(zero), value.count)
+                            _ = rd_kafka_header_add(
+                                list,
+                                namePointer,
+                                name.count,
+                                value.baseAddress ?? UnsafeRawPointer(zero),
+                                value.count
+                            )
                         }
                     } else {
                         _ = rd_kafka_header_add(list, namePointer, name.count, nil, 0)
@@ -48,14 +57,22 @@ package enum KafkaUntrustedInput {
         let record = withOptionalBytes(key) { key in
             withOptionalBytes(value) { value in
                 KafkaRecord(
-                    topic: "fuzz", partition: 0, offset: 0, key: key, value: value, headers: list,
-                    timestampMillis: timestampMillis)
+                    topic: "fuzz",
+                    partition: 0,
+                    offset: 0,
+                    key: key,
+                    value: value,
+                    headers: list,
+                    timestampMillis: timestampMillis
+                )
             }
         }
         let consumed = KafkaRecordLayout.consumed(from: record)
         return (
-            consumed.message, record.defect, consumed.attempt, DeadLetterEnvelope(dlqMessage: KafkaRecordLayout.message(from: record)),
-            copy(of: consumed.message))
+            consumed.message, record.defect, consumed.attempt,
+            DeadLetterEnvelope(dlqMessage: KafkaRecordLayout.message(from: record)),
+            copy(of: consumed.message)
+        )
     }
 
     /// The message a consumer reads from the record BrokerKit produces for `message` (a retry
@@ -67,8 +84,14 @@ package enum KafkaUntrustedInput {
         let record = outgoing.key.withUnsafeBytes { key in
             outgoing.value.withUnsafeBytes { value in
                 KafkaRecord(
-                    topic: "fuzz", partition: 0, offset: 1, key: outgoing.hasKey ? key : nil, value: value, headers: list,
-                    timestampMillis: outgoing.timestampMilliseconds)
+                    topic: "fuzz",
+                    partition: 0,
+                    offset: 1,
+                    key: outgoing.hasKey ? key : nil,
+                    value: value,
+                    headers: list,
+                    timestampMillis: outgoing.timestampMilliseconds
+                )
             }
         }
         return KafkaRecordLayout.consumed(from: record).message

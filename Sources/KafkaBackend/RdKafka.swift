@@ -12,7 +12,11 @@ enum RdKafka {
 
     /// Maps a librdkafka error to a ``BrokerError`` naming `what` happened and where.
     static func brokerError(
-        _ code: rd_kafka_resp_err_t, _ what: String, server: String, destination: String? = nil, detail: String? = nil
+        _ code: rd_kafka_resp_err_t,
+        _ what: String,
+        server: String,
+        destination: String? = nil,
+        detail: String? = nil
     ) -> BrokerError {
         let text = "\(what): \(detail ?? errorText(code)) (\(errorName(code)), kafka \(server))"
         let mapped: BrokerError.Code
@@ -23,7 +27,8 @@ enum RdKafka {
         case RD_KAFKA_RESP_ERR__TIMED_OUT, RD_KAFKA_RESP_ERR__MSG_TIMED_OUT, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
             RD_KAFKA_RESP_ERR__TIMED_OUT_QUEUE:
             mapped = .timeout
-        case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART, RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC, RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
+        case RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART, RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC,
+            RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION:
             mapped = .unknownDestination
         case RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE, RD_KAFKA_RESP_ERR_RECORD_LIST_TOO_LARGE:
             mapped = .messageTooLarge
@@ -47,7 +52,9 @@ enum RdKafka {
 
     /// Builds a `rd_kafka_conf_t`; an unknown or invalid property is an error naming it.
     static func makeConf(_ properties: [String: String]) throws -> OpaquePointer {
-        guard let conf = rd_kafka_conf_new() else { throw BrokerError(.brokerError, "rd_kafka_conf_new failed", backend: "kafka") }
+        guard let conf = rd_kafka_conf_new() else {
+            throw BrokerError(.brokerError, "rd_kafka_conf_new failed", backend: "kafka")
+        }
         var errstr = [CChar](repeating: 0, count: 512)
         for (key, value) in properties.sorted(by: { $0.key < $1.key }) {
             let result = rd_kafka_conf_set(conf, key, value, &errstr, errstr.count)
@@ -56,7 +63,9 @@ enum RdKafka {
                 let reason = RdKafka.cString(errstr)
                 let shown = BrokerOption.looksSecret(key) ? "***" : "'\(value)'"
                 throw BrokerError.invalidConfiguration(
-                    "librdkafka property '\(key)' = \(shown) rejected: \(reason)", backend: "kafka")
+                    "librdkafka property '\(key)' = \(shown) rejected: \(reason)",
+                    backend: "kafka"
+                )
             }
         }
         return conf
@@ -84,7 +93,8 @@ final class RdKafkaCallbacks: @unchecked Sendable {
     let logger: Logger
     let role: String
     /// Set once before the handle is created; called on the consumer's poll thread.
-    var rebalance: ((OpaquePointer, rd_kafka_resp_err_t, UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) -> Void)?
+    var rebalance:
+        ((OpaquePointer, rd_kafka_resp_err_t, UnsafeMutablePointer<rd_kafka_topic_partition_list_t>?) -> Void)?
     /// The last error reported by the error callback (connection problems show up here).
     let lastError = Mutex<(code: rd_kafka_resp_err_t, reason: String)?>(nil)
     let fatal = Mutex<String?>(nil)
@@ -138,7 +148,11 @@ final class RdKafkaCallbacks: @unchecked Sendable {
             case 5, 6: logLevel = .info
             default: logLevel = .debug
             }
-            callbacks.logger.log(level: logLevel, "librdkafka \(fac): \(text)", metadata: ["kafka.role": "\(callbacks.role)"])
+            callbacks.logger.log(
+                level: logLevel,
+                "librdkafka \(fac): \(text)",
+                metadata: ["kafka.role": "\(callbacks.role)"]
+            )
         }
         rd_kafka_conf_set_error_cb(conf) { rk, code, reason, opaque in
             guard let opaque else { return }
@@ -171,14 +185,22 @@ final class RdKafkaHandle: @unchecked Sendable {
     let callbacks: RdKafkaCallbacks
     private let destroyed = Mutex(false)
 
-    init(type: rd_kafka_type_t, properties: [String: String], callbacks: RdKafkaCallbacks, configure: (OpaquePointer) -> Void = { _ in }) throws {
+    init(
+        type: rd_kafka_type_t,
+        properties: [String: String],
+        callbacks: RdKafkaCallbacks,
+        configure: (OpaquePointer) -> Void = { _ in }
+    ) throws {
         let conf = try RdKafka.makeConf(properties)
         callbacks.install(on: conf)
         configure(conf)
         var errstr = [CChar](repeating: 0, count: 512)
         guard let rk = rd_kafka_new(type, conf, &errstr, errstr.count) else {
             rd_kafka_conf_destroy(conf)
-            throw BrokerError.invalidConfiguration("librdkafka rejected the configuration: \(RdKafka.cString(errstr))", backend: "kafka")
+            throw BrokerError.invalidConfiguration(
+                "librdkafka rejected the configuration: \(RdKafka.cString(errstr))",
+                backend: "kafka"
+            )
         }
         self.rk = rk
         self.callbacks = callbacks
@@ -190,7 +212,9 @@ final class RdKafkaHandle: @unchecked Sendable {
     deinit {
         guard !isDestroyed else { return }
         let doomed = Doomed(rk: rk, callbacks: callbacks)
-        DedicatedThread.start(name: "kafka-destroy") { withExtendedLifetime(doomed.callbacks) { rd_kafka_destroy(doomed.rk) } }
+        DedicatedThread.start(name: "kafka-destroy") {
+            withExtendedLifetime(doomed.callbacks) { rd_kafka_destroy(doomed.rk) }
+        }
     }
 
     /// A handle on its way to `rd_kafka_destroy`; nothing else touches it any more.
@@ -227,7 +251,8 @@ final class RdKafkaHandle: @unchecked Sendable {
         callbacks.lastError.withLock { last in
             guard let last else { return nil }
             switch last.code {
-            case RD_KAFKA_RESP_ERR__AUTHENTICATION, RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED: return .authentication(last.reason)
+            case RD_KAFKA_RESP_ERR__AUTHENTICATION, RD_KAFKA_RESP_ERR_SASL_AUTHENTICATION_FAILED:
+                return .authentication(last.reason)
             // A certificate the client rejects stays rejected; other TLS errors (a reset
             // mid-handshake) may heal, and are retried until the connect timeout.
             case RD_KAFKA_RESP_ERR__SSL where last.reason.contains("certificate"): return .tlsHandshake(last.reason)
@@ -260,10 +285,15 @@ final class PartitionList {
 
     deinit { rd_kafka_topic_partition_list_destroy(list) }
 
-    static func entries(of list: UnsafePointer<rd_kafka_topic_partition_list_t>) -> [(TopicPartition, Int64, rd_kafka_resp_err_t)] {
+    static func entries(
+        of list: UnsafePointer<rd_kafka_topic_partition_list_t>
+    ) -> [(TopicPartition, Int64, rd_kafka_resp_err_t)] {
         (0..<Int(list.pointee.cnt)).map { i in
             let element = list.pointee.elems[i]
-            return (TopicPartition(topic: String(cString: element.topic), partition: element.partition), element.offset, element.err)
+            return (
+                TopicPartition(topic: String(cString: element.topic), partition: element.partition), element.offset,
+                element.err
+            )
         }
     }
 
@@ -326,18 +356,27 @@ final class KafkaRecord: Sendable {
         var type = RD_KAFKA_TIMESTAMP_NOT_AVAILABLE
         let ms = rd_kafka_message_timestamp(message, &type)
         self.init(
-            topic: topic, partition: m.partition, offset: m.offset,
+            topic: topic,
+            partition: m.partition,
+            offset: m.offset,
             key: m.key.map { UnsafeRawBufferPointer(start: $0, count: m.key_len) },
             value: m.payload.map { UnsafeRawBufferPointer(start: $0, count: m.len) },
-            headers: hdrs, timestampMillis: ms)
+            headers: hdrs,
+            timestampMillis: ms
+        )
     }
 
     /// Decodes a record from its parts: `headers` is a librdkafka header list (read with
     /// `rd_kafka_header_get_all`), `timestampMillis` negative when there is none. Everything
     /// here came from the broker and is untrusted (the fuzz target `kafka` runs this).
     init(
-        topic: String, partition: Int32, offset: Int64, key: UnsafeRawBufferPointer?, value: UnsafeRawBufferPointer?,
-        headers hdrs: OpaquePointer?, timestampMillis ms: Int64
+        topic: String,
+        partition: Int32,
+        offset: Int64,
+        key: UnsafeRawBufferPointer?,
+        value: UnsafeRawBufferPointer?,
+        headers hdrs: OpaquePointer?,
+        timestampMillis ms: Int64
     ) {
         self.topic = topic
         self.partition = partition
@@ -355,7 +394,8 @@ final class KafkaRecord: Sendable {
                 var name: UnsafePointer<CChar>?
                 var valuePointer: UnsafeRawPointer?
                 var size = 0
-                guard rd_kafka_header_get_all(hdrs, index, &name, &valuePointer, &size) == RD_KAFKA_RESP_ERR_NO_ERROR else { break }
+                guard rd_kafka_header_get_all(hdrs, index, &name, &valuePointer, &size) == RD_KAFKA_RESP_ERR_NO_ERROR
+                else { break }
                 var text = ""
                 if let valuePointer {
                     let bytes = UnsafeRawBufferPointer(start: valuePointer, count: size)
@@ -363,14 +403,19 @@ final class KafkaRecord: Sendable {
                         text = valid
                     } else {
                         text = String(decoding: bytes, as: UTF8.self)
-                        if defect == nil { defect = "header '\(name.map { String(cString: $0) } ?? "")' is not valid UTF-8" }
+                        if defect == nil {
+                            defect = "header '\(name.map { String(cString: $0) } ?? "")' is not valid UTF-8"
+                        }
                     }
                 }
                 // Every BrokerKit record carries the id header: its name is not built anew.
-                let headerName = name.map { name in
-                    let isID = KafkaRecordLayout.idHeaderCString.withUnsafeBufferPointer { strcmp(name, $0.baseAddress!) == 0 }
-                    return isID ? KafkaRecordLayout.idHeader : String(cString: name)
-                } ?? ""
+                let headerName =
+                    name.map { name in
+                        let isID = KafkaRecordLayout.idHeaderCString.withUnsafeBufferPointer {
+                            strcmp(name, $0.baseAddress!) == 0
+                        }
+                        return isID ? KafkaRecordLayout.idHeader : String(cString: name)
+                    } ?? ""
                 headers.append((headerName, text))
                 index += 1
             }

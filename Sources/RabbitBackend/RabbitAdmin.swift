@@ -57,8 +57,12 @@ final class RabbitAdmin: @unchecked Sendable {
     // MARK: - Names
 
     static func dlqName(_ full: String) -> String { deadLetterName(for: full) }
-    static func waitName(_ full: String, ms: Int, quorum: Bool) -> String { quorum ? "\(full).wait.\(ms).quorum" : "\(full).wait.\(ms)" }
-    func waitName(_ full: String, ms: Int) -> String { Self.waitName(full, ms: ms, quorum: settings.queueType == "quorum") }
+    static func waitName(_ full: String, ms: Int, quorum: Bool) -> String {
+        quorum ? "\(full).wait.\(ms).quorum" : "\(full).wait.\(ms)"
+    }
+    func waitName(_ full: String, ms: Int) -> String {
+        Self.waitName(full, ms: ms, quorum: settings.queueType == "quorum")
+    }
     static func offsetsName(_ full: String, group: String) -> String { "\(full).offsets.\(group)" }
     static func lockName(_ full: String, group: String) -> String { "\(full).lock.\(group)" }
     var catalogName: String { settings.prefix + "__brokerkit.catalog" }
@@ -125,12 +129,16 @@ final class RabbitAdmin: @unchecked Sendable {
     static func streamArguments(_ options: DestinationOptions) throws -> AMQPTable {
         var arguments = AMQPTable(["x-queue-type": .text("stream")])
         if let retention = options.retention {
-            if let maxAge = retention.maxAge { arguments["x-max-age"] = .text("\(max(1, Int(maxAge.timeInterval.rounded(.up))))s") }
+            if let maxAge = retention.maxAge {
+                arguments["x-max-age"] = .text("\(max(1, Int(maxAge.timeInterval.rounded(.up))))s")
+            }
             if let maxBytes = retention.maxBytes { arguments["x-max-length-bytes"] = .int64(Int64(maxBytes)) }
             if retention.maxMessages != nil {
                 throw BrokerError(
-                    .unsupported, "RabbitMQ streams retain by age or bytes, not by message count (retention.maxMessages)",
-                    backend: AMQPError.backend)
+                    .unsupported,
+                    "RabbitMQ streams retain by age or bytes, not by message count (retention.maxMessages)",
+                    backend: AMQPError.backend
+                )
             }
         }
         for (key, value) in options.backendSettings.sorted(by: { $0.key < $1.key }) { arguments[key] = argument(value) }
@@ -144,7 +152,8 @@ final class RabbitAdmin: @unchecked Sendable {
 
     /// Declares `full` as `kind` (with its DLQ) and records it in the catalog.
     func create(_ full: String, user: String, kind: DestinationKind, options: DestinationOptions) async throws {
-        let arguments = kind == .queue ? queueArguments(full, extra: options.backendSettings) : try Self.streamArguments(options)
+        let arguments =
+            kind == .queue ? queueArguments(full, extra: options.backendSettings) : try Self.streamArguments(options)
         let dlqArguments = self.dlqArguments
         do {
             try await call { c in
@@ -152,14 +161,18 @@ final class RabbitAdmin: @unchecked Sendable {
                 try c.declareQueue(Self.rpcChannel, Self.dlqName(full), arguments: dlqArguments, destination: user)
             }
             if kind == .stream { try await awaitStreamReady(full, destination: user) }
-        } catch let error as BrokerError where error.code == .invalidConfiguration && kind == .stream
+        } catch let error as BrokerError
+            where error.code == .invalidConfiguration && kind == .stream
             && error.message.contains("inequivalent arg") && !error.message.contains("'x-max-")
         {
             // A stream declared over a queue: the first differing argument is the queue's
             // dead-letter setting, not x-queue-type.
             throw BrokerError(
-                .wrongDestinationKind, "'\(user)' already exists as a queue, cannot create it as a stream (\(error.message))",
-                backend: AMQPError.backend, destination: user)
+                .wrongDestinationKind,
+                "'\(user)' already exists as a queue, cannot create it as a stream (\(error.message))",
+                backend: AMQPError.backend,
+                destination: user
+            )
         }
         known.withLock { $0[full] = kind }
         try await record(["op": kind.rawValue, "name": full], once: "\(kind.rawValue):\(full)")
@@ -171,7 +184,11 @@ final class RabbitAdmin: @unchecked Sendable {
         if let existing = known.withLock({ $0[full] }), let existingKind = existing {
             guard existingKind == kind else {
                 throw BrokerError(
-                    .wrongDestinationKind, "'\(user)' is a \(existingKind), not a \(kind)", backend: AMQPError.backend, destination: user)
+                    .wrongDestinationKind,
+                    "'\(user)' is a \(existingKind), not a \(kind)",
+                    backend: AMQPError.backend,
+                    destination: user
+                )
             }
             return
         }
@@ -194,7 +211,11 @@ final class RabbitAdmin: @unchecked Sendable {
             try await create(full, user: user, kind: .queue, options: DestinationOptions())
         } catch let error as BrokerError where error.code == .unknownDestination {
             throw BrokerError(
-                .unknownDestination, "'\(user)' does not exist and auto.create is off", backend: AMQPError.backend, destination: user)
+                .unknownDestination,
+                "'\(user)' does not exist and auto.create is off",
+                backend: AMQPError.backend,
+                destination: user
+            )
         }
     }
 
@@ -210,7 +231,9 @@ final class RabbitAdmin: @unchecked Sendable {
             throw BrokerError(
                 .unknownDestination,
                 settings.autoCreate ? "'\(user)' does not exist" : "'\(user)' does not exist and auto.create is off",
-                backend: AMQPError.backend, destination: user)
+                backend: AMQPError.backend,
+                destination: user
+            )
         }
     }
 
@@ -224,9 +247,12 @@ final class RabbitAdmin: @unchecked Sendable {
         let name = waitName(full, ms: ms)
         let expires = 2 * ms + 600_000
         let now = ContinuousClock.now
-        if let declared = waitDeclared.withLock({ $0[name] }), now - declared < .milliseconds(expires / 2) { return name }
+        if let declared = waitDeclared.withLock({ $0[name] }), now - declared < .milliseconds(expires / 2) {
+            return name
+        }
         var arguments = AMQPTable([
-            "x-message-ttl": .int64(Int64(ms)), "x-dead-letter-exchange": .text(""), "x-dead-letter-routing-key": .text(full),
+            "x-message-ttl": .int64(Int64(ms)), "x-dead-letter-exchange": .text(""),
+            "x-dead-letter-routing-key": .text(full),
             "x-expires": .int64(Int64(expires)),
         ])
         if settings.queueType == "quorum" {
@@ -291,11 +317,15 @@ final class RabbitAdmin: @unchecked Sendable {
         try await requireExists(full, user: user)
         let state = try await refreshCatalog()
         // Both kinds: a wait queue an earlier version declared classic under the old name too.
-        let waits = (state.waits[full] ?? []).flatMap { [Self.waitName(full, ms: $0, quorum: true), Self.waitName(full, ms: $0, quorum: false)] }
+        let waits = (state.waits[full] ?? []).flatMap {
+            [Self.waitName(full, ms: $0, quorum: true), Self.waitName(full, ms: $0, quorum: false)]
+        }
         let offsets = (state.groups[full] ?? []).map { Self.offsetsName(full, group: $0) }
         try await call { c in
             try c.deleteQueue(Self.rpcChannel, full, destination: user)
-            for name in [Self.dlqName(full)] + waits + offsets { try c.deleteQueue(Self.rpcChannel, name, destination: user) }
+            for name in [Self.dlqName(full)] + waits + offsets {
+                try c.deleteQueue(Self.rpcChannel, name, destination: user)
+            }
         }
         known.withLock { $0[full] = nil }
         waitDeclared.withLock { table in for name in waits { table[name] = nil } }
@@ -329,7 +359,12 @@ final class RabbitAdmin: @unchecked Sendable {
 
     // MARK: - Stats
 
-    func stats(_ full: String, user: String, inFlight: Int, groupPending: [String: (pending: Int, consumers: Int)]) async throws -> DestinationStats {
+    func stats(
+        _ full: String,
+        user: String,
+        inFlight: Int,
+        groupPending: [String: (pending: Int, consumers: Int)]
+    ) async throws -> DestinationStats {
         let state = try await refreshCatalog()
         let kind = knownKind(full) ?? state.kinds[full] ?? .queue
         let waits = (state.waits[full] ?? []).map { waitName(full, ms: $0) }
@@ -340,10 +375,17 @@ final class RabbitAdmin: @unchecked Sendable {
             do {
                 main = try c.declareQueue(channel, full, passive: true, destination: user)
             } catch let error as BrokerError where error.code == .unknownDestination {
-                throw BrokerError(.unknownDestination, "'\(user)' does not exist", backend: AMQPError.backend, destination: user)
+                throw BrokerError(
+                    .unknownDestination,
+                    "'\(user)' does not exist",
+                    backend: AMQPError.backend,
+                    destination: user
+                )
             }
             func count(_ name: String) throws -> Int {
-                do { return try c.declareQueue(channel, name, passive: true).messages } catch let error as BrokerError where error.code == .unknownDestination {
+                do { return try c.declareQueue(channel, name, passive: true).messages } catch let error as BrokerError
+                    where error.code == .unknownDestination
+                {
                     return 0
                 }
             }
@@ -354,9 +396,22 @@ final class RabbitAdmin: @unchecked Sendable {
         }
         switch kind {
         case .queue:
-            let group = GroupStats(group: "queue", lag: ready + delayed, pending: inFlight, consumers: consumers, committed: [])
+            let group = GroupStats(
+                group: "queue",
+                lag: ready + delayed,
+                pending: inFlight,
+                consumers: consumers,
+                committed: []
+            )
             return DestinationStats(
-                name: user, kind: .queue, depth: ready, inFlight: inFlight, delayed: delayed, deadLettered: dead, groups: [group])
+                name: user,
+                kind: .queue,
+                depth: ready,
+                inFlight: inFlight,
+                delayed: delayed,
+                deadLettered: dead,
+                groups: [group]
+            )
         case .stream:
             let bounds = try await streamBounds(full)
             let depth = bounds.map { Int($0.end.subtractingReportingOverflow($0.first).partialValue) } ?? 0
@@ -366,13 +421,26 @@ final class RabbitAdmin: @unchecked Sendable {
                 let start = committed ?? bounds?.first ?? 0
                 let end = bounds?.end ?? start
                 let local = groupPending[group]
-                groups.append(GroupStats(
-                    group: group, lag: Int(max(0, end.subtractingReportingOverflow(start).partialValue)), pending: local?.pending ?? 0, consumers: local?.consumers ?? 0,
-                    committed: committed.map { [Position(partition: 0, offset: $0)] } ?? []))
+                groups.append(
+                    GroupStats(
+                        group: group,
+                        lag: Int(max(0, end.subtractingReportingOverflow(start).partialValue)),
+                        pending: local?.pending ?? 0,
+                        consumers: local?.consumers ?? 0,
+                        committed: committed.map { [Position(partition: 0, offset: $0)] } ?? []
+                    )
+                )
             }
             let pending = groups.reduce(0) { $0 + $1.pending }
             return DestinationStats(
-                name: user, kind: .stream, depth: depth, inFlight: pending, delayed: 0, deadLettered: dead, groups: groups)
+                name: user,
+                kind: .stream,
+                depth: depth,
+                inFlight: pending,
+                delayed: 0,
+                deadLettered: dead,
+                groups: groups
+            )
         }
     }
 
@@ -386,7 +454,12 @@ final class RabbitAdmin: @unchecked Sendable {
                 let channel = self.allocateChannel()
                 defer { c.closeChannel(channel) }
                 try c.qos(channel, prefetch: prefetch)
-                _ = try c.consume(channel, queue: full, tag: "bk-probe-\(channel)", arguments: AMQPTable(["x-stream-offset": offset]))
+                _ = try c.consume(
+                    channel,
+                    queue: full,
+                    tag: "bk-probe-\(channel)",
+                    arguments: AMQPTable(["x-stream-offset": offset])
+                )
                 var found: Int64?
                 var wait: Duration = .milliseconds(150)
                 while let delivery = try c.nextDelivery(on: channel, timeout: wait) {
@@ -417,14 +490,19 @@ final class RabbitAdmin: @unchecked Sendable {
             defer { c.closeChannel(channel) }
             var taken: [AMQPDelivery] = []
             do {
-                while taken.count < limit, let message = try c.get(channel, queue: dlq, noAck: false) { taken.append(message) }
+                while taken.count < limit, let message = try c.get(channel, queue: dlq, noAck: false) {
+                    taken.append(message)
+                }
             } catch let error as BrokerError where error.code == .unknownDestination {
                 return []
             }
             return taken
         }
         return messages.enumerated().map { index, delivery in
-            DeadLetterEntry(envelope: Self.envelope(delivery, origin: user, prefix: prefix), position: Position(offset: Int64(index)))
+            DeadLetterEntry(
+                envelope: Self.envelope(delivery, origin: user, prefix: prefix),
+                position: Position(offset: Int64(index))
+            )
         }
     }
 
@@ -435,11 +513,23 @@ final class RabbitAdmin: @unchecked Sendable {
         if let envelope = DeadLetterEnvelope(dlqMessage: message) { return envelope }
         let headers = delivery.properties.headers
         let reason = headers["x-first-death-reason"]?.stringValue ?? "unknown"
-        let queue = headers["x-first-death-queue"]?.stringValue.map { $0.hasPrefix(prefix) ? String($0.dropFirst(prefix.count)) : $0 }
-        let attempts = Int(min(max(0, headers[RabbitMessageMapping.deliveryCountHeader]?.intValue ?? 0), Int64(Delivery.maxAttempt))) + 1
+        let queue = headers["x-first-death-queue"]?.stringValue.map {
+            $0.hasPrefix(prefix) ? String($0.dropFirst(prefix.count)) : $0
+        }
+        let attempts =
+            Int(
+                min(
+                    max(0, headers[RabbitMessageMapping.deliveryCountHeader]?.intValue ?? 0),
+                    Int64(Delivery.maxAttempt)
+                )
+            ) + 1
         return DeadLetterEnvelope(
-            original: message, originalDestination: queue ?? origin, attempts: attempts,
-            lastError: "dead-lettered by RabbitMQ (\(reason))", failedAt: message.timestamp)
+            original: message,
+            originalDestination: queue ?? origin,
+            attempts: attempts,
+            lastError: "dead-lettered by RabbitMQ (\(reason))",
+            failedAt: message.timestamp
+        )
     }
 
     /// Takes up to `limit` DLQ messages (unacked) on a dedicated channel; `finish` acks or
@@ -450,7 +540,9 @@ final class RabbitAdmin: @unchecked Sendable {
             let channel = self.allocateChannel()
             var taken: [AMQPDelivery] = []
             do {
-                while taken.count < limit, let message = try c.get(channel, queue: dlq, noAck: false) { taken.append(message) }
+                while taken.count < limit, let message = try c.get(channel, queue: dlq, noAck: false) {
+                    taken.append(message)
+                }
             } catch let error as BrokerError where error.code == .unknownDestination {
                 c.closeChannel(channel)
                 return (channel, [])
@@ -476,7 +568,10 @@ final class RabbitAdmin: @unchecked Sendable {
         let body = try JSONSerialization.data(withJSONObject: fields, options: [.sortedKeys])
         var properties = AMQPProperties()
         properties.deliveryMode = 2
-        let errors = await publisher.publish([AMQPOutgoing(routingKey: catalogName, properties: properties, body: body)], destination: nil)
+        let errors = await publisher.publish(
+            [AMQPOutgoing(routingKey: catalogName, properties: properties, body: body)],
+            destination: nil
+        )
         if let error = errors.first ?? nil {
             if let key { recorded.withLock { _ = $0.remove(key) } }
             throw error
@@ -513,7 +608,12 @@ final class RabbitAdmin: @unchecked Sendable {
                 try await probe.run { c in
                     try c.qos(1, prefetch: 1)
                     let tag = try c.consume(
-                        1, queue: name, tag: "bk-ready", arguments: AMQPTable(["x-stream-offset": .text("next")]), destination: destination)
+                        1,
+                        queue: name,
+                        tag: "bk-ready",
+                        arguments: AMQPTable(["x-stream-offset": .text("next")]),
+                        destination: destination
+                    )
                     try c.cancel(1, tag: tag)
                 }
                 await probe.close()
@@ -523,8 +623,11 @@ final class RabbitAdmin: @unchecked Sendable {
                 await probe.close()
                 guard ContinuousClock.now < deadline else {
                     throw BrokerError(
-                        .timeout, "stream '\(name)' did not become ready within operation.timeout (\(error.message))",
-                        backend: AMQPError.backend, destination: destination)
+                        .timeout,
+                        "stream '\(name)' did not become ready within operation.timeout (\(error.message))",
+                        backend: AMQPError.backend,
+                        destination: destination
+                    )
                 }
                 try await Task.sleep(for: .milliseconds(50))
             } catch {
@@ -553,11 +656,18 @@ final class RabbitAdmin: @unchecked Sendable {
             defer { c.closeChannel(channel) }
             try c.qos(channel, prefetch: 1000)
             let start: AMQPValue = admin.catalog.nextOffset.map { .int64($0) } ?? .text("first")
-            _ = try c.consume(channel, queue: name, tag: "bk-catalog-\(channel)", arguments: AMQPTable(["x-stream-offset": start]))
+            _ = try c.consume(
+                channel,
+                queue: name,
+                tag: "bk-catalog-\(channel)",
+                arguments: AMQPTable(["x-stream-offset": start])
+            )
             let deadline = ContinuousClock.now + timeout
             var unacked = 0
             while ContinuousClock.now < deadline {
-                guard let delivery = try c.nextDelivery(on: channel, timeout: deadline - ContinuousClock.now) else { break }
+                guard let delivery = try c.nextDelivery(on: channel, timeout: deadline - ContinuousClock.now) else {
+                    break
+                }
                 unacked += 1
                 if unacked >= 200 {
                     try c.ack(channel, tag: delivery.deliveryTag, multiple: true)
@@ -570,13 +680,17 @@ final class RabbitAdmin: @unchecked Sendable {
                 if let id = admin.apply(delivery.body), id == marker { return admin.catalog }
             }
             throw BrokerError(
-                .timeout, "reading the destination catalog '\(name)' did not finish within operation.timeout", backend: AMQPError.backend)
+                .timeout,
+                "reading the destination catalog '\(name)' did not finish within operation.timeout",
+                backend: AMQPError.backend
+            )
         }
     }
 
     /// Applies one catalog record; returns the marker id for `mark` records.
     private func apply(_ body: Data) -> String? {
-        guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: String], let op = object["op"] else { return nil }
+        guard let object = try? JSONSerialization.jsonObject(with: body) as? [String: String], let op = object["op"]
+        else { return nil }
         let name = object["name"] ?? ""
         switch op {
         case "queue": catalog.kinds[name] = .queue

@@ -50,6 +50,9 @@ public struct RabbitBackend: BrokerBackend {
     ]
 
     public func connect(configuration: BrokerConfiguration, logger: Logger) async throws -> any Broker {
-        BrokerClient(driver: try await RabbitBroker.connect(configuration: configuration, logger: logger), logger: logger)
+        BrokerClient(
+            driver: try await RabbitBroker.connect(configuration: configuration, logger: logger),
+            logger: logger
+        )
     }
 }

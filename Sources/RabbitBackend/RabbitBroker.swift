@@ -16,9 +16,17 @@ final class RabbitBroker: BrokerDriver {
     var backendName: String { AMQPError.backend }
     var capabilities: BrokerCapabilities { RabbitBackend.capabilities }
 
-    private let state = Mutex<(closed: Bool, nextID: UInt64, consumers: [UInt64: any RabbitTrackedConsumer])>((false, 1, [:]))
+    private let state = Mutex<(closed: Bool, nextID: UInt64, consumers: [UInt64: any RabbitTrackedConsumer])>(
+        (false, 1, [:])
+    )
 
-    private init(configuration: BrokerConfiguration, settings: RabbitSettings, logger: Logger, publisher: RabbitPublisher, admin: RabbitAdmin) {
+    private init(
+        configuration: BrokerConfiguration,
+        settings: RabbitSettings,
+        logger: Logger,
+        publisher: RabbitPublisher,
+        admin: RabbitAdmin
+    ) {
         self.configuration = configuration
         self.settings = settings
         self.logger = logger
@@ -45,14 +53,24 @@ final class RabbitBroker: BrokerDriver {
             await publisher.close()
             throw error
         }
-        return RabbitBroker(configuration: configuration, settings: settings, logger: logger, publisher: publisher, admin: admin)
+        return RabbitBroker(
+            configuration: configuration,
+            settings: settings,
+            logger: logger,
+            publisher: publisher,
+            admin: admin
+        )
     }
 
     // MARK: - Names
 
     private func checkOpen(_ destination: String? = nil) throws {
         if state.withLock({ $0.closed }) {
-            throw BrokerError.closed("broker \(configuration.url.redacted)", backend: backendName, destination: destination)
+            throw BrokerError.closed(
+                "broker \(configuration.url.redacted)",
+                backend: backendName,
+                destination: destination
+            )
         }
     }
 
@@ -66,17 +84,28 @@ final class RabbitBroker: BrokerDriver {
 
     func isReservedHeader(_ name: String) -> Bool { RabbitMessageMapping.isBrokerBookkeeping(name) }
 
-    func publish(checked prepared: [Message], to destination: String, options: PublishOptions) async throws -> [PublishReceipt] {
+    func publish(
+        checked prepared: [Message],
+        to destination: String,
+        options: PublishOptions
+    ) async throws -> [PublishReceipt] {
         let full = try fullName(destination)
         try await admin.ensureForPublish(full, user: destination)
         var routingKey = full
         if let deliverAt = options.deliverAt, deliverAt.timeIntervalSinceNow > 0.0005 {
             if admin.knownKind(full) == .stream {
                 throw BrokerError(
-                    .unsupported, "delayed delivery applies to queues; '\(destination)' is a stream", backend: backendName,
-                    destination: destination)
+                    .unsupported,
+                    "delayed delivery applies to queues; '\(destination)' is a stream",
+                    backend: backendName,
+                    destination: destination
+                )
             }
-            routingKey = try await waitQueue(for: .interval(deliverAt.timeIntervalSinceNow), full: full, user: destination)
+            routingKey = try await waitQueue(
+                for: .interval(deliverAt.timeIntervalSinceNow),
+                full: full,
+                user: destination
+            )
         }
         let outgoing = prepared.map { RabbitMessageMapping.outgoing($0, routingKey: routingKey) }
         try await publishConfirmed(outgoing, user: destination, full: full)
@@ -88,8 +117,11 @@ final class RabbitBroker: BrokerDriver {
         let ms = RabbitAdmin.delayBucket(delay)
         guard ms <= Int(Int32.max) else {
             throw BrokerError(
-                .unsupported, "a delay of \(delay) exceeds RabbitMQ's longest message TTL (about 24.8 days)", backend: backendName,
-                destination: user)
+                .unsupported,
+                "a delay of \(delay) exceeds RabbitMQ's longest message TTL (about 24.8 days)",
+                backend: backendName,
+                destination: user
+            )
         }
         return try await admin.ensureWaitQueue(full, user: user, ms: ms)
     }
@@ -109,14 +141,22 @@ final class RabbitBroker: BrokerDriver {
             let window = settings.confirmWindow
             var outcomes: [(Int, BrokerError?)] = []
             if pending.count <= window {
-                let results = await publisher.publish(pending.map { outgoing[$0] }, destination: user, deadline: deadline)
+                let results = await publisher.publish(
+                    pending.map { outgoing[$0] },
+                    destination: user,
+                    deadline: deadline
+                )
                 outcomes = Array(zip(pending, results))
             } else {
                 outcomes = await withTaskGroup(of: [(Int, BrokerError?)].self) { group in
                     for start in stride(from: 0, to: pending.count, by: window) {
                         let chunk = Array(pending[start..<min(pending.count, start + window)])
                         group.addTask {
-                            let results = await self.publisher.publish(chunk.map { outgoing[$0] }, destination: user, deadline: deadline)
+                            let results = await self.publisher.publish(
+                                chunk.map { outgoing[$0] },
+                                destination: user,
+                                deadline: deadline
+                            )
                             return Array(zip(chunk, results))
                         }
                     }
@@ -131,7 +171,8 @@ final class RabbitBroker: BrokerDriver {
                 case .connectionFailed:
                     again.append(index)
                     lastError = error
-                case .unknownDestination where settings.autoCreate && redeclared < 5 && full != nil
+                case .unknownDestination
+                where settings.autoCreate && redeclared < 5 && full != nil
                     && outgoing[index].routingKey == full:
                     again.append(index)
                     unroutable = true
@@ -152,7 +193,9 @@ final class RabbitBroker: BrokerDriver {
                 throw BrokerError(
                     .connectionFailed,
                     "\(again.count) message(s) not confirmed by \(configuration.url.redacted) within operation.timeout \(settings.operationTimeout): \(lastError?.message ?? "connection lost")",
-                    backend: backendName, destination: user)
+                    backend: backendName,
+                    destination: user
+                )
             }
             if !unroutable {
                 // Not past the deadline: a retry that starts after it would only race its own
@@ -163,7 +206,9 @@ final class RabbitBroker: BrokerDriver {
                     throw BrokerError(
                         .connectionFailed,
                         "\(again.count) message(s) not confirmed by \(configuration.url.redacted) within operation.timeout \(settings.operationTimeout): \(lastError?.message ?? "connection lost")",
-                        backend: backendName, destination: user)
+                        backend: backendName,
+                        destination: user
+                    )
                 }
             }
             pending = again.sorted()
@@ -175,19 +220,42 @@ final class RabbitBroker: BrokerDriver {
     func openQueueConsumer(_ queue: String, options: QueueConsumerOptions) async throws -> any MessageConsumer {
         let full = try fullName(queue)
         try await admin.ensure(full, user: queue, kind: .queue)
-        let prefetch = options.prefetch == QueueConsumerOptions().prefetch ? (settings.prefetchOverride ?? options.prefetch) : options.prefetch
+        let prefetch =
+            options.prefetch == QueueConsumerOptions().prefetch
+            ? (settings.prefetchOverride ?? options.prefetch) : options.prefetch
         let id = nextConsumerID()
-        let consumer = RabbitQueueConsumer(broker: self, id: id, queue: queue, full: full, options: options, prefetch: prefetch)
+        let consumer = RabbitQueueConsumer(
+            broker: self,
+            id: id,
+            queue: queue,
+            full: full,
+            options: options,
+            prefetch: prefetch
+        )
         try await consumer.start()
         return track(consumer)
     }
 
-    func openStreamConsumer(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer {
+    func openStreamConsumer(
+        _ stream: String,
+        group: String,
+        options: StreamConsumerOptions
+    ) async throws -> any MessageConsumer {
         let full = try fullName(stream)
         try await admin.ensure(full, user: stream, kind: .stream)
-        let prefetch = options.prefetch == StreamConsumerOptions().prefetch ? (settings.prefetchOverride ?? options.prefetch) : options.prefetch
+        let prefetch =
+            options.prefetch == StreamConsumerOptions().prefetch
+            ? (settings.prefetchOverride ?? options.prefetch) : options.prefetch
         let id = nextConsumerID()
-        let consumer = RabbitStreamConsumer(broker: self, id: id, stream: stream, full: full, group: group, options: options, prefetch: prefetch)
+        let consumer = RabbitStreamConsumer(
+            broker: self,
+            id: id,
+            stream: stream,
+            full: full,
+            group: group,
+            options: options,
+            prefetch: prefetch
+        )
         try await consumer.start()
         return track(consumer)
     }
@@ -247,7 +315,11 @@ final class RabbitBroker: BrokerDriver {
             }
         }
         return try await admin.stats(
-            full, user: destination, inFlight: local.reduce(0) { $0 + $1.inFlight }, groupPending: groups)
+            full,
+            user: destination,
+            inFlight: local.reduce(0) { $0 + $1.inFlight },
+            groupPending: groups
+        )
     }
 
     func deadLetters(of destination: String, limit: Int) async throws -> [DeadLetterEntry] {

@@ -84,16 +84,26 @@ final class RabbitPublisher: @unchecked Sendable {
     /// Publishes `messages` and waits for each one's confirm. The result per message is
     /// `nil` (confirmed) or the error that message failed with.
     /// Without a `deadline`, messages fail with `timeout` after `operation.timeout`.
-    func publish(_ messages: [AMQPOutgoing], destination: String?, deadline: ContinuousClock.Instant? = nil) async -> [BrokerError?] {
+    func publish(
+        _ messages: [AMQPOutgoing],
+        destination: String?,
+        deadline: ContinuousClock.Instant? = nil
+    ) async -> [BrokerError?] {
         guard !messages.isEmpty else { return [] }
         let deadline = deadline ?? ContinuousClock.now + operationTimeout
         let batch = ConfirmBatch(count: messages.count, deadline: deadline)
         // Not `run`: the caller waits for the confirms anyway, so resuming it once the send
         // job is done would only add a wake-up of its task per call.
-        let accepted = !isClosed.load(ordering: .acquiring)
+        let accepted =
+            !isClosed.load(ordering: .acquiring)
             && connection.submit { _ in self.send(messages, batch: batch, destination: destination) }
         if !accepted {
-            let failure = BrokerError(.closed, "publisher is closed", backend: AMQPError.backend, destination: destination)
+            let failure = BrokerError(
+                .closed,
+                "publisher is closed",
+                backend: AMQPError.backend,
+                destination: destination
+            )
             for index in messages.indices { batch.complete(index, failure) }
             return await batch.wait()
         }
@@ -130,18 +140,28 @@ final class RabbitPublisher: @unchecked Sendable {
             let message = messages[index]
             if batch.isDone(index) { continue }  // expired before its turn came: never sent
             if closed {
-                batch.complete(index, BrokerError.closed("publisher", backend: AMQPError.backend, destination: destination))
+                batch.complete(
+                    index,
+                    BrokerError.closed("publisher", backend: AMQPError.backend, destination: destination)
+                )
                 continue
             }
             do {
                 if !connection.isChannelOpen(Self.channel) { try opened() }
                 try connection.publish(Self.channel, message, mandatory: true, destination: destination)
-                waiting[nextTag] = Slot(batch: batch, index: index, messageID: message.properties.messageID, routingKey: message.routingKey)
+                waiting[nextTag] = Slot(
+                    batch: batch,
+                    index: index,
+                    messageID: message.properties.messageID,
+                    routingKey: message.routingKey
+                )
                 nextTag += 1
             } catch let error as BrokerError where error.code == .messageTooLarge {
                 batch.complete(index, error)  // refused before anything was sent: the rest go on
             } catch {
-                let failure = error as? BrokerError ?? BrokerError(.brokerError, "\(error)", backend: AMQPError.backend, destination: destination)
+                let failure =
+                    error as? BrokerError
+                    ?? BrokerError(.brokerError, "\(error)", backend: AMQPError.backend, destination: destination)
                 for rest in index..<messages.count { batch.complete(rest, failure) }
                 return
             }
@@ -154,23 +174,40 @@ final class RabbitPublisher: @unchecked Sendable {
             settle(upTo: tag, multiple: multiple, failure: nil)
         case .nack(Self.channel, let tag, let multiple):
             settle(
-                upTo: tag, multiple: multiple,
-                failure: BrokerError(.brokerError, "RabbitMQ could not store the message (basic.nack)", backend: AMQPError.backend))
+                upTo: tag,
+                multiple: multiple,
+                failure: BrokerError(
+                    .brokerError,
+                    "RabbitMQ could not store the message (basic.nack)",
+                    backend: AMQPError.backend
+                )
+            )
         case .returned(Self.channel, let code, let text, let routingKey, let properties):
             // The return precedes its ack: mark the oldest open publish of that message.
             let candidates = waiting.filter {
-                $0.value.returned == nil && $0.value.routingKey == routingKey && $0.value.messageID == properties.messageID
+                $0.value.returned == nil && $0.value.routingKey == routingKey
+                    && $0.value.messageID == properties.messageID
             }
             if let tag = candidates.keys.min() {
                 waiting[tag]?.returned = BrokerError(
                     .unknownDestination,
                     "queue '\(routingKey)' does not exist on \(connection.endpoint.redactedURL): the message was returned unroutable (\(code) \(text))",
-                    backend: AMQPError.backend, destination: routingKey)
+                    backend: AMQPError.backend,
+                    destination: routingKey
+                )
             }
         case .channelClosed(Self.channel, let code, let text):
             // A channel error (e.g. a message over the broker's max size) loses the channel's
             // unconfirmed messages; the next send reopens it in confirm mode.
-            failAll(AMQPError.server(code: code, text: text, what: "publishing", destination: nil, url: connection.endpoint.redactedURL))
+            failAll(
+                AMQPError.server(
+                    code: code,
+                    text: text,
+                    what: "publishing",
+                    destination: nil,
+                    url: connection.endpoint.redactedURL
+                )
+            )
         default:
             break
         }
@@ -219,7 +256,13 @@ final class ConfirmBatch: Sendable {
 
     init(count: Int, deadline: ContinuousClock.Instant) {
         self.deadline = deadline
-        state = Mutex(State(results: Array(repeating: nil, count: count), done: Array(repeating: false, count: count), remaining: count))
+        state = Mutex(
+            State(
+                results: Array(repeating: nil, count: count),
+                done: Array(repeating: false, count: count),
+                remaining: count
+            )
+        )
     }
 
     /// Records the outcome of message `index` (the first outcome wins).

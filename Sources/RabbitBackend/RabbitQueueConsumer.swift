@@ -95,7 +95,11 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         self.full = full
         self.options = options
         self.prefetch = prefetch
-        self.connection = AMQPConnection(endpoint: broker.settings.endpoint, name: "consumer-\(full)-\(id)", logger: broker.logger)
+        self.connection = AMQPConnection(
+            endpoint: broker.settings.endpoint,
+            name: "consumer-\(full)-\(id)",
+            logger: broker.logger
+        )
         connection.onOpen = { [weak self] in try self?.opened() }
         connection.onLost = { [weak self] error in self?.lost(error) }
         connection.onIncoming = { [weak self] incoming in self?.handle(incoming) }
@@ -129,7 +133,11 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         guard state.withLock({ $0.fetching }) else { return }
         try connection.qos(Self.channel, prefetch: prefetch)
         consumerTag = try connection.consume(
-            Self.channel, queue: full, tag: "brokerkit-\(full)-\(id)-\(generation)", destination: queue)
+            Self.channel,
+            queue: full,
+            tag: "brokerkit-\(full)-\(id)-\(generation)",
+            destination: queue
+        )
     }
 
     private func lost(_ error: BrokerError) {
@@ -159,11 +167,25 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
                 waiter.resume(returning: makeDelivery(raw, generation: generation))
             }
         case .consumerCancelled(Self.channel, _):
-            fail(BrokerError(.unknownDestination, "'\(queue)' was deleted", backend: AMQPError.backend, destination: queue))
+            fail(
+                BrokerError(
+                    .unknownDestination,
+                    "'\(queue)' was deleted",
+                    backend: AMQPError.backend,
+                    destination: queue
+                )
+            )
         case .channelClosed(Self.channel, let code, let text):
             // Start a fresh session: the broker requeues what the channel held.
-            connection.markBroken(AMQPError.server(
-                code: code, text: text, what: "consuming", destination: queue, url: connection.endpoint.redactedURL))
+            connection.markBroken(
+                AMQPError.server(
+                    code: code,
+                    text: text,
+                    what: "consuming",
+                    destination: queue,
+                    url: connection.endpoint.redactedURL
+                )
+            )
         default:
             break
         }
@@ -193,12 +215,26 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         }
         let attempt = min(min(max(1, base), Delivery.maxAttempt) + redeliveries, Delivery.maxAttempt)
         let settler = RabbitQueueSettler(
-            consumer: self, tag: raw.deliveryTag, generation: generation, message: message, kept: kept, attempt: attempt,
-            firstFailureAt: firstFailureAt)
+            consumer: self,
+            tag: raw.deliveryTag,
+            generation: generation,
+            message: message,
+            kept: kept,
+            attempt: attempt,
+            firstFailureAt: firstFailureAt
+        )
         return Delivery(
-            message: message, destination: queue, attempt: attempt, firstFailureAt: firstFailureAt, position: nil,
-            retryPolicy: options.retryPolicy, backend: AMQPError.backend, settler: settler, metrics: metrics,
-            defect: RabbitMessageMapping.defect(of: raw))
+            message: message,
+            destination: queue,
+            attempt: attempt,
+            firstFailureAt: firstFailureAt,
+            position: nil,
+            retryPolicy: options.retryPolicy,
+            backend: AMQPError.backend,
+            settler: settler,
+            metrics: metrics,
+            defect: RabbitMessageMapping.defect(of: raw)
+        )
     }
 
     func next() async throws -> Delivery? {
@@ -209,7 +245,12 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         }
         let delivery: Delivery? = try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Delivery?, any Error>) in
-                enum Action { case take(Buffered), end, fail(any Error), wait(nudge: Bool) }
+                enum Action {
+                    case take(Buffered)
+                    case end
+                    case fail(any Error)
+                    case wait(nudge: Bool)
+                }
                 let action = state.withLock { s -> Action in
                     if s.cancelledWaiters.remove(waiterID) != nil { return .fail(CancellationError()) }
                     if !s.fetching { return .end }
@@ -222,12 +263,15 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
                     s.waiters.append((waiterID, continuation))
                     // Nothing buffered: if the acks not yet written are what keeps the broker
                     // from sending more (its prefetch window is nearly used up), write them now.
-                    let nudge = !s.ackNudged && !s.pendingAcks.isEmpty && s.held.count + s.pendingAcks.count + ackBatch >= prefetch
+                    let nudge =
+                        !s.ackNudged && !s.pendingAcks.isEmpty
+                        && s.held.count + s.pendingAcks.count + ackBatch >= prefetch
                     if nudge { s.ackNudged = true }
                     return .wait(nudge: nudge)
                 }
                 switch action {
-                case .take(let item): continuation.resume(returning: makeDelivery(item.raw, generation: item.generation))
+                case .take(let item):
+                    continuation.resume(returning: makeDelivery(item.raw, generation: item.generation))
                 case .end: continuation.resume(returning: nil)
                 case .fail(let error): continuation.resume(throwing: error)
                 case .wait(let nudge): if nudge && connection.isWaiting { connection.nudge() }
@@ -235,7 +279,9 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
             }
         } onCancel: {
             let continuation = state.withLock { s -> CheckedContinuation<Delivery?, any Error>? in
-                if let index = s.waiters.firstIndex(where: { $0.id == waiterID }) { return s.waiters.remove(at: index).continuation }
+                if let index = s.waiters.firstIndex(where: { $0.id == waiterID }) {
+                    return s.waiters.remove(at: index).continuation
+                }
                 s.cancelledWaiters.insert(waiterID)
                 return nil
             }
@@ -254,8 +300,11 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
 
     private var notHeld: BrokerError {
         BrokerError(
-            .closed, "delivery is no longer held (its consumer closed or its connection dropped); the broker redelivers it",
-            backend: AMQPError.backend, destination: queue)
+            .closed,
+            "delivery is no longer held (its consumer closed or its connection dropped); the broker redelivers it",
+            backend: AMQPError.backend,
+            destination: queue
+        )
     }
 
     /// `basic.ack` of a held delivery. AMQP acks have no reply, so the ack is recorded and
@@ -309,7 +358,13 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
     }
 
     /// Publishes `message` (plus `kept` headers) with confirms to `routingKey`, then acks.
-    func replace(_ tag: UInt64, generation: UInt64, with message: Message, kept: AMQPTable, routingKey: String) async throws {
+    func replace(
+        _ tag: UInt64,
+        generation: UInt64,
+        with message: Message,
+        kept: AMQPTable,
+        routingKey: String
+    ) async throws {
         try checkHeld(tag, generation: generation)
         let outgoing = RabbitMessageMapping.outgoing(message, routingKey: routingKey, extra: kept)
         try await broker.publishConfirmed([outgoing], user: queue, full: nil)
@@ -344,7 +399,9 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
             let delivery = makeDelivery(item.raw, generation: item.generation)
             var message = delivery.message
             message.headers[HeaderName.attempt] = String(delivery.attempt)
-            if let first = delivery.firstFailureAt { message.headers[HeaderName.firstFailureAt] = ISO8601.format(first) }
+            if let first = delivery.firstFailureAt {
+                message.headers[HeaderName.firstFailureAt] = ISO8601.format(first)
+            }
             let kept = RabbitMessageMapping.message(from: item.raw).kept
             return RabbitMessageMapping.outgoing(message, routingKey: full, extra: kept)
         }
@@ -361,7 +418,9 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         } catch {
             // Their copies may not exist: they stay out of `multiple` acks for this session,
             // and the broker redelivers them when it ends.
-            broker.logger.warning("could not hand back \(leftovers.count) prefetched message(s) of '\(queue)': \(error); the broker redelivers them")
+            broker.logger.warning(
+                "could not hand back \(leftovers.count) prefetched message(s) of '\(queue)': \(error); the broker redelivers them"
+            )
         }
     }
 
@@ -434,7 +493,8 @@ struct RabbitQueueSettler: DeliverySettler {
         var copy = message
         copy.headers[HeaderName.attempt] = String(nextAttempt)
         copy.headers[HeaderName.firstFailureAt] = ISO8601.format(firstFailureAt)
-        let routingKey = delay > .milliseconds(0)
+        let routingKey =
+            delay > .milliseconds(0)
             ? try await consumer.broker.waitQueue(for: delay, full: consumer.full, user: consumer.queue) : consumer.full
         do {
             try await consumer.replace(tag, generation: generation, with: copy, kept: kept, routingKey: routingKey)
@@ -456,7 +516,13 @@ struct RabbitQueueSettler: DeliverySettler {
             // The DLQ was deleted since this process declared it: declare it again, once.
             admin.forgetDLQ(consumer.full)
             let again = try await admin.ensureDLQ(consumer.full, user: consumer.queue)
-            try await consumer.replace(tag, generation: generation, with: envelope.message, kept: kept, routingKey: again)
+            try await consumer.replace(
+                tag,
+                generation: generation,
+                with: envelope.message,
+                kept: kept,
+                routingKey: again
+            )
         }
     }
 

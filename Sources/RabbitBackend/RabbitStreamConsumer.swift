@@ -82,7 +82,12 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
     private let signal = AsyncSignal()
 
     init(
-        broker: RabbitBroker, id: UInt64, stream: String, full: String, group: String, options: StreamConsumerOptions,
+        broker: RabbitBroker,
+        id: UInt64,
+        stream: String,
+        full: String,
+        group: String,
+        options: StreamConsumerOptions,
         prefetch: Int
     ) {
         self.broker = broker
@@ -94,7 +99,10 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         self.options = options
         self.prefetch = prefetch
         self.connection = AMQPConnection(
-            endpoint: broker.settings.endpoint, name: "stream-\(full)-\(group)-\(id)", logger: broker.logger)
+            endpoint: broker.settings.endpoint,
+            name: "stream-\(full)-\(group)-\(id)",
+            logger: broker.logger
+        )
         connection.onOpen = { [weak self] in try self?.opened() }
         connection.onLost = { [weak self] _ in self?.lost() }
         connection.onIncoming = { [weak self] incoming in self?.handle(incoming) }
@@ -133,8 +141,15 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         lastLockAttempt = ContinuousClock.now
         do {
             try connection.declareQueue(
-                Self.lockChannel, RabbitAdmin.lockName(full, group: groupName), durable: false, exclusive: true, autoDelete: true)
-        } catch let error as BrokerError where error.message.contains("405") || error.message.contains("RESOURCE_LOCKED") {
+                Self.lockChannel,
+                RabbitAdmin.lockName(full, group: groupName),
+                durable: false,
+                exclusive: true,
+                autoDelete: true
+            )
+        } catch let error as BrokerError
+            where error.message.contains("405") || error.message.contains("RESOURCE_LOCKED")
+        {
             return  // another member is active: stand by
         }
         let stored = try readStoredOffset()
@@ -156,7 +171,9 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
                 case .timestamp(let date):
                     s.acks.reset(to: nil)
                     s.skipBefore = date
-                    return .timestamp(UInt64(min(max(0, date.timeIntervalSince1970.rounded(.down) - 1), 253_402_300_799)))
+                    return .timestamp(
+                        UInt64(min(max(0, date.timeIntervalSince1970.rounded(.down) - 1), 253_402_300_799))
+                    )
                 case .earliest, .latest:
                     break
                 }
@@ -169,8 +186,12 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
             return options.start == .latest ? .text("next") : .text("first")
         }
         consumerTag = try connection.consume(
-            Self.consumeChannel, queue: full, tag: "brokerkit-\(full)-\(groupName)-\(id)-\(connection.generation)",
-            arguments: AMQPTable(["x-stream-offset": start]), destination: stream)
+            Self.consumeChannel,
+            queue: full,
+            tag: "brokerkit-\(full)-\(groupName)-\(id)-\(connection.generation)",
+            arguments: AMQPTable(["x-stream-offset": start]),
+            destination: stream
+        )
     }
 
     /// The offset stored for the group (read on this connection; the message is put back).
@@ -231,11 +252,25 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
                 signal.fire()
             }
         case .consumerCancelled(Self.consumeChannel, _):
-            state.withLock { $0.failure = BrokerError(.unknownDestination, "'\(stream)' was deleted", backend: AMQPError.backend, destination: stream) }
+            state.withLock {
+                $0.failure = BrokerError(
+                    .unknownDestination,
+                    "'\(stream)' was deleted",
+                    backend: AMQPError.backend,
+                    destination: stream
+                )
+            }
             signal.fire()
         case .channelClosed(Self.consumeChannel, let code, let text):
-            connection.markBroken(AMQPError.server(
-                code: code, text: text, what: "consuming", destination: stream, url: connection.endpoint.redactedURL))
+            connection.markBroken(
+                AMQPError.server(
+                    code: code,
+                    text: text,
+                    what: "consuming",
+                    destination: stream,
+                    url: connection.endpoint.redactedURL
+                )
+            )
         default:
             break
         }
@@ -269,14 +304,18 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
                     }
                     let retry = s.retries.remove(at: index)
                     s.outstanding.insert(retry.item.offset)
-                    return .delivery(makeDelivery(retry.item, attempt: retry.attempt, firstFailureAt: retry.firstFailureAt))
+                    return .delivery(
+                        makeDelivery(retry.item, attempt: retry.attempt, firstFailureAt: retry.firstFailureAt)
+                    )
                 }
                 while !s.buffer.isEmpty {
                     let item = s.buffer.removeFirst()
                     guard item.generation == s.generation else { continue }
                     s.outstanding.insert(item.offset)
                     let previous = s.attempts[item.offset]
-                    return .delivery(makeDelivery(item, attempt: previous?.attempt ?? 1, firstFailureAt: previous?.firstFailureAt))
+                    return .delivery(
+                        makeDelivery(item, attempt: previous?.attempt ?? 1, firstFailureAt: previous?.firstFailureAt)
+                    )
                 }
                 if let failure = s.failure { return .failure(failure) }
                 return .wait(nil)
@@ -297,18 +336,29 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
 
     private func makeDelivery(_ item: Item, attempt: Int, firstFailureAt: Date?) -> Delivery {
         Delivery(
-            message: item.message, destination: stream, group: groupName, attempt: attempt, firstFailureAt: firstFailureAt,
-            position: Position(partition: 0, offset: item.offset), retryPolicy: options.retryPolicy, backend: AMQPError.backend,
+            message: item.message,
+            destination: stream,
+            group: groupName,
+            attempt: attempt,
+            firstFailureAt: firstFailureAt,
+            position: Position(partition: 0, offset: item.offset),
+            retryPolicy: options.retryPolicy,
+            backend: AMQPError.backend,
             settler: RabbitStreamSettler(consumer: self, item: item),
-            metrics: metrics, defect: RabbitMessageMapping.defect(of: item.raw))
+            metrics: metrics,
+            defect: RabbitMessageMapping.defect(of: item.raw)
+        )
     }
 
     fileprivate func settle(_ held: Item, outcome: RabbitStreamSettler.Outcome) async throws {
         let item: Item? = try state.withLock { s -> Item? in
             guard s.generation == held.generation, s.outstanding.remove(held.offset) != nil else {
                 throw BrokerError(
-                    .closed, "delivery at offset \(held.offset) is no longer held (consumer closed or reconnected); it is delivered again",
-                    backend: AMQPError.backend, destination: stream)
+                    .closed,
+                    "delivery at offset \(held.offset) is no longer held (consumer closed or reconnected); it is delivered again",
+                    backend: AMQPError.backend,
+                    destination: stream
+                )
             }
             switch outcome {
             case .ack:
@@ -316,8 +366,16 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
                 return nil
             case .retry(let delay, let attempt, let firstFailureAt, let item):
                 s.attempts[held.offset] = (attempt, firstFailureAt)
-                let pending = PendingRetry(item: item, attempt: attempt, firstFailureAt: firstFailureAt, due: ContinuousClock.now + delay)
-                s.retries.insert(pending, at: s.retries.firstIndex { $0.item.offset > item.offset } ?? s.retries.endIndex)
+                let pending = PendingRetry(
+                    item: item,
+                    attempt: attempt,
+                    firstFailureAt: firstFailureAt,
+                    due: ContinuousClock.now + delay
+                )
+                s.retries.insert(
+                    pending,
+                    at: s.retries.firstIndex { $0.item.offset > item.offset } ?? s.retries.endIndex
+                )
                 return nil
             case .release(let item):
                 return item
@@ -345,8 +403,11 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         let held = state.withLock { $0.generation == item.generation && $0.outstanding.contains(item.offset) }
         guard held else {
             throw BrokerError(
-                .closed, "delivery at offset \(item.offset) is no longer held (consumer closed or reconnected); it is delivered again",
-                backend: AMQPError.backend, destination: stream)
+                .closed,
+                "delivery at offset \(item.offset) is no longer held (consumer closed or reconnected); it is delivered again",
+                backend: AMQPError.backend,
+                destination: stream
+            )
         }
     }
 
@@ -360,15 +421,20 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
 
     /// Stores the committed offset (one at a time, so an older value never overwrites a newer).
     func commit() async {
-        guard let offset = state.withLock({ s -> Int64? in
-            guard s.active, !s.committing, let committed = s.committed, committed != s.stored else { return nil }
-            s.committing = true
-            return committed
-        }) else { return }
+        guard
+            let offset = state.withLock({ s -> Int64? in
+                guard s.active, !s.committing, let committed = s.committed, committed != s.stored else { return nil }
+                s.committing = true
+                return committed
+            })
+        else { return }
         var properties = AMQPProperties()
         properties.deliveryMode = 2
         let outgoing = AMQPOutgoing(
-            routingKey: RabbitAdmin.offsetsName(full, group: groupName), properties: properties, body: Data(String(offset).utf8))
+            routingKey: RabbitAdmin.offsetsName(full, group: groupName),
+            properties: properties,
+            body: Data(String(offset).utf8)
+        )
         do {
             try await broker.publishConfirmed([outgoing], user: stream, full: nil)
             state.withLock { s in
@@ -422,7 +488,10 @@ struct RabbitStreamSettler: DeliverySettler {
     func ack() async throws { try await consumer.settle(item, outcome: .ack) }
 
     func retry(after delay: Duration, nextAttempt: Int, firstFailureAt: Date, lastError: String) async throws {
-        try await consumer.settle(item, outcome: .retry(after: delay, attempt: nextAttempt, firstFailureAt: firstFailureAt, item: item))
+        try await consumer.settle(
+            item,
+            outcome: .retry(after: delay, attempt: nextAttempt, firstFailureAt: firstFailureAt, item: item)
+        )
     }
 
     func deadLetter(_ envelope: DeadLetterEnvelope) async throws {

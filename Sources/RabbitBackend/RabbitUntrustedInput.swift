@@ -22,18 +22,31 @@ package enum RabbitUntrustedInput {
         init_amqp_pool(&pool, 4096)
         defer { empty_amqp_pool(&pool) }
         var raw: UnsafeMutableRawPointer?
-        let encoded = amqp_bytes_t(len: properties.count, bytes: UnsafeMutableRawPointer(mutating: properties.baseAddress))
+        let encoded = amqp_bytes_t(
+            len: properties.count,
+            bytes: UnsafeMutableRawPointer(mutating: properties.baseAddress)
+        )
         guard amqp_decode_properties(UInt16(AMQP_BASIC_CLASS), &pool, encoded, &raw) == 0, let raw else {
             return Decoded()
         }
         let delivery = AMQPDelivery(
-            channel: 1, deliveryTag: 1, redelivered: false, exchange: "", routingKey: "fuzz", consumerTag: "fuzz",
-            properties: AMQPProperties(raw.assumingMemoryBound(to: amqp_basic_properties_t.self).pointee), body: body)
+            channel: 1,
+            deliveryTag: 1,
+            redelivered: false,
+            exchange: "",
+            routingKey: "fuzz",
+            consumerTag: "fuzz",
+            properties: AMQPProperties(raw.assumingMemoryBound(to: amqp_basic_properties_t.self).pointee),
+            body: body
+        )
         let defect = RabbitMessageMapping.defect(of: delivery)
         let (message, kept) = RabbitMessageMapping.message(from: delivery)
         return Decoded(
-            message: message, defect: defect, envelope: DeadLetterEnvelope(dlqMessage: message),
-            copy: roundTrip(RabbitMessageMapping.outgoing(message, routingKey: "fuzz", extra: kept)))
+            message: message,
+            defect: defect,
+            envelope: DeadLetterEnvelope(dlqMessage: message),
+            copy: roundTrip(RabbitMessageMapping.outgoing(message, routingKey: "fuzz", extra: kept))
+        )
     }
 
     /// `outgoing` encoded by rabbitmq-c and decoded again, as the broker would hand it back.
@@ -43,18 +56,31 @@ package enum RabbitUntrustedInput {
         let capacity = 1 << 20
         let buffer = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 8)
         defer { buffer.deallocate() }
-        let length = amqp_encode_properties(UInt16(AMQP_BASIC_CLASS), &properties, amqp_bytes_t(len: capacity, bytes: buffer))
+        let length = amqp_encode_properties(
+            UInt16(AMQP_BASIC_CLASS),
+            &properties,
+            amqp_bytes_t(len: capacity, bytes: buffer)
+        )
         guard length > 0 else { return nil }
         var pool = amqp_pool_t()
         init_amqp_pool(&pool, 4096)
         defer { empty_amqp_pool(&pool) }
         var raw: UnsafeMutableRawPointer?
-        guard amqp_decode_properties(UInt16(AMQP_BASIC_CLASS), &pool, amqp_bytes_t(len: Int(length), bytes: buffer), &raw) == 0,
+        guard
+            amqp_decode_properties(UInt16(AMQP_BASIC_CLASS), &pool, amqp_bytes_t(len: Int(length), bytes: buffer), &raw)
+                == 0,
             let raw
         else { return nil }
         let delivery = AMQPDelivery(
-            channel: 1, deliveryTag: 2, redelivered: false, exchange: "", routingKey: "fuzz", consumerTag: "fuzz",
-            properties: AMQPProperties(raw.assumingMemoryBound(to: amqp_basic_properties_t.self).pointee), body: outgoing.body)
+            channel: 1,
+            deliveryTag: 2,
+            redelivered: false,
+            exchange: "",
+            routingKey: "fuzz",
+            consumerTag: "fuzz",
+            properties: AMQPProperties(raw.assumingMemoryBound(to: amqp_basic_properties_t.self).pointee),
+            body: outgoing.body
+        )
         return RabbitMessageMapping.message(from: delivery).message
     }
 }

@@ -10,13 +10,25 @@ extension RedisBroker {
 
     func deleteDestination(_ destination: String) async throws {
         let key = try key(destination)
-        let existed = try await client.checked(["HDEL", RedisArgument(registryKey), RedisArgument(key)], destination: destination)
+        let existed = try await client.checked(
+            ["HDEL", RedisArgument(registryKey), RedisArgument(key)],
+            destination: destination
+        )
         _ = try await client.checked(
-            ["DEL", RedisArgument(key), RedisArgument(key + ":dlq"), RedisArgument(key + ":retry"), RedisArgument(key + ":delay")],
-            destination: destination)
+            [
+                "DEL", RedisArgument(key), RedisArgument(key + ":dlq"), RedisArgument(key + ":retry"),
+                RedisArgument(key + ":delay"),
+            ],
+            destination: destination
+        )
         forget(key: key)
         if existed.integer == 0 {
-            throw BrokerError(.unknownDestination, "'\(destination)' does not exist on redis \(settings.server)", backend: backendName, destination: destination)
+            throw BrokerError(
+                .unknownDestination,
+                "'\(destination)' does not exist on redis \(settings.server)",
+                backend: backendName,
+                destination: destination
+            )
         }
     }
 
@@ -27,8 +39,12 @@ extension RedisBroker {
         var result: [DestinationInfo] = []
         var index = 0
         while index + 1 < flat.count {
-            if let key = flat[index].text, key.hasPrefix(settings.prefix), let kind = flat[index + 1].text.flatMap(DestinationKind.init(rawValue:)) {
-                result.append(DestinationInfo(name: String(key.dropFirst(settings.prefix.count)), kind: kind, partitions: 1))
+            if let key = flat[index].text, key.hasPrefix(settings.prefix),
+                let kind = flat[index + 1].text.flatMap(DestinationKind.init(rawValue:))
+            {
+                result.append(
+                    DestinationInfo(name: String(key.dropFirst(settings.prefix.count)), kind: kind, partitions: 1)
+                )
             }
             index += 2
         }
@@ -62,31 +78,55 @@ extension RedisBroker {
                 undelivered = Int(lag)
             } else {
                 // Redis cannot tell after deletions: count the entries after the last delivered id.
-                let range = try await client.checked(["XRANGE", RedisArgument(key), RedisArgument("(" + lastDelivered), "+", "COUNT", "1000000"], destination: destination)
+                let range = try await client.checked(
+                    ["XRANGE", RedisArgument(key), RedisArgument("(" + lastDelivered), "+", "COUNT", "1000000"],
+                    destination: destination
+                )
                 undelivered = range.array?.count ?? 0
             }
             if kind == .queue { undelivered = max(0, length - pending) }
-            groups.append(GroupStats(
-                group: kind == .queue ? "queue" : name, lag: kind == .queue ? undelivered + delayed : undelivered + pending, pending: pending,
-                consumers: consumers, committed: [Position(partition: 0, offset: lastDelivered)]))
+            groups.append(
+                GroupStats(
+                    group: kind == .queue ? "queue" : name,
+                    lag: kind == .queue ? undelivered + delayed : undelivered + pending,
+                    pending: pending,
+                    consumers: consumers,
+                    committed: [Position(partition: 0, offset: lastDelivered)]
+                )
+            )
         }
         let pending = groups.reduce(0) { $0 + $1.pending }
         switch kind {
         case .queue:
             return DestinationStats(
-                name: destination, kind: .queue, depth: max(0, length - pending), inFlight: pending, delayed: delayed,
-                deadLettered: dead, groups: groups)
+                name: destination,
+                kind: .queue,
+                depth: max(0, length - pending),
+                inFlight: pending,
+                delayed: delayed,
+                deadLettered: dead,
+                groups: groups
+            )
         case .stream:
             return DestinationStats(
-                name: destination, kind: .stream, depth: length, inFlight: pending, delayed: 0, deadLettered: dead,
-                groups: groups.sorted { $0.group < $1.group })
+                name: destination,
+                kind: .stream,
+                depth: length,
+                inFlight: pending,
+                delayed: 0,
+                deadLettered: dead,
+                groups: groups.sorted { $0.group < $1.group }
+            )
         }
     }
 
     func deadLetters(of destination: String, limit: Int) async throws -> [DeadLetterEntry] {
         let key = try key(destination)
         _ = try await kind(of: key, destination: destination, createAs: nil)
-        let reply = try await client.checked(["XRANGE", RedisArgument(key + ":dlq"), "-", "+", "COUNT", RedisArgument(max(1, limit))], destination: destination)
+        let reply = try await client.checked(
+            ["XRANGE", RedisArgument(key + ":dlq"), "-", "+", "COUNT", RedisArgument(max(1, limit))],
+            destination: destination
+        )
         return RedisFieldLayout.entries(reply).valid.compactMap { entry in
             DeadLetterEnvelope(dlqMessage: entry.message).map {
                 DeadLetterEntry(envelope: $0, position: Position(partition: 0, offset: entry.entryID))
@@ -97,7 +137,10 @@ extension RedisBroker {
     func replayDeadLetters(of destination: String, limit: Int) async throws -> Int {
         let key = try key(destination)
         _ = try await kind(of: key, destination: destination, createAs: nil)
-        let reply = try await client.checked(["XRANGE", RedisArgument(key + ":dlq"), "-", "+", "COUNT", RedisArgument(max(1, limit))], destination: destination)
+        let reply = try await client.checked(
+            ["XRANGE", RedisArgument(key + ":dlq"), "-", "+", "COUNT", RedisArgument(max(1, limit))],
+            destination: destination
+        )
         var moved = 0
         for entry in RedisFieldLayout.entries(reply).valid {
             let envelope = DeadLetterEnvelope(dlqMessage: entry.message)
@@ -105,8 +148,13 @@ extension RedisBroker {
             original.headers[HeaderName.group] = nil
             let originKey = envelope.map { settings.prefix + $0.replayTarget(dlqOf: destination) } ?? key
             let result = try await client.checked(
-                ["EVAL", RedisArgument(RedisScripts.replay), "2", RedisArgument(key + ":dlq"), RedisArgument(originKey), RedisArgument(entry.entryID)]
-                    + RedisFieldLayout.fields(for: original), destination: destination)
+                [
+                    "EVAL", RedisArgument(RedisScripts.replay), "2", RedisArgument(key + ":dlq"),
+                    RedisArgument(originKey), RedisArgument(entry.entryID),
+                ]
+                    + RedisFieldLayout.fields(for: original),
+                destination: destination
+            )
             if result.integer == 1 { moved += 1 }
         }
         return moved

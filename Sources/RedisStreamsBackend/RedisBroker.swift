@@ -22,12 +22,20 @@ final class RedisBroker: BrokerDriver {
     let observer = DeliveryObserver.shared(for: "redis")
     /// The server's `proto-max-bulk-len`, read at connect.
     let maxBulkLength: Int
-    private let state = Mutex<(closed: Bool, kinds: [String: DestinationKind], consumers: [ObjectIdentifier: any MessageConsumer])>((false, [:], [:]))
+    private let state = Mutex<
+        (closed: Bool, kinds: [String: DestinationKind], consumers: [ObjectIdentifier: any MessageConsumer])
+    >((false, [:], [:]))
 
     var backendName: String { "redis" }
     var capabilities: BrokerCapabilities { RedisStreamsBackend.capabilities }
 
-    init(configuration: BrokerConfiguration, settings: RedisConfiguration, client: RedisClient, maxBulkLength: Int, logger: Logger) {
+    init(
+        configuration: BrokerConfiguration,
+        settings: RedisConfiguration,
+        client: RedisClient,
+        maxBulkLength: Int,
+        logger: Logger
+    ) {
         self.configuration = configuration
         self.settings = settings
         self.client = client
@@ -52,8 +60,12 @@ final class RedisBroker: BrokerDriver {
 
     func makeClient(name: String) -> RedisClient {
         RedisClient(
-            endpoint: settings.endpoint, server: settings.server, name: name, operationTimeout: settings.operationTimeout,
-            logger: logger)
+            endpoint: settings.endpoint,
+            server: settings.server,
+            name: name,
+            operationTimeout: settings.operationTimeout,
+            logger: logger
+        )
     }
 
     static func consumerName() -> String {
@@ -65,15 +77,21 @@ final class RedisBroker: BrokerDriver {
     /// The kind of `key`, creating it as `createAs` when missing and auto-create is on.
     func kind(of key: String, destination: String, createAs: DestinationKind?) async throws -> DestinationKind {
         if let known = state.withLock({ $0.kinds[key] }) { return known }
-        let reply = try await client.checked(["HGET", RedisArgument(registryKey), RedisArgument(key)], destination: destination)
+        let reply = try await client.checked(
+            ["HGET", RedisArgument(registryKey), RedisArgument(key)],
+            destination: destination
+        )
         if let text = reply.text, let kind = DestinationKind(rawValue: text) {
             state.withLock { $0.kinds[key] = kind }
             return kind
         }
         guard let createAs, settings.autoCreate else {
             throw BrokerError(
-                .unknownDestination, "'\(destination)' does not exist on redis \(settings.server) and auto.create is off",
-                backend: backendName, destination: destination)
+                .unknownDestination,
+                "'\(destination)' does not exist on redis \(settings.server) and auto.create is off",
+                backend: backendName,
+                destination: destination
+            )
         }
         try await create(key: key, destination: destination, kind: createAs)
         return createAs
@@ -83,25 +101,41 @@ final class RedisBroker: BrokerDriver {
         let typeReply = try await client.checked(["TYPE", RedisArgument(key)], destination: destination)
         if let type = typeReply.text, type != "none", type != "stream" {
             throw BrokerError(
-                .wrongDestinationKind, "key '\(key)' on redis \(settings.server) holds a \(type), not a stream",
-                backend: backendName, destination: destination)
+                .wrongDestinationKind,
+                "key '\(key)' on redis \(settings.server) holds a \(type), not a stream",
+                backend: backendName,
+                destination: destination
+            )
         }
-        let existing = try await client.checked(["HGET", RedisArgument(registryKey), RedisArgument(key)], destination: destination)
+        let existing = try await client.checked(
+            ["HGET", RedisArgument(registryKey), RedisArgument(key)],
+            destination: destination
+        )
         if let text = existing.text, let existingKind = DestinationKind(rawValue: text) {
             guard existingKind == kind else {
                 throw BrokerError(
-                    .wrongDestinationKind, "'\(destination)' already exists as a \(existingKind), cannot use it as a \(kind)",
-                    backend: backendName, destination: destination)
+                    .wrongDestinationKind,
+                    "'\(destination)' already exists as a \(existingKind), cannot use it as a \(kind)",
+                    backend: backendName,
+                    destination: destination
+                )
             }
         } else {
             // The queue group starts at 0, so messages published before any consumer are delivered.
             let group = kind == .queue ? RedisBroker.queueGroup : "__brokerkit_init"
-            let created = try await client.send(["XGROUP", "CREATE", RedisArgument(key), RedisArgument(group), "0", "MKSTREAM"])
+            let created = try await client.send([
+                "XGROUP", "CREATE", RedisArgument(key), RedisArgument(group), "0", "MKSTREAM",
+            ])
             if let error = created.errorText, !error.hasPrefix("BUSYGROUP") {
                 throw RedisClient.map(.server(error), server: settings.server, destination: destination)
             }
-            if kind == .stream { _ = try await client.send(["XGROUP", "DESTROY", RedisArgument(key), "__brokerkit_init"]) }
-            _ = try await client.checked(["HSETNX", RedisArgument(registryKey), RedisArgument(key), RedisArgument(kind.rawValue)], destination: destination)
+            if kind == .stream {
+                _ = try await client.send(["XGROUP", "DESTROY", RedisArgument(key), "__brokerkit_init"])
+            }
+            _ = try await client.checked(
+                ["HSETNX", RedisArgument(registryKey), RedisArgument(key), RedisArgument(kind.rawValue)],
+                destination: destination
+            )
         }
         state.withLock { $0.kinds[key] = kind }
     }
@@ -116,7 +150,12 @@ final class RedisBroker: BrokerDriver {
         let key = try key(queue)
         let kind = try await kind(of: key, destination: queue, createAs: .queue)
         guard kind == .queue else {
-            throw BrokerError(.wrongDestinationKind, "'\(queue)' is a stream, not a queue", backend: backendName, destination: queue)
+            throw BrokerError(
+                .wrongDestinationKind,
+                "'\(queue)' is a stream, not a queue",
+                backend: backendName,
+                destination: queue
+            )
         }
         let consumer = RedisConsumer(broker: self, destination: queue, key: key, mode: .queue(options))
         try await consumer.start()
@@ -124,11 +163,20 @@ final class RedisBroker: BrokerDriver {
         return consumer
     }
 
-    func openStreamConsumer(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer {
+    func openStreamConsumer(
+        _ stream: String,
+        group: String,
+        options: StreamConsumerOptions
+    ) async throws -> any MessageConsumer {
         let key = try key(stream)
         let kind = try await kind(of: key, destination: stream, createAs: .stream)
         guard kind == .stream else {
-            throw BrokerError(.wrongDestinationKind, "'\(stream)' is a queue, not a stream", backend: backendName, destination: stream)
+            throw BrokerError(
+                .wrongDestinationKind,
+                "'\(stream)' is a queue, not a stream",
+                backend: backendName,
+                destination: stream
+            )
         }
         let consumer = RedisConsumer(broker: self, destination: stream, key: key, mode: .stream(group: group, options))
         try await consumer.start()
@@ -142,7 +190,9 @@ final class RedisBroker: BrokerDriver {
 
     /// Waits until this process's consumers of `key` have sent the acks they recorded.
     func acksSent(for key: String) async {
-        let consumers = state.withLock { s in s.consumers.values.compactMap { $0 as? RedisConsumer }.filter { $0.key == key } }
+        let consumers = state.withLock { s in
+            s.consumers.values.compactMap { $0 as? RedisConsumer }.filter { $0.key == key }
+        }
         for consumer in consumers { await consumer.acksSent() }
     }
 

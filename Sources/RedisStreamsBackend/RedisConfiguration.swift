@@ -30,8 +30,18 @@ struct RedisConfiguration: Sendable {
 
     static let options: [BrokerOption] = [
         BrokerOption("consumer.block", .duration, default: "100ms", "How long one XREADGROUP BLOCK waits."),
-        BrokerOption("claim.interval", .duration, default: "1s", "How often consumers claim entries whose lease expired."),
-        BrokerOption("stream.lease", .duration, default: "30s", "Idle time before a stream member's unacked entries are claimed by another."),
+        BrokerOption(
+            "claim.interval",
+            .duration,
+            default: "1s",
+            "How often consumers claim entries whose lease expired."
+        ),
+        BrokerOption(
+            "stream.lease",
+            .duration,
+            default: "30s",
+            "Idle time before a stream member's unacked entries are claimed by another."
+        ),
         BrokerOption("retention.maxlen", .int(1...Int.max), "Trim streams to about this many entries (MAXLEN ~)."),
         BrokerOption("retention.maxage", .duration, "Trim stream entries older than this (MINID ~)."),
     ]
@@ -40,24 +50,38 @@ struct RedisConfiguration: Sendable {
         let url = configuration.url
         if url.scheme == "rediss" {
             throw BrokerError.invalidConfiguration(
-                "rediss:// (TLS) is not supported: the hiredis 0.14 this backend links has no TLS; use redis:// through a TLS tunnel (stunnel) or a private network", backend: "redis")
+                "rediss:// (TLS) is not supported: the hiredis 0.14 this backend links has no TLS; use redis:// through a TLS tunnel (stunnel) or a private network",
+                backend: "redis"
+            )
         }
         guard url.hosts.count <= 1 else {
-            throw BrokerError.invalidConfiguration("redis:// takes one host, got '\(url.redacted)' (Redis Cluster is not supported)", backend: "redis")
+            throw BrokerError.invalidConfiguration(
+                "redis:// takes one host, got '\(url.redacted)' (Redis Cluster is not supported)",
+                backend: "redis"
+            )
         }
         let host = url.hosts.first?.name ?? "127.0.0.1"
         let port = url.hosts.first?.port ?? 6379
         var database = 0
         if !url.path.isEmpty {
             guard let db = Int(url.path), db >= 0 else {
-                throw BrokerError.invalidConfiguration("database '\(url.path)' in '\(url.redacted)' is not a number", backend: "redis")
+                throw BrokerError.invalidConfiguration(
+                    "database '\(url.path)' in '\(url.redacted)' is not a number",
+                    backend: "redis"
+                )
             }
             database = db
         }
         let operationTimeout = configuration.operationTimeout
         endpoint = HiredisConnection.Endpoint(
-            host: host, port: port, user: url.user, password: url.password, database: database,
-            connectTimeout: configuration.connectTimeout, commandTimeout: operationTimeout)
+            host: host,
+            port: port,
+            user: url.user,
+            password: url.password,
+            database: database,
+            connectTimeout: configuration.connectTimeout,
+            commandTimeout: operationTimeout
+        )
         server = "\(host):\(port)/\(database)"
         prefix = configuration.prefix
         autoCreate = configuration.autoCreate

@@ -69,7 +69,11 @@ final class RedisConsumer: MessageConsumer, Sendable {
         self.name = RedisBroker.consumerName()
         self.client = broker.makeClient(name: "consumer-\(destination)")
         loopFailures = FailureLog(logger: broker.logger, what: "redis consumer of '\(destination)'")
-        moveFailures = FailureLog(logger: broker.logger, what: "redis: moving due retries of '\(destination)'", level: .error)
+        moveFailures = FailureLog(
+            logger: broker.logger,
+            what: "redis: moving due retries of '\(destination)'",
+            level: .error
+        )
         renewFailures = FailureLog(logger: broker.logger, what: "redis consumer of '\(destination)': renewing leases")
     }
 
@@ -137,7 +141,9 @@ final class RedisConsumer: MessageConsumer, Sendable {
                 lastRenew = ContinuousClock.now
                 await renewLeases()
             }
-            let (capacity, holding, closed) = state.withLock { ($0.closed ? 0 : prefetch - $0.outstanding, $0.pendingRetries > 0, $0.closed) }
+            let (capacity, holding, closed) = state.withLock {
+                ($0.closed ? 0 : prefetch - $0.outstanding, $0.pendingRetries > 0, $0.closed)
+            }
             if closed { return }
             if capacity <= 0 || holding || (capacity < refillAt && buffer.count > 0) {
                 await wake.wait(timeout: broker.settings.consumerBlock)
@@ -160,12 +166,16 @@ final class RedisConsumer: MessageConsumer, Sendable {
                 let blockMillis = max(1, Int(block.timeInterval * 1000))
                 var commands: [[RedisArgument]] = []
                 // Move due retries / delayed messages at most every 50 ms, or as soon as one is due.
-                let moveDue = isQueue && (ContinuousClock.now - lastMove >= .milliseconds(50) || nextDue.map { $0 <= Date() } == true)
+                let moveDue =
+                    isQueue
+                    && (ContinuousClock.now - lastMove >= .milliseconds(50) || nextDue.map { $0 <= Date() } == true)
                 if moveDue {
                     lastMove = ContinuousClock.now
                     commands.append([
-                        "EVAL", RedisArgument(RedisScripts.moveDue), "4", RedisArgument(key), RedisArgument(key + ":retry"),
-                        RedisArgument(key + ":delay"), RedisArgument(key + ":dlq"), RedisArgument(Int64(Date().timeIntervalSince1970 * 1000)),
+                        "EVAL", RedisArgument(RedisScripts.moveDue), "4", RedisArgument(key),
+                        RedisArgument(key + ":retry"),
+                        RedisArgument(key + ":delay"), RedisArgument(key + ":dlq"),
+                        RedisArgument(Int64(Date().timeIntervalSince1970 * 1000)),
                         "100", RedisArgument(destination),
                     ])
                 }
@@ -173,14 +183,18 @@ final class RedisConsumer: MessageConsumer, Sendable {
                     "XREADGROUP", "GROUP", RedisArgument(group), RedisArgument(name), "COUNT", RedisArgument(capacity),
                     "BLOCK", RedisArgument(blockMillis), "STREAMS", RedisArgument(key), ">",
                 ])
-                let replies = try await client.pipeline(commands, socketTimeout: block + broker.settings.operationTimeout)
+                let replies = try await client.pipeline(
+                    commands,
+                    socketTimeout: block + broker.settings.operationTimeout
+                )
                 if moveDue, let moved = replies[0].array, moved.count == 3 {
                     let due = Double(moved[1].text ?? "-1") ?? -1
                     // A score is any double another program chose: only a finite one counts.
                     nextDue = due < 0 || !due.isFinite ? nil : Date(timeIntervalSince1970: min(due, 1e15) / 1000)
                     if let dead = moved[2].integer, dead > 0 {
                         broker.logger.warning(
-                            "redis: \(dead) unusable members of '\(key):retry' / '\(key):delay' moved to '\(key):dlq' (see their x-brokerkit-last-error)")
+                            "redis: \(dead) unusable members of '\(key):retry' / '\(key):delay' moved to '\(key):dlq' (see their x-brokerkit-last-error)"
+                        )
                     }
                     moveFailures.succeeded()
                 } else if moveDue, let error = replies[0].errorText {
@@ -209,10 +223,12 @@ final class RedisConsumer: MessageConsumer, Sendable {
     /// Hands entries to the app; `deliveryCount` is Redis's count for the entry (any
     /// number: `XCLAIM … RETRYCOUNT` sets it), so the sum is bounded, never trapping.
     func deliver(_ entries: [(RedisFieldLayout.Entry, Int)]) {
-        hand(entries.map { entry, deliveryCount in
-            let redeliveries = min(max(0, deliveryCount - 1), Delivery.maxAttempt)
-            return Held(entry: entry, attempt: min(entry.attempt + redeliveries, Delivery.maxAttempt))
-        })
+        hand(
+            entries.map { entry, deliveryCount in
+                let redeliveries = min(max(0, deliveryCount - 1), Delivery.maxAttempt)
+                return Held(entry: entry, attempt: min(entry.attempt + redeliveries, Delivery.maxAttempt))
+            }
+        )
     }
 
     /// Hands out a retried stream entry: never held back behind another pending retry.
@@ -248,10 +264,18 @@ final class RedisConsumer: MessageConsumer, Sendable {
     private func makeDelivery(_ held: Held) -> Delivery {
         let entry = held.entry
         return Delivery(
-            message: entry.message, destination: destination, group: isQueue ? nil : group, attempt: held.attempt,
-            firstFailureAt: entry.firstFailureAt, position: Position(partition: 0, offset: entry.entryID),
-            retryPolicy: retryPolicy, backend: "redis", settler: RedisSettler(consumer: self, held: held), metrics: metrics,
-            defect: entry.defect)
+            message: entry.message,
+            destination: destination,
+            group: isQueue ? nil : group,
+            attempt: held.attempt,
+            firstFailureAt: entry.firstFailureAt,
+            position: Position(partition: 0, offset: entry.entryID),
+            retryPolicy: retryPolicy,
+            backend: "redis",
+            settler: RedisSettler(consumer: self, held: held),
+            metrics: metrics,
+            defect: entry.defect
+        )
     }
 
     /// Renews the lease of every entry this consumer holds (buffered or with the app), so a
@@ -262,12 +286,20 @@ final class RedisConsumer: MessageConsumer, Sendable {
         guard !ids.isEmpty else { return }
         do {
             let reply = try await client.send(
-                ["EVAL", RedisArgument(RedisScripts.renew), "1", RedisArgument(key), RedisArgument(group), RedisArgument(name)]
-                    + ids.map { RedisArgument($0) })
-            if let error = reply.errorText { throw RedisClient.map(.server(error), server: broker.settings.server, destination: destination) }
+                [
+                    "EVAL", RedisArgument(RedisScripts.renew), "1", RedisArgument(key), RedisArgument(group),
+                    RedisArgument(name),
+                ]
+                    + ids.map { RedisArgument($0) }
+            )
+            if let error = reply.errorText {
+                throw RedisClient.map(.server(error), server: broker.settings.server, destination: destination)
+            }
             let lost = (reply.array ?? []).compactMap(\.text)
             if !lost.isEmpty {
-                broker.logger.debug("redis consumer of '\(destination)': \(lost.count) held entries are no longer ours (claimed after a missed renewal, or settled)")
+                broker.logger.debug(
+                    "redis consumer of '\(destination)': \(lost.count) held entries are no longer ours (claimed after a missed renewal, or settled)"
+                )
             }
             renewFailures.succeeded()
         } catch {
@@ -288,7 +320,9 @@ final class RedisConsumer: MessageConsumer, Sendable {
 
     private func acknowledgeDeleted(_ ids: [String]) async throws {
         // Entries deleted while pending come back without fields: nothing to deliver.
-        _ = try await broker.client.send(["XACK", RedisArgument(key), RedisArgument(group)] + ids.map { RedisArgument($0) })
+        _ = try await broker.client.send(
+            ["XACK", RedisArgument(key), RedisArgument(group)] + ids.map { RedisArgument($0) }
+        )
     }
 
     // MARK: - Close
@@ -320,7 +354,9 @@ final class RedisConsumer: MessageConsumer, Sendable {
             do {
                 try await giveBack(unsettled, buffered: buffered)
             } catch {
-                broker.logger.warning("redis consumer of '\(destination)' could not give back \(unsettled.count) entries on close: \(error); they return after the lease")
+                broker.logger.warning(
+                    "redis consumer of '\(destination)' could not give back \(unsettled.count) entries on close: \(error); they return after the lease"
+                )
             }
         }
         client.close()

@@ -22,7 +22,10 @@ enum RedisFieldLayout {
     /// `after` comes first (a command such as `XADD key *`): the whole command is built in
     /// one array, sized once (this runs once per published message).
     static func fields(
-        for message: Message, attempt: Int = 1, firstFailureAt: Date? = nil, after prefix: [RedisArgument] = []
+        for message: Message,
+        attempt: Int = 1,
+        firstFailureAt: Date? = nil,
+        after prefix: [RedisArgument] = []
     ) -> [RedisArgument] {
         var fields = prefix
         fields.reserveCapacity(prefix.count + 12 + 2 * message.headers.count)
@@ -35,7 +38,9 @@ enum RedisFieldLayout {
         add("ts", RedisArgument(EpochMillis.of(message.timestamp)))
         if attempt > 1 { add("attempt", RedisArgument(attempt)) }
         if let firstFailureAt { add("ff", RedisArgument(EpochMillis.of(firstFailureAt))) }
-        for (name, value) in message.headers.sorted(by: { $0.key < $1.key }) { add(RedisArgument("h:" + name), RedisArgument(value)) }
+        for (name, value) in message.headers.sorted(by: { $0.key < $1.key }) {
+            add(RedisArgument("h:" + name), RedisArgument(value))
+        }
         add("payload", RedisArgument(message.payload))
         return fields
     }
@@ -80,7 +85,9 @@ enum RedisFieldLayout {
         /// A date in milliseconds; a defect naming `field` if it is not one.
         private mutating func millis(_ value: UnsafeRawBufferPointer, field: String) -> Date? {
             guard let ms = Self.integer(value), RedisFieldLayout.millisRange.contains(ms) else {
-                note("field '\(field)' is '\(Self.shown(value))', not milliseconds since 1970 (0 to \(RedisFieldLayout.millisRange.upperBound))")
+                note(
+                    "field '\(field)' is '\(Self.shown(value))', not milliseconds since 1970 (0 to \(RedisFieldLayout.millisRange.upperBound))"
+                )
                 return nil
             }
             return Date(timeIntervalSince1970: Double(ms) / 1000)
@@ -99,7 +106,9 @@ enum RedisFieldLayout {
                 if let n = Self.integer(value), n >= 1, n <= Int64(Delivery.maxAttempt) {
                     attempt = Int(n)
                 } else {
-                    note("field 'attempt' is '\(Self.shown(value))', not a whole number from 1 to \(Delivery.maxAttempt)")
+                    note(
+                        "field 'attempt' is '\(Self.shown(value))', not a whole number from 1 to \(Delivery.maxAttempt)"
+                    )
                 }
             } else if Self.equals(name, "ff") {
                 firstFailure = millis(value, field: "ff")
@@ -108,7 +117,8 @@ enum RedisFieldLayout {
                 // holds the first ones, so that writing it stays one bounded command), but for
                 // BrokerKit's own, which a DLQ entry's envelope needs.
                 let header = text(UnsafeRawBufferPointer(rebasing: name[2...]), field: "header name")
-                guard headers.count < PublishValidation.maxHeaderCount || header.hasPrefix(HeaderName.reservedPrefix) else {
+                guard headers.count < PublishValidation.maxHeaderCount || header.hasPrefix(HeaderName.reservedPrefix)
+                else {
                     note("more than \(PublishValidation.maxHeaderCount) headers")
                     return
                 }
@@ -124,15 +134,25 @@ enum RedisFieldLayout {
 
         func entry(entryID: String) -> Entry {
             // Without a `ts` field, the entry id's milliseconds are the creation time.
-            let created = timestamp
-                ?? entryID.utf8.firstIndex(of: UInt8(ascii: "-")).flatMap { Int64(entryID[..<$0]) }.map { Date(timeIntervalSince1970: Double($0) / 1000) }
+            let created =
+                timestamp
+                ?? entryID.utf8.firstIndex(of: UInt8(ascii: "-")).flatMap { Int64(entryID[..<$0]) }.map {
+                    Date(timeIntervalSince1970: Double($0) / 1000)
+                }
                 ?? Date()
             let message = Message(id: id ?? entryID, key: key, payload: payload, headers: headers, timestamp: created)
-            return Entry(entryID: entryID, message: message, attempt: attempt, firstFailureAt: firstFailure, defect: defect)
+            return Entry(
+                entryID: entryID,
+                message: message,
+                attempt: attempt,
+                firstFailureAt: firstFailure,
+                defect: defect
+            )
         }
 
         private static func equals(_ bytes: UnsafeRawBufferPointer, _ name: StaticString) -> Bool {
-            bytes.count == name.utf8CodeUnitCount && (bytes.count == 0 || memcmp(bytes.baseAddress!, name.utf8Start, bytes.count) == 0)
+            bytes.count == name.utf8CodeUnitCount
+                && (bytes.count == 0 || memcmp(bytes.baseAddress!, name.utf8Start, bytes.count) == 0)
         }
 
         /// A decimal integer, parsed without making a `String`; `nil` if it is not one or does
@@ -159,7 +179,9 @@ enum RedisFieldLayout {
 
     /// Parses `[entryID, [field, value, ...]]`; `nil` for deleted entries (no fields).
     static func entry(from reply: RedisReply) -> Entry? {
-        guard case .array(let parts) = reply, parts.count == 2, let entryID = parts[0].text, case .array(let flat) = parts[1] else {
+        guard case .array(let parts) = reply, parts.count == 2, let entryID = parts[0].text,
+            case .array(let flat) = parts[1]
+        else {
             return nil
         }
         var fields = FieldCollector()

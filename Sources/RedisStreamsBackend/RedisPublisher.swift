@@ -4,22 +4,34 @@ import Foundation
 /// Publishing: one XADD per message, batches pipelined in one round trip; delayed messages
 /// go to the destination's delay set until due. See ``RedisFieldLayout`` for the entry fields.
 extension RedisBroker {
-    func publish(checked prepared: [Message], to destination: String, options: PublishOptions) async throws -> [PublishReceipt] {
+    func publish(
+        checked prepared: [Message],
+        to destination: String,
+        options: PublishOptions
+    ) async throws -> [PublishReceipt] {
         let key = try key(destination)
         for message in prepared where message.payload.count > maxBulkLength {
             throw BrokerError(
                 .messageTooLarge,
                 "message '\(message.id)' payload is \(message.payload.count) bytes; redis \(settings.server) accepts at most \(maxBulkLength) (proto-max-bulk-len)",
-                backend: backendName, destination: destination)
+                backend: backendName,
+                destination: destination
+            )
         }
         let kind = try await kind(of: key, destination: destination, createAs: .queue)
         if let deliverAt = options.deliverAt, deliverAt > Date() {
             guard kind == .queue else {
-                throw BrokerError(.unsupported, "delayed delivery applies to queues; '\(destination)' is a stream", backend: backendName, destination: destination)
+                throw BrokerError(
+                    .unsupported,
+                    "delayed delivery applies to queues; '\(destination)' is a stream",
+                    backend: backendName,
+                    destination: destination
+                )
             }
             let due = RedisArgument(Int64((deliverAt.timeIntervalSince1970 * 1000).rounded(.up)))
             let commands = prepared.map { message -> [RedisArgument] in
-                ["EVAL", RedisArgument(RedisScripts.delay), "1", RedisArgument(key + ":delay"), due] + RedisFieldLayout.fields(for: message)
+                ["EVAL", RedisArgument(RedisScripts.delay), "1", RedisArgument(key + ":delay"), due]
+                    + RedisFieldLayout.fields(for: message)
             }
             let replies = try await client.pipeline(commands)
             try check(replies, destination: destination)
@@ -27,8 +39,9 @@ extension RedisBroker {
         }
         var trim: [RedisArgument] = []
         if kind == .stream {
-            if let maxLen = settings.retentionMaxLen { trim = ["MAXLEN", "~", RedisArgument(maxLen)] }
-            else if let maxAge = settings.retentionMaxAge {
+            if let maxLen = settings.retentionMaxLen {
+                trim = ["MAXLEN", "~", RedisArgument(maxLen)]
+            } else if let maxAge = settings.retentionMaxAge {
                 let minID = Int64((Date().timeIntervalSince1970 - maxAge.timeInterval) * 1000)
                 trim = ["MINID", "~", RedisArgument(max(0, minID))]
             }
@@ -38,7 +51,11 @@ extension RedisBroker {
         let replies = try await client.pipeline(commands)
         try check(replies, destination: destination)
         return zip(prepared, replies).map { message, reply in
-            PublishReceipt(messageID: message.id, destination: destination, position: reply.text.map { Position(partition: 0, offset: $0) })
+            PublishReceipt(
+                messageID: message.id,
+                destination: destination,
+                position: reply.text.map { Position(partition: 0, offset: $0) }
+            )
         }
     }
 

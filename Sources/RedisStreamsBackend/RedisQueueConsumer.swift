@@ -20,7 +20,9 @@ extension RedisConsumer {
     }
 
     func createGroup(at id: String) async throws {
-        let reply = try await broker.client.send(["XGROUP", "CREATE", RedisArgument(key), RedisArgument(group), RedisArgument(id), "MKSTREAM"])
+        let reply = try await broker.client.send([
+            "XGROUP", "CREATE", RedisArgument(key), RedisArgument(group), RedisArgument(id), "MKSTREAM",
+        ])
         if let error = reply.errorText, !error.hasPrefix("BUSYGROUP") {
             throw RedisClient.map(.server(error), server: broker.settings.server, destination: destination)
         }
@@ -31,12 +33,15 @@ extension RedisConsumer {
         var ids: [String] = []
         if !isQueue {
             let released = try await client.send([
-                "XPENDING", RedisArgument(key), RedisArgument(group), "-", "+", RedisArgument(limit), RedisArgument(Self.released),
+                "XPENDING", RedisArgument(key), RedisArgument(group), "-", "+", RedisArgument(limit),
+                RedisArgument(Self.released),
             ])
             ids = (released.array ?? []).compactMap { $0.array?.first?.text }
             if !ids.isEmpty {
                 _ = try await client.send(
-                    ["XCLAIM", RedisArgument(key), RedisArgument(group), RedisArgument(name), "0"] + ids.map { RedisArgument($0) } + ["JUSTID"])
+                    ["XCLAIM", RedisArgument(key), RedisArgument(group), RedisArgument(name), "0"]
+                        + ids.map { RedisArgument($0) } + ["JUSTID"]
+                )
             }
         }
         if ids.count < limit {
@@ -59,8 +64,12 @@ extension RedisConsumer {
         // Fetch the entries and their delivery counts; claiming counts as a delivery.
         var commands: [[RedisArgument]] = []
         for id in ids {
-            commands.append(["XCLAIM", RedisArgument(key), RedisArgument(group), RedisArgument(name), "0", RedisArgument(id)])
-            commands.append(["XPENDING", RedisArgument(key), RedisArgument(group), RedisArgument(id), RedisArgument(id), "1"])
+            commands.append([
+                "XCLAIM", RedisArgument(key), RedisArgument(group), RedisArgument(name), "0", RedisArgument(id),
+            ])
+            commands.append([
+                "XPENDING", RedisArgument(key), RedisArgument(group), RedisArgument(id), RedisArgument(id), "1",
+            ])
         }
         let replies = try await client.pipeline(commands)
         var result: [(RedisFieldLayout.Entry, Int)] = []
@@ -76,15 +85,20 @@ extension RedisConsumer {
             }
         }
         if !deleted.isEmpty {
-            _ = try await broker.client.send(["XACK", RedisArgument(key), RedisArgument(group)] + deleted.map { RedisArgument($0) })
+            _ = try await broker.client.send(
+                ["XACK", RedisArgument(key), RedisArgument(group)] + deleted.map { RedisArgument($0) }
+            )
         }
         return result
     }
 
     func noLongerHeld(_ held: Held) -> BrokerError {
         BrokerError(
-            .closed, "entry \(held.entry.entryID) of message '\(held.entry.message.id)' is no longer held by this consumer (closed, or its lease expired and another consumer claimed it)",
-            backend: "redis", destination: destination)
+            .closed,
+            "entry \(held.entry.entryID) of message '\(held.entry.message.id)' is no longer held by this consumer (closed, or its lease expired and another consumer claimed it)",
+            backend: "redis",
+            destination: destination
+        )
     }
 
     /// Acks are asynchronous, as RabbitMQ's and Kafka's are: the ack is recorded here and
@@ -129,7 +143,9 @@ extension RedisConsumer {
             do {
                 let acked: Int
                 if isQueue {
-                    let replies = try await broker.client.pipeline([["MULTI"], ack, ["XDEL", RedisArgument(key)] + arguments, ["EXEC"]])
+                    let replies = try await broker.client.pipeline([
+                        ["MULTI"], ack, ["XDEL", RedisArgument(key)] + arguments, ["EXEC"],
+                    ])
                     try broker.check(replies, destination: destination)
                     acked = Int(replies[3].array?.first?.integer ?? 0)
                 } else {
@@ -137,11 +153,13 @@ extension RedisConsumer {
                 }
                 if acked < ids.count {
                     broker.logger.warning(
-                        "redis consumer of '\(destination)': \(ids.count - acked) of \(ids.count) acked entries were no longer pending (their lease expired and another consumer claimed them, or they were given back)")
+                        "redis consumer of '\(destination)': \(ids.count - acked) of \(ids.count) acked entries were no longer pending (their lease expired and another consumer claimed them, or they were given back)"
+                    )
                 }
             } catch {
                 broker.logger.warning(
-                    "redis consumer of '\(destination)': \(ids.count) acks not delivered (\(error)); those entries are delivered again after the lease")
+                    "redis consumer of '\(destination)': \(ids.count) acks not delivered (\(error)); those entries are delivered again after the lease"
+                )
             }
         }
     }
@@ -166,10 +184,14 @@ extension RedisConsumer {
         }
         let due = Int64((Date().timeIntervalSince1970 + min(delay.timeInterval, 10 * 365 * 86_400)) * 1000)
         let reply = try await broker.client.checked(
-            ["EVAL", RedisArgument(RedisScripts.retry), "2", RedisArgument(key), RedisArgument(key + ":retry"), RedisArgument(group),
-             RedisArgument(entry.entryID), RedisArgument(due)]
+            [
+                "EVAL", RedisArgument(RedisScripts.retry), "2", RedisArgument(key), RedisArgument(key + ":retry"),
+                RedisArgument(group),
+                RedisArgument(entry.entryID), RedisArgument(due),
+            ]
                 + RedisFieldLayout.fields(for: entry.message, attempt: nextAttempt, firstFailureAt: firstFailureAt),
-            destination: destination)
+            destination: destination
+        )
         guard reply.integer == 1 else { throw noLongerHeld(held) }
         settled(entry.entryID)
     }
@@ -178,10 +200,13 @@ extension RedisConsumer {
         var message = envelope.message
         if !isQueue { message.headers[HeaderName.group] = group }
         let reply = try await broker.client.checked(
-            ["EVAL", RedisArgument(RedisScripts.deadLetter), "2", RedisArgument(key), RedisArgument(key + ":dlq"),
-             RedisArgument(group), RedisArgument(held.entry.entryID), isQueue ? "1" : "0"]
+            [
+                "EVAL", RedisArgument(RedisScripts.deadLetter), "2", RedisArgument(key), RedisArgument(key + ":dlq"),
+                RedisArgument(group), RedisArgument(held.entry.entryID), isQueue ? "1" : "0",
+            ]
                 + RedisFieldLayout.fields(for: message),
-            destination: destination)
+            destination: destination
+        )
         guard reply.integer == 1 else { throw noLongerHeld(held) }
     }
 
@@ -207,8 +232,10 @@ extension RedisConsumer {
                 let seen = !buffered.contains(held.entry.entryID)
                 do {
                     try await requeue(
-                        held, attempt: seen ? held.attempt + 1 : held.attempt,
-                        firstFailureAt: seen ? (held.entry.firstFailureAt ?? Date()) : held.entry.firstFailureAt)
+                        held,
+                        attempt: seen ? held.attempt + 1 : held.attempt,
+                        firstFailureAt: seen ? (held.entry.firstFailureAt ?? Date()) : held.entry.firstFailureAt
+                    )
                 } catch {
                     firstError = firstError ?? error  // keep going: one failure must not strand the rest
                 }
@@ -221,9 +248,13 @@ extension RedisConsumer {
 
     private func requeue(_ held: Held, attempt: Int, firstFailureAt: Date?) async throws {
         let reply = try await broker.client.checked(
-            ["EVAL", RedisArgument(RedisScripts.requeue), "1", RedisArgument(key), RedisArgument(group), RedisArgument(held.entry.entryID)]
+            [
+                "EVAL", RedisArgument(RedisScripts.requeue), "1", RedisArgument(key), RedisArgument(group),
+                RedisArgument(held.entry.entryID),
+            ]
                 + RedisFieldLayout.fields(for: held.entry.message, attempt: attempt, firstFailureAt: firstFailureAt),
-            destination: destination)
+            destination: destination
+        )
         guard reply.integer == 1 else { throw noLongerHeld(held) }
     }
 }

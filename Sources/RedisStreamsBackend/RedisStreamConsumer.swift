@@ -21,14 +21,21 @@ extension RedisConsumer {
             at = initial ? "$" : "0"
         case .position(let position):
             let parts = position.offset.split(separator: "-")
-            guard parts.count == 2, UInt64(parts[0]) != nil, UInt64(parts[1]) != nil, let before = RedisFieldLayout.idBefore(position.offset) else {
+            guard parts.count == 2, UInt64(parts[0]) != nil, UInt64(parts[1]) != nil,
+                let before = RedisFieldLayout.idBefore(position.offset)
+            else {
                 throw BrokerError(
-                    .invalidConfiguration, "position '\(position.offset)' is not a Redis entry id (milliseconds-sequence, e.g. 1700000000000-0)",
-                    backend: "redis", destination: destination)
+                    .invalidConfiguration,
+                    "position '\(position.offset)' is not a Redis entry id (milliseconds-sequence, e.g. 1700000000000-0)",
+                    backend: "redis",
+                    destination: destination
+                )
             }
             at = before
         case .timestamp(let date):
-            let ms = Int64(min(max(0, date.timeIntervalSince1970 * 1000), Double(RedisFieldLayout.millisRange.upperBound)))
+            let ms = Int64(
+                min(max(0, date.timeIntervalSince1970 * 1000), Double(RedisFieldLayout.millisRange.upperBound))
+            )
             at = RedisFieldLayout.idBefore("\(ms)-0") ?? "0"
         }
         try await createGroup(at: at)  // BUSYGROUP: the group exists and keeps its position
@@ -50,8 +57,14 @@ extension RedisConsumer {
         let later = buffer.takeAll()
         state.withLock { $0.heldBack.append(contentsOf: later) }
         let again = Held(
-            entry: RedisFieldLayout.Entry(entryID: entry.entryID, message: entry.message, attempt: entry.attempt, firstFailureAt: firstFailureAt),
-            attempt: nextAttempt)
+            entry: RedisFieldLayout.Entry(
+                entryID: entry.entryID,
+                message: entry.message,
+                attempt: entry.attempt,
+                firstFailureAt: firstFailureAt
+            ),
+            attempt: nextAttempt
+        )
         Task { [self] in
             try? await Task.sleep(for: delay)
             let (open, resume) = state.withLock { s -> (Bool, [Delivery]) in
@@ -76,7 +89,9 @@ extension RedisConsumer {
     func handToReleased(_ ids: [String]) async throws {
         guard !ids.isEmpty else { return }
         _ = try await broker.client.checked(
-            ["XCLAIM", RedisArgument(key), RedisArgument(group), RedisArgument(Self.released), "0"] + ids.map { RedisArgument($0) } + ["JUSTID"],
-            destination: destination)
+            ["XCLAIM", RedisArgument(key), RedisArgument(group), RedisArgument(Self.released), "0"]
+                + ids.map { RedisArgument($0) } + ["JUSTID"],
+            destination: destination
+        )
     }
 }

@@ -40,8 +40,12 @@ public struct RedisStreamsBackend: BrokerBackend {
     public func connect(configuration: BrokerConfiguration, logger: Logger) async throws -> any Broker {
         let settings = try RedisConfiguration(configuration)
         let client = RedisClient(
-            endpoint: settings.endpoint, server: settings.server, name: "main", operationTimeout: settings.operationTimeout,
-            logger: logger)
+            endpoint: settings.endpoint,
+            server: settings.server,
+            name: "main",
+            operationTimeout: settings.operationTimeout,
+            logger: logger
+        )
         do {
             try await client.connect()
         } catch {
@@ -56,7 +60,14 @@ public struct RedisStreamsBackend: BrokerBackend {
             maxBulk = Int(value)
         }
         return BrokerClient(
-            driver: RedisBroker(configuration: configuration, settings: settings, client: client, maxBulkLength: maxBulk, logger: logger),
-            logger: logger)
+            driver: RedisBroker(
+                configuration: configuration,
+                settings: settings,
+                client: client,
+                maxBulkLength: maxBulk,
+                logger: logger
+            ),
+            logger: logger
+        )
     }
 }

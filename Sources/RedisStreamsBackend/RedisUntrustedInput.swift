@@ -21,7 +21,8 @@ package enum RedisUntrustedInput {
     package static func decode(resp: UnsafeRawBufferPointer) -> [Entry]? {
         guard let reader = redisReaderCreate() else { return nil }
         defer { redisReaderFree(reader) }
-        guard redisReaderFeed(reader, resp.baseAddress?.assumingMemoryBound(to: CChar.self), resp.count) == REDIS_OK else { return nil }
+        guard redisReaderFeed(reader, resp.baseAddress?.assumingMemoryBound(to: CChar.self), resp.count) == REDIS_OK
+        else { return nil }
         var out: [Entry] = []
         while true {
             var reply: UnsafeMutableRawPointer?
@@ -32,7 +33,9 @@ package enum RedisUntrustedInput {
             var entries: [RedisFieldLayout.Entry] = []
             if case .array(let streams) = HiredisConnection.decodeStreamRead(typed) {
                 for stream in streams {
-                    if let parts = stream.array, parts.count == 2 { entries += RedisFieldLayout.entries(parts[1]).valid }
+                    if let parts = stream.array, parts.count == 2 {
+                        entries += RedisFieldLayout.entries(parts[1]).valid
+                    }
                 }
             }
             // The generic path: the reply as a tree, read as an XREADGROUP reply (a stream's
@@ -44,20 +47,32 @@ package enum RedisUntrustedInput {
             entries += RedisFieldLayout.entries(tree).valid
             for entry in entries {
                 _ = RedisFieldLayout.idBefore(entry.entryID)
-                out.append(Entry(
-                    entryID: entry.entryID, message: entry.message, attempt: entry.attempt, defect: entry.defect,
-                    envelope: DeadLetterEnvelope(dlqMessage: entry.message), copy: copy(of: entry)))
+                out.append(
+                    Entry(
+                        entryID: entry.entryID,
+                        message: entry.message,
+                        attempt: entry.attempt,
+                        defect: entry.defect,
+                        envelope: DeadLetterEnvelope(dlqMessage: entry.message),
+                        copy: copy(of: entry)
+                    )
+                )
             }
         }
     }
 
     /// The message a consumer reads from the fields BrokerKit writes for `entry`.
     static func copy(of entry: RedisFieldLayout.Entry) -> Message {
-        let fields = RedisFieldLayout.fields(for: entry.message, attempt: entry.attempt, firstFailureAt: entry.firstFailureAt)
+        let fields = RedisFieldLayout.fields(
+            for: entry.message,
+            attempt: entry.attempt,
+            firstFailureAt: entry.firstFailureAt
+        )
         var collector = RedisFieldLayout.FieldCollector()
         var index = 0
         while index + 1 < fields.count {
-            let name = bytes(fields[index]), value = bytes(fields[index + 1])
+            let name = bytes(fields[index])
+            let value = bytes(fields[index + 1])
             name.withUnsafeBytes { name in value.withUnsafeBytes { value in collector.add(name: name, value: value) } }
             index += 2
         }

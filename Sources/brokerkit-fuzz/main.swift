@@ -13,7 +13,12 @@ import CFuzzDriver
 let target: FuzzTarget = {
     let name = ProcessInfo.processInfo.environment["BROKERKIT_FUZZ_TARGET"] ?? ""
     guard let target = FuzzTarget(rawValue: name) else {
-        FileHandle.standardError.write(Data("BROKERKIT_FUZZ_TARGET must be one of \(FuzzTarget.allCases.map(\.rawValue).joined(separator: ", ")), not '\(name)'\n".utf8))
+        FileHandle.standardError.write(
+            Data(
+                "BROKERKIT_FUZZ_TARGET must be one of \(FuzzTarget.allCases.map(\.rawValue).joined(separator: ", ")), not '\(name)'\n"
+                    .utf8
+            )
+        )
         exit(2)
     }
     return target
@@ -33,7 +38,9 @@ exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in fuzzOneInput(data, size) 
 #else
 let arguments = CommandLine.arguments.dropFirst()
 guard let name = arguments.first, let target = FuzzTarget(rawValue: name) else {
-    FileHandle.standardError.write(Data("usage: brokerkit-fuzz \(FuzzTarget.allCases.map(\.rawValue).joined(separator: "|")) FILE...\n".utf8))
+    FileHandle.standardError.write(
+        Data("usage: brokerkit-fuzz \(FuzzTarget.allCases.map(\.rawValue).joined(separator: "|")) FILE...\n".utf8)
+    )
     exit(2)
 }
 for path in arguments.dropFirst() {

@@ -1,8 +1,8 @@
 import ArgumentParser
 import BrokerAPI
 import Foundation
-import Logging
 import KafkaBackend
+import Logging
 import RabbitBackend
 import RedisStreamsBackend
 

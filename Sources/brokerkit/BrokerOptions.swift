@@ -10,19 +10,24 @@ struct BrokerOptions: ParsableArguments {
         help: ArgumentHelp(
             "Broker URL (default: $BROKER_URL, else memory://).",
             discussion: "memory:// lives inside this one process: it is not shared with other brokerkit processes.",
-            valueName: "url"))
+            valueName: "url"
+        )
+    )
     var broker: String?
 
     @Option(
         name: .customLong("option"),
-        help: ArgumentHelp("A backend option, e.g. max.message.bytes=1048576 (repeatable).", valueName: "key=value"))
+        help: ArgumentHelp("A backend option, e.g. max.message.bytes=1048576 (repeatable).", valueName: "key=value")
+    )
     var options: [String] = []
 
     @Option(
         name: .long,
         help: ArgumentHelp(
             "Log level on stderr: \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")).",
-            valueName: "level"))
+            valueName: "level"
+        )
+    )
     var logLevel: String?
 
     func validate() throws {
@@ -70,7 +75,8 @@ struct BrokerOptions: ParsableArguments {
     static func checkLogLevel(_ text: String?) throws {
         if let text, Logger.Level(rawValue: text.lowercased()) == nil {
             throw ValidationError(
-                "invalid --log-level '\(text)'; use one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))")
+                "invalid --log-level '\(text)'; use one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", "))"
+            )
         }
     }
 
@@ -89,7 +95,8 @@ struct BrokerOptions: ParsableArguments {
 
     /// Connects, runs `body`, and closes the broker whether `body` succeeded or not.
     func withBroker<T>(
-        logger: Logger? = nil, _ body: (any Broker) async throws -> T
+        logger: Logger? = nil,
+        _ body: (any Broker) async throws -> T
     ) async throws -> T {
         let configuration = try await configuration()
         let broker = try await Brokers.connect(configuration, logger: logger ?? self.logger())

@@ -35,9 +35,19 @@ struct CapabilitiesCommand: AsyncParsableCommand {
 
     static var linkedModules: [LinkedModule] {
         [
-            LinkedModule(backend: "kafka", scheme: "kafka", library: "librdkafka", version: KafkaBackend.libraryVersion),
+            LinkedModule(
+                backend: "kafka",
+                scheme: "kafka",
+                library: "librdkafka",
+                version: KafkaBackend.libraryVersion
+            ),
             LinkedModule(backend: "amqp", scheme: "amqp", library: "rabbitmq-c", version: RabbitBackend.libraryVersion),
-            LinkedModule(backend: "redis", scheme: "redis", library: "hiredis", version: RedisStreamsBackend.libraryVersion),
+            LinkedModule(
+                backend: "redis",
+                scheme: "redis",
+                library: "hiredis",
+                version: RedisStreamsBackend.libraryVersion
+            ),
         ]
     }
 
@@ -51,7 +61,8 @@ struct CapabilitiesCommand: AsyncParsableCommand {
             backend.capabilities.contains(flag) ? "yes" : "no"
         }
         func note(_ module: LinkedModule) -> String {
-            let state = registry.backend(for: module.scheme) == nil ? "not registered" : "registered for \(module.scheme)://"
+            let state =
+                registry.backend(for: module.scheme) == nil ? "not registered" : "registered for \(module.scheme)://"
             return "\(module.backend): \(module.library) \(module.version) linked, \(state)"
         }
 
@@ -66,28 +77,43 @@ struct CapabilitiesCommand: AsyncParsableCommand {
             Output.line("| capability | " + backends.map(\.name).joined(separator: " | ") + " |")
             Output.line("|---|" + backends.map { _ in "---|" }.joined())
             for entry in flags {
-                Output.line("| \(entry.name) | " + backends.map { cell($0, entry.flag) }.joined(separator: " | ") + " |")
+                Output.line(
+                    "| \(entry.name) | " + backends.map { cell($0, entry.flag) }.joined(separator: " | ") + " |"
+                )
             }
             Output.line("")
             for module in modules { Output.line("- " + note(module)) }
         case .json:
             let json = JSON.object([
                 ("capabilities", .array(flags.map { .string($0.name) })),
-                ("backends", .array(backends.map { backend in
-                    .object([
-                        ("name", .string(backend.name)),
-                        ("schemes", .array(backend.schemes.sorted().map(JSON.string))),
-                        ("capabilities", .object(flags.map { ($0.name, .bool(backend.capabilities.contains($0.flag))) })),
-                    ])
-                })),
-                ("libraries", .array(modules.map { module in
-                    .object([
-                        ("backend", .string(module.backend)),
-                        ("library", .string(module.library)),
-                        ("version", .string(module.version)),
-                        ("registered", .bool(registry.backend(for: module.scheme) != nil)),
-                    ])
-                })),
+                (
+                    "backends",
+                    .array(
+                        backends.map { backend in
+                            .object([
+                                ("name", .string(backend.name)),
+                                ("schemes", .array(backend.schemes.sorted().map(JSON.string))),
+                                (
+                                    "capabilities",
+                                    .object(flags.map { ($0.name, .bool(backend.capabilities.contains($0.flag))) })
+                                ),
+                            ])
+                        }
+                    )
+                ),
+                (
+                    "libraries",
+                    .array(
+                        modules.map { module in
+                            .object([
+                                ("backend", .string(module.backend)),
+                                ("library", .string(module.library)),
+                                ("version", .string(module.version)),
+                                ("registered", .bool(registry.backend(for: module.scheme) != nil)),
+                            ])
+                        }
+                    )
+                ),
             ])
             Output.line(json.text)
         }

@@ -40,12 +40,19 @@ struct CompareCommand: AsyncParsableCommand {
             """
     )
 
-    @Option(name: .customLong("broker"), help: ArgumentHelp("A broker URL to compare (repeatable; default: see below).", valueName: "url"))
+    @Option(
+        name: .customLong("broker"),
+        help: ArgumentHelp("A broker URL to compare (repeatable; default: see below).", valueName: "url")
+    )
     var brokers: [String] = []
 
-    @Option(name: .customLong("scenario"), help: ArgumentHelp(
-        "Run only these scenarios (repeatable): \(CompareScenario.allCases.map(\.rawValue).joined(separator: ", ")).",
-        valueName: "name"))
+    @Option(
+        name: .customLong("scenario"),
+        help: ArgumentHelp(
+            "Run only these scenarios (repeatable): \(CompareScenario.allCases.map(\.rawValue).joined(separator: ", ")).",
+            valueName: "name"
+        )
+    )
     var scenarios: [String] = []
 
     @Option(name: .long, help: "Messages per scenario (work-queue, fan-out, replay, ordered-per-key).")
@@ -75,47 +82,68 @@ struct CompareCommand: AsyncParsableCommand {
     @Option(name: .long, help: "Seconds a scenario may take before it counts as failed.")
     var timeoutSeconds: Double = 300
 
-    @Option(name: .long, help: "Run each scenario this many times on each backend; a row is the round with the median throughput.")
+    @Option(
+        name: .long,
+        help: "Run each scenario this many times on each backend; a row is the round with the median throughput."
+    )
     var rounds: Int = 1
 
     @Option(name: .long, help: "Output format: text, markdown, json or csv.")
     var format: CompareFormat = .text
 
-    @Option(name: .long, help: ArgumentHelp("Also write a chart of the table (SVG) to this file.", valueName: "file.svg"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Also write a chart of the table (SVG) to this file.", valueName: "file.svg")
+    )
     var chart: String?
 
     @Flag(name: .long, help: "No progress lines on stderr.")
     var quiet = false
 
-    @Option(name: .long, help: ArgumentHelp("Log level of the broker clients on stderr (default: error).", valueName: "level"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Log level of the broker clients on stderr (default: error).", valueName: "level")
+    )
     var logLevel: String?
 
     func validate() throws {
         for name in scenarios where CompareScenario(rawValue: name) == nil {
             throw ValidationError(
-                "unknown --scenario '\(name)'; use one of \(CompareScenario.allCases.map(\.rawValue).joined(separator: ", "))")
+                "unknown --scenario '\(name)'; use one of \(CompareScenario.allCases.map(\.rawValue).joined(separator: ", "))"
+            )
         }
         try BrokerOptions.checkLogLevel(logLevel)
-        for (name, seconds) in [("--low-traffic-seconds", lowTrafficSeconds), ("--idle-seconds", idleSeconds),
-                                ("--delay-window-seconds", delayWindowSeconds), ("--timeout-seconds", timeoutSeconds)]
+        for (name, seconds) in [
+            ("--low-traffic-seconds", lowTrafficSeconds), ("--idle-seconds", idleSeconds),
+            ("--delay-window-seconds", delayWindowSeconds), ("--timeout-seconds", timeoutSeconds),
+        ]
         where !(seconds.isFinite && seconds >= 0 && seconds <= 86_400) {
             throw ValidationError("\(name) must be a number of seconds from 0 to 86400, got \(seconds)")
         }
         if !(1...20).contains(rounds) { throw ValidationError("--rounds must be 1 to 20, got \(rounds)") }
-        if let chart, !chart.hasSuffix(".svg") { throw ValidationError("--chart must name an .svg file, got '\(chart)'") }
+        if let chart, !chart.hasSuffix(".svg") {
+            throw ValidationError("--chart must name an .svg file, got '\(chart)'")
+        }
         do { try settings.validate() } catch let error as BrokerError { throw ValidationError(error.message) }
     }
 
     var settings: CompareSettings {
         CompareSettings(
-            messages: messages, payloadBytes: payloadSize, lowTrafficRate: rate,
-            lowTrafficDuration: .milliseconds(Int64(lowTrafficSeconds * 1000)), idleDuration: .milliseconds(Int64(idleSeconds * 1000)),
-            awaitedPublishes: awaitedPublishes, delayedJobs: delayedJobs, delayWindow: .milliseconds(Int64(delayWindowSeconds * 1000)),
-            scenarioTimeout: .milliseconds(Int64(timeoutSeconds * 1000)))
+            messages: messages,
+            payloadBytes: payloadSize,
+            lowTrafficRate: rate,
+            lowTrafficDuration: .milliseconds(Int64(lowTrafficSeconds * 1000)),
+            idleDuration: .milliseconds(Int64(idleSeconds * 1000)),
+            awaitedPublishes: awaitedPublishes,
+            delayedJobs: delayedJobs,
+            delayWindow: .milliseconds(Int64(delayWindowSeconds * 1000)),
+            scenarioTimeout: .milliseconds(Int64(timeoutSeconds * 1000))
+        )
     }
 
     var selectedScenarios: [CompareScenario] {
-        scenarios.isEmpty ? CompareScenario.allCases : CompareScenario.allCases.filter { scenarios.contains($0.rawValue) }
+        scenarios.isEmpty
+            ? CompareScenario.allCases : CompareScenario.allCases.filter { scenarios.contains($0.rawValue) }
     }
 
     /// The brokers to try when none is given: memory, and each server at its test-set-up URL
@@ -154,16 +182,31 @@ struct CompareCommand: AsyncParsableCommand {
                 if explicit { throw error }
                 let reason = (error as? BrokerError)?.message ?? "\(error)"
                 progress("skipping \(redacted): \(reason)")
-                backends.append(CompareBackend(name: Self.scheme(of: url), url: redacted, client: "", capabilities: [], skipped: reason))
+                backends.append(
+                    CompareBackend(
+                        name: Self.scheme(of: url),
+                        url: redacted,
+                        client: "",
+                        capabilities: [],
+                        skipped: reason
+                    )
+                )
                 continue
             }
-            backends.append(CompareBackend(
-                name: broker.backendName, url: broker.configuration.url.redacted, client: Self.client(of: broker.backendName),
-                capabilities: BrokerCapabilities.named.filter { broker.capabilities.contains($0.flag) }.map(\.name)))
+            backends.append(
+                CompareBackend(
+                    name: broker.backendName,
+                    url: broker.configuration.url.redacted,
+                    client: Self.client(of: broker.backendName),
+                    capabilities: BrokerCapabilities.named.filter { broker.capabilities.contains($0.flag) }.map(\.name)
+                )
+            )
             for scenario in selectedScenarios {
                 var runs: [ScenarioResult] = []
                 for round in 1...rounds {
-                    if rounds > 1 { progress("[\(broker.backendName)] \(scenario.rawValue): round \(round) of \(rounds)") }
+                    if rounds > 1 {
+                        progress("[\(broker.backendName)] \(scenario.rawValue): round \(round) of \(rounds)")
+                    }
                     let result = await runner.run(scenario, on: broker)
                     runs.append(result)
                     if result.status == .failed { break }
@@ -173,11 +216,18 @@ struct CompareCommand: AsyncParsableCommand {
             await broker.close()
         }
         let report = CompareReport(
-            startedAt: startedAt, machine: Self.machine, settings: settings, backends: backends, results: results)
+            startedAt: startedAt,
+            machine: Self.machine,
+            settings: settings,
+            backends: backends,
+            results: results
+        )
         Output.line(try CompareOutput.render(report, format: format, scenarios: selectedScenarios))
         if let chart {
             do {
-                try Data(CompareChart.svg(report, scenarios: selectedScenarios).utf8).write(to: URL(fileURLWithPath: chart))
+                try Data(CompareChart.svg(report, scenarios: selectedScenarios).utf8).write(
+                    to: URL(fileURLWithPath: chart)
+                )
             } catch {
                 throw CLIError("cannot write the chart to \(chart): \(error.localizedDescription)")
             }
@@ -193,7 +243,11 @@ struct CompareCommand: AsyncParsableCommand {
     static func connectAndProbe(_ url: String, logger: Logger) async throws -> any Broker {
         let broker = try await Brokers.connect(url: url, logger: logger)
         do {
-            _ = try await withBrokerTimeout(.seconds(15), what: "listing destinations on \(BrokerURL.redact(url))", backend: broker.backendName) {
+            _ = try await withBrokerTimeout(
+                .seconds(15),
+                what: "listing destinations on \(BrokerURL.redact(url))",
+                backend: broker.backendName
+            ) {
                 try await broker.listDestinations()
             }
             return broker
@@ -208,7 +262,8 @@ struct CompareCommand: AsyncParsableCommand {
     }
 
     static func client(of backend: String) -> String {
-        CapabilitiesCommand.linkedModules.first { $0.backend == backend }.map { "\($0.library) \($0.version)" } ?? "built in"
+        CapabilitiesCommand.linkedModules.first { $0.backend == backend }.map { "\($0.library) \($0.version)" }
+            ?? "built in"
     }
 
     static var machine: String {
@@ -217,6 +272,7 @@ struct CompareCommand: AsyncParsableCommand {
         func field<T>(_ value: T) -> String {
             withUnsafeBytes(of: value) { raw in String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self) }
         }
-        return "\(field(name.sysname)) \(field(name.release)) \(field(name.machine)), \(ProcessInfo.processInfo.activeProcessorCount) cores"
+        return
+            "\(field(name.sysname)) \(field(name.release)) \(field(name.machine)), \(ProcessInfo.processInfo.activeProcessorCount) cores"
     }
 }

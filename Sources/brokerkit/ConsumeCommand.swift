@@ -41,13 +41,18 @@ struct ConsumeCommand: AsyncParsableCommand {
         name: .long,
         help: ArgumentHelp(
             "Where a stream consumer starts: earliest (default), latest, OFFSET, PARTITION:OFFSET or an ISO 8601 date.",
-            valueName: "position"))
+            valueName: "position"
+        )
+    )
     var start: String?
 
     @Option(name: .long, help: "Stop after this many messages.")
     var count: Int?
 
-    @Option(name: .long, help: ArgumentHelp("Stop when no message arrives for this many seconds.", valueName: "seconds"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Stop when no message arrives for this many seconds.", valueName: "seconds")
+    )
     var timeout: Double = 5
 
     @Flag(name: .long, help: "Nack each message instead of acking it.")
@@ -58,7 +63,9 @@ struct ConsumeCommand: AsyncParsableCommand {
 
     func validate() throws {
         if let count, count < 1 { throw ValidationError("--count must be at least 1, got \(count)") }
-        if !(timeout > 0 && timeout.isFinite) { throw ValidationError("--timeout must be a number of seconds > 0, got \(timeout)") }
+        if !(timeout > 0 && timeout.isFinite) {
+            throw ValidationError("--timeout must be a number of seconds > 0, got \(timeout)")
+        }
         if !stream && group != nil { throw ValidationError("--group applies only to stream consumers (add --stream)") }
         if !stream && start != nil { throw ValidationError("--start applies only to stream consumers (add --stream)") }
         if let group, group.isEmpty { throw ValidationError("--group must not be empty") }
@@ -78,7 +85,8 @@ struct ConsumeCommand: AsyncParsableCommand {
             !trimmed.hasPrefix(":")
         else {
             throw ValidationError(
-                "invalid --start '\(text)': use earliest, latest, OFFSET, PARTITION:OFFSET or an ISO 8601 date such as 2025-01-31T12:00:00Z")
+                "invalid --start '\(text)': use earliest, latest, OFFSET, PARTITION:OFFSET or an ISO 8601 date such as 2025-01-31T12:00:00Z"
+            )
         }
         return .position(position)
     }
@@ -107,11 +115,15 @@ struct ConsumeCommand: AsyncParsableCommand {
             if stream {
                 let start = try self.start.map(Self.parseStart) ?? .earliest
                 consumer = try await broker.consumeStream(
-                    from, group: group ?? Self.defaultGroup,
-                    options: StreamConsumerOptions(start: start, prefetch: prefetch, consumerName: "brokerkit-cli"))
+                    from,
+                    group: group ?? Self.defaultGroup,
+                    options: StreamConsumerOptions(start: start, prefetch: prefetch, consumerName: "brokerkit-cli")
+                )
             } else {
                 consumer = try await broker.consumeQueue(
-                    from, options: QueueConsumerOptions(prefetch: prefetch, consumerName: "brokerkit-cli"))
+                    from,
+                    options: QueueConsumerOptions(prefetch: prefetch, consumerName: "brokerkit-cli")
+                )
             }
             do {
                 var received = 0

@@ -41,7 +41,9 @@ struct DemoCommand: AsyncParsableCommand {
 
     @Flag(
         name: .long,
-        help: "jobs only: run one worker over --size slow jobs until SIGTERM or SIGINT, then drain it gracefully and exit 0.")
+        help:
+            "jobs only: run one worker over --size slow jobs until SIGTERM or SIGINT, then drain it gracefully and exit 0."
+    )
     var waitForSignal = false
 
     func validate() throws {
@@ -50,7 +52,9 @@ struct DemoCommand: AsyncParsableCommand {
             throw ValidationError("--wait-for-signal applies to --example jobs only")
         }
         if let size, example == .jobs, !waitForSignal, size < JobsExample.minimumJobs {
-            throw ValidationError("--size must be at least \(JobsExample.minimumJobs) for the jobs example, got \(size)")
+            throw ValidationError(
+                "--size must be at least \(JobsExample.minimumJobs) for the jobs example, got \(size)"
+            )
         }
     }
 
@@ -59,32 +63,36 @@ struct DemoCommand: AsyncParsableCommand {
         let report: String = try await broker.withBroker(logger: logger) { broker in
             switch example {
             case .chat:
-                let report = if let size {
-                    try await ChatExample.run(broker: broker, logger: logger, messages: size)
-                } else {
-                    try await ChatExample.run(broker: broker, logger: logger)
-                }
+                let report =
+                    if let size {
+                        try await ChatExample.run(broker: broker, logger: logger, messages: size)
+                    } else {
+                        try await ChatExample.run(broker: broker, logger: logger)
+                    }
                 return report.description
             case .commerce:
-                let report = if let size {
-                    try await CommerceExample.run(broker: broker, logger: logger, orders: size)
-                } else {
-                    try await CommerceExample.run(broker: broker, logger: logger)
-                }
+                let report =
+                    if let size {
+                        try await CommerceExample.run(broker: broker, logger: logger, orders: size)
+                    } else {
+                        try await CommerceExample.run(broker: broker, logger: logger)
+                    }
                 return report.description
             case .jobs where waitForSignal:
-                let report = if let size {
-                    try await JobsExample.runWorkerUntilSignal(broker: broker, logger: logger, jobs: size)
-                } else {
-                    try await JobsExample.runWorkerUntilSignal(broker: broker, logger: logger)
-                }
+                let report =
+                    if let size {
+                        try await JobsExample.runWorkerUntilSignal(broker: broker, logger: logger, jobs: size)
+                    } else {
+                        try await JobsExample.runWorkerUntilSignal(broker: broker, logger: logger)
+                    }
                 return report.description
             case .jobs:
-                let report = if let size {
-                    try await JobsExample.run(broker: broker, logger: logger, jobs: size)
-                } else {
-                    try await JobsExample.run(broker: broker, logger: logger)
-                }
+                let report =
+                    if let size {
+                        try await JobsExample.run(broker: broker, logger: logger, jobs: size)
+                    } else {
+                        try await JobsExample.run(broker: broker, logger: logger)
+                    }
                 return report.description
             }
         }

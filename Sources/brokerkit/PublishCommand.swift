@@ -27,23 +27,34 @@ struct PublishCommand: AsyncParsableCommand {
     var key: String?
 
     @Option(
-        name: .long, help: ArgumentHelp("A message header (repeatable).", valueName: "key=value"),
-        transform: KeyValue.parse)
+        name: .long,
+        help: ArgumentHelp("A message header (repeatable).", valueName: "key=value"),
+        transform: KeyValue.parse
+    )
     var header: [KeyValue] = []
 
     @Option(name: .long, help: "The payload as UTF-8 text.")
     var payload: String?
 
-    @Option(name: .long, help: ArgumentHelp("Read the payload from a file ('-' for standard input).", valueName: "path"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Read the payload from a file ('-' for standard input).", valueName: "path")
+    )
     var file: String?
 
     @Option(name: .long, help: "Publish this many numbered copies in one batch.")
     var count: Int = 1
 
-    @Flag(name: .long, help: "Create the destination as a stream if it does not exist (auto-created destinations are queues).")
+    @Flag(
+        name: .long,
+        help: "Create the destination as a stream if it does not exist (auto-created destinations are queues)."
+    )
     var stream = false
 
-    @Option(name: .long, help: ArgumentHelp("Deliver no earlier than this many seconds from now (queues).", valueName: "seconds"))
+    @Option(
+        name: .long,
+        help: ArgumentHelp("Deliver no earlier than this many seconds from now (queues).", valueName: "seconds")
+    )
     var delay: Double?
 
     func validate() throws {
@@ -91,11 +102,13 @@ struct PublishCommand: AsyncParsableCommand {
                 : try await broker.publish(batch, to: to, options: options)
         }
         for receipt in receipts {
-            Output.line(JSON.object([
-                ("id", .string(receipt.messageID)),
-                ("destination", .string(receipt.destination)),
-                ("position", .position(receipt.position)),
-            ]).text)
+            Output.line(
+                JSON.object([
+                    ("id", .string(receipt.messageID)),
+                    ("destination", .string(receipt.destination)),
+                    ("position", .position(receipt.position)),
+                ]).text
+            )
         }
     }
 }

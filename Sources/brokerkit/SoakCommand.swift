@@ -69,7 +69,12 @@ struct SoakCommand: AsyncParsableCommand {
     var kill: Int = 3
     @Option(help: "Broker restarts during the run (needs --restart-command).")
     var restarts: Int = 2
-    @Option(help: ArgumentHelp("Shell command that restarts the broker, e.g. 'scripts/brokers.sh restart-redis'.", valueName: "command"))
+    @Option(
+        help: ArgumentHelp(
+            "Shell command that restarts the broker, e.g. 'scripts/brokers.sh restart-redis'.",
+            valueName: "command"
+        )
+    )
     var restartCommand: String?
     @Option(help: "Network cuts through the loopback proxy.")
     var cuts: Int = 1
@@ -77,17 +82,28 @@ struct SoakCommand: AsyncParsableCommand {
     var cutSeconds: Double = 5
     @Option(help: "Publishers killed mid-batch.")
     var publisherKills: Int = 1
-    @Option(help: ArgumentHelp(
-        "Port the proxy listens on (0: any free port; the processes get the URL rewritten to it). Give the port the broker advertises when it sits behind the proxy (Kafka).",
-        valueName: "port"))
+    @Option(
+        help: ArgumentHelp(
+            "Port the proxy listens on (0: any free port; the processes get the URL rewritten to it). Give the port the broker advertises when it sits behind the proxy (Kafka).",
+            valueName: "port"
+        )
+    )
     var proxyListen: Int = 0
-    @Option(help: ArgumentHelp("What the proxy connects to: host:port, or unix:/path (default: the URL's host and port).", valueName: "address"))
+    @Option(
+        help: ArgumentHelp(
+            "What the proxy connects to: host:port, or unix:/path (default: the URL's host and port).",
+            valueName: "address"
+        )
+    )
     var proxyUpstream: String?
     @Option(help: "Seconds to wait, after publishing, for the consumers to account for every message.")
     var settle: Double = 180
     @Option(help: "Queue visibility timeout in milliseconds (how soon a killed worker's queue messages come back).")
     var visibilityTimeout: Int = 10_000
-    @Option(help: "First retry backoff in milliseconds (doubling, at most 10×). A nacked stream message holds its partition while it waits.")
+    @Option(
+        help:
+            "First retry backoff in milliseconds (doubling, at most 10×). A nacked stream message holds its partition while it waits."
+    )
     var backoffMs: Int = 10
     @Option(help: "Where the ledgers go (default: .run/soak/<run id>).")
     var dir: String?
@@ -101,8 +117,12 @@ struct SoakCommand: AsyncParsableCommand {
     var keep = false
 
     func validate() throws {
-        func positive(_ value: Int, _ name: String) throws { if value < 1 { throw ValidationError("--\(name) must be at least 1 (got \(value))") } }
-        func nonNegative(_ value: Int, _ name: String) throws { if value < 0 { throw ValidationError("--\(name) must not be negative (got \(value))") } }
+        func positive(_ value: Int, _ name: String) throws {
+            if value < 1 { throw ValidationError("--\(name) must be at least 1 (got \(value))") }
+        }
+        func nonNegative(_ value: Int, _ name: String) throws {
+            if value < 0 { throw ValidationError("--\(name) must not be negative (got \(value))") }
+        }
         try positive(messages, "messages")
         try positive(keys, "keys")
         try positive(workers, "workers")
@@ -117,12 +137,22 @@ struct SoakCommand: AsyncParsableCommand {
         try nonNegative(restarts, "restarts")
         try nonNegative(cuts, "cuts")
         try nonNegative(publisherKills, "publisher-kills")
-        if !(0...100).contains(poison) { throw ValidationError("--poison must be a percentage from 0 to 100 (got \(poison))") }
-        if !(0...100).contains(flaky) { throw ValidationError("--flaky must be a percentage from 0 to 100 (got \(flaky))") }
-        if poison + flaky > 100 { throw ValidationError("--poison plus --flaky must not exceed 100 (got \(poison + flaky))") }
-        if !(cutSeconds > 0 && cutSeconds <= 600) { throw ValidationError("--cut-seconds must be above 0 and at most 600 (got \(cutSeconds))") }
+        if !(0...100).contains(poison) {
+            throw ValidationError("--poison must be a percentage from 0 to 100 (got \(poison))")
+        }
+        if !(0...100).contains(flaky) {
+            throw ValidationError("--flaky must be a percentage from 0 to 100 (got \(flaky))")
+        }
+        if poison + flaky > 100 {
+            throw ValidationError("--poison plus --flaky must not exceed 100 (got \(poison + flaky))")
+        }
+        if !(cutSeconds > 0 && cutSeconds <= 600) {
+            throw ValidationError("--cut-seconds must be above 0 and at most 600 (got \(cutSeconds))")
+        }
         if !(settle > 0) { throw ValidationError("--settle must be above 0 (got \(settle))") }
-        if !(0...65535).contains(proxyListen) { throw ValidationError("--proxy-listen must be a port from 0 to 65535 (got \(proxyListen))") }
+        if !(0...65535).contains(proxyListen) {
+            throw ValidationError("--proxy-listen must be a port from 0 to 65535 (got \(proxyListen))")
+        }
         if restarts > 0, restartCommand == nil, !brokerOptions.url.hasPrefix("memory:") {
             throw ValidationError("--restarts \(restarts) needs --restart-command (or pass --restarts 0)")
         }
@@ -132,7 +162,9 @@ struct SoakCommand: AsyncParsableCommand {
 
     static func upstream(_ text: String) throws -> SoakProxy.Upstream {
         if text.hasPrefix("unix:") { return .unix(path: String(text.dropFirst(5))) }
-        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (1...65535).contains(port) else {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+            (1...65535).contains(port)
+        else {
             throw ValidationError("--proxy-upstream must be host:port or unix:/path (got '\(text)')")
         }
         return .tcp(host: String(text[..<colon]), port: port)
@@ -142,15 +174,39 @@ struct SoakCommand: AsyncParsableCommand {
         let logger = brokerOptions.logger(label: "brokerkit.soak", defaultLevel: .info)
         let configuration = try await brokerOptions.configuration()
         let plan = SoakPlan(
-            messages: messages, keys: keys, workers: workers, concurrency: concurrency, poisonPercent: poison, flakyPercent: flaky, jobs: jobs,
-            rate: rate, batch: batch, partitions: partitions, visibilityTimeoutMillis: visibilityTimeout, backoffMillis: backoffMs)
+            messages: messages,
+            keys: keys,
+            workers: workers,
+            concurrency: concurrency,
+            poisonPercent: poison,
+            flakyPercent: flaky,
+            jobs: jobs,
+            rate: rate,
+            batch: batch,
+            partitions: partitions,
+            visibilityTimeoutMillis: visibilityTimeout,
+            backoffMillis: backoffMs
+        )
         let directory = dir ?? ".run/soak/\(plan.runID)"
         let faults = SoakFaults(
-            kills: kill, restarts: restarts, cuts: cuts, publisherKills: publisherKills, cutLength: .milliseconds(Int64(cutSeconds * 1000)),
-            restartCommand: restartCommand)
+            kills: kill,
+            restarts: restarts,
+            cuts: cuts,
+            publisherKills: publisherKills,
+            cutLength: .milliseconds(Int64(cutSeconds * 1000)),
+            restartCommand: restartCommand
+        )
         var settings = SoakRunner.Settings(
-            plan: plan, faults: faults, url: brokerOptions.url, options: brokerOptions.optionValues, directory: directory,
-            settle: .milliseconds(Int64(settle * 1000)), proxyListen: proxyListen, proxyUpstream: try proxyUpstream.map(Self.upstream), keep: keep)
+            plan: plan,
+            faults: faults,
+            url: brokerOptions.url,
+            options: brokerOptions.optionValues,
+            directory: directory,
+            settle: .milliseconds(Int64(settle * 1000)),
+            proxyListen: proxyListen,
+            proxyUpstream: try proxyUpstream.map(Self.upstream),
+            keep: keep
+        )
         if let seed { settings.seed = seed }
         let mode: SoakRunner.Mode
         var shared: (any Broker)?
@@ -173,7 +229,9 @@ struct SoakCommand: AsyncParsableCommand {
     static func ownExecutable() throws -> String {
         if let path = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe") { return path }
         let argument = CommandLine.arguments[0]
-        guard FileManager.default.isExecutableFile(atPath: argument) else { throw CLIError("cannot find this executable to start the soak's processes") }
+        guard FileManager.default.isExecutableFile(atPath: argument) else {
+            throw CLIError("cannot find this executable to start the soak's processes")
+        }
         return argument
     }
 }
@@ -205,7 +263,10 @@ struct SoakChildOptions: ParsableArguments {
 /// A soak publisher process (started by `brokerkit soak`).
 struct SoakPublisherCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "soak-publisher", abstract: "A publisher process of `brokerkit soak` (started by it).", shouldDisplay: false)
+        commandName: "soak-publisher",
+        abstract: "A publisher process of `brokerkit soak` (started by it).",
+        shouldDisplay: false
+    )
 
     @OptionGroup var brokerOptions: BrokerOptions
     @OptionGroup var child: SoakChildOptions
@@ -217,7 +278,14 @@ struct SoakPublisherCommand: AsyncParsableCommand {
         let previous = SoakLedgerReader().readNew(from: child.previous?.split(separator: ",").map(String.init) ?? [])
         let logger = brokerOptions.logger(label: "brokerkit.soak.publisher", defaultLevel: .info)
         try await brokerOptions.withBroker(logger: logger) { broker in
-            try await SoakPublisher.run(broker: broker, plan: plan, index: child.index, ledger: ledger, previous: previous, logger: logger)
+            try await SoakPublisher.run(
+                broker: broker,
+                plan: plan,
+                index: child.index,
+                ledger: ledger,
+                previous: previous,
+                logger: logger
+            )
         }
     }
 }
@@ -225,7 +293,10 @@ struct SoakPublisherCommand: AsyncParsableCommand {
 /// A soak worker process (started by `brokerkit soak`); SIGTERM drains it.
 struct SoakWorkerCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "soak-worker", abstract: "A worker process of `brokerkit soak` (started by it).", shouldDisplay: false)
+        commandName: "soak-worker",
+        abstract: "A worker process of `brokerkit soak` (started by it).",
+        shouldDisplay: false
+    )
 
     @OptionGroup var brokerOptions: BrokerOptions
     @OptionGroup var child: SoakChildOptions

@@ -46,7 +46,8 @@ struct StatsCommand: AsyncParsableCommand {
     static func table(_ all: [DestinationStats]) -> String {
         var table = TextTable(
             header: ["NAME", "KIND", "DEPTH", "IN-FLIGHT", "DELAYED", "DLQ", "GROUP", "LAG", "PENDING", "CONSUMERS"],
-            numeric: [2, 3, 4, 5, 7, 8, 9])
+            numeric: [2, 3, 4, 5, 7, 8, 9]
+        )
         for stats in all {
             let first = [
                 stats.name, stats.kind.rawValue, String(stats.depth), String(stats.inFlight),
@@ -58,7 +59,9 @@ struct StatsCommand: AsyncParsableCommand {
             }
             for (i, group) in groups.enumerated() {
                 let lead = i == 0 ? first : Array(repeating: "", count: first.count)
-                table.rows.append(lead + [group.group, String(group.lag), String(group.pending), String(group.consumers)])
+                table.rows.append(
+                    lead + [group.group, String(group.lag), String(group.pending), String(group.consumers)]
+                )
             }
         }
         return table.render()
@@ -72,15 +75,20 @@ struct StatsCommand: AsyncParsableCommand {
             ("in_flight", .int(stats.inFlight)),
             ("delayed", .int(stats.delayed)),
             ("dead_lettered", .int(stats.deadLettered)),
-            ("groups", .array(stats.groups.sorted { $0.group < $1.group }.map { group in
-                .object([
-                    ("group", .string(group.group)),
-                    ("lag", .int(group.lag)),
-                    ("pending", .int(group.pending)),
-                    ("consumers", .int(group.consumers)),
-                    ("committed", .array(group.committed.map { .string($0.description) })),
-                ])
-            })),
+            (
+                "groups",
+                .array(
+                    stats.groups.sorted { $0.group < $1.group }.map { group in
+                        .object([
+                            ("group", .string(group.group)),
+                            ("lag", .int(group.lag)),
+                            ("pending", .int(group.pending)),
+                            ("consumers", .int(group.consumers)),
+                            ("committed", .array(group.committed.map { .string($0.description) })),
+                        ])
+                    }
+                )
+            ),
         ])
     }
 }

@@ -1,7 +1,8 @@
-@_spi(BrokerBackend) @testable import BrokerAPI
 import Foundation
 import Synchronization
 import Testing
+
+@_spi(BrokerBackend) @testable import BrokerAPI
 
 @Suite("AsyncSemaphore")
 struct AsyncSemaphoreTests {
@@ -125,7 +126,12 @@ struct AsyncSemaphoreTests {
 /// How many tasks hold a permit now and at most, and how many finished.
 private final class Tally: Sendable {
     private let state = Mutex<(inside: Int, most: Int, finished: Int)>((0, 0, 0))
-    func enter() { state.withLock { $0.inside += 1; $0.most = max($0.most, $0.inside) } }
+    func enter() {
+        state.withLock {
+            $0.inside += 1
+            $0.most = max($0.most, $0.inside)
+        }
+    }
     func leave() { state.withLock { $0.inside -= 1 } }
     func finish() { state.withLock { $0.finished += 1 } }
     var most: Int { state.withLock { $0.most } }

@@ -63,13 +63,21 @@ struct BrokerURLTests {
 
     /// Issue 22, item 4: passwords with an unencoded `/`, `?` or `@` were split into host,
     /// path or query and printed whole in errors and descriptions.
-    @Test(arguments: [
-        ("amqp://app:ab/cd@127.0.0.1:1/", "app", "ab/cd", "127.0.0.1:1", ""),
-        ("redis://:se?cret@127.0.0.1:6390/0", nil, "se?cret", "127.0.0.1:6390", "0"),
-        ("amqp://app:p@ss@localhost:5672/v", "app", "p@ss", "localhost:5672", "v"),
-        ("redis://:a/b?c@localhost:6379", nil, "a/b?c", "localhost:6379", ""),
-    ] as [(String, String?, String, String, String)])
-    func passwordsWithDelimitersStayPasswords(input: String, user: String?, password: String, host: String, path: String) throws {
+    @Test(
+        arguments: [
+            ("amqp://app:ab/cd@127.0.0.1:1/", "app", "ab/cd", "127.0.0.1:1", ""),
+            ("redis://:se?cret@127.0.0.1:6390/0", nil, "se?cret", "127.0.0.1:6390", "0"),
+            ("amqp://app:p@ss@localhost:5672/v", "app", "p@ss", "localhost:5672", "v"),
+            ("redis://:a/b?c@localhost:6379", nil, "a/b?c", "localhost:6379", ""),
+        ] as [(String, String?, String, String, String)]
+    )
+    func passwordsWithDelimitersStayPasswords(
+        input: String,
+        user: String?,
+        password: String,
+        host: String,
+        path: String
+    ) throws {
         let url = try BrokerURL(input)
         #expect(url.user == user)
         #expect(url.password == password)

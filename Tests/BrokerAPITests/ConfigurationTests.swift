@@ -46,7 +46,10 @@ struct ConfigurationTests {
 
     @Test func readsURLAndBackendOptionsFromEnvironmentNames() async throws {
         let config = try await Brokers.configurationFromEnvironment(
-            ["BROKER_URL": "memory://envstore", "MEMORY_PARTITIONS": "6", "MEMORY_CONNECT_TIMEOUT": "3s", "PATH": "/bin"])
+            [
+                "BROKER_URL": "memory://envstore", "MEMORY_PARTITIONS": "6", "MEMORY_CONNECT_TIMEOUT": "3s",
+                "PATH": "/bin",
+            ])
         #expect(config.url.hosts.first?.name == "envstore")
         #expect(config.int("partitions") == 6)
         #expect(config.connectTimeout == .seconds(3))
@@ -71,7 +74,9 @@ struct ConfigurationTests {
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let good = dir.appendingPathComponent("good.json")
-        try Data(#"{"broker": {"url": "memory://filestore"}, "memory": {"partitions": 3}, "app": {"anything": 1}}"#.utf8).write(to: good)
+        try Data(
+            #"{"broker": {"url": "memory://filestore"}, "memory": {"partitions": 3}, "app": {"anything": 1}}"#.utf8
+        ).write(to: good)
         let config = try await Brokers.configurationFromEnvironment([:], configFile: good.path)
         #expect(config.url.hosts.first?.name == "filestore")
         #expect(config.int("partitions") == 3)
@@ -89,7 +94,10 @@ struct ConfigurationTests {
             #expect(error.message.contains("memory.partitionz"), "\(error)")
         }
         do {
-            _ = try await Brokers.configurationFromEnvironment([:], configFile: dir.appendingPathComponent("missing.json").path)
+            _ = try await Brokers.configurationFromEnvironment(
+                [:],
+                configFile: dir.appendingPathComponent("missing.json").path
+            )
             Issue.record("accepted a missing file")
         } catch let error as BrokerError {
             #expect(error.message.contains("missing.json"))
@@ -97,9 +105,11 @@ struct ConfigurationTests {
     }
 
     @Test func configReaderWithInMemoryProvider() throws {
-        let reader = ConfigReader(provider: InMemoryProvider(values: [
-            "broker.url": "memory://reader", "memory.max.messages": 10,
-        ]))
+        let reader = ConfigReader(
+            provider: InMemoryProvider(values: [
+                "broker.url": "memory://reader", "memory.max.messages": 10,
+            ])
+        )
         let config = try Brokers.configuration(from: reader)
         #expect(config.int("max.messages") == 10)
     }

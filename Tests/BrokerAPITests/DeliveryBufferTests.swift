@@ -13,8 +13,15 @@ struct DeliveryBufferTests {
 
     func delivery(_ n: Int) -> Delivery {
         Delivery(
-            message: Message(id: "m\(n)", text: "\(n)"), destination: "q", attempt: 1, firstFailureAt: nil,
-            position: Position(offset: Int64(n)), retryPolicy: RetryPolicy(), backend: "test", settler: NoSettler())
+            message: Message(id: "m\(n)", text: "\(n)"),
+            destination: "q",
+            attempt: 1,
+            firstFailureAt: nil,
+            position: Position(offset: Int64(n)),
+            retryPolicy: RetryPolicy(),
+            backend: "test",
+            settler: NoSettler()
+        )
     }
 
     /// A batch push hands its first deliveries to callers already waiting (oldest first) and

@@ -1,7 +1,7 @@
 import BrokerAPI
 import BrokerConformance
-import Logging
 import Foundation
+import Logging
 import Synchronization
 import Testing
 
@@ -32,7 +32,11 @@ struct DeliveryTests {
             _ = try await broker.publish([Message(text: "fine", headers: ["a": "1"]), bad], to: "headers")
             Issue.record("a message with an empty header name was published")
         } catch let error as BrokerError {
-            #expect(error.code == .invalidMessage && error.message.contains(bad.id) && error.message.contains("empty header name"), "\(error)")
+            #expect(
+                error.code == .invalidMessage && error.message.contains(bad.id)
+                    && error.message.contains("empty header name"),
+                "\(error)"
+            )
         }
         let consumer = try await broker.consumeQueue("headers")
         #expect(try await consumer.next(timeout: .milliseconds(200)) == nil, "part of a refused batch was sent")
@@ -44,13 +48,17 @@ struct DeliveryTests {
         let broker = try await broker()
         _ = try await broker.publish((0..<10).map { Message(text: "\($0)") }, to: "work")
         let consumer = try await broker.consumeQueue(
-            "work", options: .init(retryPolicy: RetryPolicy(maxAttempts: 2, backoff: .fixed(.milliseconds(10)))))
+            "work",
+            options: .init(retryPolicy: RetryPolicy(maxAttempts: 2, backoff: .fixed(.milliseconds(10))))
+        )
         let processor = DeliveryProcessor(consumer: consumer, options: .init(concurrency: 3)) { delivery in
             if Int(delivery.message.text ?? "") == 3 { throw NonRetryable(CancellationError()) }
         }
         let run = Task { try await processor.run() }
         for _ in 0..<200 {
-            if try await broker.stats(for: "work").depth == 0, try await broker.stats(for: "work").inFlight == 0 { break }
+            if try await broker.stats(for: "work").depth == 0, try await broker.stats(for: "work").inFlight == 0 {
+                break
+            }
             try await Task.sleep(for: .milliseconds(10))
         }
         processor.stop()
@@ -79,7 +87,9 @@ struct DeliveryTests {
         let run = Task { try await processor.run() }
         try await broker.publish(Message(text: "slow"), to: "idle")
         let deadline = ContinuousClock.now + .seconds(5)
-        while !outcome.withLock({ $0.started }) && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+        while !outcome.withLock({ $0.started }) && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(5))
+        }
         let stopped = ContinuousClock.now
         processor.stop()
         try await run.value
@@ -96,7 +106,14 @@ struct DeliveryTests {
         try await broker.createStream("s", options: .init(partitions: 1))
         _ = try await broker.publish((0..<3).map { Message(key: "k", text: "\($0)") }, to: "s")
         let consumer = try await broker.consumeStream(
-            "s", group: "g", options: .init(start: .earliest, prefetch: 1, retryPolicy: .init(maxAttempts: 3, backoff: .fixed(.milliseconds(30)))))
+            "s",
+            group: "g",
+            options: .init(
+                start: .earliest,
+                prefetch: 1,
+                retryPolicy: .init(maxAttempts: 3, backoff: .fixed(.milliseconds(30)))
+            )
+        )
         let first = try #require(try await consumer.next(timeout: .seconds(2)))
         try await first.nack(error: "once")
         let again = try #require(try await consumer.next(timeout: .seconds(2)))
@@ -122,9 +139,15 @@ extension DeliveryTests {
         }
         try await processor.run()  // ends once the closed consumer returns nil
         let warnings = log.lines.withLock { $0 }.filter { $0.level == .warning }.map(\.message)
-        #expect(warnings.count == 1 && warnings[0].contains("could not ack") && warnings[0].contains("closed"), "\(log.lines.withLock { $0 })")
+        #expect(
+            warnings.count == 1 && warnings[0].contains("could not ack") && warnings[0].contains("closed"),
+            "\(log.lines.withLock { $0 })"
+        )
         let again = try await broker.consumeQueue("late")
-        #expect(try await again.next(timeout: .seconds(2))?.message.text == "late ack", "the unacked message did not come back")
+        #expect(
+            try await again.next(timeout: .seconds(2))?.message.text == "late ack",
+            "the unacked message did not come back"
+        )
         await again.close()
         await broker.close()
     }

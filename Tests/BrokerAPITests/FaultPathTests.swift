@@ -17,19 +17,31 @@ struct FaultPathTests {
         init(failing: Set<String>) { self.failing = failing }
         private func step(_ name: String) throws {
             calls.withLock { $0.append(name) }
-            if failing.contains(name) { throw BrokerError(.timeout, "\(name) did not reach the broker", backend: "test") }
+            if failing.contains(name) {
+                throw BrokerError(.timeout, "\(name) did not reach the broker", backend: "test")
+            }
         }
         func ack() async throws { try step("ack") }
-        func retry(after delay: Duration, nextAttempt: Int, firstFailureAt: Date, lastError: String) async throws { try step("retry") }
+        func retry(after delay: Duration, nextAttempt: Int, firstFailureAt: Date, lastError: String) async throws {
+            try step("retry")
+        }
         func deadLetter(_ envelope: DeadLetterEnvelope) async throws { try step("deadLetter:\(envelope.lastError)") }
         func release() async throws { try step("release") }
     }
 
     func delivery(_ settler: FlakySettler, attempt: Int = 1, defect: String? = nil, maxAttempts: Int = 3) -> Delivery {
         Delivery(
-            message: Message(id: "m-\(attempt)", text: "x"), destination: "q", attempt: attempt, firstFailureAt: nil,
-            position: nil, retryPolicy: RetryPolicy(maxAttempts: maxAttempts, backoff: .none), backend: "test",
-            settler: settler, observer: nil, defect: defect)
+            message: Message(id: "m-\(attempt)", text: "x"),
+            destination: "q",
+            attempt: attempt,
+            firstFailureAt: nil,
+            position: nil,
+            retryPolicy: RetryPolicy(maxAttempts: maxAttempts, backoff: .none),
+            backend: "test",
+            settler: settler,
+            observer: nil,
+            defect: defect
+        )
     }
 
     /// Item 7: a nack whose retry copy (or dead letter) could not be written gave nothing
@@ -77,11 +89,16 @@ struct FaultPathTests {
         let settler = FlakySettler(failing: [])
         let log = CapturedLog()
         let consumer = OwnedConsumer(
-            CannedConsumer([delivery(settler, defect: "field 'attempt' is '99999999999999999999'"), delivery(settler, attempt: 2)]),
-            logger: log.logger)
+            CannedConsumer([
+                delivery(settler, defect: "field 'attempt' is '99999999999999999999'"), delivery(settler, attempt: 2),
+            ]),
+            logger: log.logger
+        )
         let first = try #require(try await consumer.next())
         #expect(first.attempt == 2 && first.defect == nil)
-        #expect(settler.calls.withLock { $0 } == ["deadLetter:unusable record: field 'attempt' is '99999999999999999999'"])
+        #expect(
+            settler.calls.withLock { $0 } == ["deadLetter:unusable record: field 'attempt' is '99999999999999999999'"]
+        )
         #expect(log.lines.withLock { $0 }.contains { $0.level == .warning && $0.message.contains("field 'attempt'") })
         #expect(try await consumer.next() == nil)
     }
@@ -93,7 +110,10 @@ struct FaultPathTests {
         try await broker.publish(Message(text: "stubborn"), to: "q")
         let consumer = try await broker.consumeQueue("q")
         let started = Atomic<Bool>(false)
-        let processor = DeliveryProcessor(consumer: consumer, options: .init(concurrency: 1, shutdownTimeout: .milliseconds(100))) { _ in
+        let processor = DeliveryProcessor(
+            consumer: consumer,
+            options: .init(concurrency: 1, shutdownTimeout: .milliseconds(100))
+        ) { _ in
             started.store(true, ordering: .releasing)
             // Work that does not notice cancellation (a blocking call, a C library).
             await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
@@ -120,7 +140,12 @@ struct FaultPathTests {
             let calls = Atomic<Int>(0)
             func next() async throws -> Delivery? {
                 calls.add(1, ordering: .relaxed)
-                throw BrokerError(.unknownDestination, "queue 'gone' does not exist", backend: "test", destination: "gone")
+                throw BrokerError(
+                    .unknownDestination,
+                    "queue 'gone' does not exist",
+                    backend: "test",
+                    destination: "gone"
+                )
             }
             func close() async {}
         }
@@ -135,7 +160,10 @@ struct FaultPathTests {
         // 200 ms, 400, 800, 1600: at most 5 calls in 2.5 s (12 with the old fixed pause).
         #expect(broken.calls.load(ordering: .relaxed) <= 5, "\(broken.calls.load(ordering: .relaxed)) calls")
         #expect(errors.count <= 2, "\(errors.map(\.message))")
-        #expect(errors.count == 2 ? errors[1].message.contains("times since the last report") : true, "\(errors.map(\.message))")
+        #expect(
+            errors.count == 2 ? errors[1].message.contains("times since the last report") : true,
+            "\(errors.map(\.message))"
+        )
     }
 
     @Test func failureLogCountsRepeatsAndReportsRecovery() {
@@ -143,11 +171,21 @@ struct FaultPathTests {
         let failures = FailureLog(logger: log.logger, what: "fetching 'q'")
         var pauses: [Duration] = []
         for _ in 0..<5 { pauses.append(failures.failed("connection refused")) }
-        #expect(pauses == [.milliseconds(100), .milliseconds(200), .milliseconds(400), .milliseconds(800), .milliseconds(1600)])
+        #expect(
+            pauses == [
+                .milliseconds(100), .milliseconds(200), .milliseconds(400), .milliseconds(800), .milliseconds(1600),
+            ]
+        )
         failures.failed("another error")
         failures.succeeded()
         let lines = log.lines.withLock { $0 }.map(\.message)
-        #expect(lines == ["fetching 'q': connection refused", "fetching 'q': another error", "fetching 'q': recovered after 6 failures in a row"], "\(lines)")
+        #expect(
+            lines == [
+                "fetching 'q': connection refused", "fetching 'q': another error",
+                "fetching 'q': recovered after 6 failures in a row",
+            ],
+            "\(lines)"
+        )
         #expect(failures.consecutiveFailures == 0)
     }
 
@@ -164,14 +202,20 @@ struct FaultPathTests {
         let store = InMemoryIdempotencyStore()
         try await JobQueue(broker: broker, queue: "ackfail").dispatch(Ping(n: 1), idempotencyKey: "k1")
         let ran = Atomic<Int>(0)
-        let worker = JobWorker(broker: broker, queue: "ackfail", options: .init(concurrency: 1, idempotencyStore: store))
+        let worker = JobWorker(
+            broker: broker,
+            queue: "ackfail",
+            options: .init(concurrency: 1, idempotencyStore: store)
+        )
         worker.register(Ping.self) { _, _ in
             ran.add(1, ordering: .relaxed)
             await broker.close()  // the ack that follows cannot succeed
         }
         let run = Task { try await worker.run() }
         let deadline = ContinuousClock.now + .seconds(5)
-        while ran.load(ordering: .relaxed) == 0 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        while ran.load(ordering: .relaxed) == 0 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
         try await Task.sleep(for: .milliseconds(300))
         worker.stop()
         _ = try? await run.value

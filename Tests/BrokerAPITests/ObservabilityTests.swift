@@ -42,13 +42,18 @@ struct ObservabilityTests {
         try await run.value
         func total(_ event: String) -> Int64 {
             metrics.counterTotal(
-                label: "brokerkit_messages_total", dimensions: [("backend", "memory"), ("destination", queue), ("event", event)])
+                label: "brokerkit_messages_total",
+                dimensions: [("backend", "memory"), ("destination", queue), ("event", event)]
+            )
         }
         #expect(total("published") == 4)
         #expect(total("delivered") == 4)
         #expect(total("acked") == 3)
         #expect(total("dead_lettered") == 1)
-        let timer = try metrics.expectTimer("brokerkit_handler_duration", [("backend", "memory"), ("destination", queue)])
+        let timer = try metrics.expectTimer(
+            "brokerkit_handler_duration",
+            [("backend", "memory"), ("destination", queue)]
+        )
         #expect(timer.values.count == 4)
         await broker.close()
     }
@@ -68,8 +73,16 @@ struct ObservabilityTests {
         observer.record(.delivered, destination: queue)
         func make(_ id: String, policy: RetryPolicy = RetryPolicy()) -> Delivery {
             Delivery(
-                message: Message(id: id, text: id), destination: queue, attempt: 1, firstFailureAt: nil, position: nil,
-                retryPolicy: policy, backend: observer.backend, settler: DeliveryBufferTests.NoSettler(), metrics: counters)
+                message: Message(id: id, text: id),
+                destination: queue,
+                attempt: 1,
+                firstFailureAt: nil,
+                position: nil,
+                retryPolicy: policy,
+                backend: observer.backend,
+                settler: DeliveryBufferTests.NoSettler(),
+                metrics: counters
+            )
         }
         try await make("a").ack()
         _ = try await make("b").nack(error: "boom", delay: .milliseconds(1))
@@ -77,12 +90,21 @@ struct ObservabilityTests {
         try await make("d").deadLetter(reason: "bad")
         // The observer-taking initializer still counts too.
         try await Delivery(
-            message: Message(id: "e", text: "e"), destination: queue, attempt: 1, firstFailureAt: nil, position: nil,
-            retryPolicy: RetryPolicy(), backend: observer.backend, settler: DeliveryBufferTests.NoSettler(), observer: observer
+            message: Message(id: "e", text: "e"),
+            destination: queue,
+            attempt: 1,
+            firstFailureAt: nil,
+            position: nil,
+            retryPolicy: RetryPolicy(),
+            backend: observer.backend,
+            settler: DeliveryBufferTests.NoSettler(),
+            observer: observer
         ).ack()
         func total(_ event: String) -> Int64 {
             metrics.counterTotal(
-                label: "brokerkit_messages_total", dimensions: [("backend", observer.backend), ("destination", queue), ("event", event)])
+                label: "brokerkit_messages_total",
+                dimensions: [("backend", observer.backend), ("destination", queue), ("event", event)]
+            )
         }
         #expect(total("published") == 3)
         #expect(total("delivered") == 4)
@@ -111,7 +133,10 @@ struct ObservabilityTests {
         }
         processor.stop()
         try await run.value
-        let timer = try metrics.expectTimer("brokerkit_handler_duration", [("backend", "memory"), ("destination", queue)])
+        let timer = try metrics.expectTimer(
+            "brokerkit_handler_duration",
+            [("backend", "memory"), ("destination", queue)]
+        )
         #expect(timer.values.count == 3)
         await broker.close()
     }

@@ -13,8 +13,14 @@ struct ProcessorOrderingTests {
         try await broker.createStream(stream, options: DestinationOptions(partitions: 4))
         _ = try await broker.publish((0..<120).map { Message(key: "k\($0 % 12)", text: "\($0)") }, to: stream)
         let consumer = try await broker.consumeStream(stream, group: "g", options: .init(start: .earliest))
-        let state = Mutex<(running: [Int: Int], maxSame: Int, maxTotal: Int, total: Int, last: [Int: Int64], outOfOrder: Int, handled: Int)>(([:], 0, 0, 0, [:], 0, 0))
-        let processor = DeliveryProcessor(consumer: consumer, options: .init(concurrency: 8, orderedByPartition: true)) { delivery in
+        let state = Mutex<
+            (
+                running: [Int: Int], maxSame: Int, maxTotal: Int, total: Int, last: [Int: Int64], outOfOrder: Int,
+                handled: Int
+            )
+        >(([:], 0, 0, 0, [:], 0, 0))
+        let processor = DeliveryProcessor(consumer: consumer, options: .init(concurrency: 8, orderedByPartition: true))
+        { delivery in
             let partition = delivery.position?.partition ?? -1
             let offset = delivery.position?.numericOffset ?? -1
             state.withLock { s in
@@ -34,7 +40,9 @@ struct ProcessorOrderingTests {
         }
         let run = Task { try await processor.run() }
         let deadline = ContinuousClock.now + .seconds(20)
-        while state.withLock({ $0.handled }) < 120 && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(20)) }
+        while state.withLock({ $0.handled }) < 120 && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(20))
+        }
         processor.stop()
         try await run.value
         await broker.close()

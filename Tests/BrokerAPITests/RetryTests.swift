@@ -29,20 +29,33 @@ struct RetryTests {
     @Test func policyDecisions() {
         let policy = RetryPolicy(maxAttempts: 3, backoff: .fixed(.seconds(1)))
         #expect(policy.decision(afterAttempt: 1, error: nil) == .retry(after: .seconds(1)))
-        #expect(policy.decision(afterAttempt: 3, error: nil) == .deadLetter(reason: "retries exhausted after 3 attempts"))
+        #expect(
+            policy.decision(afterAttempt: 3, error: nil) == .deadLetter(reason: "retries exhausted after 3 attempts")
+        )
         struct Bad: NonRetryableError {}
         #expect(policy.decision(afterAttempt: 1, error: Bad()) == .deadLetter(reason: "non-retryable error"))
-        #expect(policy.decision(afterAttempt: 1, error: NonRetryable(CancellationError())) == .deadLetter(reason: "non-retryable error"))
+        #expect(
+            policy.decision(afterAttempt: 1, error: NonRetryable(CancellationError()))
+                == .deadLetter(reason: "non-retryable error")
+        )
         let custom = RetryPolicy(maxAttempts: 5, isRetryable: { ($0 as? BrokerError)?.code != .timeout })
-        #expect(custom.decision(afterAttempt: 1, error: BrokerError(.timeout, "t")) == .deadLetter(reason: "non-retryable error"))
+        #expect(
+            custom.decision(afterAttempt: 1, error: BrokerError(.timeout, "t"))
+                == .deadLetter(reason: "non-retryable error")
+        )
     }
 
     @Test func deadLetterEnvelopeRoundTripsThroughHeaders() throws {
         let original = Message(key: "k", text: "body", headers: ["a": "1"])
         let failedAt = Date(timeIntervalSince1970: 1_700_000_000.25)
         let envelope = DeadLetterEnvelope(
-            original: original, originalDestination: "orders", attempts: 4, lastError: "boom", failedAt: failedAt,
-            firstFailureAt: failedAt.addingTimeInterval(-10))
+            original: original,
+            originalDestination: "orders",
+            attempts: 4,
+            lastError: "boom",
+            failedAt: failedAt,
+            firstFailureAt: failedAt.addingTimeInterval(-10)
+        )
         let stored = envelope.message
         #expect(stored.headers[HeaderName.originalDestination] == "orders")
         let back = try #require(DeadLetterEnvelope(dlqMessage: stored))

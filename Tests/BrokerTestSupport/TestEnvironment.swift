@@ -42,7 +42,9 @@ public enum TestEnvironment {
     /// there, and always true under CI so that the test runs and fails loudly without it.
     public static func shouldRun(_ server: Server) -> Bool {
         if url(server) != nil || isCI { return true }
-        print("skipping \(server.rawValue.lowercased()) tests: \(server.variable) is not set (run scripts/brokers.sh start, or make test)")
+        print(
+            "skipping \(server.rawValue.lowercased()) tests: \(server.variable) is not set (run scripts/brokers.sh start, or make test)"
+        )
         return false
     }
 
@@ -61,7 +63,8 @@ public enum TestEnvironment {
     public static func requireURL(_ server: Server) throws -> String {
         guard let url = url(server) else {
             throw ConformanceFailure(
-                "\(server.variable) is not set\(isCI ? " under CI=true" : ""): the \(server.rawValue.lowercased()) server is missing. Start it with scripts/brokers.sh start (make test does).")
+                "\(server.variable) is not set\(isCI ? " under CI=true" : ""): the \(server.rawValue.lowercased()) server is missing. Start it with scripts/brokers.sh start (make test does)."
+            )
         }
         return url
     }
@@ -89,7 +92,9 @@ public enum TestEnvironment {
         var rest = url[start.upperBound...]
         if let at = rest.firstIndex(of: "@") { rest = rest[rest.index(after: at)...] }
         if let slash = rest.firstIndex(of: "/") { rest = rest[..<slash] }
-        guard let colon = rest.lastIndex(of: ":"), let port = Int32(rest[rest.index(after: colon)...]) else { return nil }
+        guard let colon = rest.lastIndex(of: ":"), let port = Int32(rest[rest.index(after: colon)...]) else {
+            return nil
+        }
         return (String(rest[..<colon]), port)
     }
 

@@ -1,7 +1,7 @@
 import BrokerConformance
+import BrokerTestSupport
 import Foundation
 import Testing
-import BrokerTestSupport
 
 /// `brokerkit compare`: the seven scenarios, their numbers and the semantics they observe.
 @Suite("brokerkit compare")
@@ -13,19 +13,25 @@ struct CLICompareTests {
     ]
 
     static func results(_ stdout: String) throws -> (report: [String: Any], results: [[String: Any]]) {
-        let report = try #require(try JSONSerialization.jsonObject(with: Data(stdout.utf8)) as? [String: Any], "not JSON:\n\(stdout)")
+        let report = try #require(
+            try JSONSerialization.jsonObject(with: Data(stdout.utf8)) as? [String: Any],
+            "not JSON:\n\(stdout)"
+        )
         return (report, try #require(report["results"] as? [[String: Any]]))
     }
 
     static func result(_ results: [[String: Any]], _ backend: String, _ scenario: String) throws -> [String: Any] {
         try #require(
             results.first { $0["backend"] as? String == backend && $0["scenario"] as? String == scenario },
-            "no \(backend) \(scenario) result")
+            "no \(backend) \(scenario) result"
+        )
     }
 
     /// What every backend must show: all seven ran, counts exact, order kept, history visible.
     static func checkCommon(_ results: [[String: Any]], backend: String) throws {
-        for scenario in ["work-queue", "fan-out", "replay", "ordered-per-key", "low-traffic", "awaited-publish", "delayed-jobs"] {
+        for scenario in [
+            "work-queue", "fan-out", "replay", "ordered-per-key", "low-traffic", "awaited-publish", "delayed-jobs",
+        ] {
             let r = try result(results, backend, scenario)
             #expect(r["status"] as? String == "ok", "\(backend) \(scenario): \(r["error"] ?? "")")
             #expect((r["throughput"] as? Double ?? 0) > 0, "\(backend) \(scenario) throughput")
@@ -51,12 +57,18 @@ struct CLICompareTests {
         #expect((try #require(awaited["observed"] as? [String: Any]))["endToEndP50Ms"] is Double, "\(awaited)")
         let delayed = try result(results, backend, "delayed-jobs")
         #expect(delayed["messages"] as? Int == 60 && delayed["latencyKind"] as? String == "lateness")
-        #expect((try #require(delayed["observed"] as? [String: Any]))["early"] as? Int == 0, "a delayed job ran before it was due")
+        #expect(
+            (try #require(delayed["observed"] as? [String: Any]))["early"] as? Int == 0,
+            "a delayed job ran before it was due"
+        )
     }
 
     @Test("compare on memory: all seven scenarios succeed with exact counts and observed semantics")
     func memory() async throws {
-        let run = try await CLI.run(["compare", "--broker", "memory://", "--format", "json", "--quiet"] + Self.small, timeout: .seconds(120))
+        let run = try await CLI.run(
+            ["compare", "--broker", "memory://", "--format", "json", "--quiet"] + Self.small,
+            timeout: .seconds(120)
+        )
         try run.expectExit(0)
         let (report, results) = try Self.results(run.stdout)
         #expect(results.count == 7)
@@ -67,10 +79,17 @@ struct CLICompareTests {
         #expect(settings["messages"] as? Int == 200 && settings["lowTrafficSeconds"] as? Double == 1)
     }
 
-    @Test("compare on all four backends: one table, every scenario on each, and an SVG chart",
-          .enabled(if: TestEnvironment.shouldRun(.redis) && TestEnvironment.shouldRun(.amqp) && TestEnvironment.shouldRun(.kafka)))
+    @Test(
+        "compare on all four backends: one table, every scenario on each, and an SVG chart",
+        .enabled(
+            if: TestEnvironment.shouldRun(.redis) && TestEnvironment.shouldRun(.amqp)
+                && TestEnvironment.shouldRun(.kafka)
+        )
+    )
     func allBackends() async throws {
-        let urls = try [TestEnvironment.requireURL(.redis), TestEnvironment.requireURL(.amqp), TestEnvironment.requireURL(.kafka)]
+        let urls = try [
+            TestEnvironment.requireURL(.redis), TestEnvironment.requireURL(.amqp), TestEnvironment.requireURL(.kafka),
+        ]
         let chart = FileManager.default.temporaryDirectory.appendingPathComponent("compare-\(UUID().uuidString).svg")
         defer { try? FileManager.default.removeItem(at: chart) }
         var arguments = ["compare", "--broker", "memory://", "--format", "json", "--chart", chart.path] + Self.small
@@ -98,19 +117,30 @@ struct CLICompareTests {
         #expect(run.stderr.contains("compare: [kafka] delayed-jobs: done"), "stderr:\n\(run.stderr)")
         let svg = try String(contentsOf: chart, encoding: .utf8)
         #expect(svg.hasPrefix("<svg") && svg.hasSuffix("</svg>"))
-        for backend in ["memory", "redis", "amqp", "kafka"] { #expect(svg.contains(">\(backend)</text>"), "legend lacks \(backend)") }
+        for backend in ["memory", "redis", "amqp", "kafka"] {
+            #expect(svg.contains(">\(backend)</text>"), "legend lacks \(backend)")
+        }
         #expect(svg.components(separatedBy: "<rect x=").count - 1 >= 28 + 4, "expected a bar per result in each panel")
     }
 
     @Test("compare --format markdown and csv print the table")
     func markdownAndCSV() async throws {
         let markdown = try await CLI.run(
-            ["compare", "--broker", "memory://", "--scenario", "replay", "--scenario", "fan-out", "--format", "markdown", "--quiet"] + Self.small)
+            [
+                "compare", "--broker", "memory://", "--scenario", "replay", "--scenario", "fan-out", "--format",
+                "markdown", "--quiet",
+            ] + Self.small
+        )
         try markdown.expectExit(0)
         #expect(markdown.stdout.contains("| scenario | backend | messages | msg/s |"), "\(markdown.stdout)")
         #expect(markdown.stdout.contains("| fan-out | memory | 600 |"), "\(markdown.stdout)")
-        #expect(markdown.stdout.contains("| memory | not run | yes | yes | yes | yes |"), "semantics row:\n\(markdown.stdout)")
-        let csv = try await CLI.run(["compare", "--broker", "memory://", "--scenario", "work-queue", "--format", "csv", "--quiet"] + Self.small)
+        #expect(
+            markdown.stdout.contains("| memory | not run | yes | yes | yes | yes |"),
+            "semantics row:\n\(markdown.stdout)"
+        )
+        let csv = try await CLI.run(
+            ["compare", "--broker", "memory://", "--scenario", "work-queue", "--format", "csv", "--quiet"] + Self.small
+        )
         try csv.expectExit(0)
         let lines = csv.stdout.split(separator: "\n")
         #expect(lines.count == 2 && lines[0].hasPrefix("scenario,backend,status,messages,"), "\(csv.stdout)")
@@ -120,23 +150,39 @@ struct CLICompareTests {
     @Test("compare --rounds 3 reports the round with the median throughput and every round's")
     func rounds() async throws {
         let run = try await CLI.run(
-            ["compare", "--broker", "memory://", "--scenario", "fan-out", "--rounds", "3", "--format", "json", "--quiet"] + Self.small)
+            [
+                "compare", "--broker", "memory://", "--scenario", "fan-out", "--rounds", "3", "--format", "json",
+                "--quiet",
+            ] + Self.small
+        )
         try run.expectExit(0)
         let (_, results) = try Self.results(run.stdout)
         #expect(results.count == 1)
         let row = try Self.result(results, "memory", "fan-out")
         let rounds = try #require(row["roundThroughputs"] as? [Double], "no rounds in \(row)")
         #expect(rounds.count == 3)
-        #expect(row["throughput"] as? Double == rounds.sorted()[1], "row \(row["throughput"] ?? "-") is not the median of \(rounds)")
+        #expect(
+            row["throughput"] as? Double == rounds.sorted()[1],
+            "row \(row["throughput"] ?? "-") is not the median of \(rounds)"
+        )
         // The tables give the range of the rounds with thousands separators, like every
         // other figure in them (12,345, never 12345).
         let markdown = try await CLI.run(
-            ["compare", "--broker", "memory://", "--scenario", "fan-out", "--rounds", "3", "--format", "markdown", "--quiet"] + Self.small)
+            [
+                "compare", "--broker", "memory://", "--scenario", "fan-out", "--rounds", "3", "--format", "markdown",
+                "--quiet",
+            ] + Self.small
+        )
         try markdown.expectExit(0)
         let range = try NSRegularExpression(pattern: #"; 3 rounds: (\d{1,3}(?:,\d{3})*)–(\d{1,3}(?:,\d{3})*) msg/s \|"#)
         let text = markdown.stdout
-        let match = try #require(range.firstMatch(in: text, range: NSRange(text.startIndex..., in: text)), "no grouped range of rounds in:\n\(text)")
-        let bounds = (1...2).map { Int(text[Range(match.range(at: $0), in: text)!].replacingOccurrences(of: ",", with: ""))! }
+        let match = try #require(
+            range.firstMatch(in: text, range: NSRange(text.startIndex..., in: text)),
+            "no grouped range of rounds in:\n\(text)"
+        )
+        let bounds = (1...2).map {
+            Int(text[Range(match.range(at: $0), in: text)!].replacingOccurrences(of: ",", with: ""))!
+        }
         #expect(bounds[0] <= bounds[1], "range \(bounds)")
     }
 

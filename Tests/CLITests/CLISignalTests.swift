@@ -30,7 +30,9 @@ struct CLISignalTests {
         #expect(result.stdout.contains("0 cut off"), "stdout:\n\(result.stdout)")
         #expect(result.stdout.contains("0 run twice"), "stdout:\n\(result.stdout)")
         // Numbers of the report line "N done before it, R running, D drained after it, 0 cut off".
-        let line = try #require(result.stdout.split(separator: "\n").first { $0.contains("stopped gracefully on signal") })
+        let line = try #require(
+            result.stdout.split(separator: "\n").first { $0.contains("stopped gracefully on signal") }
+        )
         let numbers = line.split(whereSeparator: { !$0.isNumber }).compactMap { Int($0) }
         try #require(numbers.count == 4, "line: \(line)")
         let (before, running, drained, cutOff) = (numbers[0], numbers[1], numbers[2], numbers[3])

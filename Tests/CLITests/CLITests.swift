@@ -17,8 +17,14 @@ struct CLITests {
         #expect(queues.split(separator: " ").last == "yes", "queues row: \(queues)")
         // Every backend is a column, and its C library is listed with its version.
         for backend in ["kafka", "amqp", "redis"] {
-            #expect(header.split(separator: " ").contains(Substring(backend)), "\(backend) is not a column:\n\(result.stdout)")
-            #expect(lines.contains { $0.hasPrefix("\(backend): ") && $0.contains("linked, registered") }, "no library line for \(backend):\n\(result.stdout)")
+            #expect(
+                header.split(separator: " ").contains(Substring(backend)),
+                "\(backend) is not a column:\n\(result.stdout)"
+            )
+            #expect(
+                lines.contains { $0.hasPrefix("\(backend): ") && $0.contains("linked, registered") },
+                "no library line for \(backend):\n\(result.stdout)"
+            )
         }
     }
 
@@ -27,7 +33,8 @@ struct CLITests {
         let result = try await CLI.run(["capabilities", "--format", "json"])
         try result.expectExit(0)
         let object = try #require(
-            try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any])
+            try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any]
+        )
         let backends = try #require(object["backends"] as? [[String: Any]])
         let memory = try #require(backends.first { $0["name"] as? String == "memory" })
         let capabilities = try #require(memory["capabilities"] as? [String: Bool])
@@ -47,7 +54,9 @@ struct CLITests {
 
     @Test("publish to memory prints a receipt as JSON")
     func publishPrintsReceipt() async throws {
-        let result = try await CLI.run(["publish", "--broker", "memory://", "--to", "orders", "--payload", "hello", "--key", "k1"])
+        let result = try await CLI.run([
+            "publish", "--broker", "memory://", "--to", "orders", "--payload", "hello", "--key", "k1",
+        ])
         try result.expectExit(0)
         let lines = result.stdout.split(separator: "\n")
         #expect(lines.count == 1, "stdout: \(result.stdout)")
@@ -94,8 +103,10 @@ struct CLITests {
         try result.expectExit(1)
         #expect(result.stderr.hasPrefix("error: "), "stderr: \(result.stderr)")
         #expect(result.stderr.contains("amqp"), "stderr: \(result.stderr)")
-        #expect(!result.stdout.contains("secret") && !result.stderr.contains("secret"),
-                "password leaked:\n\(result.stdout)\n\(result.stderr)")
+        #expect(
+            !result.stdout.contains("secret") && !result.stderr.contains("secret"),
+            "password leaked:\n\(result.stdout)\n\(result.stderr)"
+        )
     }
 
     @Test("BROKER_URL is used when --broker is not given, and redacted too")
@@ -138,7 +149,8 @@ struct CLITests {
             ["capabilities", "--format", "yaml"],
             ["dlq", "list", "q", "--limit", "0"],
             ["nosuchcommand"],
-        ])
+        ]
+    )
     func usageErrors(_ arguments: [String]) async throws {
         let result = try await CLI.run(arguments)
         try result.expectExit(2)
@@ -165,7 +177,10 @@ struct CLITests {
     func demo(_ example: String) async throws {
         let result = try await CLI.run(["demo", "--example", example], timeout: .seconds(120))
         try result.expectExit(0)
-        #expect(!result.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "no report; stderr: \(result.stderr)")
+        #expect(
+            !result.stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty,
+            "no report; stderr: \(result.stderr)"
+        )
     }
 }
 
@@ -182,7 +197,8 @@ struct CLIResult {
         try #require(
             status == expected,
             "brokerkit \(arguments.joined(separator: " ")) exited \(status), expected \(expected)\nstdout:\n\(stdout)\nstderr:\n\(stderr)",
-            sourceLocation: sourceLocation)
+            sourceLocation: sourceLocation
+        )
     }
 }
 
@@ -214,7 +230,8 @@ enum CLI {
             }
         }
         // Tests/CLITests/CLITests.swift -> package root.
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
         let build = root.appendingPathComponent(".build")
         candidates.append(build.appendingPathComponent("debug/brokerkit"))
         if let triples = try? fm.contentsOfDirectory(atPath: build.path) {
@@ -226,7 +243,8 @@ enum CLI {
         for candidate in candidates {
             var isDirectory: ObjCBool = false
             if fm.fileExists(atPath: candidate.path, isDirectory: &isDirectory), !isDirectory.boolValue,
-               fm.isExecutableFile(atPath: candidate.path) {
+                fm.isExecutableFile(atPath: candidate.path)
+            {
                 return candidate
             }
         }
@@ -237,7 +255,10 @@ enum CLI {
     /// Runs `brokerkit arguments` (or another `program`) with `BROKER_URL` unset (unless given
     /// in `environment`); kills it after `timeout`.
     static func run(
-        _ arguments: [String], environment: [String: String] = [:], timeout: Duration = .seconds(60), program: URL? = nil
+        _ arguments: [String],
+        environment: [String: String] = [:],
+        timeout: Duration = .seconds(60),
+        program: URL? = nil
     ) async throws -> CLIResult {
         let executable = try program ?? executable()
         let fm = FileManager.default
@@ -286,7 +307,9 @@ enum CLI {
 
     static func jsonObject(_ line: String) throws -> [String: Any] {
         try #require(
-            try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any], "not a JSON object: \(line)")
+            try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any],
+            "not a JSON object: \(line)"
+        )
     }
 }
 

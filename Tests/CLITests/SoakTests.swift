@@ -1,8 +1,8 @@
 import BrokerConformance
 import BrokerSoak
+import BrokerTestSupport
 import Foundation
 import Testing
-import BrokerTestSupport
 
 /// `brokerkit soak`, the short version `make test` runs: 5,000 messages to a queue and to a
 /// stream with two groups, 200 delayed jobs, 3 worker processes, a worker killed with
@@ -12,22 +12,36 @@ import BrokerTestSupport
 enum SoakRun {
     /// `stallProbe`: the Kafka broker (host:port) to run scripts/kafka-dead-member-probe.sh
     /// against when a consumer group stalls (see `check`).
-    static func run(_ arguments: [String], timeout: Duration = .seconds(600), stallProbe: String? = nil) async throws -> SoakReport {
-        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("brokerkit-soak-\(UUID().uuidString.prefix(8))").path
+    static func run(
+        _ arguments: [String],
+        timeout: Duration = .seconds(600),
+        stallProbe: String? = nil
+    ) async throws -> SoakReport {
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "brokerkit-soak-\(UUID().uuidString.prefix(8))"
+        ).path
         defer { try? FileManager.default.removeItem(atPath: directory) }
         let result = try await CLI.run(
-            ["soak", "--messages", "5000", "--rate", "500", "--jobs", "200", "--kill", "1", "--publisher-kills", "1", "--format", "json", "--dir", directory]
+            [
+                "soak", "--messages", "5000", "--rate", "500", "--jobs", "200", "--kill", "1", "--publisher-kills", "1",
+                "--format", "json", "--dir", directory,
+            ]
                 + arguments,
-            timeout: timeout)
+            timeout: timeout
+        )
         let report = try #require(
             try? JSONDecoder().decode(SoakReport.self, from: Data(result.stdout.utf8)),
-            "no JSON ledger (exit \(result.status))\nstdout:\n\(result.stdout)\nstderr (last 4,000 characters):\n\(result.stderr.suffix(4000))")
+            "no JSON ledger (exit \(result.status))\nstdout:\n\(result.stdout)\nstderr (last 4,000 characters):\n\(result.stderr.suffix(4000))"
+        )
         var brokerHoldsDeadMembers: String?
         if let stallProbe, isStalled(report) {
             brokerHoldsDeadMembers = try await probeDeadMemberEviction(stallProbe)
         }
         check(report, brokerHoldsDeadMembers: brokerHoldsDeadMembers)
-        #expect(result.status == (report.passed ? 0 : 1), "exit \(result.status) with a ledger that \(report.passed ? "passed" : "failed")")
+        #expect(
+            result.status == (report.passed ? 0 : 1),
+            "exit \(result.status) with a ledger that \(report.passed ? "passed" : "failed")"
+        )
         return report
     }
 
@@ -40,9 +54,17 @@ enum SoakRun {
     /// output when the broker holds a rebalance for a member killed without leaving, `nil`
     /// when it evicts the member as the Kafka protocol says. A probe that cannot run fails.
     static func probeDeadMemberEviction(_ broker: String) async throws -> String? {
-        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-        let probe = try await CLI.run([broker], timeout: .seconds(150), program: root.appendingPathComponent("scripts/kafka-dead-member-probe.sh"))
-        #expect(probe.status == 0 || probe.status == 3, "the dead-member probe did not run (exit \(probe.status)): \(probe.stdout)\(probe.stderr)")
+        let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent()
+        let probe = try await CLI.run(
+            [broker],
+            timeout: .seconds(150),
+            program: root.appendingPathComponent("scripts/kafka-dead-member-probe.sh")
+        )
+        #expect(
+            probe.status == 0 || probe.status == 3,
+            "the dead-member probe did not run (exit \(probe.status)): \(probe.stdout)\(probe.stderr)"
+        )
         return probe.status == 3 ? probe.stdout : nil
     }
 
@@ -58,12 +80,24 @@ enum SoakRun {
         let summary = SoakOutput.render(report, format: .text)
         let knownStall = isStalled(report) && brokerHoldsDeadMembers != nil
         if knownStall, let brokerHoldsDeadMembers {
-            withKnownIssue("the test broker holds a Kafka rebalance for a SIGKILLed member, so the groups stopped (issue 24): \(brokerHoldsDeadMembers)", isIntermittent: true) {
+            withKnownIssue(
+                "the test broker holds a Kafka rebalance for a SIGKILLed member, so the groups stopped (issue 24): \(brokerHoldsDeadMembers)",
+                isIntermittent: true
+            ) {
                 #expect(report.failures.isEmpty, "\(report.failures.joined(separator: "\n"))\n\(summary)")
                 for consumer in report.consumers {
-                    #expect(consumer.unfinished == 0, "\(consumer.consumer): \(consumer.unfinished) not handled in time")
-                    #expect(consumer.poisonMissingFromDLQ.isEmpty, "\(consumer.consumer): poison messages not dead-lettered")
-                    #expect(consumer.deadLettered == consumer.poisonExpected, "\(consumer.consumer): \(consumer.deadLettered) dead-lettered, \(consumer.poisonExpected) poison")
+                    #expect(
+                        consumer.unfinished == 0,
+                        "\(consumer.consumer): \(consumer.unfinished) not handled in time"
+                    )
+                    #expect(
+                        consumer.poisonMissingFromDLQ.isEmpty,
+                        "\(consumer.consumer): poison messages not dead-lettered"
+                    )
+                    #expect(
+                        consumer.deadLettered == consumer.poisonExpected,
+                        "\(consumer.consumer): \(consumer.deadLettered) dead-lettered, \(consumer.poisonExpected) poison"
+                    )
                 }
                 #expect(report.jobs.unfinished == 0 && report.jobs.ran == report.jobs.confirmed)
             }
@@ -75,17 +109,29 @@ enum SoakRun {
             #expect(consumer.unexpectedInDLQ.isEmpty, "\(consumer.consumer): messages that are not poison in the DLQ")
             if !knownStall {
                 #expect(consumer.unfinished == 0, "\(consumer.consumer): \(consumer.unfinished) not handled in time")
-                #expect(consumer.poisonMissingFromDLQ.isEmpty, "\(consumer.consumer): the DLQ is not the poison messages")
-                #expect(consumer.deadLettered == consumer.poisonExpected, "\(consumer.consumer): \(consumer.deadLettered) dead-lettered, \(consumer.poisonExpected) poison")
+                #expect(
+                    consumer.poisonMissingFromDLQ.isEmpty,
+                    "\(consumer.consumer): the DLQ is not the poison messages"
+                )
+                #expect(
+                    consumer.deadLettered == consumer.poisonExpected,
+                    "\(consumer.consumer): \(consumer.deadLettered) dead-lettered, \(consumer.poisonExpected) poison"
+                )
             }
             #expect(consumer.poisonExpected > 100, "too few poison messages to prove anything")
-            #expect(consumer.expected == 5000 || report.publishing.contains { $0.notConfirmed > 0 }, "\(consumer.consumer): \(consumer.expected) confirmed")
+            #expect(
+                consumer.expected == 5000 || report.publishing.contains { $0.notConfirmed > 0 },
+                "\(consumer.consumer): \(consumer.expected) confirmed"
+            )
         }
         #expect(report.jobs.early.isEmpty, "delayed jobs ran early: \(report.jobs.early)")
         #expect(report.jobs.lost.isEmpty, "delayed jobs lost: \(report.jobs.lost)")
         #expect(report.jobs.confirmed == 200)
         if !knownStall {
-            #expect(report.jobs.unfinished == 0 && report.jobs.ran == report.jobs.confirmed, "delayed jobs that never ran: \(report.jobs.unfinished)")
+            #expect(
+                report.jobs.unfinished == 0 && report.jobs.ran == report.jobs.confirmed,
+                "delayed jobs that never ran: \(report.jobs.unfinished)"
+            )
         }
     }
 }
@@ -94,22 +140,32 @@ enum SoakRun {
 struct SoakTests {
     /// memory:// runs publishers and workers as tasks of one process: a kill cancels a worker.
     @Test func memoryLosesNothing() async throws {
-        let report = try await SoakRun.run(["--broker", "memory://", "--restarts", "0", "--cuts", "0", "--settle", "60"])
+        let report = try await SoakRun.run([
+            "--broker", "memory://", "--restarts", "0", "--cuts", "0", "--settle", "60",
+        ])
         #expect(report.faults.map(\.kind).sorted() == ["kill-publisher", "kill-worker"])
     }
 
     @Test func badOptionsExitTwoNamingThem() async throws {
         for (arguments, named) in [
-            (["--messages", "0"], "--messages"), (["--poison", "120"], "--poison"), (["--poison", "60", "--flaky", "50"], "--flaky"),
-            (["--cut-seconds", "0"], "--cut-seconds"), (["--broker", "redis://127.0.0.1:1", "--restarts", "1"], "--restart-command"),
+            (["--messages", "0"], "--messages"), (["--poison", "120"], "--poison"),
+            (["--poison", "60", "--flaky", "50"], "--flaky"),
+            (["--cut-seconds", "0"], "--cut-seconds"),
+            (["--broker", "redis://127.0.0.1:1", "--restarts", "1"], "--restart-command"),
             (["--proxy-upstream", "nowhere"], "--proxy-upstream"), (["--format", "yaml"], "--format"),
         ] {
             let result = try await CLI.run(["soak"] + arguments)
             #expect(result.status == 2, "soak \(arguments) exited \(result.status)")
-            #expect(result.stderr.contains(named), "soak \(arguments): the error does not name \(named): \(result.stderr)")
+            #expect(
+                result.stderr.contains(named),
+                "soak \(arguments): the error does not name \(named): \(result.stderr)"
+            )
         }
         let help = try await CLI.run(["soak", "--help"])
-        for option in ["--messages", "--keys", "--workers", "--poison", "--flaky", "--kill", "--restarts", "--restart-command", "--cuts", "--format", "--svg"] {
+        for option in [
+            "--messages", "--keys", "--workers", "--poison", "--flaky", "--kill", "--restarts", "--restart-command",
+            "--cuts", "--format", "--svg",
+        ] {
             #expect(help.stdout.contains(option), "--help does not explain \(option)")
         }
     }
@@ -121,7 +177,9 @@ struct SoakTests {
         let poison = (0..<40).filter { plan.kind(of: $0) == .poison }
         let normal = (0..<40).filter { plan.kind(of: $0) != .poison }
         var events: [SoakEvent] = []
-        func event(_ name: String, _ fields: [String], _ micros: Int64 = 1_000_000) { events.append(SoakEvent(micros: micros, name: name, fields: fields, source: "x")) }
+        func event(_ name: String, _ fields: [String], _ micros: Int64 = 1_000_000) {
+            events.append(SoakEvent(micros: micros, name: name, fields: fields, source: "x"))
+        }
         let all = (0..<40).map(String.init).joined(separator: ",")
         for destination in ["queue", "stream"] {
             event("try", [destination, all])
@@ -132,19 +190,40 @@ struct SoakTests {
         // Every consumer handles every normal message, except the queue, which misses one.
         let missed = normal[3]
         for consumer in SoakPlan.consumers {
-            for seq in normal where !(consumer == "queue" && seq == missed) { event("run", [consumer, String(seq), "1", "ok"]) }
+            for seq in normal where !(consumer == "queue" && seq == missed) {
+                event("run", [consumer, String(seq), "1", "ok"])
+            }
         }
-        let letters = SoakPlan.consumers.flatMap { consumer in poison.map { SoakDeadLetter(consumer: consumer, seq: $0, reason: "poison message \($0)") } }
+        let letters = SoakPlan.consumers.flatMap { consumer in
+            poison.map { SoakDeadLetter(consumer: consumer, seq: $0, reason: "poison message \($0)") }
+        }
         let report = SoakAnalysis.report(
-            backend: "test", url: "test://", plan: plan, events: events, deadLetters: letters, resources: SoakResources(), orderEnforced: true,
-            began: 0, ended: 3_000_000)
+            backend: "test",
+            url: "test://",
+            plan: plan,
+            events: events,
+            deadLetters: letters,
+            resources: SoakResources(),
+            orderEnforced: true,
+            began: 0,
+            ended: 3_000_000
+        )
         #expect(report.consumers.first { $0.consumer == "queue" }?.lost == [missed])
         #expect(report.consumers.filter { $0.consumer != "queue" }.allSatisfy { $0.lost.isEmpty })
         #expect(!report.passed)
         // The broker still holding one message for the queue: not proven lost, not finished.
         let held = SoakAnalysis.report(
-            backend: "test", url: "test://", plan: plan, events: events, deadLetters: letters, resources: SoakResources(), orderEnforced: true,
-            began: 0, ended: 3_000_000, backlog: ["queue": 1])
+            backend: "test",
+            url: "test://",
+            plan: plan,
+            events: events,
+            deadLetters: letters,
+            resources: SoakResources(),
+            orderEnforced: true,
+            began: 0,
+            ended: 3_000_000,
+            backlog: ["queue": 1]
+        )
         #expect(held.consumers.first { $0.consumer == "queue" }?.unfinished == 1)
         #expect(held.consumers.first { $0.consumer == "queue" }?.lost.isEmpty == true)
         #expect(!held.passed)
@@ -152,14 +231,27 @@ struct SoakTests {
         var early = events
         early.append(SoakEvent(micros: 1_000_000, name: "job", fields: ["0", "1500", "2"], source: "x"))
         let partial = SoakAnalysis.report(
-            backend: "test", url: "test://", plan: plan, events: early + [SoakEvent(micros: 1, name: "run", fields: ["queue", String(missed), "1", "ok"], source: "x")],
-            deadLetters: Array(letters.dropFirst()), resources: SoakResources(), orderEnforced: true, began: 0, ended: 3_000_000)
+            backend: "test",
+            url: "test://",
+            plan: plan,
+            events: early + [
+                SoakEvent(micros: 1, name: "run", fields: ["queue", String(missed), "1", "ok"], source: "x")
+            ],
+            deadLetters: Array(letters.dropFirst()),
+            resources: SoakResources(),
+            orderEnforced: true,
+            began: 0,
+            ended: 3_000_000
+        )
         #expect(partial.consumers.first { $0.consumer == "queue" }?.poisonMissingFromDLQ == [poison[0]])
         #expect(partial.jobs.early == [0])
         // The poison message missing from the DLQ was not handled either: it is lost too.
         #expect(partial.consumers.first { $0.consumer == "queue" }?.lost == [poison[0]])
         #expect(partial.failures.count == 3, "\(partial.failures)")
-        #expect(partial.failures.contains { $0.contains("missing from the DLQ") } && partial.failures.contains { $0.contains("ran before they were due") })
+        #expect(
+            partial.failures.contains { $0.contains("missing from the DLQ") }
+                && partial.failures.contains { $0.contains("ran before they were due") }
+        )
     }
 }
 
@@ -169,9 +261,13 @@ struct SoakRestartTests {
     @Test(.enabled(if: TestEnvironment.shouldRunRestartTests(.redis)))
     func redisLosesNothing() async throws {
         let url = try TestEnvironment.requireURL(.redis)
-        let restart = try #require(ProcessInfo.processInfo.environment["BROKERKIT_TEST_REDIS_RESTART"], "BROKERKIT_TEST_REDIS_RESTART is not set")
+        let restart = try #require(
+            ProcessInfo.processInfo.environment["BROKERKIT_TEST_REDIS_RESTART"],
+            "BROKERKIT_TEST_REDIS_RESTART is not set"
+        )
         let report = try await SoakRun.run([
-            "--broker", url, "--option", "stream.lease=5s", "--restarts", "1", "--restart-command", restart, "--cuts", "1", "--settle", "180",
+            "--broker", url, "--option", "stream.lease=5s", "--restarts", "1", "--restart-command", restart, "--cuts",
+            "1", "--settle", "180",
         ])
         #expect(report.faults.map(\.kind).sorted() == ["cut", "kill-publisher", "kill-worker", "restart-broker"])
     }
@@ -179,10 +275,19 @@ struct SoakRestartTests {
     @Test(.enabled(if: TestEnvironment.shouldRunRestartTests(.amqp)))
     func rabbitMQLosesNothing() async throws {
         let url = try TestEnvironment.requireURL(.amqp)
-        let restart = try #require(ProcessInfo.processInfo.environment["BROKERKIT_TEST_AMQP_RESTART"], "BROKERKIT_TEST_AMQP_RESTART is not set")
-        let report = try await SoakRun.run(["--broker", url, "--restarts", "1", "--restart-command", restart, "--cuts", "1", "--settle", "180"])
+        let restart = try #require(
+            ProcessInfo.processInfo.environment["BROKERKIT_TEST_AMQP_RESTART"],
+            "BROKERKIT_TEST_AMQP_RESTART is not set"
+        )
+        let report = try await SoakRun.run([
+            "--broker", url, "--restarts", "1", "--restart-command", restart, "--cuts", "1", "--settle", "180",
+        ])
         #expect(report.faults.map(\.kind).sorted() == ["cut", "kill-publisher", "kill-worker", "restart-broker"])
-        #expect(report.consumers.filter { $0.consumer != "queue" }.allSatisfy { $0.orderEnforced && $0.orderViolations == 0 })
+        #expect(
+            report.consumers.filter { $0.consumer != "queue" }.allSatisfy {
+                $0.orderEnforced && $0.orderViolations == 0
+            }
+        )
     }
 
     /// The probe the Kafka soak runs when its groups stall, run on its own: noida-db 0.2.3
@@ -194,7 +299,10 @@ struct SoakRestartTests {
     func theKafkaTestBrokerHoldsARebalanceForAKilledMember() async throws {
         let main = try #require(URLComponents(string: try TestEnvironment.requireURL(.kafka)))
         let verdict = try await SoakRun.probeDeadMemberEviction("\(main.host ?? "127.0.0.1"):\(main.port ?? 9092)")
-        #expect(verdict?.hasPrefix("holds:") == true, "the probe found the broker evicting a killed member: drop the allowance in SoakRun.check")
+        #expect(
+            verdict?.hasPrefix("holds:") == true,
+            "the probe found the broker evicting a killed member: drop the allowance in SoakRun.check"
+        )
     }
 
     /// Kafka runs against the noida-db instance that advertises the proxy's port (see
@@ -202,7 +310,10 @@ struct SoakRestartTests {
     @Test(.enabled(if: TestEnvironment.shouldRunRestartTests(.kafka)))
     func kafkaLosesNothing() async throws {
         let environment = ProcessInfo.processInfo.environment
-        let url = try #require(environment["BROKERKIT_TEST_KAFKA_SOAK_URL"], "BROKERKIT_TEST_KAFKA_SOAK_URL is not set (scripts/brokers.sh start)")
+        let url = try #require(
+            environment["BROKERKIT_TEST_KAFKA_SOAK_URL"],
+            "BROKERKIT_TEST_KAFKA_SOAK_URL is not set (scripts/brokers.sh start)"
+        )
         let socket = try #require(environment["BROKERKIT_TEST_KAFKA_SOAK_SOCKET"])
         let restart = try #require(environment["BROKERKIT_TEST_KAFKA_SOAK_RESTART"])
         let port = try #require(URLComponents(string: url)?.port)
@@ -210,11 +321,19 @@ struct SoakRestartTests {
         // soak's namespace): the soak's own instance is reachable only through the soak's proxy.
         let main = try #require(URLComponents(string: try TestEnvironment.requireURL(.kafka)))
         let probe = "\(main.host ?? "127.0.0.1"):\(main.port ?? 9092)"
-        let report = try await SoakRun.run([
-            "--broker", url, "--proxy-listen", String(port), "--proxy-upstream", "unix:\(socket)", "--restarts", "1", "--restart-command", restart,
-            "--cuts", "1", "--settle", "180",
-        ], stallProbe: probe)
+        let report = try await SoakRun.run(
+            [
+                "--broker", url, "--proxy-listen", String(port), "--proxy-upstream", "unix:\(socket)", "--restarts",
+                "1", "--restart-command", restart,
+                "--cuts", "1", "--settle", "180",
+            ],
+            stallProbe: probe
+        )
         #expect(report.faults.map(\.kind).sorted() == ["cut", "kill-publisher", "kill-worker", "restart-broker"])
-        #expect(report.consumers.filter { $0.consumer != "queue" }.allSatisfy { $0.orderEnforced && $0.orderViolations == 0 })
+        #expect(
+            report.consumers.filter { $0.consumer != "queue" }.allSatisfy {
+                $0.orderEnforced && $0.orderViolations == 0
+            }
+        )
     }
 }

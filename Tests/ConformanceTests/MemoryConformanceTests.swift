@@ -11,8 +11,10 @@ extension ConformanceCase: CustomTestStringConvertible {
 @Suite("Conformance: memory")
 struct MemoryConformanceTests {
     static let harness = ConformanceHarness(
-        name: "memory", url: "memory://conformance-\(UUID().uuidString.prefix(8))",
-        capabilities: MemoryBackend.capabilities)
+        name: "memory",
+        url: "memory://conformance-\(UUID().uuidString.prefix(8))",
+        capabilities: MemoryBackend.capabilities
+    )
 
     @Test("case", arguments: ConformanceSuite.cases(for: MemoryBackend.capabilities))
     func conformance(_ testCase: ConformanceCase) async throws {

@@ -1,10 +1,10 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Examples
 import Foundation
 import KafkaBackend
 import Testing
-import BrokerTestSupport
 
 /// The same example apps, unchanged, on a Kafka-protocol broker: swapping brokers is a URL.
 @Suite("Examples on kafka", .enabled(if: TestEnvironment.shouldRun(.kafka)))
@@ -19,7 +19,9 @@ struct ExamplesOnKafkaTests {
     func broker() async throws -> any Broker {
         try await Brokers.connect(
             url: try TestEnvironment.requireURL(.kafka),
-            options: ["prefix": "ex\(UUID().uuidString.prefix(6))."], registry: Self.registry)
+            options: ["prefix": "ex\(UUID().uuidString.prefix(6))."],
+            registry: Self.registry
+        )
     }
 
     @Test("chat example on kafka: both groups see every event, the bounce lands in the DLQ")

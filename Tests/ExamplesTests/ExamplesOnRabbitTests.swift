@@ -1,10 +1,10 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Examples
 import Foundation
 import RabbitBackend
 import Testing
-import BrokerTestSupport
 
 /// The same example apps, unchanged, on a real RabbitMQ: swapping brokers is a URL. Only the
 /// jobs example: chat and commerce read streams with consumer groups, which the amqp backend
@@ -19,7 +19,10 @@ struct ExamplesOnRabbitTests {
 
     static func connect(prefix: String) async throws -> any Broker {
         try await Brokers.connect(
-            url: try TestEnvironment.requireURL(.amqp), options: ["prefix": prefix], registry: Self.registry)
+            url: try TestEnvironment.requireURL(.amqp),
+            options: ["prefix": prefix],
+            registry: Self.registry
+        )
     }
 
     /// Runs `body` on a broker with a prefix of its own, so runs never meet each other's

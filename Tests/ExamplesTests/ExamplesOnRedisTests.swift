@@ -1,10 +1,10 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Examples
 import Foundation
 import RedisStreamsBackend
 import Testing
-import BrokerTestSupport
 
 /// The same example apps, unchanged, on a real Redis: swapping brokers is a URL.
 @Suite("Examples on redis", .enabled(if: TestEnvironment.shouldRun(.redis)))
@@ -19,7 +19,9 @@ struct ExamplesOnRedisTests {
     func broker() async throws -> any Broker {
         try await Brokers.connect(
             url: try TestEnvironment.requireURL(.redis),
-            options: ["prefix": "ex\(UUID().uuidString.prefix(6)):", "claim.interval": "250ms"], registry: Self.registry)
+            options: ["prefix": "ex\(UUID().uuidString.prefix(6)):", "claim.interval": "250ms"],
+            registry: Self.registry
+        )
     }
 
     @Test("chat example on redis: both groups see every event, the bounce lands in the DLQ")

@@ -249,7 +249,13 @@ struct JobsExampleTests {
     @Test("the smallest run, with the queue kept: the broker still holds the dead letter")
     func smallestRunKeepsQueue() async throws {
         try await withFreshBroker { broker in
-            let report = try await JobsExample.run(broker: broker, logger: logger, jobs: 6, firstWorkerJobs: 5, keepQueue: true)
+            let report = try await JobsExample.run(
+                broker: broker,
+                logger: logger,
+                jobs: 6,
+                firstWorkerJobs: 5,
+                keepQueue: true
+            )
             // 1 invoice (+ its duplicate), 1 image, 2 webhooks, 1 reminder, 1 poison charge.
             #expect(report.dispatched == 7)
             #expect(report.completed == 5 && report.runTwice.isEmpty && report.lost == 0)
@@ -283,7 +289,12 @@ struct JobsExampleTests {
         try await withFreshBroker { broker in
             for (jobs, firstWorkerJobs) in [(5, nil), (30, 0), (30, 28)] as [(Int, Int?)] {
                 await #expect(throws: ExampleError.self) {
-                    _ = try await JobsExample.run(broker: broker, logger: logger, jobs: jobs, firstWorkerJobs: firstWorkerJobs)
+                    _ = try await JobsExample.run(
+                        broker: broker,
+                        logger: logger,
+                        jobs: jobs,
+                        firstWorkerJobs: firstWorkerJobs
+                    )
                 }
             }
             let limited = LimitedBroker(base: broker, capabilities: [.queues])
@@ -308,13 +319,21 @@ private struct LimitedBroker: Broker {
     func publish(_ message: Message, to destination: String, options: PublishOptions) async throws -> PublishReceipt {
         try await base.publish(message, to: destination, options: options)
     }
-    func publish(_ messages: [Message], to destination: String, options: PublishOptions) async throws -> [PublishReceipt] {
+    func publish(
+        _ messages: [Message],
+        to destination: String,
+        options: PublishOptions
+    ) async throws -> [PublishReceipt] {
         try await base.publish(messages, to: destination, options: options)
     }
     func consumeQueue(_ queue: String, options: QueueConsumerOptions) async throws -> any MessageConsumer {
         try await base.consumeQueue(queue, options: options)
     }
-    func consumeStream(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer {
+    func consumeStream(
+        _ stream: String,
+        group: String,
+        options: StreamConsumerOptions
+    ) async throws -> any MessageConsumer {
         try await base.consumeStream(stream, group: group, options: options)
     }
     func close() async { await base.close() }

@@ -56,13 +56,17 @@ enum RealBrokerExampleChecks {
 
         // Every job ran to completion exactly once, except the poison one.
         #expect(report.jobs == 30 && report.dispatched == 31)
-        #expect(report.dispatchedByName == [
-            "jobs.send-invoice": 13, "jobs.resize-image": 12, "jobs.deliver-webhook": 2, "jobs.send-reminder": 3,
-            "jobs.charge-card": 1,
-        ])
-        #expect(report.completedByName == [
-            "jobs.send-invoice": 12, "jobs.resize-image": 12, "jobs.deliver-webhook": 2, "jobs.send-reminder": 3,
-        ])
+        #expect(
+            report.dispatchedByName == [
+                "jobs.send-invoice": 13, "jobs.resize-image": 12, "jobs.deliver-webhook": 2, "jobs.send-reminder": 3,
+                "jobs.charge-card": 1,
+            ]
+        )
+        #expect(
+            report.completedByName == [
+                "jobs.send-invoice": 12, "jobs.resize-image": 12, "jobs.deliver-webhook": 2, "jobs.send-reminder": 3,
+            ]
+        )
         #expect(report.completed == 29)
         #expect(report.runTwice.isEmpty, "run twice: \(report.runTwice)")
         #expect(report.lost == 0)

@@ -1,10 +1,11 @@
 @_spi(BrokerBackend) import BrokerAPI
 import BrokerFuzzTargets
 import Foundation
+import Testing
+
 @testable import KafkaBackend
 @testable import RabbitBackend
 @testable import RedisStreamsBackend
-import Testing
 
 /// The fuzz targets on their committed inputs: the seed corpus (`Fuzz/corpus/<target>`) and
 /// every input a fuzzing run found a crash with (`Fuzz/regressions/<target>`, kept after the
@@ -42,7 +43,10 @@ struct FuzzCorpusTests {
         let seed = try Self.input(.amqp, "brokerkit")
         let length = Int(seed[0]) << 8 | Int(seed[1])
         let decoded = seed.withUnsafeBytes {
-            RabbitUntrustedInput.decode(properties: UnsafeRawBufferPointer(rebasing: $0[2..<(2 + length)]), body: Data(seed[(2 + length)...]))
+            RabbitUntrustedInput.decode(
+                properties: UnsafeRawBufferPointer(rebasing: $0[2..<(2 + length)]),
+                body: Data(seed[(2 + length)...])
+            )
         }
         let message = try #require(decoded.message)
         #expect(decoded.defect == nil)
@@ -51,7 +55,10 @@ struct FuzzCorpusTests {
         let foreign = try Self.input(.amqp, "foreign")
         let foreignLength = Int(foreign[0]) << 8 | Int(foreign[1])
         let bad = foreign.withUnsafeBytes {
-            RabbitUntrustedInput.decode(properties: UnsafeRawBufferPointer(rebasing: $0[2..<(2 + foreignLength)]), body: Data())
+            RabbitUntrustedInput.decode(
+                properties: UnsafeRawBufferPointer(rebasing: $0[2..<(2 + foreignLength)]),
+                body: Data()
+            )
         }
         #expect(bad.message != nil)
     }
@@ -62,20 +69,31 @@ struct FuzzCorpusTests {
         // The fast path and the reply tree both read the two entries.
         let first = entries.filter { $0.entryID == "1700000000000-0" }
         #expect(first.count == 2)
-        #expect(first.allSatisfy { $0.message.key == "user-1" && $0.message.headers == ["source": "cli"] && $0.defect == nil })
+        #expect(
+            first.allSatisfy {
+                $0.message.key == "user-1" && $0.message.headers == ["source": "cli"] && $0.defect == nil
+            }
+        )
         #expect(entries.contains { $0.attempt == 3 })
         let foreign = try Self.input(.redis, "foreign")
         let bad = try #require(foreign.withUnsafeBytes { RedisUntrustedInput.decode(resp: $0) })
         #expect(bad.first?.defect?.contains("attempt") == true)
-        let dlq = try #require(try Self.input(.redis, "dlq-entry").withUnsafeBytes { RedisUntrustedInput.decode(resp: $0) })
+        let dlq = try #require(
+            try Self.input(.redis, "dlq-entry").withUnsafeBytes { RedisUntrustedInput.decode(resp: $0) }
+        )
         #expect(dlq.first?.envelope?.originalDestination == "orders" && dlq.first?.envelope?.attempts == 5)
     }
 
     @Test func kafkaSeedsDecodeAsRecords() {
         let decoded = KafkaUntrustedInput.decode(
-            key: Array("user-1".utf8), value: Array("p".utf8),
-            headers: [.init(name: Array("x-brokerkit-id".utf8), value: Array("m-1".utf8)), .init(name: Array("source".utf8), value: nil)],
-            timestampMillis: 1_700_000_000_000)
+            key: Array("user-1".utf8),
+            value: Array("p".utf8),
+            headers: [
+                .init(name: Array("x-brokerkit-id".utf8), value: Array("m-1".utf8)),
+                .init(name: Array("source".utf8), value: nil),
+            ],
+            timestampMillis: 1_700_000_000_000
+        )
         #expect(decoded.defect == nil)
         #expect(decoded.message.id == "m-1" && decoded.message.headers == ["source": ""])
         #expect(decoded.copy?.id == "m-1" && decoded.copy?.headers == ["source": ""])
@@ -89,7 +107,13 @@ struct FuzzCorpusTests {
     /// converts back to Int64 milliseconds trapped when its retry or DLQ copy was built.
     @Test func copiesOfRecordsWithAnyTimestampAreBuilt() {
         for seconds in [9.3e15, 1e300, -1e300, .infinity, -5] {
-            let message = Message(id: "m", key: nil, payload: Data(), headers: [:], timestamp: Date(timeIntervalSince1970: seconds))
+            let message = Message(
+                id: "m",
+                key: nil,
+                payload: Data(),
+                headers: [:],
+                timestamp: Date(timeIntervalSince1970: seconds)
+            )
             let record = OutgoingRecord(topic: "t", message: message)
             #expect(EpochMillis.range.contains(record.timestampMilliseconds))
             let fields = RedisFieldLayout.fields(for: message, firstFailureAt: message.timestamp)

@@ -1,9 +1,9 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Foundation
 import KafkaBackend
 import Testing
-import BrokerTestSupport
 
 extension ConformanceCase: CustomTestStringConvertible {
     public var testDescription: String { name }
@@ -22,11 +22,19 @@ enum KafkaTestSupport {
 
     static func url() throws -> String { try TestEnvironment.requireURL(.kafka) }
 
-    static func harness(url: String? = nil, name: String = "kafka", extra: [String: String] = [:]) throws -> ConformanceHarness {
+    static func harness(
+        url: String? = nil,
+        name: String = "kafka",
+        extra: [String: String] = [:]
+    ) throws -> ConformanceHarness {
         ConformanceHarness(
-            name: name, url: try url ?? self.url(), capabilities: KafkaBackend.capabilities,
+            name: name,
+            url: try url ?? self.url(),
+            capabilities: KafkaBackend.capabilities,
             unreachableURL: "kafka://127.0.0.1:1",
-            options: ["prefix": runPrefix, "default.partitions": "2"].merging(extra) { $1 }, registry: registry)
+            options: ["prefix": runPrefix, "default.partitions": "2"].merging(extra) { $1 },
+            registry: registry
+        )
     }
 
     /// librdkafka's mock cluster has no admin API: topics are auto-created by the broker.
@@ -38,7 +46,10 @@ enum KafkaTestSupport {
 
     static func connect(_ options: [String: String] = [:], url: String? = nil) async throws -> any Broker {
         try await Brokers.connect(
-            url: try url ?? self.url(), options: ["prefix": runPrefix].merging(options) { $1 }, registry: registry)
+            url: try url ?? self.url(),
+            options: ["prefix": runPrefix].merging(options) { $1 },
+            registry: registry
+        )
     }
 
     /// A broker on `cluster` with ``mockOptions``, `options` over them.

@@ -1,7 +1,7 @@
 import BrokerAPI
 import BrokerConformance
-import Testing
 import BrokerTestSupport
+import Testing
 
 @Suite("Kafka broker dropped without close", .enabled(if: TestEnvironment.shouldRun(.kafka)))
 struct KafkaDroppedBrokerTests {
@@ -9,7 +9,9 @@ struct KafkaDroppedBrokerTests {
     /// `rdk:` threads end and their connections close), as if it had been closed.
     @Test func aDroppedBrokerEndsItsThreadsAndClosesItsConnections() async throws {
         try await DroppedBrokerCheck.run(
-            threadPrefixes: ["kafka-", "rdk:"], connect: { try await KafkaTestSupport.connect() },
-            use: DroppedBrokerCheck.publishAndConsume)
+            threadPrefixes: ["kafka-", "rdk:"],
+            connect: { try await KafkaTestSupport.connect() },
+            use: DroppedBrokerCheck.publishAndConsume
+        )
     }
 }

@@ -1,9 +1,9 @@
 @_spi(BrokerBackend) import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Foundation
 import KafkaBackend
 import Testing
-import BrokerTestSupport
 
 /// Issue 22 on Kafka: records another producer (kcat) writes with BrokerKit's reserved
 /// headers. Each test fails on e6eff75.
@@ -18,8 +18,12 @@ struct KafkaForeignInputTests {
         try await broker.createStream(stream, options: DestinationOptions(partitions: 1))
         let topic = KafkaTestSupport.runPrefix + stream
         try await KafkaInteropTests.kcat(
-            ["-P", "-t", topic, "-H", "\(HeaderName.deliverAt)=2999-01-01T00:00:00.000Z", "-H", "\(HeaderName.attempt)=99"],
-            input: "held?\n")
+            [
+                "-P", "-t", topic, "-H", "\(HeaderName.deliverAt)=2999-01-01T00:00:00.000Z", "-H",
+                "\(HeaderName.attempt)=99",
+            ],
+            input: "held?\n"
+        )
         let sent = (0..<10).map { Message(key: "k", text: "m\($0)") }
         _ = try await broker.publish(sent, to: stream)
         let first = try await broker.consumeStream(stream, group: "g", options: .init(start: .earliest))
@@ -50,19 +54,37 @@ struct KafkaForeignInputTests {
         let soon = ISO8601.format(Date().addingTimeInterval(1))
         let records = [
             ForeignRecord("deliver-at in 2999", expect: .deadLettered(naming: "'\(HeaderName.deliverAt)'")) { _ in
-                _ = try await KafkaInteropTests.kcat(["-P", "-t", delayTopic, "-H", "\(HeaderName.deliverAt)=2999-01-01T00:00:00.000Z"], input: "far\n")
+                _ = try await KafkaInteropTests.kcat(
+                    ["-P", "-t", delayTopic, "-H", "\(HeaderName.deliverAt)=2999-01-01T00:00:00.000Z"],
+                    input: "far\n"
+                )
             },
             ForeignRecord("attempt 20 digits", expect: .deadLettered(naming: "'\(HeaderName.attempt)'")) { _ in
-                _ = try await KafkaInteropTests.kcat(["-P", "-t", delayTopic, "-H", "\(HeaderName.attempt)=99999999999999999999"], input: "attempt\n")
+                _ = try await KafkaInteropTests.kcat(
+                    ["-P", "-t", delayTopic, "-H", "\(HeaderName.attempt)=99999999999999999999"],
+                    input: "attempt\n"
+                )
             },
-            ForeignRecord("attempt Int64.max on a retry topic", expect: .deadLettered(naming: "is '9223372036854775807'")) { _ in
-                _ = try await KafkaInteropTests.kcat(["-P", "-t", retryTopic, "-H", "\(HeaderName.attempt)=9223372036854775807"], input: "max\n")
+            ForeignRecord(
+                "attempt Int64.max on a retry topic",
+                expect: .deadLettered(naming: "is '9223372036854775807'")
+            ) { _ in
+                _ = try await KafkaInteropTests.kcat(
+                    ["-P", "-t", retryTopic, "-H", "\(HeaderName.attempt)=9223372036854775807"],
+                    input: "max\n"
+                )
             },
             ForeignRecord("attempt -1 on a retry topic", expect: .deadLettered(naming: "is '-1'")) { _ in
-                _ = try await KafkaInteropTests.kcat(["-P", "-t", retryTopic, "-H", "\(HeaderName.attempt)=-1"], input: "minus\n")
+                _ = try await KafkaInteropTests.kcat(
+                    ["-P", "-t", retryTopic, "-H", "\(HeaderName.attempt)=-1"],
+                    input: "minus\n"
+                )
             },
             ForeignRecord("due in a second", expect: .delivered) { _ in
-                _ = try await KafkaInteropTests.kcat(["-P", "-t", delayTopic, "-H", "\(HeaderName.deliverAt)=\(soon)"], input: "soon\n")
+                _ = try await KafkaInteropTests.kcat(
+                    ["-P", "-t", delayTopic, "-H", "\(HeaderName.deliverAt)=\(soon)"],
+                    input: "soon\n"
+                )
             },
         ]
         // The delay topic exists once the queue does.
@@ -89,13 +111,23 @@ struct KafkaForeignInputTests {
                     process.standardOutput = FileHandle.nullDevice
                     try process.run()
                     process.waitUntilExit()
-                    guard process.terminationStatus == 0 else { throw ConformanceFailure("kcat exited with \(process.terminationStatus)") }
+                    guard process.terminationStatus == 0 else {
+                        throw ConformanceFailure("kcat exited with \(process.terminationStatus)")
+                    }
                 }
             }
         }
         let records = [
-            ForeignRecord("header value not UTF-8", expect: .deadLettered(naming: "header 'source'"), write: rawKcat(#"-H "source=$(printf '\377\376')""#)),
-            ForeignRecord("key not UTF-8", expect: .deadLettered(naming: "key"), write: rawKcat(#"-k "$(printf '\303\050')""#)),
+            ForeignRecord(
+                "header value not UTF-8",
+                expect: .deadLettered(naming: "header 'source'"),
+                write: rawKcat(#"-H "source=$(printf '\377\376')""#)
+            ),
+            ForeignRecord(
+                "key not UTF-8",
+                expect: .deadLettered(naming: "key"),
+                write: rawKcat(#"-k "$(printf '\303\050')""#)
+            ),
         ]
         try await broker.createQueue(queue, options: DestinationOptions(partitions: 1))
         try await ForeignInputCheck.run(records, on: broker, queue: queue)
@@ -113,7 +145,10 @@ struct KafkaForeignInputTests {
         let consumer = try await broker.consumeQueue(queue)
         let delivery = try #require(try await consumer.next(timeout: .seconds(15)))
         try await delivery.deadLetter(reason: "first")
-        try await KafkaInteropTests.kcat(["-P", "-t", KafkaTestSupport.runPrefix + queue + ".dlq"], input: "foreign dead letter\n")
+        try await KafkaInteropTests.kcat(
+            ["-P", "-t", KafkaTestSupport.runPrefix + queue + ".dlq"],
+            input: "foreign dead letter\n"
+        )
         let replayed = try await broker.replayDeadLetters(of: queue, limit: 10)
         #expect(replayed == 2)
         var texts: Set<String> = []
@@ -138,9 +173,13 @@ struct KafkaForeignInputTests {
         let aYearAhead = Int64(Date().timeIntervalSince1970 * 1000) + 366 * 86_400_000
         let forged: [(String, [String])] = [
             ("to-internals", ["x-brokerkit-original-destination=__consumer_offsets", "x-brokerkit-attempts=-1"]),
-            ("huge-attempts", ["x-brokerkit-original-destination=\(queue)", "x-brokerkit-attempts=99999999999999999999"]),
             (
-                "held", [
+                "huge-attempts",
+                ["x-brokerkit-original-destination=\(queue)", "x-brokerkit-attempts=99999999999999999999"]
+            ),
+            (
+                "held",
+                [
                     "x-brokerkit-original-destination=../\(queue)", "x-brokerkit-attempt=9223372036854775807",
                     "x-brokerkit-deliver-at=\(aYearAhead)", "x-brokerkit-failed-at=yesterday",
                     "x-brokerkit-first-failure-at=-1",
@@ -149,7 +188,9 @@ struct KafkaForeignInputTests {
         ]
         for (text, headers) in forged {
             try await KafkaInteropTests.kcat(
-                ["-P", "-t", KafkaTestSupport.runPrefix + queue + ".dlq"] + headers.flatMap { ["-H", $0] }, input: text + "\n")
+                ["-P", "-t", KafkaTestSupport.runPrefix + queue + ".dlq"] + headers.flatMap { ["-H", $0] },
+                input: text + "\n"
+            )
         }
         let listed = try await broker.deadLetters(of: queue, limit: 10)
         #expect(Set(listed.compactMap(\.envelope.original.text)) == ["to-internals", "huge-attempts", "held"])

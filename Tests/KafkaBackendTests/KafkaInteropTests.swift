@@ -1,9 +1,9 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Foundation
 import KafkaBackend
 import Testing
-import BrokerTestSupport
 
 /// kcat, an independent librdkafka-based client, reads what BrokerKit produces and produces
 /// what BrokerKit consumes; bad input gets clear errors.
@@ -38,15 +38,25 @@ struct KafkaInteropTests {
         let broker = try await KafkaTestSupport.connect()
         let stream = "interop-out-\(UUID().uuidString.prefix(8))"
         try await broker.createStream(stream, options: DestinationOptions(partitions: 1))
-        let message = Message(id: "msg-1", key: "user-7", text: "héllo from BrokerKit", headers: ["source": "swift", "trace": "a=b"])
+        let message = Message(
+            id: "msg-1",
+            key: "user-7",
+            text: "héllo from BrokerKit",
+            headers: ["source": "swift", "trace": "a=b"]
+        )
         let receipt = try await broker.publish(message, to: stream)
         await broker.close()
         let topic = KafkaTestSupport.runPrefix + stream
         let output = try await Self.kcat(["-C", "-t", topic, "-o", "beginning", "-e", "-q", "-f", "%k|%h|%o|%s\\n"])
-        let fields = output.trimmingCharacters(in: .newlines).split(separator: "|", omittingEmptySubsequences: false).map(String.init)
+        let fields = output.trimmingCharacters(in: .newlines).split(separator: "|", omittingEmptySubsequences: false)
+            .map(String.init)
         try #require(fields.count == 4, "kcat printed \(output)")
         #expect(fields[0] == "user-7")
-        #expect(fields[1].contains("x-brokerkit-id=msg-1") && fields[1].contains("source=swift") && fields[1].contains("trace=a=b"), "headers \(fields[1])")
+        #expect(
+            fields[1].contains("x-brokerkit-id=msg-1") && fields[1].contains("source=swift")
+                && fields[1].contains("trace=a=b"),
+            "headers \(fields[1])"
+        )
         #expect(fields[2] == receipt.position?.offset)
         #expect(fields[3] == "héllo from BrokerKit")
     }
@@ -56,7 +66,10 @@ struct KafkaInteropTests {
         let queue = "interop-in-\(UUID().uuidString.prefix(8))"
         try await broker.createQueue(queue, options: DestinationOptions(partitions: 1))
         let topic = KafkaTestSupport.runPrefix + queue
-        try await Self.kcat(["-P", "-t", topic, "-K", ":", "-H", "origin=kcat", "-H", "x-brokerkit-id=from-kcat"], input: "k9:{\"n\":1}\n")
+        try await Self.kcat(
+            ["-P", "-t", topic, "-K", ":", "-H", "origin=kcat", "-H", "x-brokerkit-id=from-kcat"],
+            input: "k9:{\"n\":1}\n"
+        )
         try await Self.kcat(["-P", "-t", topic], input: "bare\n")
         let consumer = try await broker.consumeQueue(queue)
         let first = try #require(try await consumer.next(timeout: .seconds(15)))
@@ -93,7 +106,10 @@ struct KafkaInteropTests {
     @Test func brokerRejectsARecordOverTheTopicLimit() async throws {
         let broker = try await KafkaTestSupport.connect()
         let queue = "small-\(UUID().uuidString.prefix(8))"
-        try await broker.createQueue(queue, options: DestinationOptions(partitions: 1, backendSettings: ["max.message.bytes": "2000"]))
+        try await broker.createQueue(
+            queue,
+            options: DestinationOptions(partitions: 1, backendSettings: ["max.message.bytes": "2000"])
+        )
         let big = Message(text: String(repeating: "y", count: 5000))
         do {
             try await broker.publish(big, to: queue)
@@ -146,7 +162,10 @@ struct KafkaInteropTests {
         try await broker.deleteDestination(queue)
         #expect(try await !broker.listDestinations().contains { $0.name == queue })
         let topics = try await Self.kcat(["-L"])
-        #expect(!topics.contains(KafkaTestSupport.runPrefix + queue), "topics left: \(topics.split(separator: "\n").filter { $0.contains(queue) })")
+        #expect(
+            !topics.contains(KafkaTestSupport.runPrefix + queue),
+            "topics left: \(topics.split(separator: "\n").filter { $0.contains(queue) })"
+        )
         await broker.close()
     }
 
@@ -181,7 +200,10 @@ struct KafkaInteropTests {
         let first = try await broker.consumeStream(stream, group: group, options: .init(start: .earliest))
         var seen: Set<String> = []
         for _ in 0..<4 {
-            let delivery = try #require(try await first.next(timeout: .seconds(20)), "old records from the beginning, seen \(seen)")
+            let delivery = try #require(
+                try await first.next(timeout: .seconds(20)),
+                "old records from the beginning, seen \(seen)"
+            )
             seen.insert(delivery.message.text ?? "")
             try await delivery.ack()
         }
@@ -209,7 +231,10 @@ struct KafkaInteropTests {
         try await broker.createQueue(queue)
         let now = try await broker.publish(Message(text: "now"), to: queue)
         let later = try await broker.publish(
-            [Message(text: "later-1"), Message(text: "later-2")], to: queue, options: PublishOptions(deliverAt: Date().addingTimeInterval(1)))
+            [Message(text: "later-1"), Message(text: "later-2")],
+            to: queue,
+            options: PublishOptions(deliverAt: Date().addingTimeInterval(1))
+        )
         let position = try #require(now.position, "an immediate publish's receipt has its position")
         #expect((position.numericOffset ?? -1) >= 0 && position.partition >= 0, "\(position)")
         #expect(later.map(\.position) == [nil, nil], "delayed receipts: \(later)")
@@ -226,7 +251,9 @@ struct KafkaInteropTests {
     }
 
     @Test func passThroughPropertyIsApplied() async throws {
-        let broker = try await KafkaTestSupport.connect(["rdkafka.fetch.wait.max.ms": "20", "compression.type": "snappy"])
+        let broker = try await KafkaTestSupport.connect([
+            "rdkafka.fetch.wait.max.ms": "20", "compression.type": "snappy",
+        ])
         let queue = "passthrough-\(UUID().uuidString.prefix(8))"
         try await broker.publish(Message(text: "compressed"), to: queue)
         let consumer = try await broker.consumeQueue(queue)

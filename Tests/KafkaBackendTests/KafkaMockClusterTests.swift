@@ -1,11 +1,11 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import CRdKafka
 import Foundation
 import KafkaBackend
 import Synchronization
 import Testing
-import BrokerTestSupport
 
 /// librdkafka's in-process mock cluster (`rd_kafka_mock_cluster_new`): a real Kafka-protocol
 /// peer with consumer groups and commits, plus fault injection (brokers down and up,
@@ -60,7 +60,12 @@ final class MockCluster: @unchecked Sendable {
     /// Destroys the cluster on a thread of its own: tearing it down joins librdkafka threads,
     /// which must not block the cooperative pool. Idempotent.
     func shutdown() async {
-        guard destroyed.withLock({ done in defer { done = true }; return !done }) else { return }
+        guard
+            destroyed.withLock({ done in
+                defer { done = true }
+                return !done
+            })
+        else { return }
         _ = try? await TestEnvironment.blocking { [self] in
             rd_kafka_mock_cluster_destroy(self.cluster)
             rd_kafka_destroy(self.owner)
@@ -86,7 +91,11 @@ final class MockCluster: @unchecked Sendable {
 struct KafkaMockConformanceTests {
     @Test("case", arguments: ConformanceSuite.cases(for: KafkaBackend.capabilities))
     func conformance(_ testCase: ConformanceCase) async throws {
-        let harness = try KafkaTestSupport.harness(url: MockCluster.shared.url, name: "kafka-mock", extra: KafkaTestSupport.mockOptions)
+        let harness = try KafkaTestSupport.harness(
+            url: MockCluster.shared.url,
+            name: "kafka-mock",
+            extra: KafkaTestSupport.mockOptions
+        )
         if testCase.name == "stream.replay.fromTimestamp" {
             // The 2.0.2 mock broker answers ListOffsets-by-timestamp with offset -1 (it only
             // knows earliest/latest); the same case passes against noida-db above.
@@ -107,7 +116,11 @@ struct KafkaFaultTests {
     }
 
     /// Consumes until every text in `expected` arrived (acking each); returns what arrived.
-    func drain(_ consumer: any MessageConsumer, expecting expected: Set<String>, timeout: Duration = .seconds(60)) async throws -> [String] {
+    func drain(
+        _ consumer: any MessageConsumer,
+        expecting expected: Set<String>,
+        timeout: Duration = .seconds(60)
+    ) async throws -> [String] {
         var got: [String] = []
         let deadline = ContinuousClock.now + timeout
         while !expected.isSubset(of: Set(got)), ContinuousClock.now < deadline {
@@ -181,10 +194,13 @@ struct KafkaFaultTests {
         let broker = try await connect(cluster, ["max.in.flight": "1"])
         let queue = "fault-produce-errors"
         try await broker.createQueue(queue)
-        cluster.pushErrors(apiKey: MockCluster.produce, [
-            RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
-            RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
-        ])
+        cluster.pushErrors(
+            apiKey: MockCluster.produce,
+            [
+                RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+                RD_KAFKA_RESP_ERR_NOT_ENOUGH_REPLICAS,
+            ]
+        )
         let texts = (0..<30).map { "e\($0)" }
         let receipts = try await broker.publish(texts.map { Message(text: $0) }, to: queue)
         #expect(receipts.count == 30)
@@ -208,10 +224,15 @@ struct KafkaFaultTests {
         try await broker.createQueue(queue)
         try await broker.publish(Message(text: "stubborn"), to: queue)
         let consumer = try await broker.consumeQueue(
-            queue, options: .init(prefetch: 2, retryPolicy: RetryPolicy(maxAttempts: 10, backoff: .fixed(.milliseconds(100)))))
+            queue,
+            options: .init(prefetch: 2, retryPolicy: RetryPolicy(maxAttempts: 10, backoff: .fixed(.milliseconds(100))))
+        )
         var first = try await consumer.next(timeout: .seconds(30))
         // The next four produce requests (the retry copies) fail for good.
-        cluster.pushErrors(apiKey: MockCluster.produce, Array(repeating: RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE, count: 4))
+        cluster.pushErrors(
+            apiKey: MockCluster.produce,
+            Array(repeating: RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE, count: 4)
+        )
         var failures = 0
         for _ in 0..<4 {
             let delivery = try #require(first, "the consumer stalled after \(failures) failed nacks")
@@ -236,7 +257,10 @@ struct KafkaFaultTests {
     /// publish that never completes fails the test instead of hanging the run.
     func value<T: Sendable>(of task: Task<T, any Error>, within limit: Duration) async throws -> T? {
         let result = Mutex<Result<T, any Error>?>(nil)
-        Task { let outcome = await task.result; result.withLock { $0 = outcome } }
+        Task {
+            let outcome = await task.result
+            result.withLock { $0 = outcome }
+        }
         let deadline = ContinuousClock.now + limit
         while ContinuousClock.now < deadline {
             if let outcome = result.withLock({ $0 }) { return try outcome.get() }
@@ -263,7 +287,7 @@ struct KafkaFaultTests {
             return receipts
         }
         guard let batchReceipts = try await value(of: batchPublish, within: .seconds(60)),
-              let singleReceipts = try await value(of: singlePublishes, within: .seconds(10))
+            let singleReceipts = try await value(of: singlePublishes, within: .seconds(10))
         else {
             Issue.record("publishing into a full producer queue did not finish within 60 s")
             return
@@ -287,10 +311,14 @@ struct KafkaFaultTests {
     /// the same way.
     @Test func aQueueThatStaysFullFailsTheRestOfThePublishCallAtOnce() async throws {
         let cluster = try MockCluster()
-        let publisher = try await connect(cluster, [
-            "rdkafka.queue.buffering.max.messages": "2", "rdkafka.message.timeout.ms": "60000", "operation.timeout": "1s",
-            "rdkafka.reconnect.backoff.max.ms": "300",  // back within a moment of the broker
-        ])
+        let publisher = try await connect(
+            cluster,
+            [
+                "rdkafka.queue.buffering.max.messages": "2", "rdkafka.message.timeout.ms": "60000",
+                "operation.timeout": "1s",
+                "rdkafka.reconnect.backoff.max.ms": "300",  // back within a moment of the broker
+            ]
+        )
         let queue = "fault-stays-full"
         try await publisher.createQueue(queue)
         try await publisher.publish(Message(text: "warm-up"), to: queue)  // metadata known, connected
@@ -347,7 +375,8 @@ struct KafkaFaultTests {
         let publisher = try await connect(cluster)
         let queue = "fault-close-publishing"
         try await publisher.createQueue(queue)
-        try await publisher.publish(Message(text: "warm-up"), to: queue)  // single records then skip the producer's thread
+        // Single records then skip the producer's thread.
+        try await publisher.publish(Message(text: "warm-up"), to: queue)
         let outcomes = try await withThrowingTaskGroup(of: (acknowledged: [String], closed: Int).self) { group in
             for worker in 0..<4 {
                 group.addTask {
@@ -386,7 +415,10 @@ struct KafkaFaultTests {
         await reader.close()
         await cluster.shutdown()
         let lost = acknowledged.subtracting(got)
-        #expect(lost.isEmpty, "\(lost.count) of \(acknowledged.count) acknowledged records lost, e.g. \(lost.prefix(5))")
+        #expect(
+            lost.isEmpty,
+            "\(lost.count) of \(acknowledged.count) acknowledged records lost, e.g. \(lost.prefix(5))"
+        )
     }
 
     @Test func aFatalProducerErrorIsReportedAndTheProducerReplaced() async throws {
@@ -398,7 +430,9 @@ struct KafkaFaultTests {
         // The broker claims a sequence gap: the idempotent producer cannot go on.
         cluster.pushErrors(apiKey: MockCluster.produce, [RD_KAFKA_RESP_ERR_OUT_OF_ORDER_SEQUENCE_NUMBER])
         var refused: BrokerError?
-        do { try await broker.publish(Message(text: "refused"), to: queue) } catch let error as BrokerError { refused = error }
+        do { try await broker.publish(Message(text: "refused"), to: queue) } catch let error as BrokerError {
+            refused = error
+        }
         #expect(refused != nil, "a publish the broker refused was reported as acknowledged")
         // Later publishes go through (on a new producer once librdkafka declared the old one fatal).
         var after: [String] = []
@@ -434,7 +468,10 @@ struct KafkaFaultTests {
         } catch let error as BrokerError {
             #expect(error.code == .timeout, "\(error)")
             #expect(error.message.contains("did not assign partitions within"), "\(error)")
-            #expect(error.message.contains("join state wait-join") || error.message.contains("join state wait-sync"), "\(error)")
+            #expect(
+                error.message.contains("join state wait-join") || error.message.contains("join state wait-sync"),
+                "\(error)"
+            )
         }
         await broker.close()
         await cluster.shutdown()
@@ -447,12 +484,18 @@ struct KafkaFaultTests {
         try await broker.createQueue(queue)
         let texts = (0..<40).map { "f\($0)" }
         _ = try await broker.publish(texts.map { Message(text: $0) }, to: queue)
-        cluster.pushErrors(apiKey: MockCluster.fetch, [
-            RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
-        ])
-        cluster.pushErrors(apiKey: MockCluster.offsetCommit, [
-            RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
-        ])
+        cluster.pushErrors(
+            apiKey: MockCluster.fetch,
+            [
+                RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION, RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART,
+            ]
+        )
+        cluster.pushErrors(
+            apiKey: MockCluster.offsetCommit,
+            [
+                RD_KAFKA_RESP_ERR_COORDINATOR_LOAD_IN_PROGRESS, RD_KAFKA_RESP_ERR_REQUEST_TIMED_OUT,
+            ]
+        )
         let consumer = try await broker.consumeQueue(queue, options: .init(prefetch: 8))
         let got = try await drain(consumer, expecting: Set(texts))
         await consumer.close()

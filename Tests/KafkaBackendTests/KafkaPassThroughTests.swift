@@ -1,8 +1,9 @@
 import BrokerAPI
 import CRdKafka
-@testable import KafkaBackend
 import Logging
 import Testing
+
+@testable import KafkaBackend
 
 /// `rdkafka.<property>` pass-through (docs/kafka.md, "Options"): the user's explicit
 /// librdkafka property wins over BrokerKit's own defaults for every handle, the producer's
@@ -10,7 +11,9 @@ import Testing
 @Suite("Kafka pass-through properties")
 struct KafkaPassThroughTests {
     func settings(_ options: [String: String]) throws -> KafkaConfiguration {
-        try KafkaConfiguration(Brokers.configuration(url: "kafka://127.0.0.1:9", options: options, registry: KafkaTestSupport.registry))
+        try KafkaConfiguration(
+            Brokers.configuration(url: "kafka://127.0.0.1:9", options: options, registry: KafkaTestSupport.registry)
+        )
     }
 
     /// What librdkafka itself holds for `name` on a live handle.
@@ -26,15 +29,18 @@ struct KafkaPassThroughTests {
     /// A consumer handle created as BrokerKit's consumers create theirs (group id added last).
     func consumerHandle(_ settings: KafkaConfiguration) throws -> RdKafkaHandle {
         try RdKafkaHandle(
-            type: RD_KAFKA_CONSUMER, properties: settings.consumerProperties.merging(["group.id": "g"]) { $1 },
-            callbacks: RdKafkaCallbacks(logger: Logger(label: "test"), role: "consumer"))
+            type: RD_KAFKA_CONSUMER,
+            properties: settings.consumerProperties.merging(["group.id": "g"]) { $1 },
+            callbacks: RdKafkaCallbacks(logger: Logger(label: "test"), role: "consumer")
+        )
     }
 
     @Test func passThroughWinsOverTheProducersDefaults() async throws {
         // BrokerKit sets each of these on its producer (linger 0 ms, message timeout from
         // operation.timeout, 5 in flight).
         let settings = try settings([
-            "rdkafka.linger.ms": "250", "rdkafka.message.timeout.ms": "90000", "rdkafka.max.in.flight.requests.per.connection": "3",
+            "rdkafka.linger.ms": "250", "rdkafka.message.timeout.ms": "90000",
+            "rdkafka.max.in.flight.requests.per.connection": "3",
         ])
         let producer = try KafkaProducer(settings: settings, logger: Logger(label: "test"))
         #expect(live("linger.ms", of: producer.handle) == "250")

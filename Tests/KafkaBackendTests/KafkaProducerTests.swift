@@ -1,13 +1,18 @@
 import BrokerAPI
-@testable import KafkaBackend
 import Logging
 import Testing
+
+@testable import KafkaBackend
 
 /// The producer on its own (no broker object), against librdkafka's mock cluster.
 @Suite("Kafka producer")
 struct KafkaProducerTests {
     func producer(_ cluster: MockCluster) throws -> KafkaProducer {
-        let configuration = try Brokers.configuration(url: cluster.url, options: KafkaTestSupport.mockOptions, registry: KafkaTestSupport.registry)
+        let configuration = try Brokers.configuration(
+            url: cluster.url,
+            options: KafkaTestSupport.mockOptions,
+            registry: KafkaTestSupport.registry
+        )
         return try KafkaProducer(settings: KafkaConfiguration(configuration), logger: Logger(label: "test"))
     }
 

@@ -1,9 +1,9 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Foundation
 import KafkaBackend
 import Testing
-import BrokerTestSupport
 
 /// Rebalance safety. A member acks the first half of what it fetched from each partition and
 /// holds the rest unacked when a second member joins. Every delivery it still holds is then of
@@ -35,7 +35,10 @@ struct KafkaRebalanceTests {
     /// within 30 s).
     @Test func aCooperativeRebalanceTakesAwayOnlyTheMovedPartition() async throws {
         let cluster = try MockCluster()
-        let broker = try await KafkaTestSupport.connect(to: cluster, ["rdkafka.partition.assignment.strategy": "cooperative-sticky"])
+        let broker = try await KafkaTestSupport.connect(
+            to: cluster,
+            ["rdkafka.partition.assignment.strategy": "cooperative-sticky"]
+        )
         _ = try await Self.rebalance(on: broker, cooperative: true)  // the mock has no admin API to delete it with
         await broker.close()
         await cluster.shutdown()
@@ -73,7 +76,11 @@ struct KafkaRebalanceTests {
         try await Task.sleep(for: .seconds(1))  // the acks' asynchronous commit goes out
         // The second member's join returns once the group assigned it: the first member has
         // been through its revoke by then.
-        let second = try await broker.consumeStream(stream, group: group, options: .init(start: .earliest, prefetch: 64))
+        let second = try await broker.consumeStream(
+            stream,
+            group: group,
+            options: .init(start: .earliest, prefetch: 64)
+        )
         let again = Collector<String>()
         if cooperative {
             // A cooperative join may return with nothing assigned yet: the moved partition comes
@@ -93,7 +100,9 @@ struct KafkaRebalanceTests {
                 if cooperative {
                     acked.insert(delivery.message.text ?? "")
                 } else {
-                    Issue.record("an ack of \(delivery.message.text ?? "?") after its partition was revoked went through")
+                    Issue.record(
+                        "an ack of \(delivery.message.text ?? "?") after its partition was revoked went through"
+                    )
                 }
             } catch let error as BrokerError {
                 #expect(error.code == .closed && error.message.contains("rebalance"), "\(error)")
@@ -101,8 +110,13 @@ struct KafkaRebalanceTests {
             }
         }
         if cooperative {
-            let kept = Set(held.map { $0.position?.partition ?? -1 }).subtracting(revoked.map { $0.position?.partition ?? -1 })
-            #expect(!revoked.isEmpty && !kept.isEmpty, "revoked \(revoked.count) of \(held.count) held deliveries: a cooperative rebalance moves some partitions, not all")
+            let kept = Set(held.map { $0.position?.partition ?? -1 }).subtracting(
+                revoked.map { $0.position?.partition ?? -1 }
+            )
+            #expect(
+                !revoked.isEmpty && !kept.isEmpty,
+                "revoked \(revoked.count) of \(held.count) held deliveries: a cooperative rebalance moves some partitions, not all"
+            )
         }
         let expected = Set(revoked.map { $0.message.text ?? "" })
         let everything = Set(fetched.map { $0.message.text ?? "" })
@@ -129,10 +143,22 @@ struct KafkaRebalanceTests {
         await first.close()
         await second.close()
         let redelivered = again.values
-        #expect(expected.isSubset(of: Set(redelivered)), "lost in the rebalance: \(expected.subtracting(redelivered).sorted())")
-        #expect(Set(redelivered).isSubset(of: everything), "unexpected records: \(Set(redelivered).subtracting(everything).sorted())")
-        #expect(acked.isDisjoint(with: redelivered), "acked before the rebalance, delivered again: \(acked.intersection(redelivered).sorted())")
-        #expect(redelivered.count == expected.count, "delivered twice after the rebalance: \(redelivered.count) for \(expected.count)")
+        #expect(
+            expected.isSubset(of: Set(redelivered)),
+            "lost in the rebalance: \(expected.subtracting(redelivered).sorted())"
+        )
+        #expect(
+            Set(redelivered).isSubset(of: everything),
+            "unexpected records: \(Set(redelivered).subtracting(everything).sorted())"
+        )
+        #expect(
+            acked.isDisjoint(with: redelivered),
+            "acked before the rebalance, delivered again: \(acked.intersection(redelivered).sorted())"
+        )
+        #expect(
+            redelivered.count == expected.count,
+            "delivered twice after the rebalance: \(redelivered.count) for \(expected.count)"
+        )
         return stream
     }
 }

@@ -1,9 +1,9 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Foundation
 import KafkaBackend
 import Testing
-import BrokerTestSupport
 
 /// The out-of-process broker goes down mid-run and comes back (`scripts/brokers.sh
 /// restart-kafka`: SIGTERM, then a start on the same data). Runs in the serial restart pass.
@@ -15,7 +15,10 @@ struct KafkaRestartTests {
     @Test func brokerRestartLosesNoAcknowledgedPublishAndConsumersContinue() async throws {
         let broker = try await KafkaTestSupport.connect(["operation.timeout": "60s"])
         try await RestartCheck.run(
-            broker, plan: .init(publishes: 100, pause: .milliseconds(20), minimumAcknowledged: 90), restart: { try await TestEnvironment.restartServer("BROKERKIT_TEST_KAFKA_RESTART", pause: 1) })
+            broker,
+            plan: .init(publishes: 100, pause: .milliseconds(20), minimumAcknowledged: 90),
+            restart: { try await TestEnvironment.restartServer("BROKERKIT_TEST_KAFKA_RESTART", pause: 1) }
+        )
         await broker.close()
     }
 }

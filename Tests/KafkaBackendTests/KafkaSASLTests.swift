@@ -1,11 +1,11 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Foundation
 import Glibc
 import KafkaBackend
 import Synchronization
 import Testing
-import BrokerTestSupport
 
 /// Bad SASL credentials. Neither test broker speaks SASL (noida-db has no authentication,
 /// librdkafka's mock cluster has no SASL handlers), so this listener speaks just enough of
@@ -20,7 +20,11 @@ struct KafkaSASLTests {
         let url = "kafka://alice:wrong-secret@127.0.0.1:\(server.port)"
         let started = ContinuousClock.now
         do {
-            let broker = try await Brokers.connect(url: url, options: ["connect.timeout": "10s"], registry: KafkaTestSupport.registry)
+            let broker = try await Brokers.connect(
+                url: url,
+                options: ["connect.timeout": "10s"],
+                registry: KafkaTestSupport.registry
+            )
             await broker.close()
             Issue.record("connecting with rejected credentials succeeded")
         } catch let error as BrokerError {
@@ -33,7 +37,10 @@ struct KafkaSASLTests {
         #expect(ContinuousClock.now - started < .seconds(8))
         // What librdkafka sent: SASL/PLAIN with the URL's user and password.
         #expect(server.mechanisms.contains("PLAIN"), "mechanisms asked for: \(server.mechanisms)")
-        #expect(server.credentials.contains { $0 == ("alice", "wrong-secret") }, "credentials seen: \(server.credentials.map(\.0))")
+        #expect(
+            server.credentials.contains { $0 == ("alice", "wrong-secret") },
+            "credentials seen: \(server.credentials.map(\.0))"
+        )
     }
 
     @Test func credentialsFromOptionsAndScramMechanismAreSent() async throws {
@@ -42,8 +49,12 @@ struct KafkaSASLTests {
         do {
             let broker = try await Brokers.connect(
                 url: "kafka://127.0.0.1:\(server.port)",
-                options: ["sasl.username": "bob", "sasl.password": "pw", "sasl.mechanism": "scram-sha-256", "connect.timeout": "10s"],
-                registry: KafkaTestSupport.registry)
+                options: [
+                    "sasl.username": "bob", "sasl.password": "pw", "sasl.mechanism": "scram-sha-256",
+                    "connect.timeout": "10s",
+                ],
+                registry: KafkaTestSupport.registry
+            )
             await broker.close()
             Issue.record("connecting with rejected credentials succeeded")
         } catch let error as BrokerError {
@@ -74,15 +85,22 @@ final class SASLRejectingListener: @unchecked Sendable {
         address.sin_family = sa_family_t(AF_INET)
         address.sin_addr.s_addr = inet_addr("127.0.0.1")
         var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        let bound = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) } }
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) }
+        }
         guard bound == 0, listen(fd, 16) == 0 else { throw ConformanceFailure("cannot listen on loopback") }
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        _ = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+        }
         port = Int(UInt16(bigEndian: address.sin_port))
         let thread = Thread { [self] in acceptLoop() }
         thread.start()
     }
 
-    func close() { shutdown(fd, Int32(SHUT_RDWR)); _ = Glibc.close(fd) }
+    func close() {
+        shutdown(fd, Int32(SHUT_RDWR))
+        _ = Glibc.close(fd)
+    }
 
     private func acceptLoop() {
         while true {
@@ -111,7 +129,9 @@ final class SASLRejectingListener: @unchecked Sendable {
             let size = Int(sizeReader.int32())
             guard size > 0, size < 1 << 20, let request = readExactly(client, size) else { return }
             var r = Reader(request)
-            let apiKey = r.int16(), apiVersion = r.int16(), correlation = r.int32()
+            let apiKey = r.int16()
+            let apiVersion = r.int16()
+            let correlation = r.int32()
             _ = r.string()  // client id
             var body = Writer()
             switch apiKey {
@@ -119,7 +139,11 @@ final class SASLRejectingListener: @unchecked Sendable {
                 body.int16(apiVersion == 0 ? 0 : 35)
                 let apis: [(Int16, Int16, Int16)] = [(18, 0, 0), (17, 0, 1), (36, 0, 0), (3, 0, 1)]
                 body.int32(Int32(apis.count))
-                for (key, low, high) in apis { body.int16(key); body.int16(low); body.int16(high) }
+                for (key, low, high) in apis {
+                    body.int16(key)
+                    body.int16(low)
+                    body.int16(high)
+                }
             case 17:  // SaslHandshake
                 let mechanism = r.string() ?? ""
                 seen.withLock { $0.mechanisms.append(mechanism) }
@@ -129,7 +153,9 @@ final class SASLRejectingListener: @unchecked Sendable {
             case 36:  // SaslAuthenticate v0: PLAIN bytes are authzid \0 user \0 password
                 let auth = r.blob()
                 if offered.contains("PLAIN") {
-                    let parts = auth.split(separator: 0, omittingEmptySubsequences: false).map { String(decoding: $0, as: UTF8.self) }
+                    let parts = auth.split(separator: 0, omittingEmptySubsequences: false).map {
+                        String(decoding: $0, as: UTF8.self)
+                    }
                     if parts.count == 3 { seen.withLock { $0.credentials.append((parts[1], parts[2])) } }
                 }
                 body.int16(58)  // SASL_AUTHENTICATION_FAILED
@@ -177,8 +203,12 @@ final class SASLRejectingListener: @unchecked Sendable {
 
     struct Writer {
         var bytes: [UInt8] = []
-        mutating func int16(_ value: Int16) { bytes += [UInt8(truncatingIfNeeded: value >> 8), UInt8(truncatingIfNeeded: value)] }
-        mutating func int32(_ value: Int32) { for shift in [24, 16, 8, 0] { bytes.append(UInt8(truncatingIfNeeded: value >> shift)) } }
+        mutating func int16(_ value: Int16) {
+            bytes += [UInt8(truncatingIfNeeded: value >> 8), UInt8(truncatingIfNeeded: value)]
+        }
+        mutating func int32(_ value: Int32) {
+            for shift in [24, 16, 8, 0] { bytes.append(UInt8(truncatingIfNeeded: value >> shift)) }
+        }
         mutating func string(_ value: String) {
             let utf8 = Array(value.utf8)
             int16(Int16(utf8.count))
@@ -198,7 +228,11 @@ struct KafkaSASLBrokerTests {
 
     func roundTrip(url: String, _ options: [String: String] = [:]) async throws {
         let broker = try await KafkaTestSupport.connect(options.merging(["connect.timeout": "10s"]) { $1 }, url: url)
-        try await KafkaTestSupport.queueAndStreamRoundTrip(broker, label: "sasl", message: Message(key: "k", text: "over sasl", headers: ["h": "v"]))
+        try await KafkaTestSupport.queueAndStreamRoundTrip(
+            broker,
+            label: "sasl",
+            message: Message(key: "k", text: "over sasl", headers: ["h": "v"])
+        )
     }
 
     @Test func plainWithTheURLsCredentialsCarriesQueueAndStreamMessages() async throws {
@@ -220,17 +254,25 @@ struct KafkaSASLBrokerTests {
 
     @Test func credentialsFromOptionsInsteadOfTheURL() async throws {
         let given = try #require(URLComponents(string: try url()))
-        let user = try #require(given.user), password = try #require(given.password)
+        let user = try #require(given.user)
+        let password = try #require(given.password)
         try await roundTrip(
             url: try url(user: nil, password: nil),
-            ["security.protocol": "sasl_plaintext", "sasl.username": user, "sasl.password": password, "sasl.mechanism": "scram-sha-256"])
+            [
+                "security.protocol": "sasl_plaintext", "sasl.username": user, "sasl.password": password,
+                "sasl.mechanism": "scram-sha-256",
+            ]
+        )
     }
 
     @Test func aWrongPasswordIsAuthenticationFailedAtOnce() async throws {
         let wrong = try url(user: URLComponents(string: try url())?.user, password: "not-the-password")
         let started = ContinuousClock.now
         do {
-            let broker = try await KafkaTestSupport.connect(["connect.timeout": "10s", "sasl.mechanism": "scram-sha-512"], url: wrong)
+            let broker = try await KafkaTestSupport.connect(
+                ["connect.timeout": "10s", "sasl.mechanism": "scram-sha-512"],
+                url: wrong
+            )
             await broker.close()
             Issue.record("connecting with a wrong password succeeded")
         } catch let error as BrokerError {
@@ -244,7 +286,10 @@ struct KafkaSASLBrokerTests {
     @Test func noCredentialsAgainstASASLBrokerIsAConnectionFailure() async throws {
         let (host, port) = try #require(TestEnvironment.hostAndPort(try url()))
         do {
-            let broker = try await KafkaTestSupport.connect(["connect.timeout": "4s"], url: try url(user: nil, password: nil))
+            let broker = try await KafkaTestSupport.connect(
+                ["connect.timeout": "4s"],
+                url: try url(user: nil, password: nil)
+            )
             await broker.close()
             Issue.record("connecting without credentials succeeded")
         } catch let error as BrokerError {

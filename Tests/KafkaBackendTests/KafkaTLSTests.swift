@@ -1,9 +1,9 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Foundation
 import KafkaBackend
 import Testing
-import BrokerTestSupport
 
 /// `kafka+ssl://` against a Kafka-protocol broker reachable only through TLS: noida-db in a
 /// network namespace of its own behind socat, which presents a certificate for localhost and
@@ -17,11 +17,18 @@ struct KafkaTLSTests {
     func url() throws -> String { try TestEnvironment.requireURL(.kafkaTLS) }
 
     func connect(url: String? = nil, _ options: [String: String]) async throws -> any Broker {
-        try await KafkaTestSupport.connect(options.merging(["connect.timeout": "8s"]) { $1 }, url: try url ?? self.url())
+        try await KafkaTestSupport.connect(
+            options.merging(["connect.timeout": "8s"]) { $1 },
+            url: try url ?? self.url()
+        )
     }
 
     /// Expects connecting (and a first admin call) to fail with `code`; returns the error.
-    func expectFailure(url: String? = nil, _ options: [String: String], _ code: BrokerError.Code) async throws -> BrokerError? {
+    func expectFailure(
+        url: String? = nil,
+        _ options: [String: String],
+        _ code: BrokerError.Code
+    ) async throws -> BrokerError? {
         do {
             let broker = try await connect(url: url, options)
             defer { Task { await broker.close() } }
@@ -36,19 +43,31 @@ struct KafkaTLSTests {
 
     @Test func mutualTLSCarriesQueueAndStreamMessages() async throws {
         let f = try files()
-        let broker = try await connect(["ssl.ca.location": f.ca, "ssl.certificate.location": f.cert, "ssl.key.location": f.key])
-        let sent = Message(key: "k-1", payload: Data((0..<70_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }), headers: ["h": "v"])
+        let broker = try await connect([
+            "ssl.ca.location": f.ca, "ssl.certificate.location": f.cert, "ssl.key.location": f.key,
+        ])
+        let sent = Message(
+            key: "k-1",
+            payload: Data((0..<70_000).map { UInt8(truncatingIfNeeded: $0 &* 7) }),
+            headers: ["h": "v"]
+        )
         try await KafkaTestSupport.queueAndStreamRoundTrip(broker, label: "tls", message: sent)
     }
 
     @Test func serverCertificateFromAnotherCAIsAConnectionFailureNamingTLS() async throws {
         let f = try files()
         let started = ContinuousClock.now
-        let error = try await expectFailure(["ssl.ca.location": f.otherCA, "ssl.certificate.location": f.cert, "ssl.key.location": f.key], .connectionFailed)
+        let error = try await expectFailure(
+            ["ssl.ca.location": f.otherCA, "ssl.certificate.location": f.cert, "ssl.key.location": f.key],
+            .connectionFailed
+        )
         if let error {
             #expect(error.message.contains("127.0.0.1"), "the server is not named: \(error)")
             let text = error.message.lowercased()
-            #expect(text.contains("ssl") || text.contains("tls") || text.contains("certificate"), "TLS is not named: \(error)")
+            #expect(
+                text.contains("ssl") || text.contains("tls") || text.contains("certificate"),
+                "TLS is not named: \(error)"
+            )
         }
         // An untrusted certificate does not heal by retrying: no waiting out the connect timeout.
         #expect(ContinuousClock.now - started < .seconds(6))
@@ -76,7 +95,13 @@ struct KafkaTLSTests {
         let f = try files()
         for (name, options) in [
             ("ssl.ca.location", ["ssl.ca.location": f.dir + "/no-such-ca.pem"]),
-            ("ssl.key.location", ["ssl.ca.location": f.ca, "ssl.certificate.location": f.cert, "ssl.key.location": f.dir + "/no-such.key"]),
+            (
+                "ssl.key.location",
+                [
+                    "ssl.ca.location": f.ca, "ssl.certificate.location": f.cert,
+                    "ssl.key.location": f.dir + "/no-such.key",
+                ]
+            ),
         ] {
             do {
                 let broker = try await connect(options)

@@ -1,13 +1,16 @@
 import BrokerAPI
-@testable import KafkaBackend
 import Testing
+
+@testable import KafkaBackend
 
 /// How destination names become Kafka topic names (docs/kafka.md, "Topics"): the `prefix`
 /// option first, and every `:` as `.`, since Kafka topic names allow only `A-Z a-z 0-9 . _ -`.
 @Suite("Kafka topic names")
 struct KafkaTopicNameTests {
     func settings(_ options: [String: String] = [:]) throws -> KafkaConfiguration {
-        try KafkaConfiguration(Brokers.configuration(url: "kafka://127.0.0.1:9092", options: options, registry: KafkaTestSupport.registry))
+        try KafkaConfiguration(
+            Brokers.configuration(url: "kafka://127.0.0.1:9092", options: options, registry: KafkaTestSupport.registry)
+        )
     }
 
     @Test func aNameWithoutColonsIsTheTopicAsItIs() throws {

@@ -1,9 +1,9 @@
 import BrokerConformance
+import BrokerTestSupport
 import CRdKafka
 import Foundation
 import KafkaBackend
 import Testing
-import BrokerTestSupport
 
 /// Proves the librdkafka link and the Kafka-protocol test broker the scripts start. The
 /// Kafka backend itself lands with its own issue; its conformance runs will live beside this.
@@ -19,7 +19,10 @@ struct RdKafkaLinkTests {
         let (brokers, flushed): (Int32, Int32) = try await TestEnvironment.blocking {
             var errstr = [CChar](repeating: 0, count: 512)
             let conf = rd_kafka_conf_new()
-            guard rd_kafka_conf_set(conf, "bootstrap.servers", "\(host):\(port)", &errstr, errstr.count) == RD_KAFKA_CONF_OK else {
+            guard
+                rd_kafka_conf_set(conf, "bootstrap.servers", "\(host):\(port)", &errstr, errstr.count)
+                    == RD_KAFKA_CONF_OK
+            else {
                 throw ConformanceFailure("conf: \(cText(errstr))")
             }
             guard let producer = rd_kafka_new(RD_KAFKA_PRODUCER, conf, &errstr, errstr.count) else {
@@ -29,7 +32,9 @@ struct RdKafkaLinkTests {
             var metadata: UnsafePointer<rd_kafka_metadata>?
             let err = rd_kafka_metadata(producer, 1, nil, &metadata, 10_000)
             guard err == RD_KAFKA_RESP_ERR_NO_ERROR, let metadata else {
-                throw ConformanceFailure("metadata from \(host):\(port) failed: \(String(cString: rd_kafka_err2str(err)))")
+                throw ConformanceFailure(
+                    "metadata from \(host):\(port) failed: \(String(cString: rd_kafka_err2str(err)))"
+                )
             }
             let brokers = metadata.pointee.broker_cnt
             rd_kafka_metadata_destroy(metadata)
@@ -37,7 +42,18 @@ struct RdKafkaLinkTests {
             defer { rd_kafka_topic_destroy(topic) }
             var payload = Array("héllo".utf8)
             var key = Array("k".utf8)
-            guard rd_kafka_produce(topic, RD_KAFKA_PARTITION_UA, RD_KAFKA_MSG_F_COPY, &payload, payload.count, &key, key.count, nil) == 0 else {
+            guard
+                rd_kafka_produce(
+                    topic,
+                    RD_KAFKA_PARTITION_UA,
+                    RD_KAFKA_MSG_F_COPY,
+                    &payload,
+                    payload.count,
+                    &key,
+                    key.count,
+                    nil
+                ) == 0
+            else {
                 throw ConformanceFailure("produce failed: \(String(cString: rd_kafka_err2str(rd_kafka_last_error())))")
             }
             let flush = rd_kafka_flush(producer, 10_000)

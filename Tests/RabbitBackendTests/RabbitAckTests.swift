@@ -10,7 +10,9 @@ import Testing
 struct RabbitAckTests {
     /// Unacked count of `queue` as RabbitMQ sees it (classic queues report it live).
     static func unacked(_ queue: String) async throws -> Int? {
-        let output = try await RabbitTestSupport.rabbitmqctl(["list_queues", "--no-table-headers", "name", "messages_unacknowledged"])
+        let output = try await RabbitTestSupport.rabbitmqctl([
+            "list_queues", "--no-table-headers", "name", "messages_unacknowledged",
+        ])
         for line in output.split(separator: "\n") {
             let fields = line.split(whereSeparator: { $0 == "\t" || $0 == " " })
             if fields.count == 2, fields[0] == queue { return Int(fields[1]) }

@@ -1,9 +1,9 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Foundation
 import RabbitBackend
 import Testing
-import BrokerTestSupport
 
 /// Wrong credentials, a missing vhost, a queue redeclared with other arguments, oversized
 /// messages, a server that accepts TCP but never speaks AMQP: each a clear error, nothing
@@ -50,8 +50,10 @@ struct RabbitBadInputTests {
         let started = ContinuousClock.now
         do {
             let broker = try await Brokers.connect(
-                url: "amqp://guest:guest@127.0.0.1:\(listener.port)/", options: ["connect.timeout": "1s"],
-                registry: RabbitTestSupport.registry)
+                url: "amqp://guest:guest@127.0.0.1:\(listener.port)/",
+                options: ["connect.timeout": "1s"],
+                registry: RabbitTestSupport.registry
+            )
             await broker.close()
             Issue.record("connecting to a silent server succeeded")
         } catch let error as BrokerError {
@@ -123,14 +125,23 @@ struct RabbitBadInputTests {
 
     @Test func invalidOptionsNameTheKey() throws {
         #expect(throws: BrokerError.self) {
-            _ = try Brokers.configuration(url: "amqp://localhost?queue.type=mirrored", registry: RabbitTestSupport.registry)
+            _ = try Brokers.configuration(
+                url: "amqp://localhost?queue.type=mirrored",
+                registry: RabbitTestSupport.registry
+            )
         }
         do {
-            _ = try Brokers.configuration(url: "amqp://localhost?tls.ca=/tmp/ca.pem", registry: RabbitTestSupport.registry)
+            _ = try Brokers.configuration(
+                url: "amqp://localhost?tls.ca=/tmp/ca.pem",
+                registry: RabbitTestSupport.registry
+            )
         } catch {
             Issue.record("tls.ca is a known option: \(error)")
         }
-        let configuration = try Brokers.configuration(url: "amqps://u:secret@localhost/vh?tls.verify=false", registry: RabbitTestSupport.registry)
+        let configuration = try Brokers.configuration(
+            url: "amqps://u:secret@localhost/vh?tls.verify=false",
+            registry: RabbitTestSupport.registry
+        )
         #expect(!configuration.description.contains("secret"))
     }
 }

@@ -1,8 +1,8 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import RabbitBackend
 import Testing
-import BrokerTestSupport
 
 /// The whole shared conformance suite against the real RabbitMQ the scripts start.
 @Suite("Conformance: amqp", .enabled(if: TestEnvironment.shouldRun(.amqp)))

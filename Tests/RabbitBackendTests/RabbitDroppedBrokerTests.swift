@@ -1,8 +1,8 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Foundation
 import Testing
-import BrokerTestSupport
 
 @Suite("RabbitMQ broker dropped without close", .enabled(if: TestEnvironment.shouldRun(.amqp)))
 struct RabbitDroppedBrokerTests {
@@ -11,6 +11,9 @@ struct RabbitDroppedBrokerTests {
     @Test func aDroppedBrokerEndsItsThreadsAndClosesItsConnections() async throws {
         let harness = try RabbitTestSupport.harness(prefix: "t\(UUID().uuidString.prefix(6).lowercased())-")
         try await DroppedBrokerCheck.run(
-            threadPrefixes: ["amqp-"], connect: { try await harness.connect() }, use: DroppedBrokerCheck.publishAndConsume)
+            threadPrefixes: ["amqp-"],
+            connect: { try await harness.connect() },
+            use: DroppedBrokerCheck.publishAndConsume
+        )
     }
 }

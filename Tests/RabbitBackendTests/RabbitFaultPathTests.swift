@@ -1,9 +1,9 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Foundation
 import RabbitBackend
 import Testing
-import BrokerTestSupport
 
 /// Issue 22 on RabbitMQ: settlement steps that fail, and headers another client wrote.
 @Suite("amqp fault paths", .enabled(if: TestEnvironment.shouldRun(.amqp)))
@@ -45,17 +45,26 @@ struct RabbitFaultPathTests {
             let queue = Self.queueName("copy-refused")
             let policy = "bk-reject-\(UUID().uuidString.prefix(8).lowercased())"
             _ = try await RabbitTestSupport.rabbitmqctl([
-                "set_policy", "--apply-to", "queues", policy, "^\(queue)\\.wait\\.", #"{"max-length":0,"overflow":"reject-publish"}"#,
+                "set_policy", "--apply-to", "queues", policy, "^\(queue)\\.wait\\.",
+                #"{"max-length":0,"overflow":"reject-publish"}"#,
             ])
             defer { Task { _ = try? await RabbitTestSupport.rabbitmqctl(["clear_policy", policy]) } }
             try await Task.sleep(for: .milliseconds(500))  // the policy applies to queues declared from now on
             try await broker.createQueue(queue)
             try await broker.publish(Message(text: "stubborn"), to: queue)
             let consumer = try await broker.consumeQueue(
-                queue, options: .init(prefetch: 2, retryPolicy: RetryPolicy(maxAttempts: 10, backoff: .fixed(.milliseconds(200)))))
+                queue,
+                options: .init(
+                    prefetch: 2,
+                    retryPolicy: RetryPolicy(maxAttempts: 10, backoff: .fixed(.milliseconds(200)))
+                )
+            )
             var failures = 0
             for _ in 0..<4 {
-                let delivery = try #require(try await consumer.next(timeout: .seconds(10)), "stalled after \(failures) failed retries")
+                let delivery = try #require(
+                    try await consumer.next(timeout: .seconds(10)),
+                    "stalled after \(failures) failed retries"
+                )
                 #expect(delivery.message.text == "stubborn")
                 do { try await delivery.nack(error: "boom") } catch { failures += 1 }
             }
@@ -98,8 +107,14 @@ struct RabbitFaultPathTests {
             try await broker.createStream(stream)
             _ = try await broker.publish((0..<3).map { Message(key: "k", text: "n\($0)") }, to: stream)
             let consumer = try await broker.consumeStream(
-                stream, group: "g",
-                options: .init(start: .earliest, prefetch: 8, retryPolicy: RetryPolicy(maxAttempts: 3, backoff: .fixed(.milliseconds(300)))))
+                stream,
+                group: "g",
+                options: .init(
+                    start: .earliest,
+                    prefetch: 8,
+                    retryPolicy: RetryPolicy(maxAttempts: 3, backoff: .fixed(.milliseconds(300)))
+                )
+            )
             let first = try #require(try await consumer.next(timeout: .seconds(10)))
             let second = try #require(try await consumer.next(timeout: .seconds(10)))
             try await first.nack(error: "one")
@@ -157,7 +172,10 @@ struct RabbitFaultPathTests {
             let early = try await broker.stats(for: stream).groups.first { $0.group == "g" }?.lag
             try await Task.sleep(for: .milliseconds(2500))
             let late = try await broker.stats(for: stream).groups.first { $0.group == "g" }?.lag
-            #expect(early == 5, "lag \(String(describing: early)) 1.4 s after the first commit: stored before the interval")
+            #expect(
+                early == 5,
+                "lag \(String(describing: early)) 1.4 s after the first commit: stored before the interval"
+            )
             #expect(late == 0, "lag \(String(describing: late)) after the interval")
             await consumer.close()
             try await broker.deleteDestination(stream)
@@ -177,14 +195,20 @@ struct RabbitFaultPathTests {
             let outcomes = try await withThrowingTaskGroup(of: BrokerError.Code?.self) { group in
                 for i in 0..<20 {
                     group.addTask {
-                        do { _ = try await broker.publish(Message(text: "small \(i)"), to: queue); return nil } catch let error as BrokerError {
+                        do {
+                            _ = try await broker.publish(Message(text: "small \(i)"), to: queue)
+                            return nil
+                        } catch let error as BrokerError {
                             return error.code
                         }
                     }
                 }
                 group.addTask {
                     do {
-                        _ = try await broker.publish(Message(text: "big", headers: ["blob": String(repeating: "x", count: 8_000)]), to: queue)
+                        _ = try await broker.publish(
+                            Message(text: "big", headers: ["blob": String(repeating: "x", count: 8_000)]),
+                            to: queue
+                        )
                         return nil
                     } catch let error as BrokerError { return error.code }
                 }
@@ -209,8 +233,12 @@ struct RabbitFaultPathTests {
     @Test func foreignHeadersNeitherCrashNorStall() async throws {
         /// A pika publisher of one message with these headers and `timestamp` (Python literals).
         func pika(
-            _ label: String, headers: String, timestamp: String = "None", expect: ForeignRecord.Expectation = .delivered,
-            setup: String = "", properties: String = ""
+            _ label: String,
+            headers: String,
+            timestamp: String = "None",
+            expect: ForeignRecord.Expectation = .delivered,
+            setup: String = "",
+            properties: String = ""
         ) throws -> ForeignRecord {
             let url = try RabbitTestSupport.url()
             let writer = """
@@ -239,39 +267,61 @@ struct RabbitFaultPathTests {
             try pika("timestamp property 2^63", headers: "{}", timestamp: "2**63"),
             // Text that is not UTF-8 in a text header (pika writes a str as 'S').
             try pika(
-                "a text header that is not UTF-8", headers: #"{"source": b"\xff\xfe".decode("utf-8", "surrogateescape")}"#,
+                "a text header that is not UTF-8",
+                headers: #"{"source": b"\xff\xfe".decode("utf-8", "surrogateescape")}"#,
                 expect: .deadLettered(naming: "header 'source' is not valid UTF-8"),
-                setup: #"pika.data.as_bytes = lambda v: v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v"#),
+                setup:
+                    #"pika.data.as_bytes = lambda v: v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v"#
+            ),
             // A header name and a message id that are not UTF-8 (were read with
             // replacement characters, so the copy carried other bytes).
             try pika(
-                "a header name that is not UTF-8", headers: #"{b"k\xff".decode("utf-8", "surrogateescape"): "v"}"#,
+                "a header name that is not UTF-8",
+                headers: #"{b"k\xff".decode("utf-8", "surrogateescape"): "v"}"#,
                 expect: .deadLettered(naming: "header name 'k\u{FFFD}' is not valid UTF-8"),
-                setup: #"pika.data.as_bytes = lambda v: v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v"#),
+                setup:
+                    #"pika.data.as_bytes = lambda v: v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v"#
+            ),
             try pika(
-                "a nested header name that is not UTF-8", headers: #"{"outer": {b"n\xff".decode("utf-8", "surrogateescape"): 1}}"#,
+                "a nested header name that is not UTF-8",
+                headers: #"{"outer": {b"n\xff".decode("utf-8", "surrogateescape"): 1}}"#,
                 expect: .deadLettered(naming: "header name 'n\u{FFFD}' is not valid UTF-8"),
-                setup: #"pika.data.as_bytes = lambda v: v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v"#),
+                setup:
+                    #"pika.data.as_bytes = lambda v: v.encode("utf-8", "surrogateescape") if isinstance(v, str) else v"#
+            ),
             try pika(
-                "a message id that is not UTF-8", headers: "{}",
-                expect: .deadLettered(naming: "property 'message-id' is not valid UTF-8"), properties: #", message_id=b"id-\xff""#),
+                "a message id that is not UTF-8",
+                headers: "{}",
+                expect: .deadLettered(naming: "property 'message-id' is not valid UTF-8"),
+                properties: #", message_id=b"id-\xff""#
+            ),
             // Fourteen thousand headers (void values, short names: one frame).
             try pika(
-                "14,000 headers", headers: #"{"h%d" % i: None for i in range(14000)}"#,
-                expect: .deadLettered(naming: "14000 headers, more than 256")),
+                "14,000 headers",
+                headers: #"{"h%d" % i: None for i in range(14000)}"#,
+                expect: .deadLettered(naming: "14000 headers, more than 256")
+            ),
             // An array nested 20,000 deep (rabbitmq-c 0.11 decodes it recursively, unbounded).
             try pika(
-                "an array nested 20,000 deep", headers: #"{"deep": nested}"#,
+                "an array nested 20,000 deep",
+                headers: #"{"deep": nested}"#,
                 setup: """
                     sys.setrecursionlimit(1_000_000)
                     nested = []
                     for _ in range(20000): nested = [nested]
-                    """),
+                    """
+            ),
         ]
         try await RabbitServerGate.shared.withShared {
             let broker = try await RabbitTestSupport.connect()
             let queue = Self.queueName("huge")
-            try await ForeignInputCheck.run(records, on: broker, queue: queue, timeout: .seconds(30), nackForeignOnce: true)
+            try await ForeignInputCheck.run(
+                records,
+                on: broker,
+                queue: queue,
+                timeout: .seconds(30),
+                nackForeignOnce: true
+            )
             try await broker.deleteDestination(queue)
             await broker.close()
         }
@@ -315,7 +365,10 @@ struct RabbitFaultPathTests {
                 for (round, garbage) in ["not a number", "-7", "99999999999999999999999", "hex:fffe"].enumerated() {
                     try await write(prefix + stream + ".offsets.g", [garbage])
                     let again = try await broker.consumeStream(stream, group: "g", options: .init(start: .earliest))
-                    let delivery = try #require(try await again.next(timeout: .seconds(10)), "no delivery after offset '\(garbage)'")
+                    let delivery = try #require(
+                        try await again.next(timeout: .seconds(10)),
+                        "no delivery after offset '\(garbage)'"
+                    )
                     #expect(delivery.message.text == "old-0", "offset '\(garbage)' was read as a position")
                     try await delivery.ack()
                     // Everything there is (5 old records, a marker per earlier round) acked:
@@ -325,7 +378,10 @@ struct RabbitFaultPathTests {
                     try await broker.publish(Message(text: "marker-\(round)"), to: stream)
                     let next = try await broker.consumeStream(stream, group: "g", options: .init(start: .earliest))
                     let marker = try #require(try await next.next(timeout: .seconds(10)))
-                    #expect(marker.message.text == "marker-\(round)", "after offset '\(garbage)' the group did not commit again")
+                    #expect(
+                        marker.message.text == "marker-\(round)",
+                        "after offset '\(garbage)' the group did not commit again"
+                    )
                     try await marker.ack()
                     await next.close()
                 }
@@ -338,7 +394,8 @@ struct RabbitFaultPathTests {
                         "hex:fffe00", "[1,2,3]", #"{"op":"queue","name":5}"#, #"{"op":"stream","name":"ghost"}"#,
                         #"{"op":"wait","name":"events","ms":"-5"}"#, #"{"op":"mark"}"#, #"{"op":"delete"}"#,
                         "rep:1048576:[",
-                    ])
+                    ]
+                )
                 let names = try await broker.listDestinations().map(\.name)
                 #expect(names.contains(stream), "\(names)")
                 #expect(!names.contains("ghost"), "\(names)")

@@ -1,9 +1,9 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Foundation
 import RabbitBackend
 import Testing
-import BrokerTestSupport
 
 /// RabbitMQ 3.10 acknowledges the declaration of a stream another client created a moment
 /// earlier before the stream can take writes; publishing in that window crashed the channel
@@ -35,7 +35,11 @@ struct RabbitFreshStreamTests {
                         try await group.waitForAll()
                     }
                     let reader = try await RabbitTestSupport.connect(["prefix": prefix])
-                    let consumer = try await reader.consumeStream("events", group: "check", options: StreamConsumerOptions(start: .earliest))
+                    let consumer = try await reader.consumeStream(
+                        "events",
+                        group: "check",
+                        options: StreamConsumerOptions(start: .earliest)
+                    )
                     var texts: [String] = []
                     while texts.count < 4, let delivery = try await consumer.next(timeout: .seconds(10)) {
                         texts.append(delivery.message.text ?? "")

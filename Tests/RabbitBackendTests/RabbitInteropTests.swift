@@ -1,9 +1,9 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Foundation
 import RabbitBackend
 import Testing
-import BrokerTestSupport
 
 /// A second, independent AMQP client (Python `pika`) reads what BrokerKit publishes and
 /// publishes what BrokerKit reads: payload, headers, key and id survive both ways.

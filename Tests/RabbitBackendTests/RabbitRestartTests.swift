@@ -1,9 +1,9 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Foundation
 import RabbitBackend
 import Testing
-import BrokerTestSupport
 
 /// RabbitMQ restarts mid-run (`rabbitmqctl stop_app` / `start_app`): publishers and
 /// consumers reconnect with backoff and redeclare, and no confirmed publish is lost. Runs in
@@ -40,7 +40,10 @@ struct RabbitRestartTests {
                 }
                 let smallOutcome = try #require(small, "a small publish during the alarm did not return within 10 s")
                 #expect(smallOutcome.hasPrefix("timeout: "), "\(smallOutcome)")
-                #expect(smallOutcome.contains("has blocked publishing"), "connection.blocked was not seen: \(smallOutcome)")
+                #expect(
+                    smallOutcome.contains("has blocked publishing"),
+                    "connection.blocked was not seen: \(smallOutcome)"
+                )
                 // 32 MiB in one call: far more than the socket buffers hold, so the send blocks.
                 let big = (0..<32).map { _ in Message(payload: Data(repeating: 0x61, count: 1 << 20)) }
                 let bigOutcome = try await RabbitTestSupport.within(.seconds(10)) {
@@ -49,7 +52,10 @@ struct RabbitRestartTests {
                         return "confirmed"
                     } catch let error as BrokerError { return "\(error.code): \(error.message)" }
                 }
-                let blocked = try #require(bigOutcome, "a publish stuck on a full socket did not return within 10 s (operation.timeout 3 s)")
+                let blocked = try #require(
+                    bigOutcome,
+                    "a publish stuck on a full socket did not return within 10 s (operation.timeout 3 s)"
+                )
                 #expect(blocked.hasPrefix("timeout: "), "\(blocked)")
                 #expect(blocked.contains("resource alarm"), "the error does not name the alarm: \(blocked)")
                 let closed: Bool? = try await RabbitTestSupport.within(.seconds(10)) {
@@ -86,7 +92,11 @@ struct RabbitRestartTests {
             for (index, delay) in [1.0, 1.5, 2.0, 4.0, 6.0].enumerated() {
                 for copy in 0..<4 {
                     let message = Message(id: "d\(index)-\(copy)", text: "delayed \(delay)")
-                    _ = try await broker.publish(message, to: queue, options: .delayed(by: .milliseconds(Int64(delay * 1000))))
+                    _ = try await broker.publish(
+                        message,
+                        to: queue,
+                        options: .delayed(by: .milliseconds(Int64(delay * 1000)))
+                    )
                     sent.append(message.id)
                 }
             }
@@ -102,7 +112,9 @@ struct RabbitRestartTests {
                 while true {
                     do {
                         return try await broker.consumeQueue(queue, options: .init(prefetch: 32))
-                    } catch let error as BrokerError where error.code == .connectionFailed && ContinuousClock.now < until {
+                    } catch let error as BrokerError
+                        where error.code == .connectionFailed && ContinuousClock.now < until
+                    {
                         try await Task.sleep(for: .milliseconds(500))
                     }
                 }
@@ -122,7 +134,10 @@ struct RabbitRestartTests {
                 }
             }
             let missing = Set(sent).subtracting(seen).sorted()
-            #expect(missing.isEmpty, "\(missing.count) of \(sent.count) delayed messages lost across the restart: \(missing)")
+            #expect(
+                missing.isEmpty,
+                "\(missing.count) of \(sent.count) delayed messages lost across the restart: \(missing)"
+            )
             await consumer.close()
             let until = ContinuousClock.now + .seconds(30)
             while true {

@@ -1,9 +1,9 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Foundation
 import RabbitBackend
 import Testing
-import BrokerTestSupport
 
 /// Stream behaviour the backend implements but whose capability flag it does not claim
 /// (`consumerGroups`: members of one group cannot share the work; `replay`: receipts carry no
@@ -21,7 +21,9 @@ struct RabbitStreamGroupTests {
     @Test("case", arguments: cases)
     func borrowedCase(_ testCase: ConformanceCase) async throws {
         try await RabbitTestSupport.runCase(
-            testCase, capabilities: RabbitBackend().capabilities.union([.consumerGroups, .replay]))
+            testCase,
+            capabilities: RabbitBackend().capabilities.union([.consumerGroups, .replay])
+        )
     }
 
     @Test func allBorrowedCasesExist() {
@@ -63,7 +65,11 @@ struct RabbitStreamGroupTests {
             try await broker.createStream(stream)
             _ = try await broker.publish((0..<3).map { Message(key: "k", text: "n\($0)") }, to: stream)
             let policy = RetryPolicy(maxAttempts: 2, backoff: .fixed(.milliseconds(200)))
-            let consumer = try await broker.consumeStream(stream, group: "g", options: .init(start: .earliest, retryPolicy: policy))
+            let consumer = try await broker.consumeStream(
+                stream,
+                group: "g",
+                options: .init(start: .earliest, retryPolicy: policy)
+            )
             let first = try #require(try await consumer.next(timeout: .seconds(10)))
             #expect(first.message.text == "n0" && first.position == Position(partition: 0, offset: 0))
             try await first.nack(error: "later")
@@ -75,7 +81,10 @@ struct RabbitStreamGroupTests {
             try await next.ack()
             await consumer.close()
             let dead = try await broker.deadLetters(of: stream, limit: 10)
-            #expect(dead.count == 1 && dead.first?.envelope.lastError == "boom" && dead.first?.envelope.original.headers["x-brokerkit-group"] == "g")
+            #expect(
+                dead.count == 1 && dead.first?.envelope.lastError == "boom"
+                    && dead.first?.envelope.original.headers["x-brokerkit-group"] == "g"
+            )
             try await broker.deleteDestination(stream)
             await broker.close()
         }

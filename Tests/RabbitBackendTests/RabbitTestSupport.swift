@@ -1,10 +1,10 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Foundation
 import RabbitBackend
 import Synchronization
 import Testing
-import BrokerTestSupport
 
 extension ConformanceCase: CustomTestStringConvertible {
     public var testDescription: String { name }
@@ -24,7 +24,9 @@ enum RabbitTestSupport {
     /// The test URL with `path` as the vhost and `user`/`password` replaced.
     static func url(user: String? = nil, password: String? = nil, vhost: String? = nil) throws -> String {
         let base = try url()
-        guard let (host, port) = TestEnvironment.hostAndPort(base) else { throw ConformanceFailure("cannot parse \(base)") }
+        guard let (host, port) = TestEnvironment.hostAndPort(base) else {
+            throw ConformanceFailure("cannot parse \(base)")
+        }
         let parsed = try BrokerURL(base)
         let u = user ?? parsed.user ?? "guest"
         let p = password ?? parsed.password ?? "guest"
@@ -32,15 +34,26 @@ enum RabbitTestSupport {
         return "amqp://\(u):\(p)@\(host):\(port)/\(v)"
     }
 
-    static func harness(capabilities: BrokerCapabilities = RabbitBackend().capabilities, prefix: String = "") throws -> ConformanceHarness {
+    static func harness(
+        capabilities: BrokerCapabilities = RabbitBackend().capabilities,
+        prefix: String = ""
+    ) throws -> ConformanceHarness {
         ConformanceHarness(
-            name: "amqp", url: try url(), capabilities: capabilities, unreachableURL: "amqp://guest:guest@127.0.0.1:1/",
-            options: prefix.isEmpty ? [:] : ["prefix": prefix], registry: registry)
+            name: "amqp",
+            url: try url(),
+            capabilities: capabilities,
+            unreachableURL: "amqp://guest:guest@127.0.0.1:1/",
+            options: prefix.isEmpty ? [:] : ["prefix": prefix],
+            registry: registry
+        )
     }
 
     /// Runs a conformance case under its own destination prefix and deletes what it created
     /// afterwards, so repeated runs do not pile up queues on the test server.
-    static func runCase(_ testCase: ConformanceCase, capabilities: BrokerCapabilities = RabbitBackend().capabilities) async throws {
+    static func runCase(
+        _ testCase: ConformanceCase,
+        capabilities: BrokerCapabilities = RabbitBackend().capabilities
+    ) async throws {
         let prefix = "t\(UUID().uuidString.prefix(6).lowercased())-"
         let harness = try harness(capabilities: capabilities, prefix: prefix)
         try await RabbitServerGate.shared.withShared {
@@ -77,11 +90,19 @@ enum RabbitTestSupport {
     /// Runs a program, returning its exit status and output.
     @discardableResult
     /// Runs a command on a thread of its own (never blocking the cooperative pool).
-    static func run(_ executable: String, _ arguments: [String], input: String? = nil) async throws -> (status: Int32, output: String) {
+    static func run(
+        _ executable: String,
+        _ arguments: [String],
+        input: String? = nil
+    ) async throws -> (status: Int32, output: String) {
         try await TestEnvironment.blocking { try runBlocking(executable, arguments, input: input) }
     }
 
-    private static func runBlocking(_ executable: String, _ arguments: [String], input: String? = nil) throws -> (status: Int32, output: String) {
+    private static func runBlocking(
+        _ executable: String,
+        _ arguments: [String],
+        input: String? = nil
+    ) throws -> (status: Int32, output: String) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = [executable] + arguments
@@ -103,9 +124,13 @@ enum RabbitTestSupport {
     }
 
     static func rabbitmqctl(_ arguments: [String]) async throws -> String {
-        guard let node else { throw ConformanceFailure("BROKERKIT_TEST_AMQP_NODE is not set (scripts/brokers.sh start writes it)") }
+        guard let node else {
+            throw ConformanceFailure("BROKERKIT_TEST_AMQP_NODE is not set (scripts/brokers.sh start writes it)")
+        }
         let result = try await run("rabbitmqctl", ["-q", "-n", node] + arguments)
-        guard result.status == 0 else { throw ConformanceFailure("rabbitmqctl \(arguments.joined(separator: " ")) failed: \(result.output)") }
+        guard result.status == 0 else {
+            throw ConformanceFailure("rabbitmqctl \(arguments.joined(separator: " ")) failed: \(result.output)")
+        }
         return result.output
     }
 }
@@ -139,7 +164,10 @@ extension RabbitTestSupport {
     /// Runs `body` and returns its result, or nil when it has not finished within `limit`.
     /// Unlike a task-group race, a `body` that never returns (a call that ignores
     /// cancellation) is left behind instead of keeping the test waiting.
-    static func within<T: Sendable>(_ limit: Duration, _ body: @escaping @Sendable () async throws -> T) async throws -> T? {
+    static func within<T: Sendable>(
+        _ limit: Duration,
+        _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T? {
         let race = Race<T>()
         let outcome: Result<T, any Error>? = await withCheckedContinuation { continuation in
             race.slot.withLock { $0 = continuation }

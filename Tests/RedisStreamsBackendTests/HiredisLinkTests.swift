@@ -1,16 +1,18 @@
 import BrokerConformance
+import BrokerTestSupport
 import CHiredis
 import Foundation
 import RedisStreamsBackend
 import Testing
-import BrokerTestSupport
 
 /// Proves the hiredis link and the test Redis server the scripts start. The Redis Streams
 /// backend itself lands with its own issue; its conformance run will live beside this.
 @Suite("hiredis link", .enabled(if: TestEnvironment.shouldRun(.redis)))
 struct HiredisLinkTests {
     @Test func libraryVersion() {
-        #expect(RedisStreamsBackend.libraryVersion.hasPrefix("0.14") || RedisStreamsBackend.libraryVersion.hasPrefix("1."))
+        #expect(
+            RedisStreamsBackend.libraryVersion.hasPrefix("0.14") || RedisStreamsBackend.libraryVersion.hasPrefix("1.")
+        )
     }
 
     @Test func pingAndStreamRoundTripThroughHiredis() async throws {
@@ -22,15 +24,19 @@ struct HiredisLinkTests {
             }
             defer { redisFree(context) }
             if context.pointee.err != 0 {
-                let message = withUnsafeBytes(of: context.pointee.errstr) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+                let message = withUnsafeBytes(of: context.pointee.errstr) {
+                    String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self)
+                }
                 throw ConformanceFailure("connect to \(host):\(port) failed: \(message)")
             }
             func command(_ args: [String]) -> String {
                 let cStrings = args.map { strdup($0) }
-                defer { cStrings.forEach { free($0) } }
+                defer { for cString in cStrings { free(cString) } }
                 var argv = cStrings.map { UnsafePointer<CChar>($0) }
                 let lengths = args.map { $0.utf8.count }
-                guard let raw = redisCommandArgv(context, Int32(args.count), &argv, lengths) else { return "<no reply>" }
+                guard let raw = redisCommandArgv(context, Int32(args.count), &argv, lengths) else {
+                    return "<no reply>"
+                }
                 let reply = raw.assumingMemoryBound(to: redisReply.self)
                 defer { freeReplyObject(raw) }
                 switch reply.pointee.type {

@@ -1,9 +1,9 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Foundation
 import RedisStreamsBackend
 import Testing
-import BrokerTestSupport
 
 /// Acks are asynchronous on Redis (recorded, then flushed in one round trip per batch); what
 /// users rely on is that nothing acked comes back, that `close()` sends every recorded ack,
@@ -27,7 +27,10 @@ struct RedisAckTests {
         try await drain(consumer, 200)
         // No waiting: the same process reads its own acks.
         let stats = try await broker.stats(for: queue)
-        #expect(stats.depth == 0 && stats.inFlight == 0, "depth \(stats.depth), in flight \(stats.inFlight) right after 200 acks")
+        #expect(
+            stats.depth == 0 && stats.inFlight == 0,
+            "depth \(stats.depth), in flight \(stats.inFlight) right after 200 acks"
+        )
         let pending = try await RedisTestSupport.redisCLI(["XPENDING", queue, "brokerkit"]).split(separator: "\n").first
         #expect(pending == "0", "XPENDING summary starts with \(pending ?? "nothing")")
         await consumer.close()
@@ -40,11 +43,16 @@ struct RedisAckTests {
         let queue = "acks-close-\(UUID().uuidString.prefix(8))"
         try await broker.createQueue(queue)
         _ = try await broker.publish((0..<150).map { Message(text: "m\($0)") }, to: queue)
-        let consumer = try await broker.consumeQueue(queue, options: .init(prefetch: 50, visibilityTimeout: .seconds(1)))
+        let consumer = try await broker.consumeQueue(
+            queue,
+            options: .init(prefetch: 50, visibilityTimeout: .seconds(1))
+        )
         try await drain(consumer, 100)
         await consumer.close()
         // What close sent, straight from Redis: the 100 acked entries are gone.
-        #expect(try await RedisTestSupport.redisCLI(["XLEN", queue]).trimmingCharacters(in: .whitespacesAndNewlines) == "50")
+        #expect(
+            try await RedisTestSupport.redisCLI(["XLEN", queue]).trimmingCharacters(in: .whitespacesAndNewlines) == "50"
+        )
         // Past the lease, a new consumer gets exactly the 50 never acked.
         try await Task.sleep(for: .milliseconds(1200))
         let second = try await broker.consumeQueue(queue, options: .init(prefetch: 100))

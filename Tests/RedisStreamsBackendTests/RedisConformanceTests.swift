@@ -1,9 +1,9 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Foundation
 import RedisStreamsBackend
 import Testing
-import BrokerTestSupport
 
 extension ConformanceCase: CustomTestStringConvertible {
     public var testDescription: String { name }
@@ -23,8 +23,13 @@ enum RedisTestSupport {
 
     static func harness() throws -> ConformanceHarness {
         ConformanceHarness(
-            name: "redis", url: try url(), capabilities: RedisStreamsBackend.capabilities,
-            unreachableURL: "redis://127.0.0.1:1", options: ["claim.interval": "250ms", "prefix": "conf:"], registry: registry)
+            name: "redis",
+            url: try url(),
+            capabilities: RedisStreamsBackend.capabilities,
+            unreachableURL: "redis://127.0.0.1:1",
+            options: ["claim.interval": "250ms", "prefix": "conf:"],
+            registry: registry
+        )
     }
 
     static func connect(_ options: [String: String] = [:]) async throws -> any Broker {

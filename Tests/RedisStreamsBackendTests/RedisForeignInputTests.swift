@@ -1,11 +1,11 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Foundation
 import Logging
 import RedisStreamsBackend
 import Synchronization
 import Testing
-import BrokerTestSupport
 
 /// Issue 22 on Redis: entries, set members and fault paths that another program (here
 /// `redis-cli`) can cause. Each test fails on e6eff75.
@@ -30,7 +30,11 @@ struct RedisForeignInputTests {
         }
     }
 
-    static func xadd(_ label: String, _ fields: [String], expect expectation: ForeignRecord.Expectation) -> ForeignRecord {
+    static func xadd(
+        _ label: String,
+        _ fields: [String],
+        expect expectation: ForeignRecord.Expectation
+    ) -> ForeignRecord {
         ForeignRecord(label, expect: expectation) { queue in
             let reply = try await RedisTestSupport.redisCLI(["XADD", queue, "*"] + fields)
             if reply.contains("ERR") { throw BrokerError(.brokerError, reply) }
@@ -47,31 +51,55 @@ struct RedisForeignInputTests {
         var records: [ForeignRecord] = []
         for field in ["attempt", "ts", "ff"] {
             for value in ["9223372036854775807", "9999999999999999999", "-1", "99999999999999999999", "12abc"] {
-                records.append(Self.xadd("\(field) = \(value)", [field, value, "payload", "bad \(field)"], expect: .deadLettered(naming: "'\(field)'")))
+                records.append(
+                    Self.xadd(
+                        "\(field) = \(value)",
+                        [field, value, "payload", "bad \(field)"],
+                        expect: .deadLettered(naming: "'\(field)'")
+                    )
+                )
             }
         }
-        records.append(ForeignRecord("key not UTF-8", expect: .deadLettered(naming: "'key'")) { queue in
-            try await Self.redisCLI(["XADD", queue, "*", "payload", "x", "key"], lastArgument: [0xFF, 0xFE, 0x41])
-        })
-        records.append(ForeignRecord("header value not UTF-8", expect: .deadLettered(naming: "'h:source'")) { queue in
-            try await Self.redisCLI(["XADD", queue, "*", "payload", "x", "h:source"], lastArgument: [0xC3, 0x28])
-        })
-        records.append(ForeignRecord("20,000 headers", expect: .deadLettered(naming: "headers")) { queue in
-            var fields: [String] = []
-            for i in 0..<20_000 { fields += ["h:n\(i)", "v"] }
-            _ = try await RedisTestSupport.redisCLI(["XADD", queue, "*"] + fields + ["payload", "many"])
-        })
-        records.append(Self.xadd("no BrokerKit fields (payload empty, as documented)", ["foo", "bar"], expect: .delivered))
-        records.append(ForeignRecord("garbage in the delay set", expect: .deadLettered(naming: ":delay")) { queue in
-            _ = try await RedisTestSupport.redisCLI(["ZADD", queue + ":delay", "0", "x"])
-        })
-        records.append(ForeignRecord("a msgpack number in the retry set", expect: .deadLettered(naming: ":retry")) { queue in
-            try await Self.redisCLI(["ZADD", queue + ":retry", "0"], lastArgument: [0x01])
-        })
-        records.append(ForeignRecord("odd field list in the delay set", expect: .deadLettered(naming: "field-value pairs")) { queue in
-            // msgpack array of 3 strings: 0x93, then fixstr "a", "b", "c".
-            try await Self.redisCLI(["ZADD", queue + ":delay", "0"], lastArgument: [0x93, 0xA1, 0x61, 0xA1, 0x62, 0xA1, 0x63])
-        })
+        records.append(
+            ForeignRecord("key not UTF-8", expect: .deadLettered(naming: "'key'")) { queue in
+                try await Self.redisCLI(["XADD", queue, "*", "payload", "x", "key"], lastArgument: [0xFF, 0xFE, 0x41])
+            }
+        )
+        records.append(
+            ForeignRecord("header value not UTF-8", expect: .deadLettered(naming: "'h:source'")) { queue in
+                try await Self.redisCLI(["XADD", queue, "*", "payload", "x", "h:source"], lastArgument: [0xC3, 0x28])
+            }
+        )
+        records.append(
+            ForeignRecord("20,000 headers", expect: .deadLettered(naming: "headers")) { queue in
+                var fields: [String] = []
+                for i in 0..<20_000 { fields += ["h:n\(i)", "v"] }
+                _ = try await RedisTestSupport.redisCLI(["XADD", queue, "*"] + fields + ["payload", "many"])
+            }
+        )
+        records.append(
+            Self.xadd("no BrokerKit fields (payload empty, as documented)", ["foo", "bar"], expect: .delivered)
+        )
+        records.append(
+            ForeignRecord("garbage in the delay set", expect: .deadLettered(naming: ":delay")) { queue in
+                _ = try await RedisTestSupport.redisCLI(["ZADD", queue + ":delay", "0", "x"])
+            }
+        )
+        records.append(
+            ForeignRecord("a msgpack number in the retry set", expect: .deadLettered(naming: ":retry")) { queue in
+                try await Self.redisCLI(["ZADD", queue + ":retry", "0"], lastArgument: [0x01])
+            }
+        )
+        records.append(
+            ForeignRecord("odd field list in the delay set", expect: .deadLettered(naming: "field-value pairs")) {
+                queue in
+                // msgpack array of 3 strings: 0x93, then fixstr "a", "b", "c".
+                try await Self.redisCLI(
+                    ["ZADD", queue + ":delay", "0"],
+                    lastArgument: [0x93, 0xA1, 0x61, 0xA1, 0x62, 0xA1, 0x63]
+                )
+            }
+        )
         try await ForeignInputCheck.run(records, on: broker, queue: queue)
         try await broker.deleteDestination(queue)
         await broker.close()
@@ -106,8 +134,12 @@ struct RedisForeignInputTests {
         _ = try await broker.publish((0..<30).map { Message(text: "m\($0)") }, to: queue)
         let calls = Mutex<[String]>([])
         let log = CapturedLog()
-        let consumer = try await broker.consumeQueue(queue, options: .init(prefetch: 16, visibilityTimeout: .seconds(1)))
-        let processor = DeliveryProcessor(consumer: consumer, options: .init(concurrency: 2), logger: log.logger) { delivery in
+        let consumer = try await broker.consumeQueue(
+            queue,
+            options: .init(prefetch: 16, visibilityTimeout: .seconds(1))
+        )
+        let processor = DeliveryProcessor(consumer: consumer, options: .init(concurrency: 2), logger: log.logger) {
+            delivery in
             calls.withLock { $0.append(delivery.message.text ?? "?") }
             try await Task.sleep(for: .milliseconds(250))
         }
@@ -130,7 +162,10 @@ struct RedisForeignInputTests {
         // The rival competes fairly for what the first consumer has not fetched; it must never
         // get what the first one holds, and nothing may be handled twice.
         #expect(handled.count + stolen.count == 30, "\(handled.count) + \(stolen.count) handler calls for 30 messages")
-        #expect(Set(handled + stolen).count == 30, "some message was handled twice: \(handled.sorted()) / \(stolen.sorted())")
+        #expect(
+            Set(handled + stolen).count == 30,
+            "some message was handled twice: \(handled.sorted()) / \(stolen.sorted())"
+        )
         let warnings = log.lines.withLock { $0 }.filter { $0.level >= .warning }.map(\.message)
         #expect(warnings.isEmpty, "\(warnings)")
         #expect(try await broker.stats(for: queue).depth == 0)
@@ -146,7 +181,9 @@ struct RedisForeignInputTests {
         let queue = Self.queueName("dead")
         try await broker.createQueue(queue)
         try await broker.publish(Message(text: "orphan"), to: queue)
-        _ = try await RedisTestSupport.redisCLI(["XREADGROUP", "GROUP", "brokerkit", "dead-worker", "COUNT", "1", "STREAMS", queue, ">"])
+        _ = try await RedisTestSupport.redisCLI([
+            "XREADGROUP", "GROUP", "brokerkit", "dead-worker", "COUNT", "1", "STREAMS", queue, ">",
+        ])
         let started = ContinuousClock.now
         let consumer = try await broker.consumeQueue(queue, options: .init(visibilityTimeout: .seconds(2)))
         let delivery = try await consumer.next(timeout: .seconds(10))
@@ -185,7 +222,8 @@ struct RedisForeignInputTests {
         let queue = Self.queueName("replay")
         try await broker.createQueue(queue)
         _ = try await RedisTestSupport.redisCLI([
-            "XADD", queue + ":dlq", "*", "h:x-brokerkit-original-destination", "victim:delay", "h:x-brokerkit-last-error", "forged",
+            "XADD", queue + ":dlq", "*", "h:x-brokerkit-original-destination", "victim:delay",
+            "h:x-brokerkit-last-error", "forged",
             "payload", "forged",
         ])
         #expect(try await broker.replayDeadLetters(of: queue, limit: 10) == 1)
@@ -194,7 +232,11 @@ struct RedisForeignInputTests {
         #expect(delivery?.message.text == "forged")
         try await delivery?.ack()
         await consumer.close()
-        #expect(try await RedisTestSupport.redisCLI(["EXISTS", "victim:delay"]).trimmingCharacters(in: .whitespacesAndNewlines) == "0")
+        #expect(
+            try await RedisTestSupport.redisCLI(["EXISTS", "victim:delay"]).trimmingCharacters(
+                in: .whitespacesAndNewlines
+            ) == "0"
+        )
         try await broker.deleteDestination(queue)
         await broker.close()
     }

@@ -1,9 +1,9 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Foundation
 import RedisStreamsBackend
 import Testing
-import BrokerTestSupport
 
 /// Another client (redis-cli) reads what BrokerKit writes and writes what BrokerKit reads,
 /// in the documented field layout; and bad input gets clear errors.
@@ -33,7 +33,9 @@ struct RedisInteropTests {
         let broker = try await RedisTestSupport.connect()
         let queue = "interop-in-\(UUID().uuidString.prefix(8))"
         try await broker.createQueue(queue)
-        try await RedisTestSupport.redisCLI(["XADD", queue, "*", "id", "from-cli", "key", "k9", "h:origin", "redis-cli", "payload", "{\"n\":1}"])
+        try await RedisTestSupport.redisCLI([
+            "XADD", queue, "*", "id", "from-cli", "key", "k9", "h:origin", "redis-cli", "payload", "{\"n\":1}",
+        ])
         try await RedisTestSupport.redisCLI(["XADD", queue, "*", "payload", "bare"])
         let consumer = try await broker.consumeQueue(queue)
         let first = try #require(try await consumer.next(timeout: .seconds(5)))
@@ -82,13 +84,19 @@ struct RedisInteropTests {
     func connectAs(_ user: String) async throws {
         let (host, port) = try #require(TestEnvironment.hostAndPort(try RedisTestSupport.url()))
         do {
-            _ = try await Brokers.connect(url: "redis://\(user):wrong-secret@\(host):\(port)", registry: RedisTestSupport.registry)
+            _ = try await Brokers.connect(
+                url: "redis://\(user):wrong-secret@\(host):\(port)",
+                registry: RedisTestSupport.registry
+            )
             Issue.record("connected with a wrong password")
         } catch let error as BrokerError {
             #expect(error.code == .authenticationFailed)
             #expect(!error.description.contains("wrong-secret"))
         }
-        let ok = try await Brokers.connect(url: "redis://\(user):right-secret@\(host):\(port)", registry: RedisTestSupport.registry)
+        let ok = try await Brokers.connect(
+            url: "redis://\(user):right-secret@\(host):\(port)",
+            registry: RedisTestSupport.registry
+        )
         let queue = "acl-\(UUID().uuidString.prefix(8))"
         try await ok.publish(Message(text: "authenticated"), to: queue)
         #expect(try await ok.stats(for: queue).depth == 1)
@@ -119,7 +127,9 @@ struct RedisInteropTests {
         let broker = try await RedisTestSupport.connect(["retention.maxlen": "10"])
         let stream = "trim-\(UUID().uuidString.prefix(8))"
         try await broker.createStream(stream)
-        for batch in 0..<10 { _ = try await broker.publish((0..<20).map { Message(text: "\(batch)-\($0)") }, to: stream) }
+        for batch in 0..<10 {
+            _ = try await broker.publish((0..<20).map { Message(text: "\(batch)-\($0)") }, to: stream)
+        }
         let length = try await broker.stats(for: stream).depth
         #expect(length < 200, "stream was not trimmed: \(length)")
         let queue = "notrim-\(UUID().uuidString.prefix(8))"

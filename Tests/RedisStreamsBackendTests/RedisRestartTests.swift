@@ -1,9 +1,9 @@
 import BrokerAPI
 import BrokerConformance
+import BrokerTestSupport
 import Foundation
 import RedisStreamsBackend
 import Testing
-import BrokerTestSupport
 
 /// Tests that restart Redis or change its configuration; they run in the separate serial
 /// pass of scripts/test.sh (BROKERKIT_RESTART_TESTS=1).
@@ -12,8 +12,10 @@ struct RedisRestartTests {
     @Test func publishersAndConsumersSurviveARestartWithoutLosingAcknowledgedPublishes() async throws {
         let broker = try await RedisTestSupport.connect(["operation.timeout": "20s"])
         try await RestartCheck.run(
-            broker, plan: .init(publishes: 300, pause: .milliseconds(5), minimumAcknowledged: 251, settle: .seconds(30)),
-            restart: { try await TestEnvironment.restartServer("BROKERKIT_TEST_REDIS_RESTART", pause: 1) })
+            broker,
+            plan: .init(publishes: 300, pause: .milliseconds(5), minimumAcknowledged: 251, settle: .seconds(30)),
+            restart: { try await TestEnvironment.restartServer("BROKERKIT_TEST_REDIS_RESTART", pause: 1) }
+        )
         await broker.close()
     }
 

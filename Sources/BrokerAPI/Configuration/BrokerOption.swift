@@ -24,7 +24,13 @@ public struct BrokerOption: Sendable, Hashable {
     /// accepted and handed to the backend, which validates it (e.g. `rdkafka.` → librdkafka).
     public let isPrefix: Bool
 
-    public init(_ name: String, _ type: ValueType, default defaultValue: String? = nil, secret: Bool = false, _ summary: String) {
+    public init(
+        _ name: String,
+        _ type: ValueType,
+        default defaultValue: String? = nil,
+        secret: Bool = false,
+        _ summary: String
+    ) {
         self.name = name
         self.type = type
         self.summary = summary
@@ -53,7 +59,9 @@ public struct BrokerOption: Sendable, Hashable {
         let text = value.trimmingWhitespace()
         func fail(_ why: String) -> BrokerError {
             .invalidConfiguration(
-                "option '\(name)' of \(backend): \(isSecret ? "value" : "'\(text)'") \(why)", backend: backend)
+                "option '\(name)' of \(backend): \(isSecret ? "value" : "'\(text)'") \(why)",
+                backend: backend
+            )
         }
         switch type {
         case .string:
@@ -97,7 +105,10 @@ public struct BrokerOption: Sendable, Hashable {
     /// Names that hold secrets: anything with password, secret, token or key material.
     public static func looksSecret(_ name: String) -> Bool {
         let lower = name.lowercased()
-        return ["password", "secret", "token", "passwd", "sasl.password", "key.password", "key.pem", "private.key", "credential"].contains { lower.contains($0) }
+        return [
+            "password", "secret", "token", "passwd", "sasl.password", "key.password", "key.pem", "private.key",
+            "credential",
+        ].contains { lower.contains($0) }
     }
 
     /// Options every backend understands.
@@ -105,8 +116,12 @@ public struct BrokerOption: Sendable, Hashable {
         BrokerOption("connect.timeout", .duration, default: "5s", "How long connecting may take before it fails."),
         BrokerOption("operation.timeout", .duration, default: "30s", "How long one broker operation may take."),
         BrokerOption("auto.create", .bool, default: "true", "Create queues on first publish / consume."),
-        BrokerOption("max.message.bytes", .int(1...1_073_741_824), default: "8388608",
-                     "Largest message (payload + key + headers) a publish accepts."),
+        BrokerOption(
+            "max.message.bytes",
+            .int(1...1_073_741_824),
+            default: "8388608",
+            "Largest message (payload + key + headers) a publish accepts."
+        ),
         BrokerOption("prefix", .string, default: "", "Prepended to every destination name (multi-tenant namespaces)."),
     ]
 }

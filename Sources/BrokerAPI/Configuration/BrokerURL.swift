@@ -27,7 +27,10 @@ public struct BrokerURL: Sendable, Hashable, CustomStringConvertible {
         get { queryItems.map { ($0.key, $0.value) } }
         set { queryItems = newValue.map { QueryItem(key: $0.key, value: $0.value) } }
     }
-    struct QueryItem: Sendable, Hashable { var key: String; var value: String }
+    struct QueryItem: Sendable, Hashable {
+        var key: String
+        var value: String
+    }
     var queryItems: [QueryItem]
     /// The text it was parsed from, password included: never print it.
     let source: String
@@ -36,11 +39,15 @@ public struct BrokerURL: Sendable, Hashable, CustomStringConvertible {
     /// what is wrong (the password is never echoed).
     public init(_ string: String) throws {
         func fail(_ why: String) -> BrokerError {
-            .invalidConfiguration("invalid broker URL '\(BrokerURL.redact(string))': \(BrokerURL.scrub(why, of: string))")
+            .invalidConfiguration(
+                "invalid broker URL '\(BrokerURL.redact(string))': \(BrokerURL.scrub(why, of: string))"
+            )
         }
         let trimmed = string.trimmingWhitespace()
         guard let schemeEnd = trimmed.range(of: "://") else {
-            throw fail("expected scheme://host, e.g. memory://, kafka://localhost:9092, amqp://localhost, redis://localhost")
+            throw fail(
+                "expected scheme://host, e.g. memory://, kafka://localhost:9092, amqp://localhost, redis://localhost"
+            )
         }
         let scheme = String(trimmed[..<schemeEnd.lowerBound]).lowercased()
         guard !scheme.isEmpty, scheme.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "+" || $0 == "-" || $0 == "." }),
@@ -90,18 +97,25 @@ public struct BrokerURL: Sendable, Hashable, CustomStringConvertible {
             var name = Substring(hostText)
             var port: Int?
             if name.hasPrefix("[") {  // IPv6 literal
-                guard let close = name.firstIndex(of: "]") else { throw fail("unterminated IPv6 address '\(hostText)'") }
+                guard let close = name.firstIndex(of: "]") else {
+                    throw fail("unterminated IPv6 address '\(hostText)'")
+                }
                 let after = name[name.index(after: close)...]
                 let v6 = name[name.index(after: name.startIndex)..<close]
-                if after.hasPrefix(":") { port = try BrokerURL.port(String(after.dropFirst()), in: string) }
-                else if !after.isEmpty { throw fail("unexpected '\(after)' after IPv6 address") }
+                if after.hasPrefix(":") {
+                    port = try BrokerURL.port(String(after.dropFirst()), in: string)
+                } else if !after.isEmpty {
+                    throw fail("unexpected '\(after)' after IPv6 address")
+                }
                 name = v6
             } else if let colon = name.lastIndex(of: ":") {
                 port = try BrokerURL.port(String(name[name.index(after: colon)...]), in: string)
                 name = name[..<colon]
             }
             guard !name.isEmpty else { throw fail("host name missing before port in '\(hostText)'") }
-            let allowed = name.allSatisfy { $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" || $0 == "_" || $0 == ":" || $0 == "%" }
+            let allowed = name.allSatisfy {
+                $0.isLetter || $0.isNumber || $0 == "." || $0 == "-" || $0 == "_" || $0 == ":" || $0 == "%"
+            }
             guard allowed else { throw fail("host '\(name)' contains characters that are not allowed in a host name") }
             hosts.append(Host(name: String(name), port: port))
         }
@@ -117,7 +131,9 @@ public struct BrokerURL: Sendable, Hashable, CustomStringConvertible {
     private static func port(_ text: String, in url: String) throws -> Int {
         guard let port = Int(text), (1...65535).contains(port) else {
             throw BrokerError.invalidConfiguration(
-                "invalid broker URL '\(redact(url))': " + scrub("port '\(text)' is not a number from 1 to 65535", of: url))
+                "invalid broker URL '\(redact(url))': "
+                    + scrub("port '\(text)' is not a number from 1 to 65535", of: url)
+            )
         }
         return port
     }
@@ -135,10 +151,12 @@ public struct BrokerURL: Sendable, Hashable, CustomStringConvertible {
         text += hosts.map(\.description).joined(separator: ",")
         if !path.isEmpty { text += "/" + path }
         if !queryItems.isEmpty {
-            text += "?" + queryItems.map { item in
-                let secret = BrokerOption.looksSecret(item.key)
-                return "\(item.key)=\(secret ? "***" : item.value)"
-            }.joined(separator: "&")
+            text +=
+                "?"
+                + queryItems.map { item in
+                    let secret = BrokerOption.looksSecret(item.key)
+                    return "\(item.key)=\(secret ? "***" : item.value)"
+                }.joined(separator: "&")
         }
         return text
     }
@@ -161,8 +179,11 @@ public struct BrokerURL: Sendable, Hashable, CustomStringConvertible {
     /// Hides the values of query options whose names look secret (`sasl.password=…`).
     private static func redactQuery(_ text: String) -> String {
         guard let q = text.firstIndex(of: "?") else { return text }
-        let pairs = text[text.index(after: q)...].split(separator: "&", omittingEmptySubsequences: false).map { pair -> String in
-            guard let eq = pair.firstIndex(of: "="), BrokerOption.looksSecret(percentDecode(String(pair[..<eq]))) else { return String(pair) }
+        let pairs = text[text.index(after: q)...].split(separator: "&", omittingEmptySubsequences: false).map {
+            pair -> String in
+            guard let eq = pair.firstIndex(of: "="), BrokerOption.looksSecret(percentDecode(String(pair[..<eq]))) else {
+                return String(pair)
+            }
             return String(pair[..<eq]) + "=***"
         }
         return String(text[..<q]) + "?" + pairs.joined(separator: "&")
@@ -192,7 +213,8 @@ public struct BrokerURL: Sendable, Hashable, CustomStringConvertible {
         func overlapsSecret(_ piece: Substring) -> Bool {
             let needle = Array(piece.utf8)
             guard !needle.isEmpty, needle.count <= bytes.count else { return false }
-            for start in 0...(bytes.count - needle.count) where start < secretEnd && secretStart < start + needle.count {
+            for start in 0...(bytes.count - needle.count) where start < secretEnd && secretStart < start + needle.count
+            {
                 if bytes[start..<(start + needle.count)].elementsEqual(needle) { return true }
             }
             return false
@@ -229,7 +251,9 @@ public struct BrokerURL: Sendable, Hashable, CustomStringConvertible {
         text.split(separator: ",", omittingEmptySubsequences: false).allSatisfy { host in
             var name = host
             if let colon = host.lastIndex(of: ":"), !host.hasPrefix("[") {
-                guard let port = Int(host[host.index(after: colon)...]), (1...65535).contains(port) else { return false }
+                guard let port = Int(host[host.index(after: colon)...]), (1...65535).contains(port) else {
+                    return false
+                }
                 name = host[..<colon]
             }
             return !name.isEmpty && name.allSatisfy { $0.isLetter || $0.isNumber || "._-[]:%".contains($0) }

@@ -15,13 +15,16 @@ public enum Brokers {
 
     /// Validates `url` plus `options` against the backend registered for the URL's scheme.
     public static func configuration(
-        url: String, options: [String: String] = [:], registry: BrokerRegistry = .shared
+        url: String,
+        options: [String: String] = [:],
+        registry: BrokerRegistry = .shared
     ) throws -> BrokerConfiguration {
         let parsed = try BrokerURL(url)
         guard let backend = registry.backend(for: parsed.scheme) else {
             throw BrokerError(
                 .unknownScheme,
-                "no backend registered for scheme '\(parsed.scheme)' in '\(parsed.redacted)'; registered: \(registry.schemes.joined(separator: ", ")). Link and register the backend (e.g. KafkaBackend.register())")
+                "no backend registered for scheme '\(parsed.scheme)' in '\(parsed.redacted)'; registered: \(registry.schemes.joined(separator: ", ")). Link and register the backend (e.g. KafkaBackend.register())"
+            )
         }
         let specs = BrokerOption.common + backend.options
         var merged: [String: String] = [:]
@@ -32,7 +35,8 @@ public enum Brokers {
             guard let spec = specs.first(where: { $0.matches(key) }) else {
                 throw BrokerError.invalidConfiguration(
                     "unknown option '\(key)' for \(backend.name) (\(parsed.redacted)); known options: \(specs.map(\.name).sorted().joined(separator: ", "))",
-                    backend: backend.name)
+                    backend: backend.name
+                )
             }
             validated[key] = try spec.validate(value, backend: backend.name)
         }
@@ -41,7 +45,9 @@ public enum Brokers {
 
     /// Connects to the broker at `url`.
     public static func connect(
-        url: String, options: [String: String] = [:], registry: BrokerRegistry = .shared,
+        url: String,
+        options: [String: String] = [:],
+        registry: BrokerRegistry = .shared,
         logger: Logger = Logger(label: "brokerkit")
     ) async throws -> any Broker {
         let configuration = try configuration(url: url, options: options, registry: registry)
@@ -50,7 +56,8 @@ public enum Brokers {
 
     /// Connects with a validated configuration.
     public static func connect(
-        _ configuration: BrokerConfiguration, registry: BrokerRegistry = .shared,
+        _ configuration: BrokerConfiguration,
+        registry: BrokerRegistry = .shared,
         logger: Logger = Logger(label: "brokerkit")
     ) async throws -> any Broker {
         guard let backend = registry.backend(for: configuration.scheme) else {
@@ -63,7 +70,10 @@ public enum Brokers {
 
     /// Reads `broker.url` (env `BROKER_URL`, default `memory://`) and the chosen backend's
     /// options under its namespace (`kafka.compression.type`, env `KAFKA_COMPRESSION_TYPE`).
-    public static func configuration(from reader: ConfigReader, registry: BrokerRegistry = .shared) throws -> BrokerConfiguration {
+    public static func configuration(
+        from reader: ConfigReader,
+        registry: BrokerRegistry = .shared
+    ) throws -> BrokerConfiguration {
         let url = reader.string(forKey: "broker.url", isSecret: true) ?? defaultURL
         let parsed = try BrokerURL(url)
         guard let backend = registry.backend(for: parsed.scheme) else {
@@ -87,7 +97,9 @@ public enum Brokers {
 
     /// Connects using a `ConfigReader` (see ``configuration(from:registry:)``).
     public static func connect(
-        config reader: ConfigReader, registry: BrokerRegistry = .shared, logger: Logger = Logger(label: "brokerkit")
+        config reader: ConfigReader,
+        registry: BrokerRegistry = .shared,
+        logger: Logger = Logger(label: "brokerkit")
     ) async throws -> any Broker {
         try await connect(try configuration(from: reader, registry: registry), registry: registry, logger: logger)
     }
@@ -102,17 +114,23 @@ public enum Brokers {
     /// `url` and `options`, when given (e.g. from command-line flags), win over both sources.
     public static func configurationFromEnvironment(
         _ environment: [String: String] = ProcessInfo.processInfo.environment,
-        configFile: String? = nil, url: String? = nil, options: [String: String] = [:],
+        configFile: String? = nil,
+        url: String? = nil,
+        options: [String: String] = [:],
         registry: BrokerRegistry = .shared
     ) async throws -> BrokerConfiguration {
         let knownBrokerVars: Set<String> = ["BROKER_URL", "BROKER_CONFIG_FILE"]
         for name in environment.keys.sorted() where name.hasPrefix("BROKER_") && !knownBrokerVars.contains(name) {
             throw BrokerError.invalidConfiguration(
-                "unknown environment variable '\(name)'; BrokerKit reads BROKER_URL, BROKER_CONFIG_FILE and backend options such as KAFKA_COMPRESSION_TYPE")
+                "unknown environment variable '\(name)'; BrokerKit reads BROKER_URL, BROKER_CONFIG_FILE and backend options such as KAFKA_COMPRESSION_TYPE"
+            )
         }
-        var providers: [any ConfigProvider] = [EnvironmentVariablesProvider(
-            environmentVariables: environment,
-            secretsSpecifier: .dynamic { key, _ in key == "BROKER_URL" || BrokerOption.looksSecret(key) })]
+        var providers: [any ConfigProvider] = [
+            EnvironmentVariablesProvider(
+                environmentVariables: environment,
+                secretsSpecifier: .dynamic { key, _ in key == "BROKER_URL" || BrokerOption.looksSecret(key) }
+            )
+        ]
         if let path = configFile ?? environment["BROKER_CONFIG_FILE"], !path.isEmpty {
             try checkConfigFile(path, registry: registry)
             do {
@@ -133,11 +151,15 @@ public enum Brokers {
 
     /// Connects using ``configurationFromEnvironment(_:configFile:url:options:registry:)``.
     public static func connectFromEnvironment(
-        configFile: String? = nil, registry: BrokerRegistry = .shared, logger: Logger = Logger(label: "brokerkit")
+        configFile: String? = nil,
+        registry: BrokerRegistry = .shared,
+        logger: Logger = Logger(label: "brokerkit")
     ) async throws -> any Broker {
         try await connect(
             try await configurationFromEnvironment(configFile: configFile, registry: registry),
-            registry: registry, logger: logger)
+            registry: registry,
+            logger: logger
+        )
     }
 
     /// Rejects unknown keys under `broker.` and under every registered backend's namespace.
@@ -147,7 +169,9 @@ public enum Brokers {
         }
         let root: Any
         do { root = try JSONSerialization.jsonObject(with: data) } catch {
-            throw BrokerError.invalidConfiguration("config file '\(path)' is not valid JSON: \(error.localizedDescription)")
+            throw BrokerError.invalidConfiguration(
+                "config file '\(path)' is not valid JSON: \(error.localizedDescription)"
+            )
         }
         guard let object = root as? [String: Any] else {
             throw BrokerError.invalidConfiguration("config file '\(path)' must contain a JSON object")
@@ -165,7 +189,9 @@ public enum Brokers {
         for key in flat.sorted() {
             if key.hasPrefix("broker.") {
                 guard key == "broker.url" else {
-                    throw BrokerError.invalidConfiguration("unknown key '\(key)' in config file '\(path)'; under 'broker' only 'url' is read")
+                    throw BrokerError.invalidConfiguration(
+                        "unknown key '\(key)' in config file '\(path)'; under 'broker' only 'url' is read"
+                    )
                 }
                 continue
             }
@@ -175,7 +201,8 @@ public enum Brokers {
                 guard specs.contains(where: { $0.name == option }) else {
                     throw BrokerError.invalidConfiguration(
                         "unknown key '\(key)' in config file '\(path)' for \(backend.name); known: \(specs.map { backend.optionNamespace + "." + $0.name }.sorted().joined(separator: ", "))",
-                        backend: backend.name)
+                        backend: backend.name
+                    )
                 }
             }
         }

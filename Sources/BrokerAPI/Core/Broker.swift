@@ -6,7 +6,11 @@ public protocol MessagePublisher: Sendable {
     func publish(_ message: Message, to destination: String, options: PublishOptions) async throws -> PublishReceipt
     /// Publishes a batch (pipelined where the backend can) and waits for all confirmations.
     /// Receipts are in the order of `messages`.
-    func publish(_ messages: [Message], to destination: String, options: PublishOptions) async throws -> [PublishReceipt]
+    func publish(
+        _ messages: [Message],
+        to destination: String,
+        options: PublishOptions
+    ) async throws -> [PublishReceipt]
 }
 
 extension MessagePublisher {
@@ -53,7 +57,7 @@ extension MessageConsumer {
     ///
     /// A delivery that arrives just as the timeout fires is returned, never dropped.
     public func next(timeout: Duration) async throws -> Delivery? {
-        return try await withThrowingTaskGroup(of: NextOutcome.self) { group in
+        try await withThrowingTaskGroup(of: NextOutcome.self) { group in
             group.addTask {
                 do { return .delivery(try await self.next()) } catch is CancellationError { return .delivery(nil) }
             }
@@ -101,8 +105,10 @@ public struct QueueConsumerOptions: Sendable {
     public var consumerName: String?
 
     public init(
-        prefetch: Int = 16, retryPolicy: RetryPolicy = .default,
-        visibilityTimeout: Duration = .seconds(30), consumerName: String? = nil
+        prefetch: Int = 16,
+        retryPolicy: RetryPolicy = .default,
+        visibilityTimeout: Duration = .seconds(30),
+        consumerName: String? = nil
     ) {
         self.prefetch = max(1, prefetch)
         self.retryPolicy = retryPolicy
@@ -132,7 +138,9 @@ public struct StreamConsumerOptions: Sendable {
     public var consumerName: String?
 
     public init(
-        start: StartPosition = .latest, prefetch: Int = 64, retryPolicy: RetryPolicy = .default,
+        start: StartPosition = .latest,
+        prefetch: Int = 64,
+        retryPolicy: RetryPolicy = .default,
         consumerName: String? = nil
     ) {
         self.start = start
@@ -188,7 +196,11 @@ public protocol Broker: MessagePublisher, BrokerAdmin {
     /// A competing consumer on a work queue.
     func consumeQueue(_ queue: String, options: QueueConsumerOptions) async throws -> any MessageConsumer
     /// A member of consumer group `group` on a stream.
-    func consumeStream(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer
+    func consumeStream(
+        _ stream: String,
+        group: String,
+        options: StreamConsumerOptions
+    ) async throws -> any MessageConsumer
     /// Closes consumers, flushes publishers and releases connections. Idempotent. A broker
     /// dropped without it ends its threads and closes its connections in the background, once
     /// none of its consumers is left (a consumer keeps its broker alive; a consumer the app
@@ -205,7 +217,11 @@ extension Broker {
     public func require(_ needed: BrokerCapabilities, for operation: String) throws {
         let missing = needed.subtracting(capabilities)
         if !missing.isEmpty {
-            throw BrokerError(.unsupported, "\(operation) needs [\(missing)], which \(backendName) does not support", backend: backendName)
+            throw BrokerError(
+                .unsupported,
+                "\(operation) needs [\(missing)], which \(backendName) does not support",
+                backend: backendName
+            )
         }
     }
 }

@@ -20,12 +20,20 @@ public protocol BrokerDriver: Sendable {
     /// Publishes a checked batch (not empty; sizes, headers and the destination name
     /// checked; the current trace context added) and returns one receipt per message, in
     /// order.
-    func publish(checked messages: [Message], to destination: String, options: PublishOptions) async throws -> [PublishReceipt]
+    func publish(
+        checked messages: [Message],
+        to destination: String,
+        options: PublishOptions
+    ) async throws -> [PublishReceipt]
 
     /// A consumer of `queue`, started: deliveries may be fetched from it at once.
     func openQueueConsumer(_ queue: String, options: QueueConsumerOptions) async throws -> any MessageConsumer
     /// A member of `group` on `stream`, started (it joined the group).
-    func openStreamConsumer(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer
+    func openStreamConsumer(
+        _ stream: String,
+        group: String,
+        options: StreamConsumerOptions
+    ) async throws -> any MessageConsumer
 
     func createDestination(_ name: String, kind: DestinationKind, options: DestinationOptions) async throws
     func deleteDestination(_ name: String) async throws
@@ -72,7 +80,11 @@ public final class BrokerClient: Broker, Sendable {
 
     private func checkOpen(_ destination: String? = nil) throws {
         if closed.load(ordering: .acquiring) {
-            throw BrokerError.closed("broker \(configuration.url.redacted)", backend: backendName, destination: destination)
+            throw BrokerError.closed(
+                "broker \(configuration.url.redacted)",
+                backend: backendName,
+                destination: destination
+            )
         }
     }
 
@@ -83,16 +95,28 @@ public final class BrokerClient: Broker, Sendable {
 
     // MARK: - Publishing
 
-    public func publish(_ message: Message, to destination: String, options: PublishOptions) async throws -> PublishReceipt {
+    public func publish(
+        _ message: Message,
+        to destination: String,
+        options: PublishOptions
+    ) async throws -> PublishReceipt {
         try await publish([message], to: destination, options: options)[0]
     }
 
-    public func publish(_ messages: [Message], to destination: String, options: PublishOptions) async throws -> [PublishReceipt] {
+    public func publish(
+        _ messages: [Message],
+        to destination: String,
+        options: PublishOptions
+    ) async throws -> [PublishReceipt] {
         try check(destination)
         let driver = self.driver
         let checked = try PublishValidation.prepare(
-            messages, to: destination, configuration: configuration, backend: backendName,
-            reservedHeaders: { driver.isReservedHeader($0) })
+            messages,
+            to: destination,
+            configuration: configuration,
+            backend: backendName,
+            reservedHeaders: { driver.isReservedHeader($0) }
+        )
         if checked.isEmpty { return [] }
         let receipts = try await driver.publish(checked: checked, to: destination, options: options)
         observer.record(.published, destination: destination, count: checked.count)
@@ -106,10 +130,17 @@ public final class BrokerClient: Broker, Sendable {
         return OwnedConsumer(try await driver.openQueueConsumer(queue, options: options), logger: logger)
     }
 
-    public func consumeStream(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer {
+    public func consumeStream(
+        _ stream: String,
+        group: String,
+        options: StreamConsumerOptions
+    ) async throws -> any MessageConsumer {
         try check(stream)
         try DestinationName.validate(group, what: "group", backend: backendName)
-        return OwnedConsumer(try await driver.openStreamConsumer(stream, group: group, options: options), logger: logger)
+        return OwnedConsumer(
+            try await driver.openStreamConsumer(stream, group: group, options: options),
+            logger: logger
+        )
     }
 
     // MARK: - Admin

@@ -58,9 +58,18 @@ public struct Delivery: Sendable {
         var isSettled: Bool { root.settledFlag.load(ordering: .acquiring) }
 
         init(
-            message: Message, destination: String, group: String?, attempt: Int, firstFailureAt: Date?,
-            position: Position?, retryPolicy: RetryPolicy, backend: String, settler: any DeliverySettler,
-            origin: Storage?, metrics: DeliveryObserver.Destination?, defect: String?
+            message: Message,
+            destination: String,
+            group: String?,
+            attempt: Int,
+            firstFailureAt: Date?,
+            position: Position?,
+            retryPolicy: RetryPolicy,
+            backend: String,
+            settler: any DeliverySettler,
+            origin: Storage?,
+            metrics: DeliveryObserver.Destination?,
+            defect: String?
         ) {
             self.message = message
             self.destination = destination
@@ -118,28 +127,63 @@ public struct Delivery: Sendable {
     private var metrics: DeliveryObserver.Destination? { storage.metrics }
 
     @_spi(BrokerBackend) public init(
-        message: Message, destination: String, group: String? = nil, attempt: Int,
-        firstFailureAt: Date?, position: Position?, retryPolicy: RetryPolicy, backend: String,
-        settler: any DeliverySettler, observer: DeliveryObserver? = nil, defect: String? = nil
+        message: Message,
+        destination: String,
+        group: String? = nil,
+        attempt: Int,
+        firstFailureAt: Date?,
+        position: Position?,
+        retryPolicy: RetryPolicy,
+        backend: String,
+        settler: any DeliverySettler,
+        observer: DeliveryObserver? = nil,
+        defect: String? = nil
     ) {
         self.init(
-            message: message, destination: destination, group: group, attempt: attempt, firstFailureAt: firstFailureAt,
-            position: position, retryPolicy: retryPolicy, backend: backend, settler: settler,
-            metrics: observer?.destination(destination), defect: defect)
+            message: message,
+            destination: destination,
+            group: group,
+            attempt: attempt,
+            firstFailureAt: firstFailureAt,
+            position: position,
+            retryPolicy: retryPolicy,
+            backend: backend,
+            settler: settler,
+            metrics: observer?.destination(destination),
+            defect: defect
+        )
     }
 
     /// A delivery whose acks, retries and dead-letterings count in `metrics`: the
     /// destination's counters, looked up once by the consumer
     /// (``DeliveryObserver/destination(_:)``) instead of once per delivery.
     @_spi(BrokerBackend) public init(
-        message: Message, destination: String, group: String? = nil, attempt: Int,
-        firstFailureAt: Date?, position: Position?, retryPolicy: RetryPolicy, backend: String,
-        settler: any DeliverySettler, metrics: DeliveryObserver.Destination?, defect: String? = nil
+        message: Message,
+        destination: String,
+        group: String? = nil,
+        attempt: Int,
+        firstFailureAt: Date?,
+        position: Position?,
+        retryPolicy: RetryPolicy,
+        backend: String,
+        settler: any DeliverySettler,
+        metrics: DeliveryObserver.Destination?,
+        defect: String? = nil
     ) {
         storage = Storage(
-            message: message, destination: destination, group: group, attempt: min(max(1, attempt), Delivery.maxAttempt),
-            firstFailureAt: firstFailureAt, position: position, retryPolicy: retryPolicy, backend: backend,
-            settler: settler, origin: nil, metrics: metrics, defect: defect)
+            message: message,
+            destination: destination,
+            group: group,
+            attempt: min(max(1, attempt), Delivery.maxAttempt),
+            firstFailureAt: firstFailureAt,
+            position: position,
+            retryPolicy: retryPolicy,
+            backend: backend,
+            settler: settler,
+            origin: nil,
+            metrics: metrics,
+            defect: defect
+        )
         owner = nil
     }
 
@@ -148,10 +192,21 @@ public struct Delivery: Sendable {
     public func withRetryPolicy(_ policy: RetryPolicy) -> Delivery {
         Delivery(
             storage: Storage(
-                message: message, destination: destination, group: group, attempt: attempt,
-                firstFailureAt: firstFailureAt, position: position, retryPolicy: policy, backend: backend,
-                settler: settler, origin: storage.root, metrics: metrics, defect: defect),
-            owner: owner)
+                message: message,
+                destination: destination,
+                group: group,
+                attempt: attempt,
+                firstFailureAt: firstFailureAt,
+                position: position,
+                retryPolicy: policy,
+                backend: backend,
+                settler: settler,
+                origin: storage.root,
+                metrics: metrics,
+                defect: defect
+            ),
+            owner: owner
+        )
     }
 
     /// The same delivery, keeping `owner` open while it lives.
@@ -168,8 +223,11 @@ public struct Delivery: Sendable {
     private func claim(_ action: String) throws {
         guard storage.settle() else {
             throw BrokerError(
-                .alreadySettled, "message '\(message.id)' was already settled; cannot \(action)",
-                backend: backend, destination: destination)
+                .alreadySettled,
+                "message '\(message.id)' was already settled; cannot \(action)",
+                backend: backend,
+                destination: destination
+            )
         }
     }
 
@@ -228,7 +286,11 @@ public struct Delivery: Sendable {
             let wait = delay ?? policyDelay
             try await settle {
                 try await settler.retry(
-                    after: wait, nextAttempt: attempt + 1, firstFailureAt: firstFailureAt ?? now, lastError: errorText)
+                    after: wait,
+                    nextAttempt: attempt + 1,
+                    firstFailureAt: firstFailureAt ?? now,
+                    lastError: errorText
+                )
             }
             metrics?.record(.retried)
             return .retried(after: wait, nextAttempt: attempt + 1)
@@ -253,7 +315,12 @@ public struct Delivery: Sendable {
     public func postpone(by delay: Duration, reason: String) async throws {
         try claim("postpone")
         try await settle {
-            try await settler.retry(after: delay, nextAttempt: attempt, firstFailureAt: firstFailureAt ?? Date(), lastError: reason)
+            try await settler.retry(
+                after: delay,
+                nextAttempt: attempt,
+                firstFailureAt: firstFailureAt ?? Date(),
+                lastError: reason
+            )
         }
     }
 
@@ -265,7 +332,12 @@ public struct Delivery: Sendable {
 
     private func envelope(lastError: String, now: Date) -> DeadLetterEnvelope {
         DeadLetterEnvelope(
-            original: message, originalDestination: destination, attempts: attempt,
-            lastError: lastError, failedAt: now, firstFailureAt: firstFailureAt ?? now)
+            original: message,
+            originalDestination: destination,
+            attempts: attempt,
+            lastError: lastError,
+            failedAt: now,
+            firstFailureAt: firstFailureAt ?? now
+        )
     }
 }

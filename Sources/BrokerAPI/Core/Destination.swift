@@ -34,7 +34,9 @@ public struct DestinationOptions: Sendable, Hashable {
     public var backendSettings: [String: String]
 
     public init(
-        partitions: Int? = nil, replicationFactor: Int? = nil, retention: Retention? = nil,
+        partitions: Int? = nil,
+        replicationFactor: Int? = nil,
+        retention: Retention? = nil,
         backendSettings: [String: String] = [:]
     ) {
         self.partitions = partitions
@@ -94,8 +96,13 @@ public struct DestinationStats: Sendable, Hashable {
     public let groups: [GroupStats]
 
     public init(
-        name: String, kind: DestinationKind, depth: Int, inFlight: Int, delayed: Int,
-        deadLettered: Int, groups: [GroupStats]
+        name: String,
+        kind: DestinationKind,
+        depth: Int,
+        inFlight: Int,
+        delayed: Int,
+        deadLettered: Int,
+        groups: [GroupStats]
     ) {
         self.name = name
         self.kind = kind
@@ -121,12 +128,17 @@ public enum DestinationName {
         if name.count > maxLength { throw fail("longer than \(maxLength) characters") }
         if name.first == "." || name.first == "-" { throw fail("must not start with '.' or '-'") }
         for scalar in name.unicodeScalars {
-            let ok = (scalar >= "a" && scalar <= "z") || (scalar >= "A" && scalar <= "Z")
+            let ok =
+                (scalar >= "a" && scalar <= "z") || (scalar >= "A" && scalar <= "Z")
                 || (scalar >= "0" && scalar <= "9") || scalar == "." || scalar == "_" || scalar == "-" || scalar == ":"
-            if !ok { throw fail("character '\(scalar.escaped(asASCII: true))' is not allowed (use A-Z a-z 0-9 . _ - :)") }
+            if !ok {
+                throw fail("character '\(scalar.escaped(asASCII: true))' is not allowed (use A-Z a-z 0-9 . _ - :)")
+            }
         }
         if let reserved = reservedPart(of: name, what: what) {
-            throw fail("\(reserved) is reserved for BrokerKit's own delay, retry, dead-letter, offset and catalog structures")
+            throw fail(
+                "\(reserved) is reserved for BrokerKit's own delay, retry, dead-letter, offset and catalog structures"
+            )
         }
     }
 

@@ -45,10 +45,13 @@ import Synchronization
         do {
             try await delivery.deadLetter(reason: reason)
             logger.warning(
-                "dead-lettered message '\(delivery.message.id)' of '\(delivery.destination)' at \(delivery.position.map { "\($0)" } ?? "?"): \(reason)")
+                "dead-lettered message '\(delivery.message.id)' of '\(delivery.destination)' at \(delivery.position.map { "\($0)" } ?? "?"): \(reason)"
+            )
             failures.succeeded()
         } catch {
-            try? await Task.sleep(for: failures.failed("message '\(delivery.message.id)' of '\(delivery.destination)': \(error)"))
+            try? await Task.sleep(
+                for: failures.failed("message '\(delivery.message.id)' of '\(delivery.destination)': \(error)")
+            )
         }
     }
 

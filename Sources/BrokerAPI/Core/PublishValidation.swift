@@ -22,10 +22,19 @@
     /// Validates the destination name and message size, rejects reserved-header misuse, and
     /// injects the trace context. Returns the message to send.
     public static func prepare(
-        _ message: Message, to destination: String, configuration: BrokerConfiguration, backend: String,
+        _ message: Message,
+        to destination: String,
+        configuration: BrokerConfiguration,
+        backend: String,
         reservedHeaders: @Sendable (String) -> Bool = { _ in false }
     ) throws -> Message {
-        try prepare([message], to: destination, configuration: configuration, backend: backend, reservedHeaders: reservedHeaders)[0]
+        try prepare(
+            [message],
+            to: destination,
+            configuration: configuration,
+            backend: backend,
+            reservedHeaders: reservedHeaders
+        )[0]
     }
 
     /// ``prepare(_:to:configuration:backend:reservedHeaders:)`` for a batch: the destination
@@ -33,7 +42,10 @@
     /// An empty batch is returned as is. `reservedHeaders` says which of the backend's own
     /// header names (given in lower case) an app must not set.
     public static func prepare(
-        _ messages: [Message], to destination: String, configuration: BrokerConfiguration, backend: String,
+        _ messages: [Message],
+        to destination: String,
+        configuration: BrokerConfiguration,
+        backend: String,
         reservedHeaders: @Sendable (String) -> Bool = { _ in false }
     ) throws -> [Message] {
         guard !messages.isEmpty else { return [] }
@@ -47,10 +59,17 @@
                 throw BrokerError(
                     .messageTooLarge,
                     "message '\(messages[index].id)' is \(size) bytes; the limit (max.message.bytes) is \(limit)",
-                    backend: backend, destination: destination)
+                    backend: backend,
+                    destination: destination
+                )
             }
             if !messages[index].headers.isEmpty {
-                try checkHeaders(of: messages[index], to: destination, backend: backend, reservedHeaders: reservedHeaders)
+                try checkHeaders(
+                    of: messages[index],
+                    to: destination,
+                    backend: backend,
+                    reservedHeaders: reservedHeaders
+                )
             }
         }
         // Without a trace to add, the caller's array is returned as is: no copy of each message.
@@ -63,10 +82,18 @@
     }
 
     private static func checkHeaders(
-        of message: Message, to destination: String, backend: String, reservedHeaders: (String) -> Bool
+        of message: Message,
+        to destination: String,
+        backend: String,
+        reservedHeaders: (String) -> Bool
     ) throws {
         func fail(_ code: BrokerError.Code, _ why: String) -> BrokerError {
-            BrokerError(code, "message '\(message.id)' \(why); nothing was sent", backend: backend, destination: destination)
+            BrokerError(
+                code,
+                "message '\(message.id)' \(why); nothing was sent",
+                backend: backend,
+                destination: destination
+            )
         }
         let headers = message.headers
         if headers.count > maxHeaderCount {
@@ -79,11 +106,15 @@
             if isReserved(name, backendReserved: reservedHeaders) {
                 throw fail(
                     .invalidMessage,
-                    "sets the reserved header '\(name)': headers starting with '\(HeaderName.reservedPrefix)' (but for \(HeaderName.jobName) and \(HeaderName.idempotencyKey)) and those the \(backend) backend interprets are BrokerKit's own")
+                    "sets the reserved header '\(name)': headers starting with '\(HeaderName.reservedPrefix)' (but for \(HeaderName.jobName) and \(HeaderName.idempotencyKey)) and those the \(backend) backend interprets are BrokerKit's own"
+                )
             }
         }
         if bytes > maxHeaderBytes {
-            throw fail(.messageTooLarge, "has \(bytes) bytes of header names and values; at most \(maxHeaderBytes) are allowed")
+            throw fail(
+                .messageTooLarge,
+                "has \(bytes) bytes of header names and values; at most \(maxHeaderBytes) are allowed"
+            )
         }
     }
 

@@ -23,7 +23,12 @@ public struct JobQueue: Sendable {
     public func message<J: Job>(for job: J, idempotencyKey: String? = nil, key: String? = nil) throws -> Message {
         let payload: Data
         do { payload = try encoder.encode(job) } catch {
-            throw BrokerError(.decodingFailed, "cannot encode job '\(J.name)': \(error)", backend: broker.backendName, destination: queue)
+            throw BrokerError(
+                .decodingFailed,
+                "cannot encode job '\(J.name)': \(error)",
+                backend: broker.backendName,
+                destination: queue
+            )
         }
         var headers = [HeaderName.jobName: J.name, "content-type": "application/json"]
         if let idempotencyKey { headers[HeaderName.idempotencyKey] = idempotencyKey }
@@ -39,13 +44,28 @@ public struct JobQueue: Sendable {
 
     /// Dispatches `job` to run no earlier than `delay` from now.
     @discardableResult
-    public func dispatch<J: Job>(_ job: J, after delay: Duration, idempotencyKey: String? = nil, key: String? = nil) async throws -> String {
-        try await dispatch(job, at: Date().addingTimeInterval(delay.timeInterval), idempotencyKey: idempotencyKey, key: key)
+    public func dispatch<J: Job>(
+        _ job: J,
+        after delay: Duration,
+        idempotencyKey: String? = nil,
+        key: String? = nil
+    ) async throws -> String {
+        try await dispatch(
+            job,
+            at: Date().addingTimeInterval(delay.timeInterval),
+            idempotencyKey: idempotencyKey,
+            key: key
+        )
     }
 
     /// Dispatches `job` to run no earlier than `date`.
     @discardableResult
-    public func dispatch<J: Job>(_ job: J, at date: Date, idempotencyKey: String? = nil, key: String? = nil) async throws -> String {
+    public func dispatch<J: Job>(
+        _ job: J,
+        at date: Date,
+        idempotencyKey: String? = nil,
+        key: String? = nil
+    ) async throws -> String {
         try broker.require(.delayedDelivery, for: "delayed jobs")
         let message = try message(for: job, idempotencyKey: idempotencyKey, key: key)
         return try await broker.publish(message, to: queue, options: PublishOptions(deliverAt: date)).messageID
@@ -145,7 +165,10 @@ public enum JobCoding {
             let container = try decoder.singleValueContainer()
             let text = try container.decode(String.self)
             guard let date = ISO8601.parse(text) else {
-                throw DecodingError.dataCorruptedError(in: container, debugDescription: "'\(text)' is not an ISO 8601 date")
+                throw DecodingError.dataCorruptedError(
+                    in: container,
+                    debugDescription: "'\(text)' is not an ISO 8601 date"
+                )
             }
             return date
         }

@@ -40,9 +40,13 @@ public final class JobWorker: Service, Sendable {
         public var runningDuplicateDelay: Duration
 
         public init(
-            concurrency: Int = 4, retryPolicy: RetryPolicy = .default, jobTimeout: Duration? = nil,
-            shutdownTimeout: Duration = .seconds(30), maxJobs: Int? = nil,
-            idempotencyStore: any IdempotencyStore = InMemoryIdempotencyStore(), visibilityTimeout: Duration = .seconds(30),
+            concurrency: Int = 4,
+            retryPolicy: RetryPolicy = .default,
+            jobTimeout: Duration? = nil,
+            shutdownTimeout: Duration = .seconds(30),
+            maxJobs: Int? = nil,
+            idempotencyStore: any IdempotencyStore = InMemoryIdempotencyStore(),
+            visibilityTimeout: Duration = .seconds(30),
             runningDuplicateDelay: Duration = .seconds(5)
         ) {
             self.concurrency = max(1, concurrency)
@@ -72,7 +76,10 @@ public final class JobWorker: Service, Sendable {
     private let handled = Atomic<Int>(0)
 
     public init(
-        broker: any Broker, queue: String = "jobs", options: Options = Options(), hooks: JobHooks = JobHooks(),
+        broker: any Broker,
+        queue: String = "jobs",
+        options: Options = Options(),
+        hooks: JobHooks = JobHooks(),
         logger: Logger = Logger(label: "brokerkit.jobs")
     ) {
         self.broker = broker
@@ -86,7 +93,8 @@ public final class JobWorker: Service, Sendable {
 
     /// Registers the handler for job type `J`.
     public func register<J: Job>(
-        _ type: J.Type, options: JobOptions = JobOptions(),
+        _ type: J.Type,
+        options: JobOptions = JobOptions(),
         handler: @escaping @Sendable (J, JobContext) async throws -> Void
     ) {
         let registration = Registration(options: options) { data, context in
@@ -111,11 +119,18 @@ public final class JobWorker: Service, Sendable {
         let consumer = try await broker.consumeQueue(
             queue,
             options: QueueConsumerOptions(
-                prefetch: options.concurrency, retryPolicy: options.retryPolicy,
-                visibilityTimeout: options.visibilityTimeout))
+                prefetch: options.concurrency,
+                retryPolicy: options.retryPolicy,
+                visibilityTimeout: options.visibilityTimeout
+            )
+        )
         let processor = DeliveryProcessor(
             consumer: consumer,
-            options: .init(concurrency: options.concurrency, orderedByKey: false, shutdownTimeout: options.shutdownTimeout),
+            options: .init(
+                concurrency: options.concurrency,
+                orderedByKey: false,
+                shutdownTimeout: options.shutdownTimeout
+            ),
             logger: logger
         ) { [self] delivery in
             try await self.handle(delivery)
@@ -144,10 +159,19 @@ public final class JobWorker: Service, Sendable {
         let message = delivery.message
         let name = message.headers[HeaderName.jobName]
         func event(_ error: String?, retryAfter: Duration? = nil) -> JobEvent {
-            JobEvent(jobID: message.id, name: name ?? "?", attempt: delivery.attempt, queue: queue, error: error, retryAfter: retryAfter)
+            JobEvent(
+                jobID: message.id,
+                name: name ?? "?",
+                attempt: delivery.attempt,
+                queue: queue,
+                error: error,
+                retryAfter: retryAfter
+            )
         }
         guard let name else {
-            try await delivery.deadLetter(reason: "message '\(message.id)' has no \(HeaderName.jobName) header: not a job")
+            try await delivery.deadLetter(
+                reason: "message '\(message.id)' has no \(HeaderName.jobName) header: not a job"
+            )
             await hooks.onDeadLettered?(event("not a job"))
             countHandled()
             return
@@ -173,9 +197,13 @@ public final class JobWorker: Service, Sendable {
                 return
             case .running:
                 // Acking it would lose the job if the running one then fails.
-                logger.info("job \(name) with idempotency key \(idempotencyKey) is still running elsewhere; postponed by \(options.runningDuplicateDelay)")
+                logger.info(
+                    "job \(name) with idempotency key \(idempotencyKey) is still running elsewhere; postponed by \(options.runningDuplicateDelay)"
+                )
                 try await delivery.postpone(
-                    by: options.runningDuplicateDelay, reason: "idempotency key '\(idempotencyKey)' held by a running job")
+                    by: options.runningDuplicateDelay,
+                    reason: "idempotency key '\(idempotencyKey)' held by a running job"
+                )
                 return
             }
         }
@@ -184,13 +212,24 @@ public final class JobWorker: Service, Sendable {
         jobLogger[metadataKey: "job_id"] = "\(message.id)"
         jobLogger[metadataKey: "attempt"] = "\(delivery.attempt)"
         let context = JobContext(
-            jobID: message.id, name: name, attempt: delivery.attempt, queue: queue, idempotencyKey: idempotencyKey,
-            dispatchedAt: message.timestamp, logger: jobLogger)
+            jobID: message.id,
+            name: name,
+            attempt: delivery.attempt,
+            queue: queue,
+            idempotencyKey: idempotencyKey,
+            dispatchedAt: message.timestamp,
+            logger: jobLogger
+        )
         let policyDelivery = delivery.withRetryPolicy(registration.options.retryPolicy ?? options.retryPolicy)
         do {
             let payload = message.payload
             if let timeout = registration.options.timeout ?? options.jobTimeout {
-                try await withBrokerTimeout(timeout, what: "job '\(name)' (\(message.id))", backend: broker.backendName, destination: queue) {
+                try await withBrokerTimeout(
+                    timeout,
+                    what: "job '\(name)' (\(message.id))",
+                    backend: broker.backendName,
+                    destination: queue
+                ) {
                     try await registration.run(payload, context)
                 }
             } else {

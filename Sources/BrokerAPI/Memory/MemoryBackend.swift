@@ -21,9 +21,18 @@ public struct MemoryBackend: BrokerBackend {
 
     public var options: [BrokerOption] {
         [
-            BrokerOption("partitions", .int(1...1024), default: "4", "Partitions of a stream created without an explicit count."),
-            BrokerOption("max.messages", .int(1...Int.max), default: "1000000",
-                         "Most messages one destination holds; publishing beyond it fails (back-pressure)."),
+            BrokerOption(
+                "partitions",
+                .int(1...1024),
+                default: "4",
+                "Partitions of a stream created without an explicit count."
+            ),
+            BrokerOption(
+                "max.messages",
+                .int(1...Int.max),
+                default: "1000000",
+                "Most messages one destination holds; publishing beyond it fails (back-pressure)."
+            ),
         ]
     }
 
@@ -47,10 +56,20 @@ public struct MemoryBackend: BrokerBackend {
     public func connect(configuration: BrokerConfiguration, logger: Logger) async throws -> any Broker {
         let url = configuration.url
         if url.hosts.count > 1 {
-            throw BrokerError.invalidConfiguration("memory:// takes one store name, got '\(url.redacted)'", backend: name)
+            throw BrokerError.invalidConfiguration(
+                "memory:// takes one store name, got '\(url.redacted)'",
+                backend: name
+            )
         }
         let storeName = url.hosts.first?.name ?? (url.path.isEmpty ? "default" : url.path)
         try DestinationName.validate(storeName, what: "memory store", backend: name)
-        return BrokerClient(driver: MemoryBroker(store: MemoryBackend.store(named: storeName), configuration: configuration, logger: logger), logger: logger)
+        return BrokerClient(
+            driver: MemoryBroker(
+                store: MemoryBackend.store(named: storeName),
+                configuration: configuration,
+                logger: logger
+            ),
+            logger: logger
+        )
     }
 }

@@ -28,27 +28,53 @@ final class MemoryBroker: BrokerDriver {
 
     private func checkOpen(_ destination: String? = nil) throws {
         if state.withLock({ $0.closed }) {
-            throw BrokerError.closed("broker \(configuration.url.redacted)", backend: backendName, destination: destination)
+            throw BrokerError.closed(
+                "broker \(configuration.url.redacted)",
+                backend: backendName,
+                destination: destination
+            )
         }
     }
 
-    func publish(checked messages: [Message], to destination: String, options: PublishOptions) async throws -> [PublishReceipt] {
+    func publish(
+        checked messages: [Message],
+        to destination: String,
+        options: PublishOptions
+    ) async throws -> [PublishReceipt] {
         try await store.publish(
-            messages, to: try name(destination), deliverAt: options.deliverAt, autoCreate: configuration.autoCreate,
-            defaultPartitions: defaultPartitions, maxMessages: maxMessages)
+            messages,
+            to: try name(destination),
+            deliverAt: options.deliverAt,
+            autoCreate: configuration.autoCreate,
+            defaultPartitions: defaultPartitions,
+            maxMessages: maxMessages
+        )
     }
 
     func openQueueConsumer(_ queue: String, options: QueueConsumerOptions) async throws -> any MessageConsumer {
         let full = try name(queue)
         let id = try await store.registerQueueConsumer(
-            full, options: options, autoCreate: configuration.autoCreate, defaultPartitions: defaultPartitions)
+            full,
+            options: options,
+            autoCreate: configuration.autoCreate,
+            defaultPartitions: defaultPartitions
+        )
         return track(MemoryConsumer(store: store, id: id, destination: full, onClose: untrack))
     }
 
-    func openStreamConsumer(_ stream: String, group: String, options: StreamConsumerOptions) async throws -> any MessageConsumer {
+    func openStreamConsumer(
+        _ stream: String,
+        group: String,
+        options: StreamConsumerOptions
+    ) async throws -> any MessageConsumer {
         let full = try name(stream)
         let id = try await store.registerStreamConsumer(
-            full, group: group, options: options, autoCreate: configuration.autoCreate, defaultPartitions: defaultPartitions)
+            full,
+            group: group,
+            options: options,
+            autoCreate: configuration.autoCreate,
+            defaultPartitions: defaultPartitions
+        )
         return track(MemoryConsumer(store: store, id: id, destination: full, onClose: untrack))
     }
 
@@ -62,7 +88,12 @@ final class MemoryBroker: BrokerDriver {
     }
 
     func createDestination(_ destination: String, kind: DestinationKind, options: DestinationOptions) async throws {
-        try await store.create(try name(destination), kind: kind, options: options, defaultPartitions: defaultPartitions)
+        try await store.create(
+            try name(destination),
+            kind: kind,
+            options: options,
+            defaultPartitions: defaultPartitions
+        )
     }
 
     func deleteDestination(_ destination: String) async throws {
@@ -74,15 +105,25 @@ final class MemoryBroker: BrokerDriver {
         let prefix = configuration.prefix
         return await store.list().compactMap { info in
             guard info.name.hasPrefix(prefix) else { return nil }
-            return DestinationInfo(name: String(info.name.dropFirst(prefix.count)), kind: info.kind, partitions: info.partitions)
+            return DestinationInfo(
+                name: String(info.name.dropFirst(prefix.count)),
+                kind: info.kind,
+                partitions: info.partitions
+            )
         }
     }
 
     func stats(for destination: String) async throws -> DestinationStats {
         let stats = try await store.stats(try name(destination))
         return DestinationStats(
-            name: destination, kind: stats.kind, depth: stats.depth, inFlight: stats.inFlight, delayed: stats.delayed,
-            deadLettered: stats.deadLettered, groups: stats.groups)
+            name: destination,
+            kind: stats.kind,
+            depth: stats.depth,
+            inFlight: stats.inFlight,
+            delayed: stats.delayed,
+            deadLettered: stats.deadLettered,
+            groups: stats.groups
+        )
     }
 
     func deadLetters(of destination: String, limit: Int) async throws -> [DeadLetterEntry] {

@@ -9,7 +9,13 @@ struct MemoryQueueSettler: DeliverySettler {
     func ack() async throws { try await store.queueAck(destination, tag: tag) }
 
     func retry(after delay: Duration, nextAttempt: Int, firstFailureAt: Date, lastError: String) async throws {
-        try await store.queueRetry(destination, tag: tag, delay: delay, nextAttempt: nextAttempt, firstFailureAt: firstFailureAt)
+        try await store.queueRetry(
+            destination,
+            tag: tag,
+            delay: delay,
+            nextAttempt: nextAttempt,
+            firstFailureAt: firstFailureAt
+        )
     }
 
     func deadLetter(_ envelope: DeadLetterEnvelope) async throws {
@@ -34,16 +40,35 @@ struct MemoryStreamSettler: DeliverySettler {
 
     func retry(after delay: Duration, nextAttempt: Int, firstFailureAt: Date, lastError: String) async throws {
         try await store.streamRetry(
-            destination, group: group, partition: partition, offset: offset, consumer: consumer, delay: delay,
-            nextAttempt: nextAttempt, firstFailureAt: firstFailureAt)
+            destination,
+            group: group,
+            partition: partition,
+            offset: offset,
+            consumer: consumer,
+            delay: delay,
+            nextAttempt: nextAttempt,
+            firstFailureAt: firstFailureAt
+        )
     }
 
     func deadLetter(_ envelope: DeadLetterEnvelope) async throws {
         try await store.streamDeadLetter(
-            destination, group: group, partition: partition, offset: offset, consumer: consumer, envelope: envelope)
+            destination,
+            group: group,
+            partition: partition,
+            offset: offset,
+            consumer: consumer,
+            envelope: envelope
+        )
     }
 
     func release() async throws {
-        try await store.streamRelease(destination, group: group, partition: partition, offset: offset, consumer: consumer)
+        try await store.streamRelease(
+            destination,
+            group: group,
+            partition: partition,
+            offset: offset,
+            consumer: consumer
+        )
     }
 }

@@ -165,14 +165,22 @@ actor MemoryStore {
         if let existing = destinations[name] {
             guard existing.kind == kind else {
                 throw BrokerError(
-                    .wrongDestinationKind, "'\(name)' already exists as a \(existing.kind), cannot create it as a \(kind)",
-                    backend: backend, destination: name)
+                    .wrongDestinationKind,
+                    "'\(name)' already exists as a \(existing.kind), cannot create it as a \(kind)",
+                    backend: backend,
+                    destination: name
+                )
             }
             return
         }
         let partitions = kind == .queue ? 1 : (options.partitions ?? defaultPartitions)
         guard partitions >= 1 && partitions <= 1024 else {
-            throw BrokerError(.invalidConfiguration, "partitions must be 1...1024, got \(partitions)", backend: backend, destination: name)
+            throw BrokerError(
+                .invalidConfiguration,
+                "partitions must be 1...1024, got \(partitions)",
+                backend: backend,
+                destination: name
+            )
         }
         destinations[name] = Destination(name: name, kind: kind, partitions: partitions, retention: options.retention)
     }
@@ -184,7 +192,14 @@ actor MemoryStore {
         // Wake consumers of the deleted destination so they end instead of hanging.
         for waiterID in destination.waiters {
             if let waiter = waiters.removeValue(forKey: waiterID) {
-                waiter.continuation.resume(throwing: BrokerError(.unknownDestination, "'\(name)' was deleted", backend: backend, destination: name))
+                waiter.continuation.resume(
+                    throwing: BrokerError(
+                        .unknownDestination,
+                        "'\(name)' was deleted",
+                        backend: backend,
+                        destination: name
+                    )
+                )
             }
         }
     }
@@ -194,17 +209,30 @@ actor MemoryStore {
             .sorted { $0.name < $1.name }
     }
 
-    func destination(_ name: String, kind: DestinationKind?, autoCreate: Bool, defaultPartitions: Int) throws -> Destination {
+    func destination(
+        _ name: String,
+        kind: DestinationKind?,
+        autoCreate: Bool,
+        defaultPartitions: Int
+    ) throws -> Destination {
         if let existing = destinations[name] {
             if let kind, existing.kind != kind {
                 throw BrokerError(
-                    .wrongDestinationKind, "'\(name)' is a \(existing.kind), not a \(kind)", backend: backend, destination: name)
+                    .wrongDestinationKind,
+                    "'\(name)' is a \(existing.kind), not a \(kind)",
+                    backend: backend,
+                    destination: name
+                )
             }
             return existing
         }
         guard autoCreate else {
             throw BrokerError(
-                .unknownDestination, "'\(name)' does not exist and auto.create is off", backend: backend, destination: name)
+                .unknownDestination,
+                "'\(name)' does not exist and auto.create is off",
+                backend: backend,
+                destination: name
+            )
         }
         try create(name, kind: kind ?? .queue, options: DestinationOptions(), defaultPartitions: defaultPartitions)
         return destinations[name]!
@@ -218,11 +246,21 @@ actor MemoryStore {
         case .queue:
             let live = consumers.values.filter { $0.destination == name && !$0.closed }.count
             let group = GroupStats(
-                group: "queue", lag: d.readyCount + d.delayed.count, pending: d.inflight.count, consumers: live,
-                committed: [])
+                group: "queue",
+                lag: d.readyCount + d.delayed.count,
+                pending: d.inflight.count,
+                consumers: live,
+                committed: []
+            )
             return DestinationStats(
-                name: name, kind: .queue, depth: d.readyCount, inFlight: d.inflight.count, delayed: d.delayed.count,
-                deadLettered: d.dlq.count, groups: [group])
+                name: name,
+                kind: .queue,
+                depth: d.readyCount,
+                inFlight: d.inflight.count,
+                delayed: d.delayed.count,
+                deadLettered: d.dlq.count,
+                groups: [group]
+            )
         case .stream:
             let groups = d.groups.keys.sorted().map { groupName -> GroupStats in
                 let g = d.groups[groupName]!
@@ -235,33 +273,58 @@ actor MemoryStore {
                     pending += gp.outstanding.count
                     if let c = gp.committed { committed.append(Position(partition: index, offset: c)) }
                 }
-                return GroupStats(group: groupName, lag: lag, pending: pending, consumers: g.members.count, committed: committed)
+                return GroupStats(
+                    group: groupName,
+                    lag: lag,
+                    pending: pending,
+                    consumers: g.members.count,
+                    committed: committed
+                )
             }
             let depth = d.partitions.reduce(0) { $0 + $1.records.count }
             let pending = groups.reduce(0) { $0 + $1.pending }
             return DestinationStats(
-                name: name, kind: .stream, depth: depth, inFlight: pending, delayed: 0, deadLettered: d.dlq.count,
-                groups: groups)
+                name: name,
+                kind: .stream,
+                depth: depth,
+                inFlight: pending,
+                delayed: 0,
+                deadLettered: d.dlq.count,
+                groups: groups
+            )
         }
     }
 
     // MARK: - Publish
 
     func publish(
-        _ messages: [Message], to name: String, deliverAt: Date?, autoCreate: Bool, defaultPartitions: Int, maxMessages: Int
+        _ messages: [Message],
+        to name: String,
+        deliverAt: Date?,
+        autoCreate: Bool,
+        defaultPartitions: Int,
+        maxMessages: Int
     ) throws -> [PublishReceipt] {
         let d = try destination(name, kind: nil, autoCreate: autoCreate, defaultPartitions: defaultPartitions)
         let now = Date()
         if d.kind == .stream, let deliverAt, deliverAt > now {
             throw BrokerError(
-                .unsupported, "delayed delivery applies to queues; '\(name)' is a stream", backend: backend, destination: name)
+                .unsupported,
+                "delayed delivery applies to queues; '\(name)' is a stream",
+                backend: backend,
+                destination: name
+            )
         }
-        let stored = d.kind == .queue
+        let stored =
+            d.kind == .queue
             ? d.readyCount + d.delayed.count + d.inflight.count : d.partitions.reduce(0) { $0 + $1.records.count }
         if stored + messages.count > maxMessages && d.retention == nil {
             throw BrokerError(
-                .brokerError, "'\(name)' holds \(stored) messages; max.messages is \(maxMessages)", backend: backend,
-                destination: name)
+                .brokerError,
+                "'\(name)' holds \(stored) messages; max.messages is \(maxMessages)",
+                backend: backend,
+                destination: name
+            )
         }
         var receipts: [PublishReceipt] = []
         receipts.reserveCapacity(messages.count)
@@ -273,7 +336,9 @@ actor MemoryStore {
                 let due = deliverAt ?? now
                 let item = QueueItem(record: record, attempt: 1, firstFailureAt: nil, due: due)
                 if due > now { d.insertDelayed(item) } else { d.ready.append(item) }
-                receipts.append(PublishReceipt(messageID: message.id, destination: name, position: Position(offset: record.offset)))
+                receipts.append(
+                    PublishReceipt(messageID: message.id, destination: name, position: Position(offset: record.offset))
+                )
             case .stream:
                 let partitionIndex: Int
                 if let key = message.key {
@@ -286,8 +351,13 @@ actor MemoryStore {
                 let record = Record(message: message, offset: partition.endOffset, storedAt: now)
                 partition.records.append(record)
                 applyRetention(d, partition)
-                receipts.append(PublishReceipt(
-                    messageID: message.id, destination: name, position: Position(partition: partitionIndex, offset: record.offset)))
+                receipts.append(
+                    PublishReceipt(
+                        messageID: message.id,
+                        destination: name,
+                        position: Position(partition: partitionIndex, offset: record.offset)
+                    )
+                )
             }
         }
         if d.kind == .queue, let deliverAt, deliverAt > now { scheduleTimer(at: deliverAt) }
@@ -322,23 +392,42 @@ actor MemoryStore {
 
     // MARK: - Consumers
 
-    func registerQueueConsumer(_ name: String, options: QueueConsumerOptions, autoCreate: Bool, defaultPartitions: Int) throws -> UInt64 {
+    func registerQueueConsumer(
+        _ name: String,
+        options: QueueConsumerOptions,
+        autoCreate: Bool,
+        defaultPartitions: Int
+    ) throws -> UInt64 {
         _ = try destination(name, kind: .queue, autoCreate: autoCreate, defaultPartitions: defaultPartitions)
         let id = makeID()
         consumers[id] = ConsumerState(
-            id: id, destination: name, group: nil, prefetch: options.prefetch, retryPolicy: options.retryPolicy,
-            visibilityTimeout: options.visibilityTimeout)
+            id: id,
+            destination: name,
+            group: nil,
+            prefetch: options.prefetch,
+            retryPolicy: options.retryPolicy,
+            visibilityTimeout: options.visibilityTimeout
+        )
         return id
     }
 
     func registerStreamConsumer(
-        _ name: String, group groupName: String, options: StreamConsumerOptions, autoCreate: Bool, defaultPartitions: Int
+        _ name: String,
+        group groupName: String,
+        options: StreamConsumerOptions,
+        autoCreate: Bool,
+        defaultPartitions: Int
     ) throws -> UInt64 {
         let d = try destination(name, kind: .stream, autoCreate: autoCreate, defaultPartitions: defaultPartitions)
         let id = makeID()
         consumers[id] = ConsumerState(
-            id: id, destination: name, group: groupName, prefetch: options.prefetch, retryPolicy: options.retryPolicy,
-            visibilityTimeout: .seconds(3600))
+            id: id,
+            destination: name,
+            group: groupName,
+            prefetch: options.prefetch,
+            retryPolicy: options.retryPolicy,
+            visibilityTimeout: .seconds(3600)
+        )
         let group: Group
         if let existing = d.groups[groupName] {
             group = existing
@@ -360,8 +449,11 @@ actor MemoryStore {
                 if position.partition == index {
                     guard let offset = position.numericOffset else {
                         throw BrokerError(
-                            .invalidConfiguration, "position '\(position)' is not a numeric offset", backend: backend,
-                            destination: name)
+                            .invalidConfiguration,
+                            "position '\(position)' is not a numeric offset",
+                            backend: backend,
+                            destination: name
+                        )
                     }
                     seek(gp, to: max(partition.baseOffset, min(offset, partition.endOffset)))
                 } else if gp.committed == nil {
@@ -410,7 +502,12 @@ actor MemoryStore {
         guard let state = consumers[id], !state.closed else { return nil }
         if let delivery = try tryDeliver(to: id) { return delivery }
         guard let d = destinations[state.destination] else {
-            throw BrokerError(.unknownDestination, "'\(state.destination)' was deleted", backend: backend, destination: state.destination)
+            throw BrokerError(
+                .unknownDestination,
+                "'\(state.destination)' was deleted",
+                backend: backend,
+                destination: state.destination
+            )
         }
         return try await withCheckedThrowingContinuation { continuation in
             if cancelledWaiters.remove(waiterID) != nil {
@@ -471,11 +568,16 @@ actor MemoryStore {
             consumers[id]?.inflight += 1
             scheduleTimer(at: leaseExpiry)
             return Delivery(
-                message: item.record.message, destination: d.name, attempt: item.attempt,
-                firstFailureAt: item.firstFailureAt, position: Position(offset: item.record.offset),
-                retryPolicy: state.retryPolicy, backend: backend,
+                message: item.record.message,
+                destination: d.name,
+                attempt: item.attempt,
+                firstFailureAt: item.firstFailureAt,
+                position: Position(offset: item.record.offset),
+                retryPolicy: state.retryPolicy,
+                backend: backend,
                 settler: MemoryQueueSettler(store: self, destination: d.name, tag: tag),
-                metrics: d.metrics)
+                metrics: d.metrics
+            )
         case .stream:
             guard let groupName = state.group, let group = d.groups[groupName] else { return nil }
             let owned = group.assignment.filter { $0.value == id }.map(\.key).sorted()
@@ -489,7 +591,9 @@ actor MemoryStore {
                 var firstFailure: Date?
                 if !gp.retries.isEmpty {
                     // Blocked until a retry is due (keeps order); the lowest due offset first.
-                    guard let due = gp.retries.filter({ $0.value.due <= now }).keys.min(), let retry = gp.retries.removeValue(forKey: due) else { continue }
+                    guard let due = gp.retries.filter({ $0.value.due <= now }).keys.min(),
+                        let retry = gp.retries.removeValue(forKey: due)
+                    else { continue }
                     offset = due
                     attempt = retry.attempt
                     firstFailure = retry.firstFailureAt
@@ -508,11 +612,24 @@ actor MemoryStore {
                 consumers[id]?.inflight += 1
                 group.nextPartition = (group.nextPartition + step + 1) % max(1, owned.count)
                 return Delivery(
-                    message: record.message, destination: d.name, group: groupName, attempt: attempt,
-                    firstFailureAt: firstFailure, position: Position(partition: index, offset: offset),
-                    retryPolicy: state.retryPolicy, backend: backend,
-                    settler: MemoryStreamSettler(store: self, destination: d.name, group: groupName, partition: index, offset: offset, consumer: id),
-                    metrics: d.metrics)
+                    message: record.message,
+                    destination: d.name,
+                    group: groupName,
+                    attempt: attempt,
+                    firstFailureAt: firstFailure,
+                    position: Position(partition: index, offset: offset),
+                    retryPolicy: state.retryPolicy,
+                    backend: backend,
+                    settler: MemoryStreamSettler(
+                        store: self,
+                        destination: d.name,
+                        group: groupName,
+                        partition: index,
+                        offset: offset,
+                        consumer: id
+                    ),
+                    metrics: d.metrics
+                )
             }
             return nil
         }
@@ -543,7 +660,9 @@ actor MemoryStore {
         case .queue:
             // Unsettled deliveries go back to the front, counted as an attempt (the consumer
             // may have started on them); graceful workers release unstarted ones first.
-            let mine = d.inflight.filter { $0.value.consumer == id }.sorted { $0.value.item.record.offset > $1.value.item.record.offset }
+            let mine = d.inflight.filter { $0.value.consumer == id }.sorted {
+                $0.value.item.record.offset > $1.value.item.record.offset
+            }
             for (tag, inflight) in mine {
                 d.inflight[tag] = nil
                 var item = inflight.item
@@ -569,8 +688,11 @@ actor MemoryStore {
         }
         guard let inflight = d.inflight.removeValue(forKey: tag) else {
             throw BrokerError(
-                .closed, "delivery is no longer held (its consumer closed or its lease expired); it will be redelivered",
-                backend: backend, destination: name)
+                .closed,
+                "delivery is no longer held (its consumer closed or its lease expired); it will be redelivered",
+                backend: backend,
+                destination: name
+            )
         }
         consumers[inflight.consumer]?.inflight -= 1
         return (d, inflight)
@@ -616,9 +738,18 @@ actor MemoryStore {
 
     // MARK: - Stream settlement
 
-    private func groupPartition(_ name: String, _ groupName: String, _ partition: Int) throws -> (Destination, Group, GroupPartition) {
+    private func groupPartition(
+        _ name: String,
+        _ groupName: String,
+        _ partition: Int
+    ) throws -> (Destination, Group, GroupPartition) {
         guard let d = destinations[name], let group = d.groups[groupName], partition < group.partitions.count else {
-            throw BrokerError(.unknownDestination, "'\(name)' or group '\(groupName)' no longer exists", backend: backend, destination: name)
+            throw BrokerError(
+                .unknownDestination,
+                "'\(name)' or group '\(groupName)' no longer exists",
+                backend: backend,
+                destination: name
+            )
         }
         return (d, group, group.partitions[partition])
     }
@@ -642,7 +773,13 @@ actor MemoryStore {
     }
 
     func streamRetry(
-        _ name: String, group: String, partition: Int, offset: Int64, consumer: UInt64, delay: Duration, nextAttempt: Int,
+        _ name: String,
+        group: String,
+        partition: Int,
+        offset: Int64,
+        consumer: UInt64,
+        delay: Duration,
+        nextAttempt: Int,
         firstFailureAt: Date
     ) throws {
         let (d, _, gp) = try groupPartition(name, group, partition)
@@ -665,7 +802,12 @@ actor MemoryStore {
     }
 
     func streamDeadLetter(
-        _ name: String, group: String, partition: Int, offset: Int64, consumer: UInt64, envelope: DeadLetterEnvelope
+        _ name: String,
+        group: String,
+        partition: Int,
+        offset: Int64,
+        consumer: UInt64,
+        envelope: DeadLetterEnvelope
     ) throws {
         let (d, _, gp) = try groupPartition(name, group, partition)
         settleOutstanding(gp, offset: offset, consumer: consumer)
@@ -707,7 +849,14 @@ actor MemoryStore {
             byOrigin[origin, default: []].append(message)
         }
         for origin in order {
-            _ = try publish(byOrigin[origin]!, to: origin, deliverAt: nil, autoCreate: true, defaultPartitions: 4, maxMessages: .max)
+            _ = try publish(
+                byOrigin[origin]!,
+                to: origin,
+                deliverAt: nil,
+                autoCreate: true,
+                defaultPartitions: 4,
+                maxMessages: .max
+            )
         }
         return count
     }

@@ -65,18 +65,22 @@ import Synchronization
         init(name: String, backend: String) {
             self.name = name
             counters = Event.allCases.map { event in
-                Counter(label: "brokerkit_messages_total", dimensions: [("backend", backend), ("destination", name), ("event", event.rawValue)])
+                Counter(
+                    label: "brokerkit_messages_total",
+                    dimensions: [("backend", backend), ("destination", name), ("event", event.rawValue)]
+                )
             }
         }
 
         public func record(_ event: Event, count: Int = 1) {
-            let index = switch event {
-            case .published: 0
-            case .delivered: 1
-            case .acked: 2
-            case .retried: 3
-            case .deadLettered: 4
-            }
+            let index =
+                switch event {
+                case .published: 0
+                case .delivered: 1
+                case .acked: 2
+                case .retried: 3
+                case .deadLettered: 4
+                }
             counters[index].increment(by: count)
         }
     }
@@ -90,7 +94,10 @@ import Synchronization
     func handlerTimer(_ destination: String) -> Metrics.Timer {
         timers.withLock { table -> Metrics.Timer in
             if let timer = table[destination] { return timer }
-            let timer = Metrics.Timer(label: "brokerkit_handler_duration", dimensions: [("backend", backend), ("destination", destination)])
+            let timer = Metrics.Timer(
+                label: "brokerkit_handler_duration",
+                dimensions: [("backend", backend), ("destination", destination)]
+            )
             if table.count > 10_000 { table.removeAll() }
             table[destination] = timer
             return timer

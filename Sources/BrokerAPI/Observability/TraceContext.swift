@@ -46,7 +46,8 @@ public enum TraceContext {
 
     /// Runs `body` in a consumer span linked to the message's trace context.
     public static func withConsumerSpan<T: Sendable>(
-        _ delivery: Delivery, _ body: () async throws -> T
+        _ delivery: Delivery,
+        _ body: () async throws -> T
     ) async throws -> T {
         let context = extract(from: delivery.message.headers)
         return try await withSpan("process \(delivery.destination)", context: context, ofKind: .consumer) { span in

@@ -36,8 +36,11 @@ public final class DeliveryProcessor: Sendable {
         public var shutdownTimeout: Duration
 
         public init(
-            concurrency: Int = 1, orderedByKey: Bool = true, orderedByPartition: Bool = false,
-            handlerTimeout: Duration? = nil, shutdownTimeout: Duration = .seconds(30)
+            concurrency: Int = 1,
+            orderedByKey: Bool = true,
+            orderedByPartition: Bool = false,
+            handlerTimeout: Duration? = nil,
+            shutdownTimeout: Duration = .seconds(30)
         ) {
             self.concurrency = max(1, concurrency)
             self.orderedByKey = orderedByKey
@@ -71,14 +74,22 @@ public final class DeliveryProcessor: Sendable {
     }
 
     public init(
-        consumer: any MessageConsumer, options: Options = Options(), logger: Logger = Logger(label: "brokerkit.processor"),
+        consumer: any MessageConsumer,
+        options: Options = Options(),
+        logger: Logger = Logger(label: "brokerkit.processor"),
         handler: @escaping Handler
     ) {
         self.consumer = consumer
         self.options = options
         self.handler = handler
         self.logger = logger
-        fetchFailures = FailureLog(logger: logger, what: "consumer failed", level: .error, firstPause: .milliseconds(200), maxPause: .seconds(5))
+        fetchFailures = FailureLog(
+            logger: logger,
+            what: "consumer failed",
+            level: .error,
+            firstPause: .milliseconds(200),
+            maxPause: .seconds(5)
+        )
     }
 
     /// Asks ``run()`` to drain and return. Safe to call more than once, from any task.
@@ -163,7 +174,8 @@ public final class DeliveryProcessor: Sendable {
                     try await Task.sleep(for: fetchFailures.failed(error))
                     continue
                 }
-                let orderKey = byPartition ? "\(delivery.destination)#\(delivery.position?.partition ?? 0)" : delivery.message.key
+                let orderKey =
+                    byPartition ? "\(delivery.destination)#\(delivery.position?.partition ?? 0)" : delivery.message.key
                 ticket = ordered ? gate.enqueue(orderKey) : nil
             } catch {
                 return  // cancelled while waiting for the turn or pausing
@@ -180,7 +192,13 @@ public final class DeliveryProcessor: Sendable {
         }
     }
 
-    private func handle(_ delivery: Delivery, ticket: UInt64?, gate: KeyGate, tracing: Bool, timers: inout HandlerTimers) async {
+    private func handle(
+        _ delivery: Delivery,
+        ticket: UInt64?,
+        gate: KeyGate,
+        tracing: Bool,
+        timers: inout HandlerTimers
+    ) async {
         if let ticket { await gate.wait(ticket) }
         if let duration = await process(delivery, tracing: tracing) {
             DeliveryObserver.record(duration, on: timers.timer(for: delivery))
@@ -228,7 +246,9 @@ public final class DeliveryProcessor: Sendable {
             } catch {
                 // The handler succeeded; only the ack did not go through (the consumer closed,
                 // or lost the message to a rebalance or a reconnect): it comes again.
-                logger.warning("handled message \(delivery.message.id), but could not ack it (it will be delivered again): \(error)")
+                logger.warning(
+                    "handled message \(delivery.message.id), but could not ack it (it will be delivered again): \(error)"
+                )
             }
         } catch {
             if delivery.isSettled {
@@ -240,7 +260,9 @@ public final class DeliveryProcessor: Sendable {
                 try? await delivery.release()
             } else {
                 do { try await delivery.nack(error: error) } catch {
-                    logger.error("could not nack message \(delivery.message.id) (it was given back for redelivery): \(error)")
+                    logger.error(
+                        "could not nack message \(delivery.message.id) (it was given back for redelivery): \(error)"
+                    )
                 }
             }
         }
@@ -252,8 +274,12 @@ public final class DeliveryProcessor: Sendable {
             try await handler(delivery)
             return
         }
-        try await withBrokerTimeout(timeout, what: "handler for message '\(delivery.message.id)'", backend: delivery.backend,
-                              destination: delivery.destination) { [handler] in
+        try await withBrokerTimeout(
+            timeout,
+            what: "handler for message '\(delivery.message.id)'",
+            backend: delivery.backend,
+            destination: delivery.destination
+        ) { [handler] in
             try await handler(delivery)
         }
     }

@@ -21,11 +21,19 @@ public struct Backoff: Sendable, CustomStringConvertible {
 
     /// `initial * multiplier^(attempt-1)`, capped at `max`, then spread by ±`jitter` (0...1).
     public static func exponential(
-        initial: Duration, multiplier: Double = 2, max: Duration, jitter: Double = 0
+        initial: Duration,
+        multiplier: Double = 2,
+        max: Duration,
+        jitter: Double = 0
     ) -> Backoff {
-        Backoff(kind: .exponential(
-            initial: initial, multiplier: Swift.max(1, multiplier), max: max,
-            jitter: Swift.min(1, Swift.max(0, jitter))))
+        Backoff(
+            kind: .exponential(
+                initial: initial,
+                multiplier: Swift.max(1, multiplier),
+                max: max,
+                jitter: Swift.min(1, Swift.max(0, jitter))
+            )
+        )
     }
 
     /// Any function of the failed attempt number (1-based).

@@ -20,8 +20,12 @@ public struct DeadLetterEnvelope: Sendable, Hashable {
     public var firstFailureAt: Date?
 
     public init(
-        original: Message, originalDestination: String, attempts: Int, lastError: String,
-        failedAt: Date = Date(), firstFailureAt: Date? = nil
+        original: Message,
+        originalDestination: String,
+        attempts: Int,
+        lastError: String,
+        failedAt: Date = Date(),
+        firstFailureAt: Date? = nil
     ) {
         var clean = original
         clean.headers = clean.headers.filter { !DeadLetterEnvelope.envelopeHeaders.contains($0.key) }
@@ -67,7 +71,8 @@ public struct DeadLetterEnvelope: Sendable, Hashable {
             attempts: Int(message.headers[HeaderName.attempts] ?? "").map { min(max(0, $0), Delivery.maxAttempt) } ?? 0,
             lastError: message.headers[HeaderName.lastError] ?? "",
             failedAt: message.headers[HeaderName.failedAt].flatMap(ISO8601.parse) ?? message.timestamp,
-            firstFailureAt: message.headers[HeaderName.firstFailureAt].flatMap(ISO8601.parse))
+            firstFailureAt: message.headers[HeaderName.firstFailureAt].flatMap(ISO8601.parse)
+        )
     }
 }
 
@@ -90,10 +95,15 @@ public func deadLetterName(for destination: String) -> String { destination + ".
 /// ISO 8601 with fractional seconds, the format of every date header.
 @_spi(BrokerBackend) public enum ISO8601 {
     public static func format(_ date: Date) -> String {
-        date.formatted(.iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted))
+        date.formatted(
+            .iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted)
+        )
     }
     public static func parse(_ text: String) -> Date? {
-        if let date = try? Date(text, strategy: .iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted)) {
+        if let date = try? Date(
+            text,
+            strategy: .iso8601.year().month().day().time(includingFractionalSeconds: true).timeZone(separator: .omitted)
+        ) {
             return date
         }
         return try? Date(text, strategy: .iso8601)

@@ -64,7 +64,11 @@ final class AsyncSemaphore: Sendable {
                 let registration = state.withLock { s -> Registration in
                     if s.cancelled.remove(id) != nil { return .cancelled }
                     if s.permits > 0 { return .permitThere }  // acquire() takes it as a woken waiter
-                    if first { s.waiters.insert((id, continuation), at: 0) } else { s.waiters.append((id, continuation)) }
+                    if first {
+                        s.waiters.insert((id, continuation), at: 0)
+                    } else {
+                        s.waiters.append((id, continuation))
+                    }
                     return .waiting
                 }
                 switch registration {

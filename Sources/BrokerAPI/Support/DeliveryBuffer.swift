@@ -45,7 +45,8 @@ import Synchronization
     @discardableResult
     public func push(contentsOf deliveries: [Delivery]) -> [Delivery] {
         guard !deliveries.isEmpty else { return [] }
-        let (handed, rejected) = state.withLock { s -> ([(CheckedContinuation<Delivery?, any Error>, Delivery)], [Delivery]) in
+        let (handed, rejected) = state.withLock {
+            s -> ([(CheckedContinuation<Delivery?, any Error>, Delivery)], [Delivery]) in
             guard !s.finished else { return ([], deliveries) }
             var handed: [(CheckedContinuation<Delivery?, any Error>, Delivery)] = []
             var index = 0
@@ -111,7 +112,12 @@ import Synchronization
 
     /// The next delivery; waits for one.
     public func next() async throws -> Delivery? {
-        enum Immediate { case item(Delivery), end, error(BrokerError), wait(UInt64) }
+        enum Immediate {
+            case item(Delivery)
+            case end
+            case error(BrokerError)
+            case wait(UInt64)
+        }
         let immediate = state.withLock { s -> Immediate in
             if s.head < s.items.count, let item = s.items[s.head].take() {
                 s.head += 1
@@ -132,7 +138,12 @@ import Synchronization
         case .wait(let id):
             return try await withTaskCancellationHandler {
                 try await withCheckedThrowingContinuation { continuation in
-                    enum Registration { case registered, cancelled, item(Delivery), end, error(BrokerError) }
+                    enum Registration {
+                        case registered, cancelled
+                        case item(Delivery)
+                        case end
+                        case error(BrokerError)
+                    }
                     let registration = state.withLock { s -> Registration in
                         if s.cancelled.remove(id) != nil { return .cancelled }
                         if s.head < s.items.count, let item = s.items[s.head].take() {

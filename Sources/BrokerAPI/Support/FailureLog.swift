@@ -34,8 +34,12 @@ import Synchronization
     ///   - firstPause / maxPause: the retry pause ``failed(_:)`` returns, doubling per
     ///     consecutive failure.
     public init(
-        logger: Logger, what: String, level: Logger.Level = .warning, maxQuiet: Duration = .seconds(60),
-        firstPause: Duration = .milliseconds(100), maxPause: Duration = .seconds(5)
+        logger: Logger,
+        what: String,
+        level: Logger.Level = .warning,
+        maxQuiet: Duration = .seconds(60),
+        firstPause: Duration = .milliseconds(100),
+        maxPause: Duration = .seconds(5)
     ) {
         self.logger = logger
         self.what = what

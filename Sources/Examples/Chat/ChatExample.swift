@@ -35,7 +35,9 @@ public enum ChatExample {
     public static let partitions = 4
     /// Attempts and backoff of the e-mail jobs.
     public static let emailRetryPolicy = RetryPolicy(
-        maxAttempts: 4, backoff: .exponential(initial: .milliseconds(20), multiplier: 2, max: .milliseconds(200), jitter: 0.1))
+        maxAttempts: 4,
+        backoff: .exponential(initial: .milliseconds(20), multiplier: 2, max: .milliseconds(200), jitter: 0.1)
+    )
     /// What the example needs from a backend.
     public static let requiredCapabilities: BrokerCapabilities = [.queues, .streams, .consumerGroups, .delayedDelivery]
 
@@ -46,7 +48,10 @@ public enum ChatExample {
     /// messages are counted (each run has its own id), so running it again on the same broker
     /// reports the same numbers.
     public static func run(
-        broker: any Broker, logger: Logger, messages: Int = 20, timeout: Duration = .seconds(30)
+        broker: any Broker,
+        logger: Logger,
+        messages: Int = 20,
+        timeout: Duration = .seconds(30)
     ) async throws -> Report {
         guard messages >= 1 else {
             throw ExampleError.invalidArgument("messages must be at least 1, got \(messages)")
@@ -62,41 +67,63 @@ public enum ChatExample {
         }()
 
         try await ExampleSupport.ensureDestination(
-            stream, kind: .stream, options: DestinationOptions(partitions: partitions), on: broker)
+            stream,
+            kind: .stream,
+            options: DestinationOptions(partitions: partitions),
+            on: broker
+        )
         try await ExampleSupport.ensureDestination(notificationsQueue, kind: .queue, on: broker)
         try await ExampleSupport.ensureDestination(emailQueue, kind: .queue, on: broker)
 
         let events = ChatDirectory.plan(runID: runID, count: messages)
-        let expectedEmails = Set(events.compactMap { event -> String? in
-            ChatDirectory.users[event.recipient]?.online == false ? "\(event.conversationID)/\(event.recipient)" : nil
-        }).count
+        let expectedEmails = Set(
+            events.compactMap { event -> String? in
+                ChatDirectory.users[event.recipient]?.online == false
+                    ? "\(event.conversationID)/\(event.recipient)" : nil
+            }
+        ).count
         let state = ChatState(ChatCounts())
 
         // Consumers first, so a broker that refuses them fails the run at once.
         let handlerPolicy = RetryPolicy(
-            maxAttempts: 3, backoff: .exponential(initial: .milliseconds(20), max: .milliseconds(200)))
+            maxAttempts: 3,
+            backoff: .exponential(initial: .milliseconds(20), max: .milliseconds(200))
+        )
         let streamOptions = StreamConsumerOptions(start: .earliest, prefetch: 32, retryPolicy: handlerPolicy)
         var consumers: [any MessageConsumer] = []
         do {
             consumers.append(try await broker.consumeStream(stream, group: readReceiptsGroup, options: streamOptions))
             consumers.append(try await broker.consumeStream(stream, group: pushGroup, options: streamOptions))
-            consumers.append(try await broker.consumeQueue(
-                notificationsQueue, options: QueueConsumerOptions(prefetch: 8, retryPolicy: handlerPolicy)))
+            consumers.append(
+                try await broker.consumeQueue(
+                    notificationsQueue,
+                    options: QueueConsumerOptions(prefetch: 8, retryPolicy: handlerPolicy)
+                )
+            )
         } catch {
             for consumer in consumers { await consumer.close() }
             throw error
         }
         let (readConsumer, pushConsumer, notificationsConsumer) = (consumers[0], consumers[1], consumers[2])
 
-        let processorOptions = DeliveryProcessor.Options(concurrency: 4, orderedByKey: true, shutdownTimeout: .seconds(5))
-        let readReceipts = DeliveryProcessor(consumer: readConsumer, options: processorOptions, logger: logger) { delivery in
+        let processorOptions = DeliveryProcessor.Options(
+            concurrency: 4,
+            orderedByKey: true,
+            shutdownTimeout: .seconds(5)
+        )
+        let readReceipts = DeliveryProcessor(consumer: readConsumer, options: processorOptions, logger: logger) {
+            delivery in
             try await recordReadReceipt(delivery, runID: runID, state: state)
         }
         let pushes = DeliveryProcessor(consumer: pushConsumer, options: processorOptions, logger: logger) { delivery in
             try await fanOutNotification(delivery, runID: runID, state: state, broker: broker)
         }
         let jobs = JobQueue(broker: broker, queue: emailQueue)
-        let notifications = DeliveryProcessor(consumer: notificationsConsumer, options: processorOptions, logger: logger) { delivery in
+        let notifications = DeliveryProcessor(
+            consumer: notificationsConsumer,
+            options: processorOptions,
+            logger: logger
+        ) { delivery in
             try await notify(delivery, runID: runID, state: state, jobs: jobs, logger: logger)
         }
         let emailWorker = makeEmailWorker(broker: broker, runID: runID, state: state, logger: logger)
@@ -112,12 +139,19 @@ public enum ChatExample {
         let deadLetters: [DeadLetterSummary]
         do {
             deadLetters = try await ExampleSupport.withServices(services, example: "chat", logger: logger) {
-                let payloads = try events.map { Message(key: $0.conversationID, payload: try ExampleSupport.encode($0)) }
+                let payloads = try events.map {
+                    Message(key: $0.conversationID, payload: try ExampleSupport.encode($0))
+                }
                 try await broker.publish(payloads, to: stream)
                 logger.info("published \(payloads.count) message.sent events to \(stream)")
                 try await ExampleSupport.waitUntilDone(example: "chat", timeout: timeout) {
                     try await progress(
-                        broker: broker, state: state, runID: runID, messages: messages, expectedEmails: expectedEmails)
+                        broker: broker,
+                        state: state,
+                        runID: runID,
+                        messages: messages,
+                        expectedEmails: expectedEmails
+                    )
                 }
                 return try await emailDeadLetters(broker: broker, runID: runID)
             }
@@ -134,15 +168,23 @@ public enum ChatExample {
             lag[group] = ExampleSupport.lag(of: group, in: streamStats) ?? -1
         }
         let report = Report(
-            backend: broker.backendName, runID: runID, published: events.count,
+            backend: broker.backendName,
+            runID: runID,
+            published: events.count,
             conversations: Set(events.map(\.conversationID)).count,
             handledByGroup: [readReceiptsGroup: counts.readReceipts.count, pushGroup: counts.pushed.count],
-            outOfOrder: counts.outOfOrder, lagByGroup: lag,
-            notificationsHandled: counts.notified.count, pushesDelivered: counts.pushesDelivered,
+            outOfOrder: counts.outOfOrder,
+            lagByGroup: lag,
+            notificationsHandled: counts.notified.count,
+            pushesDelivered: counts.pushesDelivered,
             offlineNotifications: counts.offlineNotifications,
-            emailsDispatched: counts.emailsDispatched, emailsSent: counts.emailsSent.count,
-            emailsRetried: counts.emailRetries, emailsDeadLettered: counts.emailsDeadLettered.count,
-            deadLetters: deadLetters, elapsed: ContinuousClock.now - started)
+            emailsDispatched: counts.emailsDispatched,
+            emailsSent: counts.emailsSent.count,
+            emailsRetried: counts.emailRetries,
+            emailsDeadLettered: counts.emailsDeadLettered.count,
+            deadLetters: deadLetters,
+            elapsed: ContinuousClock.now - started
+        )
         logger.info("chat example finished", metadata: ["elapsed": "\(ExampleSupport.seconds(report.elapsed))"])
         return report
     }
@@ -169,7 +211,12 @@ public enum ChatExample {
     }
 
     /// `push-notifications`: one notification task per event, keyed by recipient.
-    static func fanOutNotification(_ delivery: Delivery, runID: String, state: ChatState, broker: any Broker) async throws {
+    static func fanOutNotification(
+        _ delivery: Delivery,
+        runID: String,
+        state: ChatState,
+        broker: any Broker
+    ) async throws {
         let event: MessageSent
         do { event = try ExampleSupport.decode(MessageSent.self, from: delivery.message.payload) } catch {
             try await delivery.deadLetter(reason: "undecodable message.sent event: \(error)")
@@ -178,17 +225,33 @@ public enum ChatExample {
         guard event.runID == runID else { return }
         if state.update({ $0.pushed.contains(event.eventID) }) { return }  // already fanned out
         let task = NotificationTask(
-            runID: runID, eventID: event.eventID, conversationID: event.conversationID, sender: event.sender,
-            recipient: event.recipient, preview: String(event.text.prefix(40)))
+            runID: runID,
+            eventID: event.eventID,
+            conversationID: event.conversationID,
+            sender: event.sender,
+            recipient: event.recipient,
+            preview: String(event.text.prefix(40))
+        )
         try await broker.publish(
-            Message(key: event.recipient, payload: try ExampleSupport.encode(task), headers: ["content-type": "application/json"]),
-            to: notificationsQueue)
+            Message(
+                key: event.recipient,
+                payload: try ExampleSupport.encode(task),
+                headers: ["content-type": "application/json"]
+            ),
+            to: notificationsQueue
+        )
         state.update { _ = $0.pushed.insert(event.eventID) }
     }
 
     /// `chat.notifications`: push to online users; offline users get one delayed e-mail per
     /// conversation.
-    static func notify(_ delivery: Delivery, runID: String, state: ChatState, jobs: JobQueue, logger: Logger) async throws {
+    static func notify(
+        _ delivery: Delivery,
+        runID: String,
+        state: ChatState,
+        jobs: JobQueue,
+        logger: Logger
+    ) async throws {
         let task: NotificationTask
         do { task = try ExampleSupport.decode(NotificationTask.self, from: delivery.message.payload) } catch {
             try await delivery.deadLetter(reason: "undecodable notification task: \(error)")
@@ -211,8 +274,12 @@ public enum ChatExample {
         let first = state.update { $0.emailClaims.insert(claim).inserted }
         if first {
             let email = SendEmail(
-                runID: runID, to: user.email, recipient: user.name, conversationID: task.conversationID,
-                subject: "You have unread messages from \(task.sender)")
+                runID: runID,
+                to: user.email,
+                recipient: user.name,
+                conversationID: task.conversationID,
+                subject: "You have unread messages from \(task.sender)"
+            )
             do {
                 // Wait a little in case the user comes back online (needs delayed delivery).
                 try await jobs.dispatch(email, after: .milliseconds(50), idempotencyKey: "\(runID):\(claim)")
@@ -236,13 +303,19 @@ public enum ChatExample {
             },
             onDeadLettered: { event in
                 state.update { if $0.emailJobs.contains(event.jobID) { $0.emailsDeadLettered.insert(event.jobID) } }
-            })
+            }
+        )
         let worker = JobWorker(
-            broker: broker, queue: emailQueue,
+            broker: broker,
+            queue: emailQueue,
             options: JobWorker.Options(concurrency: 2, retryPolicy: emailRetryPolicy, shutdownTimeout: .seconds(5)),
-            hooks: hooks, logger: logger)
+            hooks: hooks,
+            logger: logger
+        )
         let mailServer = FakeMailServer()
-        worker.register(SendEmail.self, options: JobOptions(retryPolicy: emailRetryPolicy, timeout: .seconds(5))) { email, context in
+        worker.register(SendEmail.self, options: JobOptions(retryPolicy: emailRetryPolicy, timeout: .seconds(5))) {
+            email,
+            context in
             guard email.runID == runID else { return }  // an earlier run's leftover: drop it
             state.update { _ = $0.emailJobs.insert(context.jobID) }
             try await mailServer.send(email, attempt: context.attempt)
@@ -255,7 +328,11 @@ public enum ChatExample {
     // MARK: - Completion
 
     static func progress(
-        broker: any Broker, state: ChatState, runID: String, messages: Int, expectedEmails: Int
+        broker: any Broker,
+        state: ChatState,
+        runID: String,
+        messages: Int,
+        expectedEmails: Int
     ) async throws -> ExampleSupport.Progress {
         let counts = state.snapshot
         let streamStats = try await broker.stats(for: stream)
@@ -264,9 +341,11 @@ public enum ChatExample {
         let readLag = ExampleSupport.lag(of: readReceiptsGroup, in: streamStats)
         let pushLag = ExampleSupport.lag(of: pushGroup, in: streamStats)
         let emailsSettled = counts.emailsSent.count + counts.emailsDeadLettered.count
-        let dlq = emailsSettled == expectedEmails && !counts.emailsDeadLettered.isEmpty
+        let dlq =
+            emailsSettled == expectedEmails && !counts.emailsDeadLettered.isEmpty
             ? try await emailDeadLetters(broker: broker, runID: runID).count : 0
-        let done = counts.readReceipts.count == messages && counts.pushed.count == messages
+        let done =
+            counts.readReceipts.count == messages && counts.pushed.count == messages
             && counts.notified.count == messages && emailsSettled == expectedEmails
             && dlq == counts.emailsDeadLettered.count
             && readLag == 0 && pushLag == 0

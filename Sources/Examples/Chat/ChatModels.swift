@@ -28,16 +28,32 @@ enum ChatDirectory {
 
     static let conversations: [Conversation] = [
         // ghost's mailbox does not exist: its e-mail fails every attempt and is dead-lettered.
-        Conversation(id: "conv-1", participants: (
-            ChatUser("alice", online: true), ChatUser("ghost", email: "bounce@chat.example", online: false))),
+        Conversation(
+            id: "conv-1",
+            participants: (
+                ChatUser("alice", online: true), ChatUser("ghost", email: "bounce@chat.example", online: false)
+            )
+        ),
         // carol's mail server greylists: the first attempt fails, the retry succeeds.
-        Conversation(id: "conv-2", participants: (
-            ChatUser("bob", online: true), ChatUser("carol", online: false, flakyAttempts: 1))),
+        Conversation(
+            id: "conv-2",
+            participants: (
+                ChatUser("bob", online: true), ChatUser("carol", online: false, flakyAttempts: 1)
+            )
+        ),
         // erin's mail server is overloaded: two attempts fail, the third succeeds.
-        Conversation(id: "conv-3", participants: (
-            ChatUser("dave", online: true), ChatUser("erin", online: false, flakyAttempts: 2))),
-        Conversation(id: "conv-4", participants: (
-            ChatUser("frank", online: true), ChatUser("grace", online: true))),
+        Conversation(
+            id: "conv-3",
+            participants: (
+                ChatUser("dave", online: true), ChatUser("erin", online: false, flakyAttempts: 2)
+            )
+        ),
+        Conversation(
+            id: "conv-4",
+            participants: (
+                ChatUser("frank", online: true), ChatUser("grace", online: true)
+            )
+        ),
     ]
 
     static let users: [String: ChatUser] = {
@@ -64,8 +80,15 @@ enum ChatDirectory {
             let (first, second) = conversation.participants
             let (sender, recipient) = seq % 2 == 1 ? (first, second) : (second, first)
             return MessageSent(
-                runID: runID, eventID: "\(runID)-\(index + 1)", conversationID: conversation.id, seq: seq,
-                sender: sender.name, recipient: recipient.name, text: lines[index % lines.count], sentAt: Date())
+                runID: runID,
+                eventID: "\(runID)-\(index + 1)",
+                conversationID: conversation.id,
+                seq: seq,
+                sender: sender.name,
+                recipient: recipient.name,
+                text: lines[index % lines.count],
+                sentAt: Date()
+            )
         }
     }
 }
@@ -116,7 +139,10 @@ struct FakeMailServer: Sendable {
     func send(_ email: SendEmail, attempt: Int) async throws {
         try await Task.sleep(for: .milliseconds(2))
         if email.to.hasPrefix("bounce@") {
-            throw MailError(code: "451 4.4.1", text: "no answer from the mail server of <\(email.to)>; mailbox unreachable")
+            throw MailError(
+                code: "451 4.4.1",
+                text: "no answer from the mail server of <\(email.to)>; mailbox unreachable"
+            )
         }
         let flaky = ChatDirectory.users[email.recipient]?.flakyAttempts ?? 0
         if attempt <= flaky {

@@ -40,7 +40,10 @@ public enum CommerceExample {
     /// Destinations are created when missing and reused when they exist; only this run's
     /// messages are counted, so running it again on the same broker reports the same numbers.
     public static func run(
-        broker: any Broker, logger: Logger, orders: Int = 25, timeout: Duration = .seconds(30)
+        broker: any Broker,
+        logger: Logger,
+        orders: Int = 25,
+        timeout: Duration = .seconds(30)
     ) async throws -> Report {
         guard orders >= 1 else {
             throw ExampleError.invalidArgument("orders must be at least 1, got \(orders)")
@@ -58,15 +61,25 @@ public enum CommerceExample {
         let state = CommerceState(CommerceCounts())
         let logs = LogsModule(broker: broker, runID: runID, state: state)
         let notifications = NotificationsModule(broker: broker, runID: runID, state: state)
-        let imports = OrderImportModule(broker: broker, runID: runID, state: state, logs: logs, notifications: notifications)
+        let imports = OrderImportModule(
+            broker: broker,
+            runID: runID,
+            state: state,
+            logs: logs,
+            notifications: notifications
+        )
         try await logs.prepare()
         try await notifications.prepare()
         try await imports.prepare()
 
         let plan = CommercePlan.orders(runID: runID, count: orders)
-        let erp = FakeERP(flakyOrders: Set(plan.enumerated().compactMap { offset, order in
-            CommercePlan.erpTimesOutOnce(offset + 1) ? order.orderID : nil
-        }))
+        let erp = FakeERP(
+            flakyOrders: Set(
+                plan.enumerated().compactMap { offset, order in
+                    CommercePlan.erpTimesOutOnce(offset + 1) ? order.orderID : nil
+                }
+            )
+        )
         let (logService, logConsumer) = try await logs.makeService(logger: logger)
         let (notificationService, notificationConsumer): (any Service, any MessageConsumer)
         do {
@@ -97,7 +110,10 @@ public enum CommerceExample {
                     let logProgress = try await logs.progress(counts)
                     return ExampleSupport.Progress(
                         done: importProgress.done && notificationProgress.done && logProgress.done,
-                        status: [importProgress.status, logProgress.status, notificationProgress.status].joined(separator: ", "))
+                        status: [importProgress.status, logProgress.status, notificationProgress.status].joined(
+                            separator: ", "
+                        )
+                    )
                 }
                 let importDLQ = try await broker.deadLetters(of: importQueue, limit: 10_000).filter {
                     (try? ExampleSupport.decode(ImportOrder.self, from: $0.envelope.original.payload))?.runID == runID
@@ -113,16 +129,24 @@ public enum CommerceExample {
         let counts = state.snapshot
         let logLag = ExampleSupport.lag(of: logGroup, in: try await broker.stats(for: logStream)) ?? -1
         let report = Report(
-            backend: broker.backendName, runID: runID,
-            ordersDispatched: outcome.dispatched, ordersImported: counts.imported.count,
-            importRetries: counts.importRetries, duplicatesDropped: counts.duplicatesDropped,
-            importsDeadLettered: counts.importsDeadLettered, peakConcurrentImports: counts.peakImports,
+            backend: broker.backendName,
+            runID: runID,
+            ordersDispatched: outcome.dispatched,
+            ordersImported: counts.imported.count,
+            importRetries: counts.importRetries,
+            duplicatesDropped: counts.duplicatesDropped,
+            importsDeadLettered: counts.importsDeadLettered,
+            peakConcurrentImports: counts.peakImports,
             importDeadLetters: outcome.importDLQ,
-            logsPublished: counts.logsPublished, logsAggregated: counts.logsConsumed.count, logsByLevel: counts.logsByLevel,
+            logsPublished: counts.logsPublished,
+            logsAggregated: counts.logsConsumed.count,
+            logsByLevel: counts.logsByLevel,
             logLag: logLag,
-            notificationsPublished: counts.notificationsPublished, notificationsHandled: counts.notified.count,
+            notificationsPublished: counts.notificationsPublished,
+            notificationsHandled: counts.notified.count,
             notificationDeadLetters: outcome.notificationDLQ,
-            elapsed: ContinuousClock.now - started)
+            elapsed: ContinuousClock.now - started
+        )
         logger.info("commerce example finished", metadata: ["elapsed": "\(ExampleSupport.seconds(report.elapsed))"])
         return report
     }

@@ -50,11 +50,17 @@ enum CommercePlan {
     static func orders(runID: String, count: Int) -> [ImportOrder] {
         (1...max(1, count)).map { index in
             ImportOrder(
-                runID: runID, orderID: String(format: "order-%04d", index),
+                runID: runID,
+                orderID: String(format: "order-%04d", index),
                 customer: customers[index % customers.count],
                 lines: (0..<(index % 5 + 1)).map { line in
-                    OrderLine(sku: skus[(index + line) % skus.count], quantity: line + 1, unitPriceCents: 250 * (line + 1))
-                })
+                    OrderLine(
+                        sku: skus[(index + line) % skus.count],
+                        quantity: line + 1,
+                        unitPriceCents: 250 * (line + 1)
+                    )
+                }
+            )
         }
     }
 

@@ -56,7 +56,9 @@ extension CommerceExample {
                 "  notifications \(CommerceExample.notificationsQueue): \(notificationsPublished) queued, \(notificationsHandled) confirmations sent, \(notificationDeadLetters.count) poison message(s) dead-lettered",
             ]
             for entry in importDeadLetters + notificationDeadLetters {
-                lines.append("    - DLQ \(deadLetterName(for: entry.originalDestination)): \(entry.messageID) after \(entry.attempts) attempt(s): \(entry.lastError)")
+                lines.append(
+                    "    - DLQ \(deadLetterName(for: entry.originalDestination)): \(entry.messageID) after \(entry.attempts) attempt(s): \(entry.lastError)"
+                )
             }
             return lines.joined(separator: "\n")
         }

@@ -16,31 +16,55 @@ struct LogsModule: Sendable {
 
     func prepare() async throws {
         try await ExampleSupport.ensureDestination(
-            Self.stream, kind: .stream, options: DestinationOptions(partitions: Self.partitions), on: broker)
+            Self.stream,
+            kind: .stream,
+            options: DestinationOptions(partitions: Self.partitions),
+            on: broker
+        )
     }
 
     /// Publishes one log event and counts it.
     func log(_ level: Logger.Level, module: String, _ message: String, orderID: String? = nil) async throws {
         let event = LogEvent(
-            runID: runID, id: Message.newID(), level: level.rawValue, module: module, message: message,
-            orderID: orderID, timestamp: Date())
+            runID: runID,
+            id: Message.newID(),
+            level: level.rawValue,
+            module: module,
+            message: message,
+            orderID: orderID,
+            timestamp: Date()
+        )
         try await broker.publish(
-            Message(key: orderID ?? module, payload: try ExampleSupport.encode(event), headers: ["content-type": "application/json"]),
-            to: Self.stream)
+            Message(
+                key: orderID ?? module,
+                payload: try ExampleSupport.encode(event),
+                headers: ["content-type": "application/json"]
+            ),
+            to: Self.stream
+        )
         state.update { $0.logsPublished += 1 }
     }
 
     /// The aggregating consumer, as a service, plus its consumer (closed by the caller at the end).
     func makeService(logger: Logger) async throws -> (service: any Service, consumer: any MessageConsumer) {
         let consumer = try await broker.consumeStream(
-            Self.stream, group: Self.group,
+            Self.stream,
+            group: Self.group,
             options: StreamConsumerOptions(
-                start: .earliest, prefetch: 64,
-                retryPolicy: RetryPolicy(maxAttempts: 3, backoff: .exponential(initial: .milliseconds(20), max: .milliseconds(200)))))
+                start: .earliest,
+                prefetch: 64,
+                retryPolicy: RetryPolicy(
+                    maxAttempts: 3,
+                    backoff: .exponential(initial: .milliseconds(20), max: .milliseconds(200))
+                )
+            )
+        )
         let runID = self.runID
         let state = self.state
         let processor = DeliveryProcessor(
-            consumer: consumer, options: .init(concurrency: 2, orderedByKey: true, shutdownTimeout: .seconds(5)), logger: logger
+            consumer: consumer,
+            options: .init(concurrency: 2, orderedByKey: true, shutdownTimeout: .seconds(5)),
+            logger: logger
         ) { delivery in
             let event: LogEvent
             do { event = try ExampleSupport.decode(LogEvent.self, from: delivery.message.payload) } catch {
@@ -59,6 +83,8 @@ struct LogsModule: Sendable {
     func progress(_ counts: CommerceCounts) async throws -> (done: Bool, lag: Int?, status: String) {
         let lag = ExampleSupport.lag(of: Self.group, in: try await broker.stats(for: Self.stream))
         let done = counts.logsConsumed.count == counts.logsPublished && lag == 0
-        return (done, lag, "logs \(counts.logsConsumed.count)/\(counts.logsPublished) (lag \(lag.map(String.init) ?? "?"))")
+        return (
+            done, lag, "logs \(counts.logsConsumed.count)/\(counts.logsPublished) (lag \(lag.map(String.init) ?? "?"))"
+        )
     }
 }

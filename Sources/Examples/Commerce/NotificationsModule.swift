@@ -22,13 +22,20 @@ struct NotificationsModule: Sendable {
     /// Queues the confirmation of an imported order.
     func confirm(_ order: ImportOrder) async throws {
         let confirmation = OrderConfirmation(
-            runID: runID, orderID: order.orderID, customer: order.customer, channel: "email", totalCents: order.totalCents)
+            runID: runID,
+            orderID: order.orderID,
+            customer: order.customer,
+            channel: "email",
+            totalCents: order.totalCents
+        )
         try await publish(Message(key: order.customer, payload: try ExampleSupport.encode(confirmation)))
     }
 
     /// Queues a message a buggy producer truncated: not valid JSON.
     func publishPoison() async throws {
-        try await publish(Message(key: "legacy-shop", payload: Data(#"{"orderID": "order-0001", "customer": "acme"#.utf8)))
+        try await publish(
+            Message(key: "legacy-shop", payload: Data(#"{"orderID": "order-0001", "customer": "acme"#.utf8))
+        )
     }
 
     private func publish(_ message: Message) async throws {
@@ -44,11 +51,18 @@ struct NotificationsModule: Sendable {
             Self.queue,
             options: QueueConsumerOptions(
                 prefetch: 8,
-                retryPolicy: RetryPolicy(maxAttempts: 3, backoff: .exponential(initial: .milliseconds(20), max: .milliseconds(200)))))
+                retryPolicy: RetryPolicy(
+                    maxAttempts: 3,
+                    backoff: .exponential(initial: .milliseconds(20), max: .milliseconds(200))
+                )
+            )
+        )
         let runID = self.runID
         let state = self.state
         let processor = DeliveryProcessor(
-            consumer: consumer, options: .init(concurrency: 4, orderedByKey: true, shutdownTimeout: .seconds(5)), logger: logger
+            consumer: consumer,
+            options: .init(concurrency: 4, orderedByKey: true, shutdownTimeout: .seconds(5)),
+            logger: logger
         ) { delivery in
             guard delivery.message.headers[Self.runHeader] == runID else { return }  // an earlier run's leftover
             let confirmation: OrderConfirmation
@@ -78,8 +92,12 @@ struct NotificationsModule: Sendable {
     func progress(_ counts: CommerceCounts, orders: Int) async throws -> (done: Bool, status: String) {
         let stats = try await broker.stats(for: Self.queue)
         let dlq = counts.poisonDeadLettered >= 1 ? try await deadLetters().count : 0
-        let done = counts.notified.count == orders && counts.poisonDeadLettered == 1 && dlq == 1
+        let done =
+            counts.notified.count == orders && counts.poisonDeadLettered == 1 && dlq == 1
             && stats.depth == 0 && stats.inFlight == 0
-        return (done, "notifications \(counts.notified.count)/\(orders) (depth \(stats.depth), in flight \(stats.inFlight), poison in DLQ \(dlq)/1)")
+        return (
+            done,
+            "notifications \(counts.notified.count)/\(orders) (depth \(stats.depth), in flight \(stats.inFlight), poison in DLQ \(dlq)/1)"
+        )
     }
 }

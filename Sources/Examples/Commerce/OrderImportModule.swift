@@ -11,7 +11,9 @@ struct OrderImportModule: Sendable {
     static let queue = "commerce.order-imports"
     static let concurrency = 4
     static let retryPolicy = RetryPolicy(
-        maxAttempts: 3, backoff: .exponential(initial: .milliseconds(20), multiplier: 2, max: .milliseconds(200), jitter: 0.1))
+        maxAttempts: 3,
+        backoff: .exponential(initial: .milliseconds(20), multiplier: 2, max: .milliseconds(200), jitter: 0.1)
+    )
 
     let broker: any Broker
     let runID: String
@@ -56,13 +58,20 @@ struct OrderImportModule: Sendable {
             },
             onDuplicate: { event in
                 if ours(event) { state.update { $0.duplicatesDropped += 1 } }
-            })
+            }
+        )
         let worker = JobWorker(
-            broker: broker, queue: Self.queue,
+            broker: broker,
+            queue: Self.queue,
             options: JobWorker.Options(
-                concurrency: Self.concurrency, retryPolicy: Self.retryPolicy, jobTimeout: .seconds(10),
-                shutdownTimeout: .seconds(5)),
-            hooks: hooks, logger: logger)
+                concurrency: Self.concurrency,
+                retryPolicy: Self.retryPolicy,
+                jobTimeout: .seconds(10),
+                shutdownTimeout: .seconds(5)
+            ),
+            hooks: hooks,
+            logger: logger
+        )
         worker.register(ImportOrder.self) { order, context in
             guard order.runID == runID else { return }  // an earlier run's leftover
             state.update { counts in
@@ -77,12 +86,18 @@ struct OrderImportModule: Sendable {
                 throw error
             }
             try await logs.log(
-                .info, module: "order-import", "imported \(order.orderID) for \(order.customer): \(order.lines.count) lines",
-                orderID: order.orderID)
+                .info,
+                module: "order-import",
+                "imported \(order.orderID) for \(order.customer): \(order.lines.count) lines",
+                orderID: order.orderID
+            )
             if order.lines.count > CommercePlan.largeOrderLines {
                 try await logs.log(
-                    .warning, module: "order-import", "large order \(order.orderID): \(order.lines.count) lines, check stock",
-                    orderID: order.orderID)
+                    .warning,
+                    module: "order-import",
+                    "large order \(order.orderID): \(order.lines.count) lines, check stock",
+                    orderID: order.orderID
+                )
             }
             try await notifications.confirm(order)
             state.update { _ = $0.imported.insert(order.orderID) }
@@ -92,8 +107,12 @@ struct OrderImportModule: Sendable {
 
     func progress(_ counts: CommerceCounts, orders: Int) async throws -> (done: Bool, status: String) {
         let stats = try await broker.stats(for: Self.queue)
-        let done = counts.imported.count == orders && counts.duplicatesDropped == 1
+        let done =
+            counts.imported.count == orders && counts.duplicatesDropped == 1
             && stats.depth == 0 && stats.inFlight == 0 && stats.delayed == 0
-        return (done, "imports \(counts.imported.count)/\(orders), duplicates dropped \(counts.duplicatesDropped)/1 (depth \(stats.depth), in flight \(stats.inFlight), delayed \(stats.delayed))")
+        return (
+            done,
+            "imports \(counts.imported.count)/\(orders), duplicates dropped \(counts.duplicatesDropped)/1 (depth \(stats.depth), in flight \(stats.inFlight), delayed \(stats.delayed))"
+        )
     }
 }

@@ -34,7 +34,9 @@ public enum JobsExample {
     public static let queuePrefix = "jobs"
     /// Attempts and backoff of every job: the poison job is dead-lettered after 3 attempts.
     public static let retryPolicy = RetryPolicy(
-        maxAttempts: 3, backoff: .exponential(initial: .milliseconds(20), multiplier: 2, max: .milliseconds(100), jitter: 0.1))
+        maxAttempts: 3,
+        backoff: .exponential(initial: .milliseconds(20), multiplier: 2, max: .milliseconds(100), jitter: 0.1)
+    )
     /// Jobs the second worker runs at once.
     public static let secondWorkerConcurrency = 4
     /// The smallest `jobs` accepted: one of each kind plus one invoice.
@@ -46,7 +48,10 @@ public enum JobsExample {
     public static let requiredCapabilities: BrokerCapabilities = [.queues, .delayedDelivery]
 
     /// A run of its own: a fresh id, the queue `jobs.<id>` (created), and a logger naming both.
-    static func prepareRun(broker: any Broker, logger: Logger) async throws -> (runID: String, queue: String, logger: Logger) {
+    static func prepareRun(
+        broker: any Broker,
+        logger: Logger
+    ) async throws -> (runID: String, queue: String, logger: Logger) {
         let runID = ExampleSupport.newRunID()
         let queue = "\(queuePrefix).\(runID)"
         var logger = logger
@@ -63,7 +68,11 @@ public enum JobsExample {
     /// worker handles `firstWorkerJobs` of them (default a third; at most the jobs that are
     /// not delayed) and stops. Waits at most `timeout` for the work to settle.
     public static func run(
-        broker: any Broker, logger: Logger, jobs: Int = 30, firstWorkerJobs: Int? = nil, keepQueue: Bool = false,
+        broker: any Broker,
+        logger: Logger,
+        jobs: Int = 30,
+        firstWorkerJobs: Int? = nil,
+        keepQueue: Bool = false,
         timeout: Duration = .seconds(60)
     ) async throws -> JobsReport {
         guard jobs >= minimumJobs else {
@@ -72,25 +81,40 @@ public enum JobsExample {
         let firstJobs = firstWorkerJobs ?? max(1, jobs / 3)
         let undelayed = jobs - delayedJobs(of: jobs)
         guard (1...undelayed).contains(firstJobs) else {
-            throw ExampleError.invalidArgument("firstWorkerJobs must be in 1...\(undelayed) for \(jobs) jobs, got \(firstJobs)")
+            throw ExampleError.invalidArgument(
+                "firstWorkerJobs must be in 1...\(undelayed) for \(jobs) jobs, got \(firstJobs)"
+            )
         }
         try broker.require(requiredCapabilities, for: "the jobs example")
         let started = ContinuousClock.now
         let (runID, queue, logger) = try await prepareRun(broker: broker, logger: logger)
 
         let state = JobsState(JobsCounts())
-        let plan = try await dispatch(JobsPlan.make(jobs: jobs), to: JobQueue(broker: broker, queue: queue), runID: runID)
+        let plan = try await dispatch(
+            JobsPlan.make(jobs: jobs),
+            to: JobQueue(broker: broker, queue: queue),
+            runID: runID
+        )
         logger.info("dispatched \(plan.count) jobs (+1 duplicate) to \(queue), \(plan.reminders.count) of them delayed")
         // One store for both workers: a job one of them completed is a duplicate for the other.
         let store = InMemoryIdempotencyStore()
 
         // 1. A worker that handles exactly `firstJobs` jobs, then stops on its own.
         let first = makeWorker(
-            "first", broker: broker, queue: queue,
+            "first",
+            broker: broker,
+            queue: queue,
             options: JobWorker.Options(
-                concurrency: 1, retryPolicy: retryPolicy, shutdownTimeout: .seconds(5), maxJobs: firstJobs,
-                idempotencyStore: store, runningDuplicateDelay: .milliseconds(300)),
-            state: state, logger: logger)
+                concurrency: 1,
+                retryPolicy: retryPolicy,
+                shutdownTimeout: .seconds(5),
+                maxJobs: firstJobs,
+                idempotencyStore: store,
+                runningDuplicateDelay: .milliseconds(300)
+            ),
+            state: state,
+            logger: logger
+        )
         let firstStarted = ContinuousClock.now
         try await runUntilItStops(first, timeout: timeout)
         let firstElapsed = ContinuousClock.now - firstStarted
@@ -98,14 +122,24 @@ public enum JobsExample {
 
         // 2. A second worker and the dead-letter monitor finish the rest, then shut down gracefully.
         let second = makeWorker(
-            "second", broker: broker, queue: queue,
+            "second",
+            broker: broker,
+            queue: queue,
             options: JobWorker.Options(
-                concurrency: secondWorkerConcurrency, retryPolicy: retryPolicy, shutdownTimeout: .seconds(10),
-                idempotencyStore: store, runningDuplicateDelay: .milliseconds(300)),
-            state: state, logger: logger)
+                concurrency: secondWorkerConcurrency,
+                retryPolicy: retryPolicy,
+                shutdownTimeout: .seconds(10),
+                idempotencyStore: store,
+                runningDuplicateDelay: .milliseconds(300)
+            ),
+            state: state,
+            logger: logger
+        )
         let monitor = DeadLetterMonitor(broker: broker, queue: queue, state: state, logger: logger)
         // Shut down in reverse order: the worker first, the monitor last.
-        let services: [(name: String, service: any Service)] = [("dead-letter-monitor", monitor), ("second-worker", second)]
+        let services: [(name: String, service: any Service)] = [
+            ("dead-letter-monitor", monitor), ("second-worker", second),
+        ]
         let shutdownStarted = try await ExampleSupport.withServices(services, example: "jobs", logger: logger) {
             try await ExampleSupport.waitUntilDone(example: "jobs", timeout: timeout) {
                 progress(state.snapshot, plan: plan)
@@ -123,7 +157,8 @@ public enum JobsExample {
         var stats = try await broker.stats(for: queue)
         let settleDeadline = ContinuousClock.now + .seconds(10)
         while !(stats.depth == 0 && stats.inFlight == 0 && stats.delayed == 0 && stats.deadLettered >= 1),
-              ContinuousClock.now < settleDeadline {
+            ContinuousClock.now < settleDeadline
+        {
             try await Task.sleep(for: .milliseconds(50))
             stats = try await broker.stats(for: queue)
         }
@@ -136,24 +171,40 @@ public enum JobsExample {
 
         let counts = state.snapshot
         let report = JobsReport(
-            backend: broker.backendName, runID: runID, queue: queue, queueKept: keepQueue,
-            jobs: plan.count, dispatched: plan.count + 1,
+            backend: broker.backendName,
+            runID: runID,
+            queue: queue,
+            queueKept: keepQueue,
+            jobs: plan.count,
+            dispatched: plan.count + 1,
             dispatchedByName: [
                 SendInvoice.name: plan.invoices.count + 1, ResizeImage.name: plan.images.count,
                 DeliverWebhook.name: plan.webhooks.count, SendReminder.name: plan.reminders.count, ChargeCard.name: 1,
             ],
-            completedByName: counts.completedByName, completed: counts.completed, runTwice: counts.runTwice,
-            attempts: counts.attemptsByKey.values.reduce(0, +), retried: counts.retried,
-            deadLettered: counts.deadLetteredIDs.count, duplicatesDropped: counts.duplicatesByWorker.values.reduce(0, +),
+            completedByName: counts.completedByName,
+            completed: counts.completed,
+            runTwice: counts.runTwice,
+            attempts: counts.attemptsByKey.values.reduce(0, +),
+            retried: counts.retried,
+            deadLettered: counts.deadLetteredIDs.count,
+            duplicatesDropped: counts.duplicatesByWorker.values.reduce(0, +),
             delayed: plan.reminders.map { counts.delayedTimings[$0.jobKey] }.compactMap { $0 },
-            firstWorkerMaxJobs: firstJobs, firstWorkerHandled: first.handledCount,
-            firstWorkerRuns: counts.runsByWorker["first"] ?? 0, firstWorkerElapsed: firstElapsed,
-            secondWorkerHandled: second.handledCount, secondWorkerRuns: counts.runsByWorker["second"] ?? 0,
+            firstWorkerMaxJobs: firstJobs,
+            firstWorkerHandled: first.handledCount,
+            firstWorkerRuns: counts.runsByWorker["first"] ?? 0,
+            firstWorkerElapsed: firstElapsed,
+            secondWorkerHandled: second.handledCount,
+            secondWorkerRuns: counts.runsByWorker["second"] ?? 0,
             peakRunning: counts.peakRunning,
-            runningAtShutdown: counts.runningAtShutdown, remindersRunningAtShutdown: counts.remindersRunningAtShutdown,
-            runningAfterShutdown: counts.running, shutdownTook: shutdownTook,
-            monitorSaw: counts.monitorSawDeadLetters, deadLetters: deadLetters,
-            finalStats: stats, elapsed: ContinuousClock.now - started)
+            runningAtShutdown: counts.runningAtShutdown,
+            remindersRunningAtShutdown: counts.remindersRunningAtShutdown,
+            runningAfterShutdown: counts.running,
+            shutdownTook: shutdownTook,
+            monitorSaw: counts.monitorSawDeadLetters,
+            deadLetters: deadLetters,
+            finalStats: stats,
+            elapsed: ContinuousClock.now - started
+        )
         logger.info("jobs example finished", metadata: ["elapsed": "\(ExampleSupport.seconds(report.elapsed))"])
         return report
     }
@@ -189,7 +240,12 @@ public enum JobsExample {
 
     /// A worker with a handler for every job type; `label` tells the workers apart in the counts.
     static func makeWorker(
-        _ label: String, broker: any Broker, queue: String, options: JobWorker.Options, state: JobsState, logger: Logger
+        _ label: String,
+        broker: any Broker,
+        queue: String,
+        options: JobWorker.Options,
+        state: JobsState,
+        logger: Logger
     ) -> JobWorker {
         let hooks = JobHooks(
             onFailed: { event in
@@ -200,7 +256,8 @@ public enum JobsExample {
             },
             onDuplicate: { _ in
                 state.update { $0.duplicatesByWorker[label, default: 0] += 1 }
-            })
+            }
+        )
         var logger = logger
         logger[metadataKey: "worker"] = "\(label)"
         let worker = JobWorker(broker: broker, queue: queue, options: options, hooks: hooks, logger: logger)
@@ -229,7 +286,10 @@ public enum JobsExample {
             state.update { counts in
                 if counts.delayedTimings[reminder.jobKey] == nil {
                     counts.delayedTimings[reminder.jobKey] = DelayedJobTiming(
-                        jobKey: reminder.jobKey, delay: .milliseconds(reminder.delayMilliseconds), lateness: lateness)
+                        jobKey: reminder.jobKey,
+                        delay: .milliseconds(reminder.delayMilliseconds),
+                        lateness: lateness
+                    )
                 }
                 counts.remindersRunning += 1
             }
@@ -249,7 +309,11 @@ public enum JobsExample {
 
     /// Counts one run of `job`: its attempt, the worker, running jobs, and success.
     static func track<J: ExampleJob>(
-        _ job: J, _ context: JobContext, worker: String, state: JobsState, body: () async throws -> Void
+        _ job: J,
+        _ context: JobContext,
+        worker: String,
+        state: JobsState,
+        body: () async throws -> Void
     ) async throws {
         state.update { counts in
             counts.attemptsByKey[job.jobKey, default: 0] += 1
@@ -285,7 +349,10 @@ public enum JobsExample {
         guard stoppedInTime else {
             let maxJobs = worker.options.maxJobs.map(String.init) ?? "?"
             throw ExampleError.timedOut(
-                example: "jobs", after: timeout, progress: "first worker handled \(worker.handledCount) of \(maxJobs) jobs")
+                example: "jobs",
+                after: timeout,
+                progress: "first worker handled \(worker.handledCount) of \(maxJobs) jobs"
+            )
         }
     }
 
@@ -301,7 +368,8 @@ public enum JobsExample {
         let others = plan.count - reminders
         let othersSettled = counts.completed - remindersDone + counts.deadLetteredIDs.count
         let duplicates = counts.duplicatesByWorker.values.reduce(0, +)
-        let done = othersSettled == others && remindersDone + counts.remindersRunning == reminders
+        let done =
+            othersSettled == others && remindersDone + counts.remindersRunning == reminders
             && counts.monitorSawDeadLetters.count == 1 && duplicates == 1
         let status = """
             jobs settled \(othersSettled)/\(others) (\(counts.deadLetteredIDs.count) dead-lettered), \

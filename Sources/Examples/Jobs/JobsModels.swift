@@ -99,23 +99,44 @@ struct JobsPlan: Sendable {
         for index in 0..<regular {
             if index % 2 == 0 {
                 let number = plan.invoices.count + 1
-                plan.invoices.append(SendInvoice(
-                    jobKey: "invoice-\(number)", customer: customers[index % customers.count], amountCents: 1_000 + 250 * number))
+                plan.invoices.append(
+                    SendInvoice(
+                        jobKey: "invoice-\(number)",
+                        customer: customers[index % customers.count],
+                        amountCents: 1_000 + 250 * number
+                    )
+                )
             } else {
                 let number = plan.images.count + 1
-                plan.images.append(ResizeImage(
-                    jobKey: "image-\(number)", path: "uploads/photo-\(number).jpg", width: [320, 640, 1280][number % 3],
-                    renderMilliseconds: 5))
+                plan.images.append(
+                    ResizeImage(
+                        jobKey: "image-\(number)",
+                        path: "uploads/photo-\(number).jpg",
+                        width: [320, 640, 1280][number % 3],
+                        renderMilliseconds: 5
+                    )
+                )
             }
         }
         for (index, failures) in webhookFailures.enumerated() {
-            plan.webhooks.append(DeliverWebhook(
-                jobKey: "webhook-\(index + 1)", url: "https://partner-\(index + 1).example/hooks/order", failures: failures))
+            plan.webhooks.append(
+                DeliverWebhook(
+                    jobKey: "webhook-\(index + 1)",
+                    url: "https://partner-\(index + 1).example/hooks/order",
+                    failures: failures
+                )
+            )
         }
         for index in 0..<reminders {
-            plan.reminders.append(SendReminder(
-                jobKey: "reminder-\(index + 1)", customer: customers[index % customers.count], dueAt: Date(),
-                delayMilliseconds: 0, sendMilliseconds: 150))
+            plan.reminders.append(
+                SendReminder(
+                    jobKey: "reminder-\(index + 1)",
+                    customer: customers[index % customers.count],
+                    dueAt: Date(),
+                    delayMilliseconds: 0,
+                    sendMilliseconds: 150
+                )
+            )
         }
         return plan
     }

@@ -97,11 +97,13 @@ public struct JobsReport: Sendable, CustomStringConvertible {
         ]
         for job in monitorSaw { lines.append("    - \(job)") }
         lines.append(
-            "  broker stats at the end: depth \(finalStats.depth), in flight \(finalStats.inFlight), delayed \(finalStats.delayed), dead-lettered \(finalStats.deadLettered)")
+            "  broker stats at the end: depth \(finalStats.depth), in flight \(finalStats.inFlight), delayed \(finalStats.delayed), dead-lettered \(finalStats.deadLettered)"
+        )
         lines.append(
             queueKept
                 ? "  queue kept: `brokerkit dlq list \(queue) --broker <url>` shows the dead letter"
-                : "  queue \(queue) and its dead-letter queue deleted")
+                : "  queue \(queue) and its dead-letter queue deleted"
+        )
         return lines.joined(separator: "\n")
     }
 }

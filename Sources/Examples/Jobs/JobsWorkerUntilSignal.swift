@@ -15,25 +15,42 @@ extension JobsExample {
     /// The process ignores SIGTERM and SIGINT from then on (the service group traps them);
     /// `brokerkit demo --example jobs --wait-for-signal` runs this.
     public static func runWorkerUntilSignal(
-        broker: any Broker, logger: Logger, jobs: Int = 40, jobDuration: Duration = .milliseconds(250),
-        concurrency: Int = 2, keepQueue: Bool = false
+        broker: any Broker,
+        logger: Logger,
+        jobs: Int = 40,
+        jobDuration: Duration = .milliseconds(250),
+        concurrency: Int = 2,
+        keepQueue: Bool = false
     ) async throws -> JobsSignalReport {
         guard jobs >= 1 else { throw ExampleError.invalidArgument("jobs must be at least 1, got \(jobs)") }
-        guard concurrency >= 1 else { throw ExampleError.invalidArgument("concurrency must be at least 1, got \(concurrency)") }
+        guard concurrency >= 1 else {
+            throw ExampleError.invalidArgument("concurrency must be at least 1, got \(concurrency)")
+        }
         try broker.require([.queues], for: "the jobs worker")
         let started = ContinuousClock.now
         let (_, queue, logger) = try await prepareRun(broker: broker, logger: logger)
         let milliseconds = Int(jobDuration.timeInterval * 1000)
         let images = (1...jobs).map { number in
-            ResizeImage(jobKey: "image-\(number)", path: "uploads/photo-\(number).jpg", width: 640, renderMilliseconds: milliseconds)
+            ResizeImage(
+                jobKey: "image-\(number)",
+                path: "uploads/photo-\(number).jpg",
+                width: 640,
+                renderMilliseconds: milliseconds
+            )
         }
         try await JobQueue(broker: broker, queue: queue).dispatch(batch: images)
 
         let state = JobsState(JobsCounts())
         let worker = JobWorker(
-            broker: broker, queue: queue,
-            options: JobWorker.Options(concurrency: concurrency, retryPolicy: retryPolicy, shutdownTimeout: .seconds(30)),
-            logger: logger)
+            broker: broker,
+            queue: queue,
+            options: JobWorker.Options(
+                concurrency: concurrency,
+                retryPolicy: retryPolicy,
+                shutdownTimeout: .seconds(30)
+            ),
+            logger: logger
+        )
         worker.register(ResizeImage.self) { image, context in
             try await track(image, context, worker: "signal", state: state) {
                 try await Task.sleep(for: .milliseconds(image.renderMilliseconds))
@@ -42,12 +59,18 @@ extension JobsExample {
             context.logger.info("completed \(ResizeImage.name) \(image.jobKey) (\(done) of \(jobs))")
             if done == jobs { context.logger.info("queue drained; waiting for more jobs until SIGTERM") }
         }
-        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
-            services: [.init(service: SignalledWorker(worker, state: state, logger: logger), serviceName: "jobs-worker")],
-            gracefulShutdownSignals: [.sigterm, .sigint],
-            logger: logger))
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [
+                    .init(service: SignalledWorker(worker, state: state, logger: logger), serviceName: "jobs-worker")
+                ],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
         logger.info(
-            "worker running on \(queue) with \(jobs) jobs, pid \(ProcessInfo.processInfo.processIdentifier): send SIGTERM (kill -TERM) or SIGINT to stop it gracefully")
+            "worker running on \(queue) with \(jobs) jobs, pid \(ProcessInfo.processInfo.processIdentifier): send SIGTERM (kill -TERM) or SIGINT to stop it gracefully"
+        )
         try await group.run()
 
         let counts = state.snapshot
@@ -58,11 +81,20 @@ extension JobsExample {
             }
         }
         return JobsSignalReport(
-            backend: broker.backendName, queue: queue, dispatched: jobs, completed: counts.completed,
-            stoppedBySignal: counts.signalled, completedBeforeSignal: counts.completedAtSignal,
-            runningAtSignal: counts.runningAtShutdown, cutOff: counts.running,
-            runTwice: counts.runTwice, notStarted: jobs - counts.completed - counts.running, queueKept: keepQueue, stats: stats,
-            elapsed: ContinuousClock.now - started)
+            backend: broker.backendName,
+            queue: queue,
+            dispatched: jobs,
+            completed: counts.completed,
+            stoppedBySignal: counts.signalled,
+            completedBeforeSignal: counts.completedAtSignal,
+            runningAtSignal: counts.runningAtShutdown,
+            cutOff: counts.running,
+            runTwice: counts.runTwice,
+            notStarted: jobs - counts.completed - counts.running,
+            queueKept: keepQueue,
+            stats: stats,
+            elapsed: ContinuousClock.now - started
+        )
     }
 }
 
@@ -132,7 +164,8 @@ public struct JobsSignalReport: Sendable, CustomStringConvertible {
         ]
         if stoppedBySignal {
             lines.append(
-                "  stopped gracefully on signal: \(completedBeforeSignal) done before it, \(runningAtSignal) running, \(drained) drained after it, \(cutOff) cut off")
+                "  stopped gracefully on signal: \(completedBeforeSignal) done before it, \(runningAtSignal) running, \(drained) drained after it, \(cutOff) cut off"
+            )
         } else {
             lines.append("  stopped without a signal")
         }
@@ -140,7 +173,8 @@ public struct JobsSignalReport: Sendable, CustomStringConvertible {
         lines.append(
             queueKept
                 ? "  \(notStarted) job(s) not started, left on the queue for the next worker\(depth)"
-                : "  \(notStarted) job(s) not started; the queue was deleted\(depth)")
+                : "  \(notStarted) job(s) not started; the queue was deleted\(depth)"
+        )
         return lines.joined(separator: "\n")
     }
 }

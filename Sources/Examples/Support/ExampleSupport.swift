@@ -21,7 +21,10 @@ final class ExampleTally<Counts: Sendable>: Sendable {
 enum ExampleSupport {
     /// Creates `name` as `kind`, or accepts it when it already exists with that kind.
     static func ensureDestination(
-        _ name: String, kind: DestinationKind, options: DestinationOptions = DestinationOptions(), on broker: any Broker
+        _ name: String,
+        kind: DestinationKind,
+        options: DestinationOptions = DestinationOptions(),
+        on broker: any Broker
     ) async throws {
         do {
             try await broker.createDestination(name, kind: kind, options: options)
@@ -47,7 +50,9 @@ enum ExampleSupport {
     /// with the last status when `timeout` passes. Errors of `check` (a broker briefly
     /// unavailable) are retried until the deadline.
     static func waitUntilDone(
-        example: String, timeout: Duration, poll: Duration = .milliseconds(25),
+        example: String,
+        timeout: Duration,
+        poll: Duration = .milliseconds(25),
         check: @Sendable () async throws -> Progress
     ) async throws {
         let clock = ContinuousClock()
@@ -79,14 +84,19 @@ enum ExampleSupport {
     /// (each drains its in-flight work) and returns `body`'s result. A service that stops on its
     /// own before `body` finished ends the run with an error.
     static func withServices<T: Sendable>(
-        _ services: [(name: String, service: any Service)], example: String, logger: Logger,
+        _ services: [(name: String, service: any Service)],
+        example: String,
+        logger: Logger,
         body: @escaping @Sendable () async throws -> T
     ) async throws -> T {
-        let group = ServiceGroup(configuration: ServiceGroupConfiguration(
-            services: services.map {
-                ServiceGroupConfiguration.ServiceConfiguration(service: $0.service, serviceName: $0.name)
-            },
-            logger: logger))
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: services.map {
+                    ServiceGroupConfiguration.ServiceConfiguration(service: $0.service, serviceName: $0.name)
+                },
+                logger: logger
+            )
+        )
         return try await withThrowingTaskGroup(of: ServicesOutcome<T>.self) { tasks in
             tasks.addTask {
                 try await group.run()
@@ -102,7 +112,9 @@ enum ExampleSupport {
             case .servicesEnded:
                 tasks.cancelAll()
                 throw ExampleError.servicesStopped(
-                    example: example, reason: "consumers and workers stopped before the work was done")
+                    example: example,
+                    reason: "consumers and workers stopped before the work was done"
+                )
             case .body(let result):
                 await group.triggerGracefulShutdown()
                 var shutdownError: (any Error)?

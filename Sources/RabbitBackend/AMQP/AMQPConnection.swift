@@ -194,7 +194,9 @@ final class AMQPConnection: @unchecked Sendable {
         if accepted {
             let abort = DispatchWorkItem { [weak self] in
                 guard let self else { return }
-                logger.warning("closing \(endpoint.redactedURL): a call has not returned within operation.timeout \(endpoint.operationTimeout); shutting the socket down")
+                logger.warning(
+                    "closing \(endpoint.redactedURL): a call has not returned within operation.timeout \(endpoint.operationTimeout); shutting the socket down"
+                )
                 abortSocket()
             }
             DispatchQueue.global().asyncAfter(deadline: .now() + endpoint.operationTimeout.timeInterval, execute: abort)
@@ -297,13 +299,16 @@ final class AMQPConnection: @unchecked Sendable {
             reconnectFailures = 0
             reconnectAt = nil
         } catch {
-            let brokerError = error as? BrokerError ?? BrokerError(.connectionFailed, "\(error)", backend: AMQPError.backend)
+            let brokerError =
+                error as? BrokerError ?? BrokerError(.connectionFailed, "\(error)", backend: AMQPError.backend)
             reconnectFailures += 1
             if state != nil { markBroken(brokerError) }
             let backoff = min(5_000, 100 * (1 << min(reconnectFailures, 6)))
             reconnectAt = ContinuousClock.now + .milliseconds(Int.random(in: backoff / 2...backoff))
             if reconnectFailures == 1 || reconnectFailures % 10 == 0 {
-                logger.warning("reconnect to \(endpoint.redactedURL) failed (attempt \(reconnectFailures)): \(brokerError.message)")
+                logger.warning(
+                    "reconnect to \(endpoint.redactedURL) failed (attempt \(reconnectFailures)): \(brokerError.message)"
+                )
             }
         }
     }
@@ -349,7 +354,11 @@ final class AMQPConnection: @unchecked Sendable {
     private func connectNow() throws {
         let url = endpoint.redactedURL
         guard let connection = amqp_new_connection() else {
-            throw BrokerError(.connectionFailed, "cannot allocate a rabbitmq-c connection for \(url)", backend: AMQPError.backend)
+            throw BrokerError(
+                .connectionFailed,
+                "cannot allocate a rabbitmq-c connection for \(url)",
+                backend: AMQPError.backend
+            )
         }
         var keep = false
         defer { if !keep { amqp_destroy_connection(connection) } }
@@ -357,13 +366,19 @@ final class AMQPConnection: @unchecked Sendable {
         if let tls = endpoint.tls {
             socket = amqp_ssl_socket_new(connection)
             guard let socket else {
-                throw BrokerError(.connectionFailed, "cannot create a TLS socket for \(url)", backend: AMQPError.backend)
+                throw BrokerError(
+                    .connectionFailed,
+                    "cannot create a TLS socket for \(url)",
+                    backend: AMQPError.backend
+                )
             }
             if let ca = tls.caPath {
                 let status = amqp_ssl_socket_set_cacert(socket, ca)
                 if status != AMQP_STATUS_OK.rawValue {
                     throw BrokerError.invalidConfiguration(
-                        "option 'tls.ca' of amqp: cannot load CA file '\(ca)': \(AMQPError.statusText(status))", backend: AMQPError.backend)
+                        "option 'tls.ca' of amqp: cannot load CA file '\(ca)': \(AMQPError.statusText(status))",
+                        backend: AMQPError.backend
+                    )
                 }
             }
             if let cert = tls.certPath, let key = tls.keyPath {
@@ -371,7 +386,8 @@ final class AMQPConnection: @unchecked Sendable {
                 if status != AMQP_STATUS_OK.rawValue {
                     throw BrokerError.invalidConfiguration(
                         "options 'tls.cert'/'tls.key' of amqp: cannot load '\(cert)' / '\(key)': \(AMQPError.statusText(status))",
-                        backend: AMQPError.backend)
+                        backend: AMQPError.backend
+                    )
                 }
             }
             amqp_ssl_socket_set_verify_peer(socket, tls.verify ? 1 : 0)
@@ -388,7 +404,8 @@ final class AMQPConnection: @unchecked Sendable {
             throw BrokerError(
                 .connectionFailed,
                 "cannot connect to \(url) (connect.timeout \(endpoint.connectTimeout)): \(AMQPError.statusText(opened))",
-                backend: AMQPError.backend)
+                backend: AMQPError.backend
+            )
         }
         var handshake = timeval(endpoint.connectTimeout)
         amqp_set_handshake_timeout(connection, &handshake)
@@ -400,10 +417,18 @@ final class AMQPConnection: @unchecked Sendable {
             AMQPTable([
                 "connection_name": .text("brokerkit \(name)"),
                 "capabilities": .table(AMQPTable(["connection.blocked": .bool(true)])),
-            ]))
+            ])
+        )
         let reply = bk_amqp_login_plain_properties(
-            connection, endpoint.vhost, Int32(endpoint.channelMax), Int32(endpoint.frameMax), Int32(endpoint.heartbeat),
-            &properties, endpoint.user, endpoint.password)
+            connection,
+            endpoint.vhost,
+            Int32(endpoint.channelMax),
+            Int32(endpoint.frameMax),
+            Int32(endpoint.heartbeat),
+            &properties,
+            endpoint.user,
+            endpoint.password
+        )
         if reply.reply_type != AMQP_RESPONSE_NORMAL {
             throw loginError(reply, connection: connection)
         }
@@ -435,12 +460,15 @@ final class AMQPConnection: @unchecked Sendable {
             switch close.reply_code {
             case 403:
                 return BrokerError(
-                    .authenticationFailed, "RabbitMQ at \(url) refused the login of user '\(user)': \(close.reply_code) \(text)",
-                    backend: AMQPError.backend)
+                    .authenticationFailed,
+                    "RabbitMQ at \(url) refused the login of user '\(user)': \(close.reply_code) \(text)",
+                    backend: AMQPError.backend
+                )
             case 530:
                 return BrokerError.invalidConfiguration(
                     "RabbitMQ at \(url) refused virtual host '\(endpoint.vhost)' (does it exist, and may '\(user)' use it?): \(close.reply_code) \(text)",
-                    backend: AMQPError.backend)
+                    backend: AMQPError.backend
+                )
             default:
                 return AMQPError.server(code: close.reply_code, text: text, what: "login", destination: nil, url: url)
             }
@@ -448,16 +476,23 @@ final class AMQPConnection: @unchecked Sendable {
             let status = reply.library_error
             if status == AMQP_STATUS_TIMEOUT.rawValue {
                 return BrokerError(
-                    .connectionFailed, "login to \(url) did not complete within connect.timeout \(endpoint.connectTimeout)",
-                    backend: AMQPError.backend)
+                    .connectionFailed,
+                    "login to \(url) did not complete within connect.timeout \(endpoint.connectTimeout)",
+                    backend: AMQPError.backend
+                )
             }
             if status == AMQP_STATUS_CONNECTION_CLOSED.rawValue || status == AMQP_STATUS_SOCKET_CLOSED.rawValue {
                 return BrokerError(
                     .authenticationFailed,
                     "RabbitMQ at \(url) closed the connection during login of user '\(user)' (wrong credentials?): \(AMQPError.statusText(status))",
-                    backend: AMQPError.backend)
+                    backend: AMQPError.backend
+                )
             }
-            return BrokerError(.connectionFailed, "login to \(url) failed: \(AMQPError.statusText(status))", backend: AMQPError.backend)
+            return BrokerError(
+                .connectionFailed,
+                "login to \(url) failed: \(AMQPError.statusText(status))",
+                backend: AMQPError.backend
+            )
         default:
             return BrokerError(.connectionFailed, "login to \(url) failed (no reply)", backend: AMQPError.backend)
         }
@@ -501,7 +536,12 @@ final class AMQPConnection: @unchecked Sendable {
         let status = amqp_simple_wait_frame_noblock(state, &frame, &tv)
         if status == AMQP_STATUS_TIMEOUT.rawValue { return nil }
         guard status == AMQP_STATUS_OK.rawValue else {
-            throw AMQPError.library(status, what: "reading from the broker", destination: nil, url: endpoint.redactedURL)
+            throw AMQPError.library(
+                status,
+                what: "reading from the broker",
+                destination: nil,
+                url: endpoint.redactedURL
+            )
         }
         guard frame.frame_type == UInt8(AMQP_FRAME_METHOD) else { return nil }
         let incoming = try decode(frame, state: state)
@@ -522,16 +562,31 @@ final class AMQPConnection: @unchecked Sendable {
             let exchange = String(amqpBytes: deliver.exchange)
             let routingKey = String(amqpBytes: deliver.routing_key)
             let (properties, body) = try readContent(channel: channel, state: state)
-            return .delivery(AMQPDelivery(
-                channel: channel, deliveryTag: deliver.delivery_tag, redelivered: deliver.redelivered != 0, exchange: exchange,
-                routingKey: routingKey, consumerTag: consumerTag, properties: properties, body: body))
+            return .delivery(
+                AMQPDelivery(
+                    channel: channel,
+                    deliveryTag: deliver.delivery_tag,
+                    redelivered: deliver.redelivered != 0,
+                    exchange: exchange,
+                    routingKey: routingKey,
+                    consumerTag: consumerTag,
+                    properties: properties,
+                    body: body
+                )
+            )
         case AMQP_BASIC_RETURN_METHOD:
             let returned = decoded!.assumingMemoryBound(to: amqp_basic_return_t.self).pointee
             let text = String(amqpBytes: returned.reply_text)
             let routingKey = String(amqpBytes: returned.routing_key)
             let code = returned.reply_code
             let (properties, _) = try readContent(channel: channel, state: state)
-            return .returned(channel: channel, replyCode: code, replyText: text, routingKey: routingKey, properties: properties)
+            return .returned(
+                channel: channel,
+                replyCode: code,
+                replyText: text,
+                routingKey: routingKey,
+                properties: properties
+            )
         case AMQP_BASIC_ACK_METHOD:
             let ack = decoded!.assumingMemoryBound(to: amqp_basic_ack_t.self).pointee
             return .ack(channel: channel, tag: ack.delivery_tag, multiple: ack.multiple != 0)
@@ -553,7 +608,13 @@ final class AMQPConnection: @unchecked Sendable {
             let text = String(amqpBytes: close.reply_text)
             var ok = amqp_connection_close_ok_t()
             _ = amqp_send_method(state, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok)
-            throw AMQPError.server(code: close.reply_code, text: text, what: "the connection", destination: nil, url: endpoint.redactedURL)
+            throw AMQPError.server(
+                code: close.reply_code,
+                text: text,
+                what: "the connection",
+                destination: nil,
+                url: endpoint.redactedURL
+            )
         case AMQP_CONNECTION_BLOCKED_METHOD:
             blocked.store(true, ordering: .releasing)
             logger.warning("RabbitMQ blocked publishing on \(endpoint.redactedURL) (resource alarm)")
@@ -572,8 +633,15 @@ final class AMQPConnection: @unchecked Sendable {
         var message = amqp_message_t()
         let reply = amqp_read_message(state, channel, &message, 0)
         guard reply.reply_type == AMQP_RESPONSE_NORMAL else {
-            let status = reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION ? reply.library_error : AMQP_STATUS_UNEXPECTED_STATE.rawValue
-            throw AMQPError.library(status, what: "reading message content", destination: nil, url: endpoint.redactedURL)
+            let status =
+                reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION
+                ? reply.library_error : AMQP_STATUS_UNEXPECTED_STATE.rawValue
+            throw AMQPError.library(
+                status,
+                what: "reading message content",
+                destination: nil,
+                url: endpoint.redactedURL
+            )
         }
         defer { amqp_destroy_message(&message) }
         return (AMQPProperties(message.properties), Data(amqpBytes: message.body))
@@ -586,8 +654,11 @@ final class AMQPConnection: @unchecked Sendable {
         guard let state else {
             let reason = lostError.map { ": \($0.message)" } ?? ""
             throw BrokerError(
-                .connectionFailed, "\(what): the connection to \(endpoint.redactedURL) is down, reconnecting\(reason)",
-                backend: AMQPError.backend, destination: destination)
+                .connectionFailed,
+                "\(what): the connection to \(endpoint.redactedURL) is down, reconnecting\(reason)",
+                backend: AMQPError.backend,
+                destination: destination
+            )
         }
         return state
     }
@@ -616,18 +687,35 @@ final class AMQPConnection: @unchecked Sendable {
                 var ok = amqp_channel_close_ok_t()
                 _ = amqp_send_method(state, channel, AMQP_CHANNEL_CLOSE_OK_METHOD, &ok)
                 openChannels.remove(channel)
-                throw AMQPError.server(code: close.reply_code, text: text, what: what, destination: destination, url: url)
+                throw AMQPError.server(
+                    code: close.reply_code,
+                    text: text,
+                    what: what,
+                    destination: destination,
+                    url: url
+                )
             }
             if reply.reply.id == AMQP_CONNECTION_CLOSE_METHOD {
                 let close = reply.reply.decoded.assumingMemoryBound(to: amqp_connection_close_t.self).pointee
                 let text = String(amqpBytes: close.reply_text)
                 var ok = amqp_connection_close_ok_t()
                 _ = amqp_send_method(state, 0, AMQP_CONNECTION_CLOSE_OK_METHOD, &ok)
-                let error = AMQPError.server(code: close.reply_code, text: text, what: what, destination: destination, url: url)
+                let error = AMQPError.server(
+                    code: close.reply_code,
+                    text: text,
+                    what: what,
+                    destination: destination,
+                    url: url
+                )
                 markBroken(error)
                 throw error
             }
-            let error = BrokerError(.brokerError, "\(what) on \(url): unexpected reply", backend: AMQPError.backend, destination: destination)
+            let error = BrokerError(
+                .brokerError,
+                "\(what) on \(url): unexpected reply",
+                backend: AMQPError.backend,
+                destination: destination
+            )
             markBroken(error)
             throw error
         case AMQP_RESPONSE_LIBRARY_EXCEPTION:
@@ -636,7 +724,12 @@ final class AMQPConnection: @unchecked Sendable {
             markBroken(error)
             throw error
         default:
-            let error = BrokerError(.brokerError, "\(what) on \(url): no reply", backend: AMQPError.backend, destination: destination)
+            let error = BrokerError(
+                .brokerError,
+                "\(what) on \(url): no reply",
+                backend: AMQPError.backend,
+                destination: destination
+            )
             markBroken(error)
             throw error
         }
@@ -667,7 +760,14 @@ final class AMQPConnection: @unchecked Sendable {
         guard openChannels.remove(channel) != nil, let state else { return }
         let reply = amqp_channel_close(state, channel, AMQP_REPLY_SUCCESS)
         if reply.reply_type == AMQP_RESPONSE_LIBRARY_EXCEPTION {
-            markBroken(AMQPError.library(reply.library_error, what: "closing a channel", destination: nil, url: endpoint.redactedURL))
+            markBroken(
+                AMQPError.library(
+                    reply.library_error,
+                    what: "closing a channel",
+                    destination: nil,
+                    url: endpoint.redactedURL
+                )
+            )
         }
     }
 
@@ -688,16 +788,33 @@ final class AMQPConnection: @unchecked Sendable {
     /// `queue.declare`; returns the ready-message and consumer counts.
     @discardableResult
     func declareQueue(
-        _ channel: UInt16, _ queue: String, passive: Bool = false, durable: Bool = true, exclusive: Bool = false,
-        autoDelete: Bool = false, arguments: AMQPTable = AMQPTable(), destination: String? = nil
+        _ channel: UInt16,
+        _ queue: String,
+        passive: Bool = false,
+        durable: Bool = true,
+        exclusive: Bool = false,
+        autoDelete: Bool = false,
+        arguments: AMQPTable = AMQPTable(),
+        destination: String? = nil
     ) throws -> (messages: Int, consumers: Int) {
         try ensureChannel(channel)
         let state = try requireState("declaring queue '\(queue)'", destination: destination)
         let arena = AMQPArena()
         let ok = amqp_queue_declare(
-            state, channel, arena.bytes(queue), passive ? 1 : 0, durable ? 1 : 0, exclusive ? 1 : 0, autoDelete ? 1 : 0,
-            arena.table(arguments))
-        try checkReply(passive ? "looking up queue '\(queue)'" : "declaring queue '\(queue)'", channel: channel, destination: destination)
+            state,
+            channel,
+            arena.bytes(queue),
+            passive ? 1 : 0,
+            durable ? 1 : 0,
+            exclusive ? 1 : 0,
+            autoDelete ? 1 : 0,
+            arena.table(arguments)
+        )
+        try checkReply(
+            passive ? "looking up queue '\(queue)'" : "declaring queue '\(queue)'",
+            channel: channel,
+            destination: destination
+        )
         guard let ok else { return (0, 0) }
         return (Int(ok.pointee.message_count), Int(ok.pointee.consumer_count))
     }
@@ -715,14 +832,26 @@ final class AMQPConnection: @unchecked Sendable {
 
     /// `basic.consume`; returns the consumer tag.
     func consume(
-        _ channel: UInt16, queue: String, tag: String, exclusive: Bool = false, arguments: AMQPTable = AMQPTable(),
+        _ channel: UInt16,
+        queue: String,
+        tag: String,
+        exclusive: Bool = false,
+        arguments: AMQPTable = AMQPTable(),
         destination: String? = nil
     ) throws -> String {
         try ensureChannel(channel)
         let state = try requireState("consuming '\(queue)'", destination: destination)
         let arena = AMQPArena()
         let ok = amqp_basic_consume(
-            state, channel, arena.bytes(queue), arena.bytes(tag), 0, 0, exclusive ? 1 : 0, arena.table(arguments))
+            state,
+            channel,
+            arena.bytes(queue),
+            arena.bytes(tag),
+            0,
+            0,
+            exclusive ? 1 : 0,
+            arena.table(arguments)
+        )
         try checkReply("consuming queue '\(queue)'", channel: channel, destination: destination)
         return ok.map { String(amqpBytes: $0.pointee.consumer_tag) } ?? tag
     }
@@ -742,10 +871,20 @@ final class AMQPConnection: @unchecked Sendable {
         var properties = message.properties.encode(in: arena)
         try checkPropertiesFit(&properties, state: state, message: message, destination: destination)
         let status = message.body.withUnsafeBytes { buffer -> Int32 in
-            let body = amqp_bytes_t(len: buffer.count, bytes: buffer.count == 0 ? nil : UnsafeMutableRawPointer(mutating: buffer.baseAddress))
+            let body = amqp_bytes_t(
+                len: buffer.count,
+                bytes: buffer.count == 0 ? nil : UnsafeMutableRawPointer(mutating: buffer.baseAddress)
+            )
             return amqp_basic_publish(
-                state, channel, arena.bytes(message.exchange), arena.bytes(message.routingKey), mandatory ? 1 : 0, 0,
-                &properties, body)
+                state,
+                channel,
+                arena.bytes(message.exchange),
+                arena.bytes(message.routingKey),
+                mandatory ? 1 : 0,
+                0,
+                &properties,
+                body
+            )
         }
         try checkStatus(status, "publishing to '\(message.routingKey)'", destination: destination)
     }
@@ -758,11 +897,16 @@ final class AMQPConnection: @unchecked Sendable {
     private func checkFits(_ message: AMQPOutgoing, state: amqp_connection_state_t, destination: String?) throws {
         func refuse(_ why: String) -> BrokerError {
             BrokerError(
-                .messageTooLarge, "message '\(message.properties.messageID ?? "?")' cannot be sent: \(why); nothing was sent",
-                backend: AMQPError.backend, destination: destination)
+                .messageTooLarge,
+                "message '\(message.properties.messageID ?? "?")' cannot be sent: \(why); nothing was sent",
+                backend: AMQPError.backend,
+                destination: destination
+            )
         }
         // Short strings (message id, routing key, header names) hold at most 255 bytes.
-        if let id = message.properties.messageID, id.utf8.count > 255 { throw refuse("its id is longer than 255 bytes") }
+        if let id = message.properties.messageID, id.utf8.count > 255 {
+            throw refuse("its id is longer than 255 bytes")
+        }
         if message.routingKey.utf8.count > 255 { throw refuse("its routing key is longer than 255 bytes") }
         if let long = message.properties.headers.entries.first(where: { $0.key.utf8.count > 255 }) {
             throw refuse("header name '\(long.key.prefix(40))…' is longer than 255 bytes")
@@ -773,19 +917,30 @@ final class AMQPConnection: @unchecked Sendable {
     /// own bytes). Encoded only when a rough estimate comes near the limit, so that the common
     /// publish is not encoded twice.
     private func checkPropertiesFit(
-        _ properties: inout amqp_basic_properties_t, state: amqp_connection_state_t, message: AMQPOutgoing, destination: String?
+        _ properties: inout amqp_basic_properties_t,
+        state: amqp_connection_state_t,
+        message: AMQPOutgoing,
+        destination: String?
     ) throws {
         let room = Int(amqp_get_frame_max(state)) - 20
-        let estimate = message.properties.headers.entries.reduce(256) { $0 + $1.key.utf8.count + 16 + ($1.value.stringValue?.utf8.count ?? 1024) }
+        let estimate = message.properties.headers.entries.reduce(256) {
+            $0 + $1.key.utf8.count + 16 + ($1.value.stringValue?.utf8.count ?? 1024)
+        }
         guard estimate > room / 2 else { return }
         let encoded = withUnsafeTemporaryAllocation(byteCount: max(1, room), alignment: 8) { buffer in
-            amqp_encode_properties(UInt16(AMQP_BASIC_CLASS), &properties, amqp_bytes_t(len: max(0, room), bytes: buffer.baseAddress))
+            amqp_encode_properties(
+                UInt16(AMQP_BASIC_CLASS),
+                &properties,
+                amqp_bytes_t(len: max(0, room), bytes: buffer.baseAddress)
+            )
         }
         if encoded < 0 {
             throw BrokerError(
                 .messageTooLarge,
                 "message '\(message.properties.messageID ?? "?")' has headers that do not fit one AMQP frame (frame.max \(room + 20) bytes); nothing was sent",
-                backend: AMQPError.backend, destination: destination)
+                backend: AMQPError.backend,
+                destination: destination
+            )
         }
     }
 
@@ -796,7 +951,10 @@ final class AMQPConnection: @unchecked Sendable {
 
     func nack(_ channel: UInt16, tag: UInt64, multiple: Bool = false, requeue: Bool) throws {
         let state = try requireState("rejecting")
-        try checkStatus(amqp_basic_nack(state, channel, tag, multiple ? 1 : 0, requeue ? 1 : 0), "rejecting delivery \(tag)")
+        try checkStatus(
+            amqp_basic_nack(state, channel, tag, multiple ? 1 : 0, requeue ? 1 : 0),
+            "rejecting delivery \(tag)"
+        )
     }
 
     /// `basic.get`: the next ready message, or `nil` when the queue is empty.
@@ -815,8 +973,15 @@ final class AMQPConnection: @unchecked Sendable {
         let (properties, body) = try readContent(channel: channel, state: state)
         amqp_maybe_release_buffers_on_channel(state, channel)
         return AMQPDelivery(
-            channel: channel, deliveryTag: tag, redelivered: redelivered, exchange: exchange, routingKey: routingKey,
-            consumerTag: "", properties: properties, body: body)
+            channel: channel,
+            deliveryTag: tag,
+            redelivered: redelivered,
+            exchange: exchange,
+            routingKey: routingKey,
+            consumerTag: "",
+            properties: properties,
+            body: body
+        )
     }
 
     /// Waits up to `timeout` for the next delivery on `channel` (used by short-lived probe
@@ -831,7 +996,13 @@ final class AMQPConnection: @unchecked Sendable {
             switch incoming {
             case .delivery(let delivery)?: return delivery
             case .channelClosed(_, let code, let text)?:
-                throw AMQPError.server(code: code, text: text, what: "reading", destination: nil, url: endpoint.redactedURL)
+                throw AMQPError.server(
+                    code: code,
+                    text: text,
+                    what: "reading",
+                    destination: nil,
+                    url: endpoint.redactedURL
+                )
             default: continue
             }
         }

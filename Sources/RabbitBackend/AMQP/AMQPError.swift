@@ -30,14 +30,20 @@ enum AMQPError {
             }
             if text.contains("inequivalent arg 'x-queue-type'") && text.contains("stream") {
                 return BrokerError(
-                    .wrongDestinationKind, detail + " (a stream and a queue cannot share a name)", backend: backend,
-                    destination: destination)
+                    .wrongDestinationKind,
+                    detail + " (a stream and a queue cannot share a name)",
+                    backend: backend,
+                    destination: destination
+                )
             }
             if text.contains("inequivalent arg") {
                 return BrokerError(
                     .invalidConfiguration,
-                    detail + " (the queue exists with other arguments; delete it or match its settings, e.g. option queue.type)",
-                    backend: backend, destination: destination)
+                    detail
+                        + " (the queue exists with other arguments; delete it or match its settings, e.g. option queue.type)",
+                    backend: backend,
+                    destination: destination
+                )
             }
             return BrokerError(.brokerError, detail, backend: backend, destination: destination)
         case 530:  // NOT_ALLOWED (e.g. vhost missing or not permitted)
@@ -51,10 +57,17 @@ enum AMQPError {
     static func library(_ status: Int32, what: String, destination: String?, url: String) -> BrokerError {
         if status == AMQP_STATUS_TIMEOUT.rawValue {
             return BrokerError(
-                .timeout, "\(what) on \(url) did not complete within operation.timeout", backend: backend,
-                destination: destination)
+                .timeout,
+                "\(what) on \(url) did not complete within operation.timeout",
+                backend: backend,
+                destination: destination
+            )
         }
         return BrokerError(
-            .connectionFailed, "\(what) on \(url) failed: \(statusText(status))", backend: backend, destination: destination)
+            .connectionFailed,
+            "\(what) on \(url) failed: \(statusText(status))",
+            backend: backend,
+            destination: destination
+        )
     }
 }

@@ -54,19 +54,58 @@ struct AMQPProperties: Sendable, Hashable {
         var raw = amqp_basic_properties_t()
         var flags: amqp_flags_t = 0
         func set(_ flag: Int32) { flags |= amqp_flags_t(flag) }
-        if let contentType { raw.content_type = arena.bytes(contentType); set(AMQP_BASIC_CONTENT_TYPE_FLAG) }
-        if let contentEncoding { raw.content_encoding = arena.bytes(contentEncoding); set(AMQP_BASIC_CONTENT_ENCODING_FLAG) }
-        if !headers.isEmpty { raw.headers = arena.table(headers); set(AMQP_BASIC_HEADERS_FLAG) }
-        if let deliveryMode { raw.delivery_mode = deliveryMode; set(AMQP_BASIC_DELIVERY_MODE_FLAG) }
-        if let priority { raw.priority = priority; set(AMQP_BASIC_PRIORITY_FLAG) }
-        if let correlationID { raw.correlation_id = arena.bytes(correlationID); set(AMQP_BASIC_CORRELATION_ID_FLAG) }
-        if let replyTo { raw.reply_to = arena.bytes(replyTo); set(AMQP_BASIC_REPLY_TO_FLAG) }
-        if let expiration { raw.expiration = arena.bytes(expiration); set(AMQP_BASIC_EXPIRATION_FLAG) }
-        if let messageID { raw.message_id = arena.bytes(messageID); set(AMQP_BASIC_MESSAGE_ID_FLAG) }
-        if let timestamp { raw.timestamp = timestamp; set(AMQP_BASIC_TIMESTAMP_FLAG) }
-        if let type { raw.type = arena.bytes(type); set(AMQP_BASIC_TYPE_FLAG) }
-        if let userID { raw.user_id = arena.bytes(userID); set(AMQP_BASIC_USER_ID_FLAG) }
-        if let appID { raw.app_id = arena.bytes(appID); set(AMQP_BASIC_APP_ID_FLAG) }
+        if let contentType {
+            raw.content_type = arena.bytes(contentType)
+            set(AMQP_BASIC_CONTENT_TYPE_FLAG)
+        }
+        if let contentEncoding {
+            raw.content_encoding = arena.bytes(contentEncoding)
+            set(AMQP_BASIC_CONTENT_ENCODING_FLAG)
+        }
+        if !headers.isEmpty {
+            raw.headers = arena.table(headers)
+            set(AMQP_BASIC_HEADERS_FLAG)
+        }
+        if let deliveryMode {
+            raw.delivery_mode = deliveryMode
+            set(AMQP_BASIC_DELIVERY_MODE_FLAG)
+        }
+        if let priority {
+            raw.priority = priority
+            set(AMQP_BASIC_PRIORITY_FLAG)
+        }
+        if let correlationID {
+            raw.correlation_id = arena.bytes(correlationID)
+            set(AMQP_BASIC_CORRELATION_ID_FLAG)
+        }
+        if let replyTo {
+            raw.reply_to = arena.bytes(replyTo)
+            set(AMQP_BASIC_REPLY_TO_FLAG)
+        }
+        if let expiration {
+            raw.expiration = arena.bytes(expiration)
+            set(AMQP_BASIC_EXPIRATION_FLAG)
+        }
+        if let messageID {
+            raw.message_id = arena.bytes(messageID)
+            set(AMQP_BASIC_MESSAGE_ID_FLAG)
+        }
+        if let timestamp {
+            raw.timestamp = timestamp
+            set(AMQP_BASIC_TIMESTAMP_FLAG)
+        }
+        if let type {
+            raw.type = arena.bytes(type)
+            set(AMQP_BASIC_TYPE_FLAG)
+        }
+        if let userID {
+            raw.user_id = arena.bytes(userID)
+            set(AMQP_BASIC_USER_ID_FLAG)
+        }
+        if let appID {
+            raw.app_id = arena.bytes(appID)
+            set(AMQP_BASIC_APP_ID_FLAG)
+        }
         raw._flags = flags
         return raw
     }

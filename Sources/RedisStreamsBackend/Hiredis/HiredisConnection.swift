@@ -36,7 +36,13 @@ final class HiredisConnection {
     /// Connects, authenticates and selects the database. Throws `RedisFailure`.
     func connect() throws {
         close()
-        guard let context = redisConnectWithTimeout(endpoint.host, Int32(endpoint.port), Self.timeval(endpoint.connectTimeout)) else {
+        guard
+            let context = redisConnectWithTimeout(
+                endpoint.host,
+                Int32(endpoint.port),
+                Self.timeval(endpoint.connectTimeout)
+            )
+        else {
             throw RedisFailure.io("cannot allocate a hiredis context")
         }
         if context.pointee.err != 0 {
@@ -121,7 +127,8 @@ final class HiredisConnection {
         streams.reserveCapacity(r.elements)
         for i in 0..<r.elements {
             guard let stream = r.element[i], stream.pointee.type == REDIS_REPLY_ARRAY, stream.pointee.elements == 2,
-                let name = stream.pointee.element[0], let list = stream.pointee.element[1], list.pointee.type == REDIS_REPLY_ARRAY
+                let name = stream.pointee.element[0], let list = stream.pointee.element[1],
+                list.pointee.type == REDIS_REPLY_ARRAY
             else {
                 streams.append(r.element[i].map { decode($0) } ?? .null)
                 continue
@@ -131,9 +138,13 @@ final class HiredisConnection {
             valid.reserveCapacity(list.pointee.elements)
             for j in 0..<list.pointee.elements {
                 guard let item = list.pointee.element[j]?.pointee, item.type == REDIS_REPLY_ARRAY, item.elements == 2,
-                    let idReply = item.element[0]?.pointee, idReply.type == REDIS_REPLY_STRING, let idBytes = idReply.str
+                    let idReply = item.element[0]?.pointee, idReply.type == REDIS_REPLY_STRING,
+                    let idBytes = idReply.str
                 else { continue }
-                let entryID = String(decoding: UnsafeRawBufferPointer(start: idBytes, count: idReply.len), as: UTF8.self)
+                let entryID = String(
+                    decoding: UnsafeRawBufferPointer(start: idBytes, count: idReply.len),
+                    as: UTF8.self
+                )
                 guard let flat = item.element[1]?.pointee, flat.type == REDIS_REPLY_ARRAY else {
                     deleted.append(entryID)  // deleted while pending: no fields
                     continue
@@ -146,7 +157,8 @@ final class HiredisConnection {
                     {
                         fields.add(
                             name: UnsafeRawBufferPointer(start: name.str, count: name.len),
-                            value: UnsafeRawBufferPointer(start: value.str, count: value.len))
+                            value: UnsafeRawBufferPointer(start: value.str, count: value.len)
+                        )
                     }
                     k += 2
                 }
@@ -163,9 +175,13 @@ final class HiredisConnection {
         case REDIS_REPLY_STRING:
             return .string(r.str.map { Data(bytes: $0, count: r.len) } ?? Data())
         case REDIS_REPLY_STATUS:
-            return .status(r.str.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: r.len), as: UTF8.self) } ?? "")
+            return .status(
+                r.str.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: r.len), as: UTF8.self) } ?? ""
+            )
         case REDIS_REPLY_ERROR:
-            return .error(r.str.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: r.len), as: UTF8.self) } ?? "")
+            return .error(
+                r.str.map { String(decoding: UnsafeRawBufferPointer(start: $0, count: r.len), as: UTF8.self) } ?? ""
+            )
         case REDIS_REPLY_INTEGER:
             return .integer(r.integer)
         case REDIS_REPLY_ARRAY:

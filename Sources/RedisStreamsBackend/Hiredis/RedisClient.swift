@@ -23,7 +23,8 @@ final class RedisClient: Sendable {
     let operationTimeout: Duration
     let logger: Logger
 
-    init(endpoint: HiredisConnection.Endpoint, server: String, name: String, operationTimeout: Duration, logger: Logger) {
+    init(endpoint: HiredisConnection.Endpoint, server: String, name: String, operationTimeout: Duration, logger: Logger)
+    {
         self.box = Box(HiredisConnection(endpoint: endpoint))
         self.thread = ConnectionThread(name: "redis-\(name)")
         self.server = server
@@ -61,10 +62,20 @@ final class RedisClient: Sendable {
     /// Calls that arrive while the connection is busy are coalesced: the thread writes all
     /// waiting requests at once and reads all replies in one round trip (hiredis pipelining),
     /// so concurrent acks and publishes share round trips instead of queueing for them.
-    func pipeline(_ commands: [[RedisArgument]], retry: Bool = true, socketTimeout: Duration? = nil) async throws -> [RedisReply] {
+    func pipeline(
+        _ commands: [[RedisArgument]],
+        retry: Bool = true,
+        socketTimeout: Duration? = nil
+    ) async throws -> [RedisReply] {
         let deadline = ContinuousClock.now + operationTimeout
         return try await withCheckedThrowingContinuation { continuation in
-            let request = Request(commands: commands, retry: retry, socketTimeout: socketTimeout, deadline: deadline, continuation: continuation)
+            let request = Request(
+                commands: commands,
+                retry: retry,
+                socketTimeout: socketTimeout,
+                deadline: deadline,
+                continuation: continuation
+            )
             let first = queue.withLock { waiting -> Bool in
                 waiting.append(request)
                 return waiting.count == 1
@@ -72,8 +83,15 @@ final class RedisClient: Sendable {
             if first {
                 let accepted = thread.trySubmit { [self] in self.drain() }
                 if !accepted {
-                    let stranded = queue.withLock { waiting -> [Request] in defer { waiting = [] }; return waiting }
-                    for request in stranded { request.continuation.resume(throwing: BrokerError.closed("redis connection to \(server)", backend: "redis")) }
+                    let stranded = queue.withLock { waiting -> [Request] in
+                        defer { waiting = [] }
+                        return waiting
+                    }
+                    for request in stranded {
+                        request.continuation.resume(
+                            throwing: BrokerError.closed("redis connection to \(server)", backend: "redis")
+                        )
+                    }
                 }
             }
         }
@@ -84,11 +102,12 @@ final class RedisClient: Sendable {
         while true {
             let batch = queue.withLock { waiting -> [Request] in
                 // Keep the first element in place until done so new arrivals don't schedule a second drain.
-                return waiting
+                waiting
             }
             if batch.isEmpty { return }
             // Requests with their own socket timeout (blocking reads) run alone.
-            let group: [Request] = batch[0].socketTimeout != nil ? [batch[0]] : Array(batch.prefix { $0.socketTimeout == nil })
+            let group: [Request] =
+                batch[0].socketTimeout != nil ? [batch[0]] : Array(batch.prefix { $0.socketTimeout == nil })
             let results = execute(group)
             let more = queue.withLock { waiting -> Bool in
                 waiting.removeFirst(group.count)
@@ -156,7 +175,9 @@ final class RedisClient: Sendable {
     /// Runs `args` and throws a `BrokerError` for an error reply.
     func checked(_ args: [RedisArgument], destination: String? = nil) async throws -> RedisReply {
         let reply = try await send(args)
-        if let error = reply.errorText { throw RedisClient.map(.server(error), server: server, destination: destination) }
+        if let error = reply.errorText {
+            throw RedisClient.map(.server(error), server: server, destination: destination)
+        }
         return reply
     }
 
@@ -169,23 +190,46 @@ final class RedisClient: Sendable {
     static func map(_ failure: RedisFailure, server: String, destination: String?) -> BrokerError {
         switch failure {
         case .io(let text):
-            return BrokerError(.connectionFailed, "redis at \(server): \(text)", backend: "redis", destination: destination)
+            return BrokerError(
+                .connectionFailed,
+                "redis at \(server): \(text)",
+                backend: "redis",
+                destination: destination
+            )
         case .server(let text):
             if text.hasPrefix("WRONGPASS") || text.hasPrefix("NOAUTH") || text.contains("invalid password")
                 || text.contains("invalid username-password")
             {
-                return BrokerError(.authenticationFailed, "redis at \(server) rejected the credentials: \(text)", backend: "redis", destination: destination)
+                return BrokerError(
+                    .authenticationFailed,
+                    "redis at \(server) rejected the credentials: \(text)",
+                    backend: "redis",
+                    destination: destination
+                )
             }
             if text.hasPrefix("WRONGTYPE") {
                 return BrokerError(
-                    .wrongDestinationKind, "redis at \(server): key '\(destination ?? "?")' holds another type, not a stream: \(text)",
-                    backend: "redis", destination: destination)
+                    .wrongDestinationKind,
+                    "redis at \(server): key '\(destination ?? "?")' holds another type, not a stream: \(text)",
+                    backend: "redis",
+                    destination: destination
+                )
             }
             if text.contains("invalid bulk length") || text.contains("Protocol error") {
-                return BrokerError(.messageTooLarge, "redis at \(server) rejected the request (proto-max-bulk-len): \(text)", backend: "redis", destination: destination)
+                return BrokerError(
+                    .messageTooLarge,
+                    "redis at \(server) rejected the request (proto-max-bulk-len): \(text)",
+                    backend: "redis",
+                    destination: destination
+                )
             }
             if text.hasPrefix("NOGROUP") || text.contains("no such key") {
-                return BrokerError(.unknownDestination, "redis at \(server): \(text)", backend: "redis", destination: destination)
+                return BrokerError(
+                    .unknownDestination,
+                    "redis at \(server): \(text)",
+                    backend: "redis",
+                    destination: destination
+                )
             }
             return BrokerError(.brokerError, "redis at \(server): \(text)", backend: "redis", destination: destination)
         }
