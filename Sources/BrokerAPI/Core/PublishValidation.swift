@@ -1,7 +1,7 @@
-/// Checks every backend runs before publishing, so errors read the same on every broker.
+/// Checks every publish gets before it reaches a backend (``BrokerClient`` runs them after the
+/// destination name check), so errors read the same on every broker.
 ///
 /// A message is refused, with nothing of its batch sent, when:
-/// - the destination name is invalid or reserved (``DestinationName/validate(_:what:backend:)``);
 /// - it is larger than `max.message.bytes` (``BrokerError/Code/messageTooLarge``);
 /// - a header name is empty, or reserved: every `x-brokerkit-*` name but the two job headers
 ///   (``HeaderName/jobName``, ``HeaderName/idempotencyKey``), which other programs may set to
@@ -19,26 +19,9 @@
     /// The reserved headers an app may still publish: job metadata.
     static let publishableReserved: Set<String> = [HeaderName.jobName, HeaderName.idempotencyKey]
 
-    /// Validates the destination name and message size, rejects reserved-header misuse, and
-    /// injects the trace context. Returns the message to send.
-    public static func prepare(
-        _ message: Message,
-        to destination: String,
-        configuration: BrokerConfiguration,
-        backend: String,
-        reservedHeaders: @Sendable (String) -> Bool = { _ in false }
-    ) throws -> Message {
-        try prepare(
-            [message],
-            to: destination,
-            configuration: configuration,
-            backend: backend,
-            reservedHeaders: reservedHeaders
-        )[0]
-    }
-
-    /// ``prepare(_:to:configuration:backend:reservedHeaders:)`` for a batch: the destination
-    /// name, the size limit and the trace context are looked up once, not once per message.
+    /// Checks a batch's sizes and headers and adds the trace context; the size limit and the
+    /// trace context are looked up once, not once per message. The caller (``BrokerClient``)
+    /// has checked the destination name.
     /// An empty batch is returned as is. `reservedHeaders` says which of the backend's own
     /// header names (given in lower case) an app must not set.
     public static func prepare(
@@ -49,7 +32,6 @@
         reservedHeaders: @Sendable (String) -> Bool = { _ in false }
     ) throws -> [Message] {
         guard !messages.isEmpty else { return [] }
-        try DestinationName.validate(destination, backend: backend)
         let limit = configuration.maxMessageBytes
         // By index: `for message in messages` copied every message (a retain and a release
         // of each of its fields) just to read it.
