@@ -4,6 +4,7 @@ import Foundation
 enum ErrorCases {
     static let all: [ConformanceCase] = [
         unreachable, invalidConfiguration, oversized, invalidNames, reservedNames, reservedHeaders, closedBroker,
+        wrongKind,
     ]
 
     static let unreachable = ConformanceCase(
@@ -114,8 +115,8 @@ enum ErrorCases {
         }
     }
 
-    /// Names BrokerKit derives for its own structures cannot be used by an app (issue 22,
-    /// item 12): publishing to `orders.delay` would inject into another queue's delayed messages.
+    /// Names BrokerKit derives for its own structures cannot be used by an app: publishing to
+    /// `orders.delay` would inject into another queue's delayed messages.
     static let reservedNames = ConformanceCase(
         "errors.reservedDestinationName.refused",
         area: .errors,
@@ -143,8 +144,8 @@ enum ErrorCases {
         }
     }
 
-    /// Apps cannot publish BrokerKit's reserved headers (issue 22, item 3: a record carrying
-    /// `x-brokerkit-deliver-at` was held back forever), nor more headers than the documented
+    /// Apps cannot publish BrokerKit's reserved headers (a record carrying a forged
+    /// `x-brokerkit-deliver-at` would be held back), nor more headers than the documented
     /// limits; nothing of a refused batch is sent. The two job headers stay publishable.
     static let reservedHeaders = ConformanceCase(
         "errors.reservedOrOversizedHeaders.refused",
@@ -182,6 +183,59 @@ enum ErrorCases {
             Message(text: "job", headers: [HeaderName.jobName: "x", HeaderName.idempotencyKey: "k"]),
             to: queue
         )
+    }
+
+    /// A queue consumed as a stream, a stream as a queue, a delayed publish to a stream: each
+    /// refused with the code that says so, by this client and by one that did not create the
+    /// destinations, and both destinations work afterwards.
+    static let wrongKind = ConformanceCase(
+        "errors.wrongDestinationKind.refusedAndBothStillWork",
+        area: .errors,
+        requires: [.queues, .streams, .delayedDelivery]
+    ) { c in
+        let queue = c.name("kind-q")
+        let stream = c.name("kind-s")
+        try await c.broker.createQueue(queue)
+        try await c.broker.createStream(stream)
+        let other = try await c.harness.connect()
+        for broker in [c.broker, other] {
+            let asQueue = try await c.expectError(.wrongDestinationKind) { _ = try await broker.consumeQueue(stream) }
+            try c.expect(
+                asQueue.message.contains(stream) && asQueue.destination == stream,
+                "error does not name the stream: \(asQueue)"
+            )
+            let asStream = try await c.expectError(.wrongDestinationKind) {
+                _ = try await broker.consumeStream(queue, group: "g", options: .init())
+            }
+            try c.expect(asStream.destination == queue, "error does not name the queue: \(asStream)")
+            let delayed = try await c.expectError(.unsupported) {
+                _ = try await broker.publish(
+                    Message(text: "later"),
+                    to: stream,
+                    options: PublishOptions(deliverAt: Date().addingTimeInterval(60))
+                )
+            }
+            try c.expect(
+                delayed.message.contains("delayed") && delayed.destination == stream,
+                "unclear error for a delayed publish to a stream: \(delayed)"
+            )
+            try await c.expectError(.wrongDestinationKind) { try await broker.createStream(queue) }
+        }
+        await other.close()
+        try await c.broker.publish(Message(text: "q"), to: queue)
+        try await c.broker.publish(Message(text: "s"), to: stream)
+        let queueConsumer = try await c.broker.consumeQueue(queue)
+        let fromQueue = try await c.receive(1, from: queueConsumer)
+        await queueConsumer.close()
+        let member = try await c.broker.consumeStream(stream, group: c.name("g"), options: .init(start: .earliest))
+        let fromStream = try await c.receive(1, from: member)
+        await member.close()
+        try c.expect(
+            fromQueue[0].message.text == "q" && fromStream[0].message.text == "s",
+            "after the refusals the destinations hold \(fromQueue[0].message.text ?? "?") and \(fromStream[0].message.text ?? "?")"
+        )
+        let streamStats = try await c.broker.stats(for: stream)
+        try c.expect(streamStats.delayed == 0, "a refused delayed message was stored: \(streamStats)")
     }
 
     static let closedBroker = ConformanceCase(

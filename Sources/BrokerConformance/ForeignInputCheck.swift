@@ -3,7 +3,7 @@ import Foundation
 
 /// A record another program writes straight to the broker, bypassing BrokerKit: how a
 /// backend's test proves that input BrokerKit did not write can neither crash nor stall a
-/// consumer (issue 22). The backend's test supplies the records, each written through an
+/// consumer. The backend's test supplies the records, each written through an
 /// independent client (`redis-cli`, pika, kcat…); ``ForeignInputCheck`` holds the shared
 /// expectations.
 ///

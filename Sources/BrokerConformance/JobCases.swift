@@ -282,8 +282,8 @@ enum JobCases {
     }
 
     /// A job whose idempotency key is held by a run that has not finished is postponed, not
-    /// dropped: that run may still fail (issue 22, item 5: a redelivery of a running job was
-    /// acked as a duplicate, and when the first run failed the job was gone for good).
+    /// dropped: that run may still fail (acking the redelivery as a duplicate would lose the job
+    /// for good when the first run fails).
     static let runningDuplicate = ConformanceCase(
         "jobs.idempotencyKeyStillRunning.postponedNotDropped",
         area: .jobs,

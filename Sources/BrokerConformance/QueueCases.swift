@@ -170,8 +170,8 @@ enum QueueCases {
     }
 
     /// A live consumer's lease is renewed: a delivery held three times longer than its
-    /// `visibilityTimeout` is not given to another consumer, and its ack then works (issue 22,
-    /// item 13: a handler slower than the lease had its message run twice).
+    /// `visibilityTimeout` is not given to another consumer, and its ack then works (else
+    /// a handler slower than the lease has its message run twice).
     static let heldPastLease = ConformanceCase(
         "queue.heldPastLease.renewedWhileTheConsumerLives",
         area: .queue,

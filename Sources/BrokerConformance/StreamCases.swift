@@ -189,7 +189,7 @@ enum StreamCases {
 
     /// A `.position` start applies to a new group only: a member that joins (or restarts)
     /// with the same options resumes after what the group committed instead of rewinding it
-    /// (issue 22, item 10: scaling a group out replayed work it had already done).
+    /// (else scaling a group out replays work it has already done).
     static let seekOncePerGroup = ConformanceCase(
         "stream.seekStart.appliesOncePerGroup",
         area: .stream,
@@ -219,7 +219,7 @@ enum StreamCases {
     }
 
     /// A nacked stream message is retried in place, and the messages fetched after it wait:
-    /// with a deep prefetch the handler sees 0, 0, 1, 2… (issue 22, item 9: it saw 0, 1…19, 0).
+    /// with a deep prefetch the handler sees 0, 0, 1, 2… (not 0, 1…19, 0).
     static let inPlaceRetryKeepsOrder = ConformanceCase(
         "stream.inPlaceRetry.holdsBackFetchedMessages",
         area: .stream,

@@ -29,7 +29,7 @@ public struct KafkaBackend: BrokerBackend {
     public var schemes: [String] { ["kafka", "kafka+ssl"] }
     public var optionNamespace: String { "kafka" }
     public var capabilities: BrokerCapabilities { Self.capabilities }
-    public var options: [BrokerOption] { KafkaConfiguration.options }
+    public var options: [BrokerOption] { KafkaSettings.options }
 
     /// Not claimed:
     /// - `leaseExpiry`: Kafka has no per-message visibility timeout (`visibilityTimeout` is not
@@ -43,7 +43,7 @@ public struct KafkaBackend: BrokerBackend {
         .delayedDelivery, .persistent, .perMessageAck, .crossProcess, .prefetch,
     ]
 
-    public func connect(configuration: BrokerConfiguration, logger: Logger) async throws -> any Broker {
+    public func connect(configuration: BrokerConfiguration, logger: Logger) async throws -> BrokerClient {
         BrokerClient(
             driver: try await KafkaBroker.connect(configuration: configuration, logger: logger),
             logger: logger

@@ -14,12 +14,12 @@ import Synchronization
 /// A destination is a queue when its `.delay` topic exists, else a stream.
 final class KafkaBroker: BrokerDriver {
     let configuration: BrokerConfiguration
-    let settings: KafkaConfiguration
+    let settings: KafkaSettings
     /// The current producer; replaced when librdkafka declares it fatally broken.
-    private let producerBox: Mutex<KafkaProducer>
+    private let producerBox: Mutex<KafkaPublisher>
     /// The producer the broker started with (its callbacks explain connect failures).
-    private let firstProducer: KafkaProducer
-    let admin: KafkaAdminClient
+    private let firstProducer: KafkaPublisher
+    let admin: KafkaAdmin
     let logger: Logger
     let observer = DeliveryObserver.shared(for: "kafka")
     private let state = Mutex<
@@ -34,8 +34,8 @@ final class KafkaBroker: BrokerDriver {
 
     private init(
         configuration: BrokerConfiguration,
-        settings: KafkaConfiguration,
-        producer: KafkaProducer,
+        settings: KafkaSettings,
+        producer: KafkaPublisher,
         adminHandle: RdKafkaHandle,
         logger: Logger
     ) {
@@ -43,13 +43,13 @@ final class KafkaBroker: BrokerDriver {
         self.settings = settings
         self.producerBox = Mutex(producer)
         self.firstProducer = producer
-        self.admin = KafkaAdminClient(handle: adminHandle, settings: settings)
+        self.admin = KafkaAdmin(handle: adminHandle, settings: settings)
         self.logger = logger
     }
 
     static func connect(configuration: BrokerConfiguration, logger: Logger) async throws -> KafkaBroker {
-        let settings = try KafkaConfiguration(configuration)
-        let producer = try await RdKafka.offPool { try KafkaProducer(settings: settings, logger: logger) }
+        let settings = try KafkaSettings(configuration)
+        let producer = try await RdKafka.offPool { try KafkaPublisher(settings: settings, logger: logger) }
         // Admin and metadata calls get a handle of their own, so a producer replaced after a
         // fatal error never takes them down with it.
         var adminProperties = settings.common
@@ -152,6 +152,11 @@ final class KafkaBroker: BrokerDriver {
         return try await admin.partitions(of: settings.delayTopic(destination)) != nil ? .queue : .stream
     }
 
+    func kind(of destination: String, for use: DestinationUse) async throws -> DestinationKind? {
+        try validate(destination)
+        return try await kind(of: destination, createAs: use.createdKind)
+    }
+
     /// The kind of `destination`, creating it as `createAs` when missing and auto-create is on.
     func kind(of destination: String, createAs: DestinationKind?) async throws -> DestinationKind {
         if let known = state.withLock({ $0.kinds[destination] }) { return known }
@@ -175,7 +180,7 @@ final class KafkaBroker: BrokerDriver {
     private func topicConfigs(_ options: DestinationOptions, kind: DestinationKind) -> [String: String] {
         var configs: [String: String] = ["max.message.bytes": settings.common["message.max.bytes"] ?? "1048588"]
         if kind == .stream, let retention = options.retention {
-            if let age = retention.maxAge { configs["retention.ms"] = String(KafkaConfiguration.milliseconds(age)) }
+            if let age = retention.maxAge { configs["retention.ms"] = String(KafkaSettings.milliseconds(age)) }
             if let bytes = retention.maxBytes { configs["retention.bytes"] = String(bytes) }
         }
         for (key, value) in options.backendSettings { configs[key] = value }
@@ -186,7 +191,7 @@ final class KafkaBroker: BrokerDriver {
         let partitions = options.partitions ?? settings.defaultPartitions
         let replication = options.replicationFactor ?? settings.defaultReplication
         var topics = [
-            KafkaAdminClient.NewTopic(
+            KafkaAdmin.NewTopic(
                 name: settings.topic(destination),
                 partitions: partitions,
                 replication: replication,
@@ -257,14 +262,14 @@ final class KafkaBroker: BrokerDriver {
     /// numbers no longer match the broker's), librdkafka requires a new producer: it is
     /// created here, and the broken one is closed in the background. Records that were in
     /// flight on the broken one failed with an error their callers saw.
-    func activeProducer() async throws -> KafkaProducer {
+    func activeProducer() async throws -> KafkaPublisher {
         let current = producerBox.withLock { $0 }
         guard let fatal = current.fatalError else { return current }
         try checkOpen()
         let settings = self.settings
         let logger = self.logger
-        let fresh = try await RdKafka.offPool { try KafkaProducer(settings: settings, logger: logger) }
-        let (winner, replaced) = producerBox.withLock { box -> (KafkaProducer, Bool) in
+        let fresh = try await RdKafka.offPool { try KafkaPublisher(settings: settings, logger: logger) }
+        let (winner, replaced) = producerBox.withLock { box -> (KafkaPublisher, Bool) in
             if box === current {
                 box = fresh
                 return (fresh, true)
@@ -283,22 +288,14 @@ final class KafkaBroker: BrokerDriver {
     func publish(
         checked prepared: [Message],
         to destination: String,
+        kind: DestinationKind?,
         options: PublishOptions
     ) async throws -> [PublishReceipt] {
         try validate(destination)
-        let kind = try await kind(of: destination, createAs: .queue)
         var topic = settings.topic(destination)
         var extra: [String: String] = [:]
         var delayed = false
         if let deliverAt = options.deliverAt, deliverAt > Date() {
-            guard kind == .queue else {
-                throw BrokerError(
-                    .unsupported,
-                    "delayed delivery applies to queues; '\(destination)' is a stream",
-                    backend: backendName,
-                    destination: destination
-                )
-            }
             topic = settings.delayTopic(destination)
             extra[HeaderName.deliverAt] = ISO8601.format(deliverAt)
             delayed = true
@@ -329,15 +326,6 @@ final class KafkaBroker: BrokerDriver {
 
     func openQueueConsumer(_ queue: String, options: QueueConsumerOptions) async throws -> any MessageConsumer {
         try validate(queue)
-        let kind = try await kind(of: queue, createAs: .queue)
-        guard kind == .queue else {
-            throw BrokerError(
-                .wrongDestinationKind,
-                "'\(queue)' is a stream, not a queue",
-                backend: backendName,
-                destination: queue
-            )
-        }
         return try await start(
             RdKafka.offPool { try KafkaConsumer(broker: self, destination: queue, mode: .queue(options)) }
         )
@@ -349,15 +337,6 @@ final class KafkaBroker: BrokerDriver {
         options: StreamConsumerOptions
     ) async throws -> any MessageConsumer {
         try validate(stream)
-        let kind = try await kind(of: stream, createAs: .stream)
-        guard kind == .stream else {
-            throw BrokerError(
-                .wrongDestinationKind,
-                "'\(stream)' is a queue, not a stream",
-                backend: backendName,
-                destination: stream
-            )
-        }
         return try await start(
             RdKafka.offPool {
                 try KafkaConsumer(broker: self, destination: stream, mode: .stream(group: group, options))
@@ -428,7 +407,7 @@ final class KafkaBroker: BrokerDriver {
         let names = Set(topics.map(\.name))
         let prefix = settings.topic("")
         return topics.compactMap { topic -> DestinationInfo? in
-            guard topic.name.hasPrefix(prefix), !topic.name.hasPrefix("__"), !KafkaConfiguration.isCompanion(topic.name)
+            guard topic.name.hasPrefix(prefix), !topic.name.hasPrefix("__"), !KafkaSettings.isCompanion(topic.name)
             else { return nil }
             let kind: DestinationKind = names.contains(topic.name + ".delay") ? .queue : .stream
             return DestinationInfo(
@@ -572,55 +551,60 @@ final class KafkaBroker: BrokerDriver {
         return (ranges, Int(count))
     }
 
-    func deadLetters(of destination: String, limit: Int) async throws -> [DeadLetterEntry] {
-        try validate(destination)
-        let backlog = try await dlqBacklog(destination)
-        let records = try await KafkaReader.read(ranges: backlog.ranges, limit: limit, broker: self)
-        return records.compactMap { record in
-            DeadLetterEnvelope(dlqMessage: KafkaRecordLayout.message(from: record)).map {
-                DeadLetterEntry(
-                    envelope: $0,
-                    position: Position(partition: Int(record.partition), offset: record.offset)
-                )
-            }
+    func readDeadLetters(of destination: String, limit: Int) async throws -> [DeadLetterRecord] {
+        try await dlqRecords(of: destination, limit: limit).map {
+            DeadLetterRecord(
+                message: KafkaMessageMapping.message(from: $0),
+                position: Position(partition: Int($0.partition), offset: $0.offset)
+            )
         }
     }
 
-    func replayDeadLetters(of destination: String, limit: Int) async throws -> Int {
-        try validate(destination)
-        let backlog = try await dlqBacklog(destination)
-        let records = try await KafkaReader.read(ranges: backlog.ranges, limit: limit, broker: self)
+    func moveDeadLetters(
+        of destination: String,
+        limit: Int,
+        replay: @Sendable (DeadLetterRecord) -> DeadLetterReplay
+    ) async throws -> Int {
+        let records = try await dlqRecords(of: destination, limit: limit)
         if records.isEmpty { return 0 }
         var outgoing: [OutgoingRecord] = []
         var next: [TopicPartition: Int64] = [:]
+        var targets: Set<String> = []
         for record in records {
             next[record.topicPartition] = max(next[record.topicPartition] ?? 0, record.offset + 1)
-            let message = KafkaRecordLayout.message(from: record)
-            // A record without an envelope (another producer wrote to the DLQ topic) goes to
-            // the queue as it is, as on the other backends: committing past it without
-            // sending it anywhere lost it.
-            let envelope =
-                DeadLetterEnvelope(dlqMessage: message)
-                ?? DeadLetterEnvelope(original: message, originalDestination: destination, attempts: 0, lastError: "")
-            var original = envelope.original
-            original.headers = original.headers.filter { !PublishValidation.isReserved($0.key) }
-            outgoing.append(OutgoingRecord(topic: settings.topic(destination), message: original))
+            let copy = replay(
+                DeadLetterRecord(
+                    message: KafkaMessageMapping.message(from: record),
+                    position: Position(partition: Int(record.partition), offset: record.offset)
+                )
+            )
+            targets.insert(copy.destination)
+            outgoing.append(OutgoingRecord(topic: settings.topic(copy.destination), message: copy.message))
         }
+        for target in targets.sorted() where target != destination {
+            _ = try await kind(of: target, createAs: .queue)
+        }
+        // The DLQ group commits past the records only after every copy was acknowledged.
         _ = try await activeProducer().produce(outgoing, destination: destination)
         try await admin.commit(group: settings.dlqGroup(destination), offsets: next)
         return outgoing.count
     }
 
+    private func dlqRecords(of destination: String, limit: Int) async throws -> [KafkaRecord] {
+        try validate(destination)
+        let backlog = try await dlqBacklog(destination)
+        return try await KafkaReader.read(ranges: backlog.ranges, limit: limit, broker: self)
+    }
+
     // MARK: - Close
 
+    /// The client closed the consumers first.
     func close() async {
-        let (first, consumers) = state.withLock { s -> (Bool, [KafkaConsumer]) in
-            guard !s.closed else { return (false, []) }
-            s.closed = true
-            return (true, Array(s.consumers.values))
+        let first = state.withLock { s -> Bool in
+            defer { s.closed = true }
+            return !s.closed
         }
         guard first else { return }
-        for consumer in consumers { await consumer.close() }
         admin.shutdown()
         await producerBox.withLock { $0 }.close(timeout: settings.operationTimeout)
         let handle = admin.handle

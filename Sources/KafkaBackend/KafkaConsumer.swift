@@ -55,8 +55,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         var blocked = 0
         /// While `blocked` (an in-place retry waits): the partition's deliveries taken back
         /// from the buffer (they keep their prefetch slots), and its ready records skipped by
-        /// the hand-out; both go out after the retried record, so order holds (issue 22,
-        /// item 9).
+        /// the hand-out; both go out after the retried record, so order holds.
         var parkedDeliveries: [Delivery] = []
         var parkedReady: [Ready] = []
         /// In `State.dirty` (saves hashing the topic name on every settle).
@@ -134,7 +133,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
     let group: String?
     /// Queues have no consumer group of their own here; streams always do.
     var isQueue: Bool { group == nil }
-    var settings: KafkaConfiguration { broker.settings }
+    var settings: KafkaSettings { broker.settings }
 
     init(broker: KafkaBroker, destination: String, mode: Mode) throws {
         self.broker = broker
@@ -260,11 +259,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         }
     }
 
-    func next() async throws -> Delivery? {
-        let delivery = try await buffer.next()
-        if delivery != nil { metrics.record(.delivered) }
-        return delivery
-    }
+    func next() async throws -> Delivery? { try await buffer.next() }
 
     func close() async {
         await stopAndWait()
@@ -417,7 +412,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             guard let partition else { continue }
             // Only a queue's delay and retry topics hold records back: on a stream or a main
             // topic the header was written by someone else, and holding it would stop the
-            // partition's commits forever (issue 22, item 3). A due time further ahead than
+            // partition's commits forever. A due time further ahead than
             // any delay BrokerKit writes is dead-lettered instead of held.
             var due: Date?
             var defect: String?
@@ -596,7 +591,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
         firstFailureAt: Date?,
         defect: String? = nil
     ) -> Delivery {
-        let consumed = KafkaRecordLayout.consumed(from: record)
+        let consumed = KafkaMessageMapping.consumed(from: record)
         var defect = defect ?? record.defect
         var headerAttempt: Int?
         if partition.isCompanion, let text = consumed.attempt {
@@ -880,7 +875,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
             // librdkafka keeps a partition's pause across a rebalance: one paused here (a full
             // prefetch, an in-place retry) when it was revoked came back still paused, while
             // the fresh state above says it is not, so nothing ever resumed it and the group
-            // stalled with its backlog on the broker (the Kafka soak, issue 24). Resuming a
+            // stalled with its backlog on the broker (seen in the Kafka soak). Resuming a
             // partition that is not paused does nothing.
             if let partitions { _ = rd_kafka_resume_partitions(rk, partitions) }
             logger.debug("kafka group \(groupID) assigned \(tps)")
@@ -917,7 +912,7 @@ final class KafkaConsumer: MessageConsumer, Sendable {
 
     /// Sets explicit start offsets in an assignment, for partitions without a committed
     /// offset only (a group that has one keeps it: a member that joins, or a rebalance, never
-    /// rewinds the group; issue 22, item 10): the seek target for `position` (other
+    /// rewinds the group): the seek target for `position` (other
     /// partitions from the beginning) and `timestamp`; the current end for `latest` (so a
     /// `latest` member does not miss what is published right after it joined) and the
     /// beginning for `earliest` when `auto.offset.reset` would not already start there.
@@ -1039,7 +1034,7 @@ struct KafkaSettler: DeliverySettler {
             let topic = settings.retryTopic(consumer.destination, attempt: nextAttempt - 1)
             // The message as the app got it, rebuilt from the record: keeping a copy in every
             // settler cost each delivery a copy for the rare retry.
-            let message = KafkaRecordLayout.consumed(from: record).message
+            let message = KafkaMessageMapping.consumed(from: record).message
             let outgoing = OutgoingRecord(
                 topic: topic,
                 message: message,

@@ -67,10 +67,10 @@ package enum KafkaUntrustedInput {
                 )
             }
         }
-        let consumed = KafkaRecordLayout.consumed(from: record)
+        let consumed = KafkaMessageMapping.consumed(from: record)
         return (
             consumed.message, record.defect, consumed.attempt,
-            DeadLetterEnvelope(dlqMessage: KafkaRecordLayout.message(from: record)),
+            DeadLetterEnvelope(dlqMessage: KafkaMessageMapping.message(from: record)),
             copy(of: consumed.message)
         )
     }
@@ -94,6 +94,6 @@ package enum KafkaUntrustedInput {
                 )
             }
         }
-        return KafkaRecordLayout.consumed(from: record).message
+        return KafkaMessageMapping.consumed(from: record).message
     }
 }

@@ -33,6 +33,8 @@ final class RabbitAdmin: @unchecked Sendable {
     private let known = Mutex<[String: DestinationKind?]>([:])
     private let waitDeclared = Mutex<[String: ContinuousClock.Instant]>([:])
     private let recorded = Mutex<Set<String>>([])
+    /// Names whose kind this process looked up in the catalog (see ``catalogKind(_:)``).
+    private let catalogChecked = Mutex<Set<String>>([])
     private var catalog = CatalogState()
     private var nextChannel: UInt16 = 2
 
@@ -150,6 +152,16 @@ final class RabbitAdmin: @unchecked Sendable {
     /// The kind BrokerKit knows for `full` (declared here or read from the catalog).
     func knownKind(_ full: String) -> DestinationKind? { known.withLock { $0[full] ?? nil } }
 
+    /// The kind of `full` when another process declared it: RabbitMQ cannot tell a stream from
+    /// a queue by a passive declare, so the catalog is read, once per name per process.
+    func catalogKind(_ full: String) async throws -> DestinationKind? {
+        if let kind = knownKind(full) { return kind }
+        guard catalogChecked.withLock({ $0.insert(full).inserted }) else { return nil }
+        guard let kind = try await refreshCatalog().kinds[full] else { return nil }
+        known.withLock { $0[full] = .some(kind) }
+        return kind
+    }
+
     /// Declares `full` as `kind` (with its DLQ) and records it in the catalog.
     func create(_ full: String, user: String, kind: DestinationKind, options: DestinationOptions) async throws {
         let arguments =
@@ -178,20 +190,10 @@ final class RabbitAdmin: @unchecked Sendable {
         try await record(["op": kind.rawValue, "name": full], once: "\(kind.rawValue):\(full)")
     }
 
-    /// Makes sure the queue `full` exists for a consumer: declares it (auto.create) or checks
-    /// it (passive). A stream under that name fails with `wrongDestinationKind`.
+    /// Makes sure `full` exists for a consumer of `kind`: declares it (auto.create) or checks
+    /// it (passive). Nothing to do when its kind is known (the client compares the kinds).
     func ensure(_ full: String, user: String, kind: DestinationKind) async throws {
-        if let existing = known.withLock({ $0[full] }), let existingKind = existing {
-            guard existingKind == kind else {
-                throw BrokerError(
-                    .wrongDestinationKind,
-                    "'\(user)' is a \(existingKind), not a \(kind)",
-                    backend: AMQPError.backend,
-                    destination: user
-                )
-            }
-            return
-        }
+        if knownKind(full) != nil { return }
         if settings.autoCreate {
             try await create(full, user: user, kind: kind, options: DestinationOptions())
         } else {
@@ -222,6 +224,7 @@ final class RabbitAdmin: @unchecked Sendable {
     /// Forgets a cached declaration (the queue was deleted behind our back).
     func forget(_ full: String) {
         _ = known.withLock { $0.removeValue(forKey: full) }
+        _ = catalogChecked.withLock { $0.remove(full) }
     }
 
     func requireExists(_ full: String, user: String) async throws {
@@ -328,6 +331,7 @@ final class RabbitAdmin: @unchecked Sendable {
             }
         }
         known.withLock { $0[full] = nil }
+        _ = catalogChecked.withLock { $0.remove(full) }
         waitDeclared.withLock { table in for name in waits { table[name] = nil } }
         recorded.withLock { set in set = set.filter { !$0.hasSuffix(":\(full)") && !$0.contains(":\(full).") } }
         try await record(["op": "delete", "name": full], once: nil)
@@ -480,7 +484,7 @@ final class RabbitAdmin: @unchecked Sendable {
 
     // MARK: - Dead letters
 
-    func deadLetters(_ full: String, user: String, limit: Int) async throws -> [DeadLetterEntry] {
+    func deadLetters(_ full: String, user: String, limit: Int) async throws -> [DeadLetterRecord] {
         try await requireExists(full, user: user)
         let prefix = settings.prefix
         let dlq = Self.dlqName(full)
@@ -499,8 +503,8 @@ final class RabbitAdmin: @unchecked Sendable {
             return taken
         }
         return messages.enumerated().map { index, delivery in
-            DeadLetterEntry(
-                envelope: Self.envelope(delivery, origin: user, prefix: prefix),
+            DeadLetterRecord(
+                message: Self.envelope(delivery, origin: user, prefix: prefix).message,
                 position: Position(offset: Int64(index))
             )
         }

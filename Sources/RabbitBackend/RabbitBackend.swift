@@ -49,7 +49,7 @@ public struct RabbitBackend: BrokerBackend {
         .nativeDLQ, .persistent, .perMessageAck, .crossProcess, .prefetch,
     ]
 
-    public func connect(configuration: BrokerConfiguration, logger: Logger) async throws -> any Broker {
+    public func connect(configuration: BrokerConfiguration, logger: Logger) async throws -> BrokerClient {
         BrokerClient(
             driver: try await RabbitBroker.connect(configuration: configuration, logger: logger),
             logger: logger

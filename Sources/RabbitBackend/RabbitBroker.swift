@@ -82,25 +82,26 @@ final class RabbitBroker: BrokerDriver {
 
     // MARK: - Publishing
 
+    func kind(of destination: String, for use: DestinationUse) async throws -> DestinationKind? {
+        let full = try fullName(destination)
+        switch use {
+        case .publish: try await admin.ensureForPublish(full, user: destination)
+        case .consume(let kind): try await admin.ensure(full, user: destination, kind: kind)
+        }
+        return try await admin.catalogKind(full)
+    }
+
     func isReservedHeader(_ name: String) -> Bool { RabbitMessageMapping.isBrokerBookkeeping(name) }
 
     func publish(
         checked prepared: [Message],
         to destination: String,
+        kind: DestinationKind?,
         options: PublishOptions
     ) async throws -> [PublishReceipt] {
         let full = try fullName(destination)
-        try await admin.ensureForPublish(full, user: destination)
         var routingKey = full
         if let deliverAt = options.deliverAt, deliverAt.timeIntervalSinceNow > 0.0005 {
-            if admin.knownKind(full) == .stream {
-                throw BrokerError(
-                    .unsupported,
-                    "delayed delivery applies to queues; '\(destination)' is a stream",
-                    backend: backendName,
-                    destination: destination
-                )
-            }
             routingKey = try await waitQueue(
                 for: .interval(deliverAt.timeIntervalSinceNow),
                 full: full,
@@ -219,7 +220,6 @@ final class RabbitBroker: BrokerDriver {
 
     func openQueueConsumer(_ queue: String, options: QueueConsumerOptions) async throws -> any MessageConsumer {
         let full = try fullName(queue)
-        try await admin.ensure(full, user: queue, kind: .queue)
         let prefetch =
             options.prefetch == QueueConsumerOptions().prefetch
             ? (settings.prefetchOverride ?? options.prefetch) : options.prefetch
@@ -242,7 +242,6 @@ final class RabbitBroker: BrokerDriver {
         options: StreamConsumerOptions
     ) async throws -> any MessageConsumer {
         let full = try fullName(stream)
-        try await admin.ensure(full, user: stream, kind: .stream)
         let prefetch =
             options.prefetch == StreamConsumerOptions().prefetch
             ? (settings.prefetchOverride ?? options.prefetch) : options.prefetch
@@ -322,11 +321,15 @@ final class RabbitBroker: BrokerDriver {
         )
     }
 
-    func deadLetters(of destination: String, limit: Int) async throws -> [DeadLetterEntry] {
-        try await admin.deadLetters(try fullName(destination), user: destination, limit: max(0, limit))
+    func readDeadLetters(of destination: String, limit: Int) async throws -> [DeadLetterRecord] {
+        try await admin.deadLetters(try fullName(destination), user: destination, limit: limit)
     }
 
-    func replayDeadLetters(of destination: String, limit: Int) async throws -> Int {
+    func moveDeadLetters(
+        of destination: String,
+        limit: Int,
+        replay: @Sendable (DeadLetterRecord) -> DeadLetterReplay
+    ) async throws -> Int {
         let full = try fullName(destination)
         try await admin.requireExists(full, user: destination)
         guard limit > 0 else { return 0 }
@@ -334,14 +337,12 @@ final class RabbitBroker: BrokerDriver {
         guard !taken.isEmpty else { return 0 }
         var outgoing: [AMQPOutgoing] = []
         var targets: [(full: String, user: String)] = []
-        for delivery in taken {
-            let envelope = RabbitAdmin.envelope(delivery, origin: destination, prefix: settings.prefix)
-            var message = envelope.original
-            message.headers[HeaderName.group] = nil
-            let origin = envelope.replayTarget(dlqOf: destination)
-            let originFull = settings.prefix + origin
-            outgoing.append(RabbitMessageMapping.outgoing(message, routingKey: originFull))
-            targets.append((originFull, origin))
+        for (index, delivery) in taken.enumerated() {
+            let stored = RabbitAdmin.envelope(delivery, origin: destination, prefix: settings.prefix).message
+            let copy = replay(DeadLetterRecord(message: stored, position: Position(offset: Int64(index))))
+            let targetFull = settings.prefix + copy.destination
+            outgoing.append(RabbitMessageMapping.outgoing(copy.message, routingKey: targetFull))
+            targets.append((targetFull, copy.destination))
         }
         do {
             for target in Set(targets.map(\.full)) {
@@ -357,22 +358,19 @@ final class RabbitBroker: BrokerDriver {
         return taken.count
     }
 
+    /// The client closed the consumers first.
     func close() async {
-        let consumers = state.withLock { s -> [any RabbitTrackedConsumer]? in
-            guard !s.closed else { return nil }
-            s.closed = true
-            return Array(s.consumers.values)
+        let first = state.withLock { s -> Bool in
+            defer { s.closed = true }
+            return !s.closed
         }
-        guard let consumers else { return }
-        await withTaskGroup(of: Void.self) { group in
-            for consumer in consumers { group.addTask { await consumer.close() } }
-        }
+        guard first else { return }
         await admin.connection.close()
         await publisher.close()
     }
 }
 
-/// What the broker needs to know about its live consumers (for stats and close).
+/// What the broker needs to know about its live consumers (for stats).
 protocol RabbitTrackedConsumer: MessageConsumer {
     var id: UInt64 { get }
     var full: String { get }

@@ -163,7 +163,6 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
                 return nil
             }
             if let waiter {
-                metrics.record(.delivered)
                 waiter.resume(returning: makeDelivery(raw, generation: generation))
             }
         case .consumerCancelled(Self.channel, _):
@@ -288,7 +287,6 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
             continuation?.resume(throwing: CancellationError())
         }
         state.withLock { _ = $0.cancelledWaiters.remove(waiterID) }
-        if delivery != nil { metrics.record(.delivered) }
         return delivery
     }
 
@@ -373,7 +371,7 @@ final class RabbitQueueConsumer: RabbitTrackedConsumer, @unchecked Sendable {
 
     /// `basic.nack` with requeue of a held delivery: the broker puts it back (counting a
     /// redelivery). The fallback when a copy cannot be published, so that a delivery whose
-    /// settlement failed never stays unacked until the connection closes (issue 22, item 7).
+    /// settlement failed never stays unacked until the connection closes.
     /// Runs on the connection's thread, where acks are written, so that no `multiple` ack can
     /// cover the tag meanwhile.
     func requeue(_ tag: UInt64, generation: UInt64) async throws {

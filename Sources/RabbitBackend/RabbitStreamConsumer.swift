@@ -67,9 +67,8 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
         /// Handed out, not settled.
         var outstanding: Set<Int64> = []
         /// Nacked messages waiting for their backoff, by offset; the stream waits with them.
-        /// One per nack: a second nack within a backoff window used to overwrite the first,
-        /// which was never redelivered and held the committed position back for good
-        /// (issue 22, item 8).
+        /// One per nack: a second nack within a backoff window must not replace the first,
+        /// which would then never be redelivered and hold the committed position back.
         var retries: [PendingRetry] = []
         var attempts: [Int64: (attempt: Int, firstFailureAt: Date)] = [:]
         /// Skip messages older than this (timestamp seek), until the first newer one.
@@ -161,7 +160,7 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
             s.acks.reset(to: s.committed)
             s.retries = []
             // A seek applies only to a group without a stored position: a standby taking
-            // over, or a member restarting, never rewinds the group (issue 22, item 10).
+            // over, or a member restarting, never rewinds the group.
             if first && stored == nil {
                 switch options.start {
                 case .position(let position):
@@ -322,7 +321,6 @@ final class RabbitStreamConsumer: RabbitTrackedConsumer, @unchecked Sendable {
             }
             switch step {
             case .delivery(let delivery):
-                metrics.record(.delivered)
                 return delivery
             case .closed:
                 return nil

@@ -120,44 +120,47 @@ extension RedisBroker {
         }
     }
 
-    func deadLetters(of destination: String, limit: Int) async throws -> [DeadLetterEntry] {
-        let key = try key(destination)
-        _ = try await kind(of: key, destination: destination, createAs: nil)
-        let reply = try await client.checked(
-            ["XRANGE", RedisArgument(key + ":dlq"), "-", "+", "COUNT", RedisArgument(max(1, limit))],
-            destination: destination
-        )
-        return RedisFieldLayout.entries(reply).valid.compactMap { entry in
-            DeadLetterEnvelope(dlqMessage: entry.message).map {
-                DeadLetterEntry(envelope: $0, position: Position(partition: 0, offset: entry.entryID))
-            }
+    func readDeadLetters(of destination: String, limit: Int) async throws -> [DeadLetterRecord] {
+        try await deadLetterEntries(of: destination, limit: limit).map {
+            DeadLetterRecord(message: $0.message, position: Position(partition: 0, offset: $0.entryID))
         }
     }
 
-    func replayDeadLetters(of destination: String, limit: Int) async throws -> Int {
+    func moveDeadLetters(
+        of destination: String,
+        limit: Int,
+        replay: @Sendable (DeadLetterRecord) -> DeadLetterReplay
+    ) async throws -> Int {
         let key = try key(destination)
-        _ = try await kind(of: key, destination: destination, createAs: nil)
-        let reply = try await client.checked(
-            ["XRANGE", RedisArgument(key + ":dlq"), "-", "+", "COUNT", RedisArgument(max(1, limit))],
-            destination: destination
-        )
         var moved = 0
-        for entry in RedisFieldLayout.entries(reply).valid {
-            let envelope = DeadLetterEnvelope(dlqMessage: entry.message)
-            var original = envelope?.original ?? entry.message
-            original.headers[HeaderName.group] = nil
-            let originKey = envelope.map { settings.prefix + $0.replayTarget(dlqOf: destination) } ?? key
+        for entry in try await deadLetterEntries(of: destination, limit: limit) {
+            let copy = replay(
+                DeadLetterRecord(message: entry.message, position: Position(partition: 0, offset: entry.entryID))
+            )
+            // One script per entry: the copy is added and the entry deleted atomically.
             let result = try await client.checked(
                 [
                     "EVAL", RedisArgument(RedisScripts.replay), "2", RedisArgument(key + ":dlq"),
-                    RedisArgument(originKey), RedisArgument(entry.entryID),
+                    RedisArgument(settings.prefix + copy.destination), RedisArgument(entry.entryID),
                 ]
-                    + RedisFieldLayout.fields(for: original),
+                    + RedisMessageMapping.fields(for: copy.message),
                 destination: destination
             )
             if result.integer == 1 { moved += 1 }
         }
         return moved
+    }
+
+    /// The oldest `limit` entries of the DLQ stream that can be read as messages.
+    private func deadLetterEntries(of destination: String, limit: Int) async throws -> [RedisMessageMapping.Entry] {
+        let key = try key(destination)
+        _ = try await kind(of: key, destination: destination, createAs: nil)
+        guard limit > 0 else { return [] }
+        let reply = try await client.checked(
+            ["XRANGE", RedisArgument(key + ":dlq"), "-", "+", "COUNT", RedisArgument(limit)],
+            destination: destination
+        )
+        return RedisMessageMapping.entries(reply).valid
     }
 
     static func dictionary(_ reply: RedisReply) -> [String: RedisReply] {

@@ -16,7 +16,7 @@ final class RedisBroker: BrokerDriver {
     static let queueGroup = "brokerkit"
 
     let configuration: BrokerConfiguration
-    let settings: RedisConfiguration
+    let settings: RedisSettings
     let client: RedisClient
     let logger: Logger
     let observer = DeliveryObserver.shared(for: "redis")
@@ -31,7 +31,7 @@ final class RedisBroker: BrokerDriver {
 
     init(
         configuration: BrokerConfiguration,
-        settings: RedisConfiguration,
+        settings: RedisSettings,
         client: RedisClient,
         maxBulkLength: Int,
         logger: Logger
@@ -144,19 +144,14 @@ final class RedisBroker: BrokerDriver {
         state.withLock { _ = $0.kinds.removeValue(forKey: key) }
     }
 
+    func kind(of destination: String, for use: DestinationUse) async throws -> DestinationKind? {
+        try await kind(of: try key(destination), destination: destination, createAs: use.createdKind)
+    }
+
     // MARK: - Consumers
 
     func openQueueConsumer(_ queue: String, options: QueueConsumerOptions) async throws -> any MessageConsumer {
         let key = try key(queue)
-        let kind = try await kind(of: key, destination: queue, createAs: .queue)
-        guard kind == .queue else {
-            throw BrokerError(
-                .wrongDestinationKind,
-                "'\(queue)' is a stream, not a queue",
-                backend: backendName,
-                destination: queue
-            )
-        }
         let consumer = RedisConsumer(broker: self, destination: queue, key: key, mode: .queue(options))
         try await consumer.start()
         track(consumer)
@@ -169,15 +164,6 @@ final class RedisBroker: BrokerDriver {
         options: StreamConsumerOptions
     ) async throws -> any MessageConsumer {
         let key = try key(stream)
-        let kind = try await kind(of: key, destination: stream, createAs: .stream)
-        guard kind == .stream else {
-            throw BrokerError(
-                .wrongDestinationKind,
-                "'\(stream)' is a queue, not a stream",
-                backend: backendName,
-                destination: stream
-            )
-        }
         let consumer = RedisConsumer(broker: self, destination: stream, key: key, mode: .stream(group: group, options))
         try await consumer.start()
         track(consumer)
@@ -200,14 +186,12 @@ final class RedisBroker: BrokerDriver {
         state.withLock { _ = $0.consumers.removeValue(forKey: ObjectIdentifier(consumer)) }
     }
 
+    /// The client closed the consumers first.
     func close() async {
-        let (first, consumers) = state.withLock { s -> (Bool, [any MessageConsumer]) in
-            guard !s.closed else { return (false, []) }
-            s.closed = true
-            return (true, Array(s.consumers.values))
+        let first = state.withLock { s -> Bool in
+            defer { s.closed = true }
+            return !s.closed
         }
-        guard first else { return }
-        for consumer in consumers { await consumer.close() }
-        client.close()
+        if first { client.close() }
     }
 }

@@ -15,7 +15,7 @@ final class RedisConsumer: MessageConsumer, Sendable {
     }
 
     struct Held: Sendable {
-        let entry: RedisFieldLayout.Entry
+        let entry: RedisMessageMapping.Entry
         let attempt: Int
     }
 
@@ -115,11 +115,7 @@ final class RedisConsumer: MessageConsumer, Sendable {
         loopTask.withLock { $0 = task }
     }
 
-    func next() async throws -> Delivery? {
-        let delivery = try await buffer.next()
-        if delivery != nil { metrics.record(.delivered) }
-        return delivery
-    }
+    func next() async throws -> Delivery? { try await buffer.next() }
 
     // MARK: - Loop
 
@@ -210,7 +206,7 @@ final class RedisConsumer: MessageConsumer, Sendable {
                 }
                 loopFailures.succeeded()
                 guard let streams = read.array, let first = streams.first?.array, first.count == 2 else { continue }
-                let (entries, deleted) = RedisFieldLayout.entries(first[1])
+                let (entries, deleted) = RedisMessageMapping.entries(first[1])
                 if !deleted.isEmpty { try await acknowledgeDeleted(deleted) }
                 deliver(entries.map { ($0, 1) })
             } catch {
@@ -222,7 +218,7 @@ final class RedisConsumer: MessageConsumer, Sendable {
 
     /// Hands entries to the app; `deliveryCount` is Redis's count for the entry (any
     /// number: `XCLAIM … RETRYCOUNT` sets it), so the sum is bounded, never trapping.
-    func deliver(_ entries: [(RedisFieldLayout.Entry, Int)]) {
+    func deliver(_ entries: [(RedisMessageMapping.Entry, Int)]) {
         hand(
             entries.map { entry, deliveryCount in
                 let redeliveries = min(max(0, deliveryCount - 1), Delivery.maxAttempt)
@@ -280,7 +276,7 @@ final class RedisConsumer: MessageConsumer, Sendable {
 
     /// Renews the lease of every entry this consumer holds (buffered or with the app), so a
     /// live consumer's entries are never claimed by another however long a handler runs,
-    /// while a dead consumer's come back within one lease (issue 22, item 13).
+    /// while a dead consumer's come back within one lease.
     private func renewLeases() async {
         let ids = state.withLock { Array($0.unsettled.keys) + $0.retrying }
         guard !ids.isEmpty else { return }
@@ -370,7 +366,7 @@ struct RedisSettler: DeliverySettler {
     let held: RedisConsumer.Held
 
     // A step that throws keeps the entry held: `Delivery` then releases it, which gives it
-    // back and frees its slot (issue 22, item 7).
+    // back and frees its slot.
 
     func ack() async throws {
         try await consumer.ackEntry(held)

@@ -2,11 +2,12 @@
 import Foundation
 
 /// Publishing: one XADD per message, batches pipelined in one round trip; delayed messages
-/// go to the destination's delay set until due. See ``RedisFieldLayout`` for the entry fields.
+/// go to the destination's delay set until due. See ``RedisMessageMapping`` for the entry fields.
 extension RedisBroker {
     func publish(
         checked prepared: [Message],
         to destination: String,
+        kind: DestinationKind?,
         options: PublishOptions
     ) async throws -> [PublishReceipt] {
         let key = try key(destination)
@@ -18,20 +19,11 @@ extension RedisBroker {
                 destination: destination
             )
         }
-        let kind = try await kind(of: key, destination: destination, createAs: .queue)
         if let deliverAt = options.deliverAt, deliverAt > Date() {
-            guard kind == .queue else {
-                throw BrokerError(
-                    .unsupported,
-                    "delayed delivery applies to queues; '\(destination)' is a stream",
-                    backend: backendName,
-                    destination: destination
-                )
-            }
             let due = RedisArgument(Int64((deliverAt.timeIntervalSince1970 * 1000).rounded(.up)))
             let commands = prepared.map { message -> [RedisArgument] in
                 ["EVAL", RedisArgument(RedisScripts.delay), "1", RedisArgument(key + ":delay"), due]
-                    + RedisFieldLayout.fields(for: message)
+                    + RedisMessageMapping.fields(for: message)
             }
             let replies = try await client.pipeline(commands)
             try check(replies, destination: destination)
@@ -47,7 +39,7 @@ extension RedisBroker {
             }
         }
         let xadd: [RedisArgument] = ["XADD", RedisArgument(key)] + trim + ["*"]
-        let commands = prepared.map { RedisFieldLayout.fields(for: $0, after: xadd) }
+        let commands = prepared.map { RedisMessageMapping.fields(for: $0, after: xadd) }
         let replies = try await client.pipeline(commands)
         try check(replies, destination: destination)
         return zip(prepared, replies).map { message, reply in

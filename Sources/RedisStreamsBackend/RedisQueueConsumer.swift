@@ -29,7 +29,7 @@ extension RedisConsumer {
     }
 
     /// Entries whose lease expired (and, for streams, entries other members gave back).
-    func claimEntries(limit: Int) async throws -> [(RedisFieldLayout.Entry, Int)] {
+    func claimEntries(limit: Int) async throws -> [(RedisMessageMapping.Entry, Int)] {
         var ids: [String] = []
         if !isQueue {
             let released = try await client.send([
@@ -57,7 +57,7 @@ extension RedisConsumer {
         }
         // XAUTOCLAIM ignores the owner: entries this consumer holds itself (buffered, or with
         // a handler slower than the lease) come back too. Claiming them only renewed their
-        // lease; they are not delivered again (issue 22, item 6).
+        // lease; they are not delivered again.
         let held = state.withLock { Set($0.unsettled.keys).union($0.retrying) }
         ids.removeAll { held.contains($0) }
         guard !ids.isEmpty else { return [] }
@@ -72,13 +72,13 @@ extension RedisConsumer {
             ])
         }
         let replies = try await client.pipeline(commands)
-        var result: [(RedisFieldLayout.Entry, Int)] = []
+        var result: [(RedisMessageMapping.Entry, Int)] = []
         var deleted: [String] = []
         for (index, id) in ids.enumerated() {
             let claimed = replies[index * 2]
             let info = replies[index * 2 + 1].array?.first?.array
             let count = Int((info?.count ?? 0) > 3 ? info?[3].integer ?? 1 : 1)
-            if let item = claimed.array?.first, let entry = RedisFieldLayout.entry(from: item) {
+            if let item = claimed.array?.first, let entry = RedisMessageMapping.entry(from: item) {
                 result.append((entry, count))
             } else {
                 deleted.append(id)
@@ -189,7 +189,7 @@ extension RedisConsumer {
                 RedisArgument(group),
                 RedisArgument(entry.entryID), RedisArgument(due),
             ]
-                + RedisFieldLayout.fields(for: entry.message, attempt: nextAttempt, firstFailureAt: firstFailureAt),
+                + RedisMessageMapping.fields(for: entry.message, attempt: nextAttempt, firstFailureAt: firstFailureAt),
             destination: destination
         )
         guard reply.integer == 1 else { throw noLongerHeld(held) }
@@ -204,7 +204,7 @@ extension RedisConsumer {
                 "EVAL", RedisArgument(RedisScripts.deadLetter), "2", RedisArgument(key), RedisArgument(key + ":dlq"),
                 RedisArgument(group), RedisArgument(held.entry.entryID), isQueue ? "1" : "0",
             ]
-                + RedisFieldLayout.fields(for: message),
+                + RedisMessageMapping.fields(for: message),
             destination: destination
         )
         guard reply.integer == 1 else { throw noLongerHeld(held) }
@@ -252,7 +252,7 @@ extension RedisConsumer {
                 "EVAL", RedisArgument(RedisScripts.requeue), "1", RedisArgument(key), RedisArgument(group),
                 RedisArgument(held.entry.entryID),
             ]
-                + RedisFieldLayout.fields(for: held.entry.message, attempt: attempt, firstFailureAt: firstFailureAt),
+                + RedisMessageMapping.fields(for: held.entry.message, attempt: attempt, firstFailureAt: firstFailureAt),
             destination: destination
         )
         guard reply.integer == 1 else { throw noLongerHeld(held) }

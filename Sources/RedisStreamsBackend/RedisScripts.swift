@@ -33,7 +33,7 @@ enum RedisScripts {
     /// Members are untrusted input (another program may `ZADD` anything): one that is not
     /// BrokerKit's msgpack list of string fields, or that the stream refuses, goes to the DLQ
     /// stream with a reason naming the set, its raw bytes as the payload, and is removed, so
-    /// that everything behind it keeps moving (issue 22, item 2).
+    /// that everything behind it keeps moving.
     static let moveDue = """
         local moved = 0
         local dead = 0

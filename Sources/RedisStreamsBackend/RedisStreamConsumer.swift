@@ -10,7 +10,7 @@ import Synchronization
 extension RedisConsumer {
     /// Creates the group at its start position. Every start applies only when the group is
     /// new: an existing group keeps its position, so a member that joins (or restarts) never
-    /// rewinds the others (issue 22, item 10). `initial` is false when the stream vanished
+    /// rewinds the others. `initial` is false when the stream vanished
     /// under a running member (then `.latest` reads everything the new stream gets).
     func prepareStreamGroup(_ start: StartPosition, initial: Bool) async throws {
         let at: String
@@ -22,7 +22,7 @@ extension RedisConsumer {
         case .position(let position):
             let parts = position.offset.split(separator: "-")
             guard parts.count == 2, UInt64(parts[0]) != nil, UInt64(parts[1]) != nil,
-                let before = RedisFieldLayout.idBefore(position.offset)
+                let before = RedisMessageMapping.idBefore(position.offset)
             else {
                 throw BrokerError(
                     .invalidConfiguration,
@@ -34,16 +34,16 @@ extension RedisConsumer {
             at = before
         case .timestamp(let date):
             let ms = Int64(
-                min(max(0, date.timeIntervalSince1970 * 1000), Double(RedisFieldLayout.millisRange.upperBound))
+                min(max(0, date.timeIntervalSince1970 * 1000), Double(RedisMessageMapping.millisRange.upperBound))
             )
-            at = RedisFieldLayout.idBefore("\(ms)-0") ?? "0"
+            at = RedisMessageMapping.idBefore("\(ms)-0") ?? "0"
         }
         try await createGroup(at: at)  // BUSYGROUP: the group exists and keeps its position
     }
 
     /// The entry waits `delay` and comes again; nothing new is read meanwhile, and the entries
-    /// already fetched but not handed out wait too, then come after it (issue 22, item 9:
-    /// with a deep prefetch the handler saw 1, 2…50, 1).
+    /// already fetched but not handed out wait too, then come after it (else,
+    /// with a deep prefetch, the handler would see 1, 2…50, 1).
     func retryInPlace(_ held: Held, after delay: Duration, nextAttempt: Int, firstFailureAt: Date) async throws {
         let entry = held.entry
         let mine = state.withLock { s -> Bool in
@@ -57,7 +57,7 @@ extension RedisConsumer {
         let later = buffer.takeAll()
         state.withLock { $0.heldBack.append(contentsOf: later) }
         let again = Held(
-            entry: RedisFieldLayout.Entry(
+            entry: RedisMessageMapping.Entry(
                 entryID: entry.entryID,
                 message: entry.message,
                 attempt: entry.attempt,

@@ -27,7 +27,7 @@ public struct RedisStreamsBackend: BrokerBackend {
     public var schemes: [String] { ["redis", "rediss"] }
     public var optionNamespace: String { "redis" }
     public var capabilities: BrokerCapabilities { Self.capabilities }
-    public var options: [BrokerOption] { RedisConfiguration.options }
+    public var options: [BrokerOption] { RedisSettings.options }
 
     /// Not claimed: `nativeDelay` (consumers move due entries from a sorted set) and
     /// `nativeDLQ` (the client writes `<name>:dlq`). `persistent` holds when the server runs
@@ -37,8 +37,8 @@ public struct RedisStreamsBackend: BrokerBackend {
         .delayedDelivery, .persistent, .perMessageAck, .leaseExpiry, .crossProcess, .prefetch,
     ]
 
-    public func connect(configuration: BrokerConfiguration, logger: Logger) async throws -> any Broker {
-        let settings = try RedisConfiguration(configuration)
+    public func connect(configuration: BrokerConfiguration, logger: Logger) async throws -> BrokerClient {
+        let settings = try RedisSettings(configuration)
         let client = RedisClient(
             endpoint: settings.endpoint,
             server: settings.server,

@@ -30,11 +30,11 @@ package enum RedisUntrustedInput {
             guard let reply else { return out }
             let typed = reply.assumingMemoryBound(to: redisReply.self)
             defer { freeReplyObject(reply) }
-            var entries: [RedisFieldLayout.Entry] = []
+            var entries: [RedisMessageMapping.Entry] = []
             if case .array(let streams) = HiredisConnection.decodeStreamRead(typed) {
                 for stream in streams {
                     if let parts = stream.array, parts.count == 2 {
-                        entries += RedisFieldLayout.entries(parts[1]).valid
+                        entries += RedisMessageMapping.entries(parts[1]).valid
                     }
                 }
             }
@@ -42,11 +42,11 @@ package enum RedisUntrustedInput {
             // entry list) and as an XRANGE / XCLAIM reply (an entry list).
             let tree = HiredisConnection.decode(typed)
             for stream in tree.array ?? [] {
-                if let parts = stream.array, parts.count == 2 { entries += RedisFieldLayout.entries(parts[1]).valid }
+                if let parts = stream.array, parts.count == 2 { entries += RedisMessageMapping.entries(parts[1]).valid }
             }
-            entries += RedisFieldLayout.entries(tree).valid
+            entries += RedisMessageMapping.entries(tree).valid
             for entry in entries {
-                _ = RedisFieldLayout.idBefore(entry.entryID)
+                _ = RedisMessageMapping.idBefore(entry.entryID)
                 out.append(
                     Entry(
                         entryID: entry.entryID,
@@ -62,13 +62,13 @@ package enum RedisUntrustedInput {
     }
 
     /// The message a consumer reads from the fields BrokerKit writes for `entry`.
-    static func copy(of entry: RedisFieldLayout.Entry) -> Message {
-        let fields = RedisFieldLayout.fields(
+    static func copy(of entry: RedisMessageMapping.Entry) -> Message {
+        let fields = RedisMessageMapping.fields(
             for: entry.message,
             attempt: entry.attempt,
             firstFailureAt: entry.firstFailureAt
         )
-        var collector = RedisFieldLayout.FieldCollector()
+        var collector = RedisMessageMapping.FieldCollector()
         var index = 0
         while index + 1 < fields.count {
             let name = bytes(fields[index])

@@ -66,6 +66,42 @@ struct RetryTests {
         #expect(DeadLetterEnvelope(dlqMessage: original) == nil)
     }
 
+    /// The one replay policy of every backend (the client applies it to what drivers read).
+    @Test func replayMakesAFreshMessageForAUsableOrigin() {
+        let job = Message(
+            key: "k",
+            text: "body",
+            headers: [
+                "a": "1", HeaderName.jobName: "email", HeaderName.idempotencyKey: "i-1", HeaderName.group: "g",
+                HeaderName.deliverAt: "2999-01-01T00:00:00.000Z", HeaderName.attempt: "7", "x-brokerkit-other": "x",
+            ]
+        )
+        let stored = DeadLetterEnvelope(original: job, originalDestination: "orders", attempts: 5, lastError: "boom")
+            .message
+        let replay = DeadLetterEnvelope(stored: stored, dlqOf: "orders").replay(dlqOf: "orders")
+        #expect(replay.destination == "orders")
+        #expect(replay.message.id == job.id && replay.message.payload == job.payload && replay.message.key == "k")
+        #expect(replay.message.headers == ["a": "1", HeaderName.jobName: "email", HeaderName.idempotencyKey: "i-1"])
+
+        // An origin that is not a name an app could use goes back to the DLQ's own destination.
+        var forged = stored
+        forged.headers[HeaderName.originalDestination] = "victim:delay"
+        #expect(DeadLetterEnvelope(stored: forged, dlqOf: "orders").replay(dlqOf: "orders").destination == "orders")
+        forged.headers[HeaderName.originalDestination] = "invoices"
+        #expect(DeadLetterEnvelope(stored: forged, dlqOf: "orders").replay(dlqOf: "orders").destination == "invoices")
+    }
+
+    /// A record another program wrote to a DLQ is listed (and replayed as it is), not hidden.
+    @Test func aRecordWithoutAnEnvelopeGetsOneThatSaysSo() {
+        let foreign = Message(text: "foreign", headers: ["h": "v"])
+        let envelope = DeadLetterEnvelope(stored: foreign, dlqOf: "orders")
+        #expect(envelope.originalDestination == "orders" && envelope.attempts == 0)
+        #expect(envelope.lastError.contains("no dead-letter envelope"))
+        #expect(envelope.original == foreign)
+        let replay = envelope.replay(dlqOf: "orders")
+        #expect(replay.destination == "orders" && replay.message == foreign)
+    }
+
     @Test func destinationNames() throws {
         try DestinationName.validate("orders.v1_eu-west:created")
         for bad in ["", ".hidden", "a b", "ä", String(repeating: "x", count: 201)] {

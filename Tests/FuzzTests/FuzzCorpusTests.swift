@@ -116,7 +116,7 @@ struct FuzzCorpusTests {
             )
             let record = OutgoingRecord(topic: "t", message: message)
             #expect(EpochMillis.range.contains(record.timestampMilliseconds))
-            let fields = RedisFieldLayout.fields(for: message, firstFailureAt: message.timestamp)
+            let fields = RedisMessageMapping.fields(for: message, firstFailureAt: message.timestamp)
             #expect(fields.count == 8)
         }
     }

@@ -149,6 +149,14 @@ struct KafkaForeignInputTests {
             ["-P", "-t", KafkaTestSupport.runPrefix + queue + ".dlq"],
             input: "foreign dead letter\n"
         )
+        let listed = try await broker.deadLetters(of: queue, limit: 10)
+        #expect(listed.count == 2, "listing hides a record that replay moves: \(listed)")
+        #expect(
+            listed.contains {
+                $0.envelope.original.text == "foreign dead letter"
+                    && $0.envelope.lastError.contains("no dead-letter envelope")
+            }
+        )
         let replayed = try await broker.replayDeadLetters(of: queue, limit: 10)
         #expect(replayed == 2)
         var texts: Set<String> = []

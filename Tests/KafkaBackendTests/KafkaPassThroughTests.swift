@@ -10,8 +10,8 @@ import Testing
 /// included. No broker needed: the handles are created, read back and destroyed.
 @Suite("Kafka pass-through properties")
 struct KafkaPassThroughTests {
-    func settings(_ options: [String: String]) throws -> KafkaConfiguration {
-        try KafkaConfiguration(
+    func settings(_ options: [String: String]) throws -> KafkaSettings {
+        try KafkaSettings(
             Brokers.configuration(url: "kafka://127.0.0.1:9", options: options, registry: KafkaTestSupport.registry)
         )
     }
@@ -27,7 +27,7 @@ struct KafkaPassThroughTests {
     }
 
     /// A consumer handle created as BrokerKit's consumers create theirs (group id added last).
-    func consumerHandle(_ settings: KafkaConfiguration) throws -> RdKafkaHandle {
+    func consumerHandle(_ settings: KafkaSettings) throws -> RdKafkaHandle {
         try RdKafkaHandle(
             type: RD_KAFKA_CONSUMER,
             properties: settings.consumerProperties.merging(["group.id": "g"]) { $1 },
@@ -42,14 +42,14 @@ struct KafkaPassThroughTests {
             "rdkafka.linger.ms": "250", "rdkafka.message.timeout.ms": "90000",
             "rdkafka.max.in.flight.requests.per.connection": "3",
         ])
-        let producer = try KafkaProducer(settings: settings, logger: Logger(label: "test"))
+        let producer = try KafkaPublisher(settings: settings, logger: Logger(label: "test"))
         #expect(live("linger.ms", of: producer.handle) == "250")
         #expect(live("message.timeout.ms", of: producer.handle) == "90000")
         #expect(live("max.in.flight.requests.per.connection", of: producer.handle) == "3")
         await producer.close(timeout: .seconds(1))
 
         // Without pass-through, BrokerKit's defaults stand.
-        let defaults = try KafkaProducer(settings: try self.settings([:]), logger: Logger(label: "test"))
+        let defaults = try KafkaPublisher(settings: try self.settings([:]), logger: Logger(label: "test"))
         #expect(live("linger.ms", of: defaults.handle) == "0")
         #expect(live("message.timeout.ms", of: defaults.handle) == "30000")
         await defaults.close(timeout: .seconds(1))
@@ -73,7 +73,7 @@ struct KafkaPassThroughTests {
             "linger": "20ms", "max.in.flight": "2", "operation.timeout": "45s",
             "session.timeout": "12s", "auto.offset.reset": "latest",
         ])
-        let producer = try KafkaProducer(settings: settings, logger: Logger(label: "test"))
+        let producer = try KafkaPublisher(settings: settings, logger: Logger(label: "test"))
         #expect(live("client.id", of: producer.handle) == "shop-api")
         #expect(live("compression.codec", of: producer.handle) == "zstd")
         #expect(live("batch.size", of: producer.handle) == "65536")

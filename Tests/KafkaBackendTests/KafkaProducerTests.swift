@@ -7,13 +7,13 @@ import Testing
 /// The producer on its own (no broker object), against librdkafka's mock cluster.
 @Suite("Kafka producer")
 struct KafkaProducerTests {
-    func producer(_ cluster: MockCluster) throws -> KafkaProducer {
+    func producer(_ cluster: MockCluster) throws -> KafkaPublisher {
         let configuration = try Brokers.configuration(
             url: cluster.url,
             options: KafkaTestSupport.mockOptions,
             registry: KafkaTestSupport.registry
         )
-        return try KafkaProducer(settings: KafkaConfiguration(configuration), logger: Logger(label: "test"))
+        return try KafkaPublisher(settings: KafkaSettings(configuration), logger: Logger(label: "test"))
     }
 
     func record(_ topic: String, _ text: String) -> OutgoingRecord {

@@ -7,8 +7,8 @@ import Testing
 /// option first, and every `:` as `.`, since Kafka topic names allow only `A-Z a-z 0-9 . _ -`.
 @Suite("Kafka topic names")
 struct KafkaTopicNameTests {
-    func settings(_ options: [String: String] = [:]) throws -> KafkaConfiguration {
-        try KafkaConfiguration(
+    func settings(_ options: [String: String] = [:]) throws -> KafkaSettings {
+        try KafkaSettings(
             Brokers.configuration(url: "kafka://127.0.0.1:9092", options: options, registry: KafkaTestSupport.registry)
         )
     }

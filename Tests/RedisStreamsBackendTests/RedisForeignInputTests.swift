@@ -215,6 +215,28 @@ struct RedisForeignInputTests {
         await broker.close()
     }
 
+    /// An entry another program added to a DLQ stream is listed (saying it has no envelope)
+    /// and replayed as it is, like every record replay moves.
+    @Test func aDeadLetterWithoutAnEnvelopeIsListedAndReplayed() async throws {
+        let broker = try await RedisTestSupport.connect()
+        let queue = Self.queueName("bare-dlq")
+        try await broker.createQueue(queue)
+        _ = try await RedisTestSupport.redisCLI(["XADD", queue + ":dlq", "*", "h:trace", "t-1", "payload", "bare"])
+        let listed = try await broker.deadLetters(of: queue, limit: 10)
+        #expect(listed.count == 1, "\(listed)")
+        #expect(listed.first?.envelope.original.text == "bare")
+        #expect(listed.first?.envelope.lastError.contains("no dead-letter envelope") == true)
+        #expect(try await broker.replayDeadLetters(of: queue, limit: 10) == 1)
+        let consumer = try await broker.consumeQueue(queue)
+        let delivery = try await consumer.next(timeout: .seconds(10))
+        #expect(delivery?.message.text == "bare" && delivery?.message.headers["trace"] == "t-1")
+        try await delivery?.ack()
+        await consumer.close()
+        #expect(try await broker.deadLetters(of: queue, limit: 10).isEmpty)
+        try await broker.deleteDestination(queue)
+        await broker.close()
+    }
+
     /// A DLQ entry is read from the broker too: one whose origin names a reserved structure
     /// (here another queue's delay set) is replayed to the queue whose DLQ held it, never there.
     @Test func replayIgnoresAnOriginThatIsNotAUsableName() async throws {

@@ -18,9 +18,10 @@ public protocol BrokerBackend: Sendable {
     var capabilities: BrokerCapabilities { get }
     /// Its own options (``BrokerOption/common`` are added automatically).
     var options: [BrokerOption] { get }
-    /// Connects; throws ``BrokerError/Code/connectionFailed`` within `connect.timeout` when
-    /// the broker is unreachable.
-    func connect(configuration: BrokerConfiguration, logger: Logger) async throws -> any Broker
+    /// Connects and returns the backend's driver behind the one front every backend shares;
+    /// throws ``BrokerError/Code/connectionFailed`` within `connect.timeout` when the broker
+    /// is unreachable.
+    func connect(configuration: BrokerConfiguration, logger: Logger) async throws -> BrokerClient
 }
 
 /// The backends BrokerKit can pick from by URL scheme. `memory://` is always registered.

@@ -49,7 +49,7 @@ public enum Brokers {
         options: [String: String] = [:],
         registry: BrokerRegistry = .shared,
         logger: Logger = Logger(label: "brokerkit")
-    ) async throws -> any Broker {
+    ) async throws -> BrokerClient {
         let configuration = try configuration(url: url, options: options, registry: registry)
         return try await connect(configuration, registry: registry, logger: logger)
     }
@@ -59,7 +59,7 @@ public enum Brokers {
         _ configuration: BrokerConfiguration,
         registry: BrokerRegistry = .shared,
         logger: Logger = Logger(label: "brokerkit")
-    ) async throws -> any Broker {
+    ) async throws -> BrokerClient {
         guard let backend = registry.backend(for: configuration.scheme) else {
             throw BrokerError(.unknownScheme, "no backend registered for scheme '\(configuration.scheme)'")
         }
@@ -100,7 +100,7 @@ public enum Brokers {
         config reader: ConfigReader,
         registry: BrokerRegistry = .shared,
         logger: Logger = Logger(label: "brokerkit")
-    ) async throws -> any Broker {
+    ) async throws -> BrokerClient {
         try await connect(try configuration(from: reader, registry: registry), registry: registry, logger: logger)
     }
 
@@ -154,7 +154,7 @@ public enum Brokers {
         configFile: String? = nil,
         registry: BrokerRegistry = .shared,
         logger: Logger = Logger(label: "brokerkit")
-    ) async throws -> any Broker {
+    ) async throws -> BrokerClient {
         try await connect(
             try await configurationFromEnvironment(configFile: configFile, registry: registry),
             registry: registry,

@@ -17,18 +17,32 @@ public protocol BrokerDriver: Sendable {
     /// (RabbitMQ's `x-death` family): publishing one is refused with `invalidMessage`.
     func isReservedHeader(_ name: String) -> Bool
 
+    /// Makes sure `name` exists before the client uses it, and returns its kind. A
+    /// destination that does not exist is created (as a queue for a publish, as the consumed
+    /// kind for a consumer) when the configuration's auto-create is on; otherwise this throws
+    /// `unknownDestination`. `nil` means it exists but the broker cannot tell its kind
+    /// without a costly call: the broker itself then refuses a use that does not fit.
+    ///
+    /// The client calls this before every publish and consumer, so it should answer from a
+    /// cache once a name was seen.
+    func kind(of name: String, for use: DestinationUse) async throws -> DestinationKind?
+
     /// Publishes a checked batch (not empty; sizes, headers and the destination name
-    /// checked; the current trace context added) and returns one receipt per message, in
-    /// order.
+    /// checked; the current trace context added; a delay only for a destination not known
+    /// as a stream) to `destination`, whose kind ``kind(of:for:)`` just returned, and
+    /// returns one receipt per message, in order.
     func publish(
         checked messages: [Message],
         to destination: String,
+        kind: DestinationKind?,
         options: PublishOptions
     ) async throws -> [PublishReceipt]
 
-    /// A consumer of `queue`, started: deliveries may be fetched from it at once.
+    /// A consumer of `queue` (``kind(of:for:)`` did not call it a stream), started:
+    /// deliveries may be fetched from it at once.
     func openQueueConsumer(_ queue: String, options: QueueConsumerOptions) async throws -> any MessageConsumer
-    /// A member of `group` on `stream`, started (it joined the group).
+    /// A member of `group` on `stream` (``kind(of:for:)`` did not call it a queue), started
+    /// (it joined the group).
     func openStreamConsumer(
         _ stream: String,
         group: String,
@@ -39,16 +53,43 @@ public protocol BrokerDriver: Sendable {
     func deleteDestination(_ name: String) async throws
     func listDestinations() async throws -> [DestinationInfo]
     func stats(for destination: String) async throws -> DestinationStats
-    func deadLetters(of destination: String, limit: Int) async throws -> [DeadLetterEntry]
-    func replayDeadLetters(of destination: String, limit: Int) async throws -> Int
 
-    /// Closes the driver's consumers and connections. Called once, by the client's first
-    /// ``BrokerClient/close()``.
+    /// Up to `limit` (≥ 0) records of `destination`'s dead-letter queue, oldest first, as
+    /// stored; `unknownDestination` when `destination` does not exist.
+    func readDeadLetters(of destination: String, limit: Int) async throws -> [DeadLetterRecord]
+    /// Moves up to `limit` (≥ 0) of the oldest records out of `destination`'s dead-letter
+    /// queue: publishes what `replay` makes of each (its destination auto-created as a queue
+    /// when missing), and removes a record only once the broker confirmed its copy, so a fault
+    /// sends one twice rather than losing it. Returns how many moved.
+    func moveDeadLetters(
+        of destination: String,
+        limit: Int,
+        replay: @Sendable (DeadLetterRecord) -> DeadLetterReplay
+    ) async throws -> Int
+
+    /// Closes the driver's connections. Called once, by the client's first
+    /// ``BrokerClient/close()``, after it closed every consumer it handed out.
     func close() async
 }
 
 extension BrokerDriver {
     public func isReservedHeader(_ name: String) -> Bool { false }
+}
+
+/// What the client is about to do with a destination; see ``BrokerDriver/kind(of:for:)``.
+public enum DestinationUse: Sendable, Hashable {
+    /// Publishing: a missing destination is auto-created as a queue.
+    case publish
+    /// Consuming it as this kind: a missing destination is auto-created as that kind.
+    case consume(DestinationKind)
+
+    /// The kind a missing destination is created as.
+    public var createdKind: DestinationKind {
+        switch self {
+        case .publish: .queue
+        case .consume(let kind): kind
+        }
+    }
 }
 
 /// The ``Broker`` every backend hands out: one front over a ``BrokerDriver``, owning what
@@ -59,12 +100,20 @@ extension BrokerDriver {
 ///   them;
 /// - a publish checks sizes and headers (reserved `x-brokerkit-*` and the broker's own),
 ///   adds the trace context, and counts `published`; a single publish is a batch of one;
-/// - the consumers it hands out dead-letter records the backend marked unusable and are
-///   closed for the app when it drops them.
+/// - a delayed publish to a stream is refused (`unsupported`), and a queue consumer of a
+///   stream or a group member of a queue fails with `wrongDestinationKind`;
+/// - the consumers it hands out dead-letter records the backend marked unusable, are closed
+///   for the app when it drops them, and are closed by ``close()`` before the driver;
+/// - dead letters are listed and replayed by one policy: a record without BrokerKit's
+///   envelope is listed and replayed too, and a replayed message goes to
+///   ``DeadLetterEnvelope/replayTarget(dlqOf:)`` as a fresh one
+///   (``DeadLetterEnvelope/replay(dlqOf:)``).
 public final class BrokerClient: Broker, Sendable {
     /// The backend half, for a backend's own tests and tools.
     @_spi(BrokerBackend) public let driver: any BrokerDriver
     private let closed = Atomic<Bool>(false)
+    /// The driver consumers handed out and not closed yet, by a number of their own.
+    private let consumers = Mutex<(nextID: UInt64, open: [UInt64: any MessageConsumer])>((0, [:]))
     private let observer: DeliveryObserver
     private let logger: Logger
 
@@ -118,7 +167,16 @@ public final class BrokerClient: Broker, Sendable {
             reservedHeaders: { driver.isReservedHeader($0) }
         )
         if checked.isEmpty { return [] }
-        let receipts = try await driver.publish(checked: checked, to: destination, options: options)
+        let kind = try await driver.kind(of: destination, for: .publish)
+        if kind == .stream, let deliverAt = options.deliverAt, deliverAt > Date() {
+            throw BrokerError(
+                .unsupported,
+                "delayed delivery applies to queues; '\(destination)' is a stream",
+                backend: backendName,
+                destination: destination
+            )
+        }
+        let receipts = try await driver.publish(checked: checked, to: destination, kind: kind, options: options)
         observer.record(.published, destination: destination, count: checked.count)
         return receipts
     }
@@ -127,7 +185,8 @@ public final class BrokerClient: Broker, Sendable {
 
     public func consumeQueue(_ queue: String, options: QueueConsumerOptions) async throws -> any MessageConsumer {
         try check(queue)
-        return OwnedConsumer(try await driver.openQueueConsumer(queue, options: options), logger: logger)
+        try await use(queue, as: .queue)
+        return try await own(try await driver.openQueueConsumer(queue, options: options), of: queue)
     }
 
     public func consumeStream(
@@ -137,10 +196,42 @@ public final class BrokerClient: Broker, Sendable {
     ) async throws -> any MessageConsumer {
         try check(stream)
         try DestinationName.validate(group, what: "group", backend: backendName)
-        return OwnedConsumer(
-            try await driver.openStreamConsumer(stream, group: group, options: options),
-            logger: logger
-        )
+        try await use(stream, as: .stream)
+        return try await own(try await driver.openStreamConsumer(stream, group: group, options: options), of: stream)
+    }
+
+    /// Hands `consumer` to the app, tracked until it is closed or dropped; a consumer opened
+    /// while the client closed is closed at once.
+    private func own(_ consumer: any MessageConsumer, of destination: String) async throws -> any MessageConsumer {
+        let id = consumers.withLock { state -> UInt64? in
+            guard !closed.load(ordering: .acquiring) else { return nil }
+            state.nextID += 1
+            state.open[state.nextID] = consumer
+            return state.nextID
+        }
+        guard let id else {
+            await consumer.close()
+            throw BrokerError.closed(
+                "broker \(configuration.url.redacted)",
+                backend: backendName,
+                destination: destination
+            )
+        }
+        return OwnedConsumer(consumer, logger: logger) { [weak self] in
+            _ = self?.consumers.withLock { $0.open.removeValue(forKey: id) }
+        }
+    }
+
+    /// Refuses to consume `name` as `wanted` when the broker holds it as the other kind.
+    private func use(_ name: String, as wanted: DestinationKind) async throws {
+        if let kind = try await driver.kind(of: name, for: .consume(wanted)), kind != wanted {
+            throw BrokerError(
+                .wrongDestinationKind,
+                "'\(name)' is a \(kind), not a \(wanted)",
+                backend: backendName,
+                destination: name
+            )
+        }
     }
 
     // MARK: - Admin
@@ -167,18 +258,30 @@ public final class BrokerClient: Broker, Sendable {
 
     public func deadLetters(of destination: String, limit: Int) async throws -> [DeadLetterEntry] {
         try check(destination)
-        return try await driver.deadLetters(of: destination, limit: limit)
+        let records = try await driver.readDeadLetters(of: destination, limit: max(0, limit))
+        return records.prefix(max(0, limit)).map {
+            DeadLetterEntry(envelope: DeadLetterEnvelope(stored: $0.message, dlqOf: destination), position: $0.position)
+        }
     }
 
     public func replayDeadLetters(of destination: String, limit: Int) async throws -> Int {
         try check(destination)
-        return try await driver.replayDeadLetters(of: destination, limit: limit)
+        return try await driver.moveDeadLetters(of: destination, limit: max(0, limit)) {
+            DeadLetterEnvelope(stored: $0.message, dlqOf: destination).replay(dlqOf: destination)
+        }
     }
 
     // MARK: - Closing
 
     public func close() async {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        let open = consumers.withLock { state in
+            defer { state.open = [:] }
+            return Array(state.open.values)
+        }
+        await withTaskGroup(of: Void.self) { group in
+            for consumer in open { group.addTask { await consumer.close() } }
+        }
         await driver.close()
     }
 }

@@ -13,7 +13,8 @@ import Synchronization
 /// came from: `try await broker.consumeQueue(q).next()` returns a delivery that can still be
 /// acked (and an app that keeps settled deliveries around keeps their consumer open too).
 ///
-/// It is also where records BrokerKit cannot use stop: a delivery whose backend found a
+/// It counts what it hands out (`delivered`), and it is also where records BrokerKit cannot
+/// use stop: a delivery whose backend found a
 /// ``Delivery/defect`` (a field out of range, not UTF-8, too many headers…) is dead-lettered
 /// here with that reason, logged, and never handed to the app; the next one is.
 @_spi(BrokerBackend) public final class OwnedConsumer: MessageConsumer {
@@ -22,19 +23,44 @@ import Synchronization
     private let closed = Atomic<Bool>(false)
     private let logger: Logger
     private let failures: FailureLog
+    private let onClose: @Sendable () -> Void
+    /// The `delivered` counter of the destination handed out last (looked up again only when
+    /// the destination changes: a lookup takes a global lock and two name hashes).
+    private let counter = Mutex<(backend: String, destination: String, metrics: DeliveryObserver.Destination)?>(nil)
 
-    public init(_ consumer: any MessageConsumer, logger: Logger = Logger(label: "brokerkit.consumer")) {
+    /// `onClose` runs once, when the consumer is closed or dropped.
+    public init(
+        _ consumer: any MessageConsumer,
+        logger: Logger = Logger(label: "brokerkit.consumer"),
+        onClose: @escaping @Sendable () -> Void = {}
+    ) {
         self.consumer = consumer
         self.logger = logger
+        self.onClose = onClose
         failures = FailureLog(logger: logger, what: "dead-lettering an unusable record", level: .error)
     }
 
     public func next() async throws -> Delivery? {
         while true {
             guard let delivery = try await consumer.next() else { return nil }
-            guard let defect = delivery.defect else { return delivery.owned(by: self) }
+            guard let defect = delivery.defect else {
+                countDelivered(delivery)
+                return delivery.owned(by: self)
+            }
             await deadLetterUnusable(delivery, defect: defect)
         }
+    }
+
+    private func countDelivered(_ delivery: Delivery) {
+        let metrics = counter.withLock { cached in
+            if let cached, cached.destination == delivery.destination, cached.backend == delivery.backend {
+                return cached.metrics
+            }
+            let found = DeliveryObserver.shared(for: delivery.backend).destination(delivery.destination)
+            cached = (delivery.backend, delivery.destination, found)
+            return found
+        }
+        metrics.record(.delivered)
     }
 
     /// Poison input never reaches the app and never stops the destination: it goes to the
@@ -56,7 +82,7 @@ import Synchronization
     }
 
     public func close() async {
-        closed.store(true, ordering: .releasing)
+        if !closed.exchange(true, ordering: .acquiringAndReleasing) { onClose() }
         await consumer.close()
     }
 
@@ -64,6 +90,7 @@ import Synchronization
 
     deinit {
         guard !closed.load(ordering: .acquiring) else { return }
+        onClose()
         let consumer = self.consumer
         Task { await consumer.close() }
     }

@@ -53,7 +53,7 @@ public struct MemoryBackend: BrokerBackend {
         _ = stores.withLock { $0.removeValue(forKey: name) }
     }
 
-    public func connect(configuration: BrokerConfiguration, logger: Logger) async throws -> any Broker {
+    public func connect(configuration: BrokerConfiguration, logger: Logger) async throws -> BrokerClient {
         let url = configuration.url
         if url.hosts.count > 1 {
             throw BrokerError.invalidConfiguration(

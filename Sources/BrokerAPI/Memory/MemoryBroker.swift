@@ -10,7 +10,7 @@ final class MemoryBroker: BrokerDriver {
     var backendName: String { "memory" }
     var capabilities: BrokerCapabilities { MemoryBackend.capabilities }
 
-    private let state = Mutex<(closed: Bool, consumers: [UInt64: MemoryConsumer])>((false, [:]))
+    private let closed = Atomic<Bool>(false)
 
     init(store: MemoryStore, configuration: BrokerConfiguration, logger: Logger) {
         self.store = store
@@ -27,7 +27,7 @@ final class MemoryBroker: BrokerDriver {
     }
 
     private func checkOpen(_ destination: String? = nil) throws {
-        if state.withLock({ $0.closed }) {
+        if closed.load(ordering: .acquiring) {
             throw BrokerError.closed(
                 "broker \(configuration.url.redacted)",
                 backend: backendName,
@@ -36,9 +36,19 @@ final class MemoryBroker: BrokerDriver {
         }
     }
 
+    func kind(of destination: String, for use: DestinationUse) async throws -> DestinationKind? {
+        try await store.kind(
+            try name(destination),
+            createAs: use.createdKind,
+            autoCreate: configuration.autoCreate,
+            defaultPartitions: defaultPartitions
+        )
+    }
+
     func publish(
         checked messages: [Message],
         to destination: String,
+        kind: DestinationKind?,
         options: PublishOptions
     ) async throws -> [PublishReceipt] {
         try await store.publish(
@@ -59,7 +69,7 @@ final class MemoryBroker: BrokerDriver {
             autoCreate: configuration.autoCreate,
             defaultPartitions: defaultPartitions
         )
-        return track(MemoryConsumer(store: store, id: id, destination: full, onClose: untrack))
+        return MemoryConsumer(store: store, id: id, destination: full)
     }
 
     func openStreamConsumer(
@@ -75,16 +85,7 @@ final class MemoryBroker: BrokerDriver {
             autoCreate: configuration.autoCreate,
             defaultPartitions: defaultPartitions
         )
-        return track(MemoryConsumer(store: store, id: id, destination: full, onClose: untrack))
-    }
-
-    private func track(_ consumer: MemoryConsumer) -> MemoryConsumer {
-        state.withLock { $0.consumers[consumer.id] = consumer }
-        return consumer
-    }
-
-    private var untrack: @Sendable (UInt64) -> Void {
-        { [weak self] id in _ = self?.state.withLock { $0.consumers.removeValue(forKey: id) } }
+        return MemoryConsumer(store: store, id: id, destination: full)
     }
 
     func createDestination(_ destination: String, kind: DestinationKind, options: DestinationOptions) async throws {
@@ -126,20 +127,40 @@ final class MemoryBroker: BrokerDriver {
         )
     }
 
-    func deadLetters(of destination: String, limit: Int) async throws -> [DeadLetterEntry] {
-        try await store.deadLetters(try name(destination), limit: limit)
+    func readDeadLetters(of destination: String, limit: Int) async throws -> [DeadLetterRecord] {
+        try await store.deadLetters(try name(destination), limit: limit).map(withoutPrefix)
     }
 
-    func replayDeadLetters(of destination: String, limit: Int) async throws -> Int {
-        try await store.replayDeadLetters(try name(destination), limit: limit)
-    }
-
-    func close() async {
-        let consumers = state.withLock { state -> [MemoryConsumer] in
-            guard !state.closed else { return [] }
-            state.closed = true
-            return Array(state.consumers.values)
+    func moveDeadLetters(
+        of destination: String,
+        limit: Int,
+        replay: @Sendable (DeadLetterRecord) -> DeadLetterReplay
+    ) async throws -> Int {
+        let prefix = configuration.prefix
+        return try await store.moveDeadLetters(
+            try name(destination),
+            limit: limit,
+            defaultPartitions: defaultPartitions
+        ) {
+            var copy = replay(self.withoutPrefix($0))
+            copy.destination = prefix + copy.destination
+            return copy
         }
-        for consumer in consumers { await consumer.close() }
+    }
+
+    /// The store names destinations with the `prefix` option; apps see names without it.
+    private func withoutPrefix(_ record: DeadLetterRecord) -> DeadLetterRecord {
+        let prefix = configuration.prefix
+        guard !prefix.isEmpty, let origin = record.message.headers[HeaderName.originalDestination],
+            origin.hasPrefix(prefix)
+        else { return record }
+        var record = record
+        record.message.headers[HeaderName.originalDestination] = String(origin.dropFirst(prefix.count))
+        return record
+    }
+
+    /// The client closed the consumers; the store belongs to every broker of its name.
+    func close() async {
+        closed.store(true, ordering: .releasing)
     }
 }

@@ -7,16 +7,11 @@ final class MemoryConsumer: MessageConsumer {
     let destination: String
     private let waiterIDs = Atomic<UInt64>(0)
     private let closed = Atomic<Bool>(false)
-    private let onClose: @Sendable (UInt64) -> Void
-    /// The destination's message counters, looked up once (see `DeliveryObserver`).
-    private let metrics: DeliveryObserver.Destination
 
-    init(store: MemoryStore, id: UInt64, destination: String, onClose: @escaping @Sendable (UInt64) -> Void) {
+    init(store: MemoryStore, id: UInt64, destination: String) {
         self.store = store
         self.id = id
         self.destination = destination
-        metrics = MemoryStore.observer.destination(destination)
-        self.onClose = onClose
     }
 
     func next() async throws -> Delivery? {
@@ -29,14 +24,12 @@ final class MemoryConsumer: MessageConsumer {
         } onCancel: {
             Task { await store.cancelWaiter(waiterID) }
         }
-        if delivery != nil { metrics.record(.delivered) }
         return delivery
     }
 
     func close() async {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
         await store.closeConsumer(id)
-        onClose(id)
     }
 
     deinit {

@@ -209,23 +209,14 @@ actor MemoryStore {
             .sorted { $0.name < $1.name }
     }
 
+    /// The destination `name`, created as `createAs` when it does not exist and `autoCreate`.
     func destination(
         _ name: String,
-        kind: DestinationKind?,
+        createAs: DestinationKind,
         autoCreate: Bool,
         defaultPartitions: Int
     ) throws -> Destination {
-        if let existing = destinations[name] {
-            if let kind, existing.kind != kind {
-                throw BrokerError(
-                    .wrongDestinationKind,
-                    "'\(name)' is a \(existing.kind), not a \(kind)",
-                    backend: backend,
-                    destination: name
-                )
-            }
-            return existing
-        }
+        if let existing = destinations[name] { return existing }
         guard autoCreate else {
             throw BrokerError(
                 .unknownDestination,
@@ -234,8 +225,19 @@ actor MemoryStore {
                 destination: name
             )
         }
-        try create(name, kind: kind ?? .queue, options: DestinationOptions(), defaultPartitions: defaultPartitions)
+        try create(name, kind: createAs, options: DestinationOptions(), defaultPartitions: defaultPartitions)
         return destinations[name]!
+    }
+
+    func kind(
+        _ name: String,
+        createAs: DestinationKind,
+        autoCreate: Bool,
+        defaultPartitions: Int
+    ) throws
+        -> DestinationKind
+    {
+        try destination(name, createAs: createAs, autoCreate: autoCreate, defaultPartitions: defaultPartitions).kind
     }
 
     func stats(_ name: String) throws -> DestinationStats {
@@ -305,16 +307,8 @@ actor MemoryStore {
         defaultPartitions: Int,
         maxMessages: Int
     ) throws -> [PublishReceipt] {
-        let d = try destination(name, kind: nil, autoCreate: autoCreate, defaultPartitions: defaultPartitions)
+        let d = try destination(name, createAs: .queue, autoCreate: autoCreate, defaultPartitions: defaultPartitions)
         let now = Date()
-        if d.kind == .stream, let deliverAt, deliverAt > now {
-            throw BrokerError(
-                .unsupported,
-                "delayed delivery applies to queues; '\(name)' is a stream",
-                backend: backend,
-                destination: name
-            )
-        }
         let stored =
             d.kind == .queue
             ? d.readyCount + d.delayed.count + d.inflight.count : d.partitions.reduce(0) { $0 + $1.records.count }
@@ -398,7 +392,7 @@ actor MemoryStore {
         autoCreate: Bool,
         defaultPartitions: Int
     ) throws -> UInt64 {
-        _ = try destination(name, kind: .queue, autoCreate: autoCreate, defaultPartitions: defaultPartitions)
+        _ = try destination(name, createAs: .queue, autoCreate: autoCreate, defaultPartitions: defaultPartitions)
         let id = makeID()
         consumers[id] = ConsumerState(
             id: id,
@@ -418,7 +412,7 @@ actor MemoryStore {
         autoCreate: Bool,
         defaultPartitions: Int
     ) throws -> UInt64 {
-        let d = try destination(name, kind: .stream, autoCreate: autoCreate, defaultPartitions: defaultPartitions)
+        let d = try destination(name, createAs: .stream, autoCreate: autoCreate, defaultPartitions: defaultPartitions)
         let id = makeID()
         consumers[id] = ConsumerState(
             id: id,
@@ -436,7 +430,7 @@ actor MemoryStore {
             d.groups[groupName] = group
         }
         // Every start applies only to partitions the group has no commit for: a member that
-        // joins never rewinds the group (issue 22, item 10).
+        // joins never rewinds the group.
         for (index, gp) in group.partitions.enumerated() {
             let partition = d.partitions[index]
             switch options.start {
@@ -820,45 +814,44 @@ actor MemoryStore {
 
     // MARK: - Dead letters
 
-    func deadLetters(_ name: String, limit: Int) throws -> [DeadLetterEntry] {
+    func deadLetters(_ name: String, limit: Int) throws -> [DeadLetterRecord] {
         guard let d = destinations[name] else {
             throw BrokerError(.unknownDestination, "'\(name)' does not exist", backend: backend, destination: name)
         }
-        return d.dlq.prefix(max(0, limit)).compactMap { record in
-            DeadLetterEnvelope(dlqMessage: record.message).map {
-                DeadLetterEntry(envelope: $0, position: Position(offset: record.offset))
-            }
-        }
+        return d.dlq.prefix(limit).map { DeadLetterRecord(message: $0.message, position: Position(offset: $0.offset)) }
     }
 
-    func replayDeadLetters(_ name: String, limit: Int) throws -> Int {
+    /// Moves the oldest `limit` dead letters of `name` to where `replay` says (full names).
+    func moveDeadLetters(
+        _ name: String,
+        limit: Int,
+        defaultPartitions: Int,
+        replay: @Sendable (DeadLetterRecord) -> DeadLetterReplay
+    ) throws -> Int {
         guard let d = destinations[name] else {
             throw BrokerError(.unknownDestination, "'\(name)' does not exist", backend: backend, destination: name)
         }
-        let count = min(max(0, limit), d.dlq.count)
-        let taken = d.dlq.prefix(count)
-        d.dlq.removeFirst(count)
-        var byOrigin: [String: [Message]] = [:]
+        let taken = d.dlq.prefix(limit)
+        var byTarget: [String: [Message]] = [:]
         var order: [String] = []
         for record in taken {
-            let envelope = DeadLetterEnvelope(dlqMessage: record.message)
-            let origin = envelope?.originalDestination ?? name
-            var message = envelope?.original ?? record.message
-            message.headers[HeaderName.group] = nil
-            if byOrigin[origin] == nil { order.append(origin) }
-            byOrigin[origin, default: []].append(message)
+            let copy = replay(DeadLetterRecord(message: record.message, position: Position(offset: record.offset)))
+            if byTarget[copy.destination] == nil { order.append(copy.destination) }
+            byTarget[copy.destination, default: []].append(copy.message)
         }
-        for origin in order {
+        // All in this actor turn: nothing else sees the records between removal and publish.
+        d.dlq.removeFirst(taken.count)
+        for target in order {
             _ = try publish(
-                byOrigin[origin]!,
-                to: origin,
+                byTarget[target]!,
+                to: target,
                 deliverAt: nil,
                 autoCreate: true,
-                defaultPartitions: 4,
+                defaultPartitions: defaultPartitions,
                 maxMessages: .max
             )
         }
-        return count
+        return taken.count
     }
 
     // MARK: - Timer (delays, retries, leases)

@@ -76,6 +76,64 @@ public struct DeadLetterEnvelope: Sendable, Hashable {
     }
 }
 
+extension DeadLetterEnvelope {
+    /// What a record another producer wrote to a DLQ says instead of an error.
+    static let missingEnvelope = "no dead-letter envelope: another program wrote this record to the dead-letter queue"
+
+    /// The envelope of a record read from `destination`'s DLQ: the one BrokerKit wrote, or,
+    /// for a record without one, an envelope that says so (origin `destination`, attempts 0),
+    /// so that listing shows every record replay would move.
+    public init(stored message: Message, dlqOf destination: String) {
+        self =
+            DeadLetterEnvelope(dlqMessage: message)
+            ?? DeadLetterEnvelope(
+                original: message,
+                originalDestination: destination,
+                attempts: 0,
+                lastError: Self.missingEnvelope,
+                failedAt: message.timestamp
+            )
+    }
+
+    /// What replaying this entry publishes: the original message as a fresh one (of
+    /// BrokerKit's reserved headers only the job name and idempotency key kept, so it starts
+    /// at attempt 1, is due at once and reaches every group of a stream), to
+    /// ``replayTarget(dlqOf:)``.
+    public func replay(dlqOf destination: String) -> DeadLetterReplay {
+        var message = original
+        message.headers = message.headers.filter { !PublishValidation.isReserved($0.key) }
+        return DeadLetterReplay(destination: replayTarget(dlqOf: destination), message: message)
+    }
+}
+
+/// One record of a dead-letter queue as the broker holds it: what a driver's
+/// ``BrokerDriver/readDeadLetters(of:limit:)`` returns.
+public struct DeadLetterRecord: Sendable, Hashable {
+    /// The stored message: the original with the envelope headers, when BrokerKit wrote it.
+    public var message: Message
+    /// Where it sits in the DLQ.
+    public var position: Position?
+
+    public init(message: Message, position: Position?) {
+        self.message = message
+        self.position = position
+    }
+}
+
+/// What replaying one dead letter publishes, and where (see
+/// ``DeadLetterEnvelope/replay(dlqOf:)``).
+public struct DeadLetterReplay: Sendable, Hashable {
+    /// The destination it goes back to.
+    public var destination: String
+    /// The message to publish.
+    public var message: Message
+
+    public init(destination: String, message: Message) {
+        self.destination = destination
+        self.message = message
+    }
+}
+
 /// One entry listed from a dead-letter queue.
 public struct DeadLetterEntry: Sendable, Hashable {
     /// The envelope (original message and failure details).

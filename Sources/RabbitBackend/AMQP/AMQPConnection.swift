@@ -892,7 +892,7 @@ final class AMQPConnection: @unchecked Sendable {
     /// rabbitmq-c sends the `basic.publish` method frame before it encodes the content header:
     /// a header that cannot be encoded then fails half-way, the channel is unusable, and the
     /// connection was marked broken, failing every publish in flight and retrying until
-    /// `operation.timeout` with `connectionFailed` (issue 22, item 11). These checks come
+    /// `operation.timeout` with `connectionFailed`. These checks come
     /// first, send nothing, and throw `messageTooLarge`.
     private func checkFits(_ message: AMQPOutgoing, state: amqp_connection_state_t, destination: String?) throws {
         func refuse(_ why: String) -> BrokerError {

@@ -133,7 +133,7 @@ final class HiredisConnection {
                 streams.append(r.element[i].map { decode($0) } ?? .null)
                 continue
             }
-            var valid: [RedisFieldLayout.Entry] = []
+            var valid: [RedisMessageMapping.Entry] = []
             var deleted: [String] = []
             valid.reserveCapacity(list.pointee.elements)
             for j in 0..<list.pointee.elements {
@@ -149,7 +149,7 @@ final class HiredisConnection {
                     deleted.append(entryID)  // deleted while pending: no fields
                     continue
                 }
-                var fields = RedisFieldLayout.FieldCollector()
+                var fields = RedisMessageMapping.FieldCollector()
                 var k = 0
                 while k + 1 < flat.elements {
                     if let name = flat.element[k]?.pointee, let value = flat.element[k + 1]?.pointee,

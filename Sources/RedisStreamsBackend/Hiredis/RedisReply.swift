@@ -55,7 +55,7 @@ enum RedisReply: Sendable {
 
 /// Entries parsed straight from a hiredis reply.
 struct StreamEntries: Sendable {
-    let valid: [RedisFieldLayout.Entry]
+    let valid: [RedisMessageMapping.Entry]
     let deleted: [String]
 }
 

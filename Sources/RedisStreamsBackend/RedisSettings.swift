@@ -15,7 +15,7 @@ import Foundation
 /// - `retention.maxlen` (int): streams are trimmed to about this many entries (`MAXLEN ~`).
 /// - `retention.maxage` (duration): streams drop entries older than this (`MINID ~`).
 /// Queues are never trimmed: trimming would drop undelivered work.
-struct RedisConfiguration: Sendable {
+struct RedisSettings: Sendable {
     let endpoint: HiredisConnection.Endpoint
     let server: String
     let prefix: String

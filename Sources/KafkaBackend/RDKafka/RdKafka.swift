@@ -83,7 +83,7 @@ enum RdKafka {
     }
 
     static func milliseconds(_ duration: Duration) -> Int32 {
-        Int32(clamping: KafkaConfiguration.milliseconds(duration))
+        Int32(clamping: KafkaSettings.milliseconds(duration))
     }
 }
 
@@ -411,10 +411,10 @@ final class KafkaRecord: Sendable {
                 // Every BrokerKit record carries the id header: its name is not built anew.
                 let headerName =
                     name.map { name in
-                        let isID = KafkaRecordLayout.idHeaderCString.withUnsafeBufferPointer {
+                        let isID = KafkaMessageMapping.idHeaderCString.withUnsafeBufferPointer {
                             strcmp(name, $0.baseAddress!) == 0
                         }
-                        return isID ? KafkaRecordLayout.idHeader : String(cString: name)
+                        return isID ? KafkaMessageMapping.idHeader : String(cString: name)
                     } ?? ""
                 headers.append((headerName, text))
                 index += 1

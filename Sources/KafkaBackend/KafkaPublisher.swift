@@ -4,65 +4,6 @@ import Foundation
 import Logging
 import Synchronization
 
-/// Record layout on Kafka (documented in docs/kafka.md):
-/// - key: ``Message/key`` as UTF-8 (no key: a null key, partitioned by librdkafka)
-/// - value: the payload bytes, untouched
-/// - headers: the message's headers as UTF-8, plus `x-brokerkit-id` (the message id)
-/// - timestamp: ``Message/timestamp`` (CreateTime)
-/// Retried and delayed copies also carry `x-brokerkit-attempt`, `x-brokerkit-first-failure-at`
-/// and `x-brokerkit-deliver-at`; consumers strip those before the app sees the message.
-enum KafkaRecordLayout {
-    static let idHeader = "x-brokerkit-id"
-    /// ``idHeader`` as a C string, to recognise it among a record's header names without
-    /// building a `String` for it.
-    static let idHeaderCString: [CChar] = Array(idHeader.utf8CString)
-    /// What a consumer hands the app: the message without the transport headers (id,
-    /// attempt, first failure, deliver-at), and the attempt and first-failure time those
-    /// carried (one pass over the headers).
-    /// The attempt header is returned as text, for the consumer to check.
-    static func consumed(from record: KafkaRecord) -> (message: Message, attempt: String?, firstFailureAt: Date?) {
-        var headers: [String: String] = [:]
-        var id: String?
-        var attempt: String?
-        var firstFailureAt: Date?
-        for (name, value) in record.headers {
-            switch name {
-            case idHeader: id = value
-            case HeaderName.attempt: attempt = value
-            case HeaderName.firstFailureAt: firstFailureAt = ISO8601.parse(value)
-            case HeaderName.deliverAt: continue
-            default: headers[name] = value
-            }
-        }
-        return (message(of: record, id: id, headers: headers), attempt, firstFailureAt)
-    }
-
-    /// The message a record carries, every header but the id kept.
-    static func message(from record: KafkaRecord) -> Message {
-        var headers: [String: String] = [:]
-        var id: String?
-        for (name, value) in record.headers {
-            if name == idHeader {
-                id = value
-                continue
-            }
-            headers[name] = value
-        }
-        return message(of: record, id: id, headers: headers)
-    }
-
-    /// `record` as a message with `headers` (id from the header, else `topic-partition-offset`).
-    private static func message(of record: KafkaRecord, id: String?, headers: [String: String]) -> Message {
-        Message(
-            id: id ?? "\(record.topic)-\(record.partition)-\(record.offset)",
-            key: record.key.map { String(decoding: $0, as: UTF8.self) },
-            payload: record.value,
-            headers: headers,
-            timestamp: record.timestamp ?? Date()
-        )
-    }
-}
-
 /// One idempotent librdkafka producer per broker. One thread of its own (``ProducerThread``)
 /// enqueues batches and serves delivery reports, which resume the awaiting tasks. Enqueueing
 /// a batch stays off the cooperative pool because it can wait: for a new topic's metadata
@@ -70,14 +11,14 @@ enum KafkaRecordLayout {
 /// `rd_kafka_producev` itself only takes librdkafka's locks and never waits, so a single
 /// record to a known topic is enqueued on the caller's thread, and goes to the producer's
 /// thread only when the queue is full.
-final class KafkaProducer: Sendable {
+final class KafkaPublisher: Sendable {
     let handle: RdKafkaHandle
-    let settings: KafkaConfiguration
+    let settings: KafkaSettings
     private let thread: ProducerThread
     /// Topics whose metadata this producer asked for before its first record to them.
     private let askedTopics = Mutex<Set<String>>([])
 
-    init(settings: KafkaConfiguration, logger: Logger) throws {
+    init(settings: KafkaSettings, logger: Logger) throws {
         self.settings = settings
         let callbacks = RdKafkaCallbacks(logger: logger, role: "producer")
         handle = try RdKafkaHandle(
@@ -92,7 +33,7 @@ final class KafkaProducer: Sendable {
                     BatchCollector.report(opaque, .success((m.partition, m.offset)))
                 } else {
                     let topic = m.rkt.map { String(cString: rd_kafka_topic_name($0)) } ?? "?"
-                    BatchCollector.report(opaque, .failure(KafkaProducer.deliveryError(m.err, topic: topic)))
+                    BatchCollector.report(opaque, .failure(KafkaPublisher.deliveryError(m.err, topic: topic)))
                 }
             }
         }
@@ -458,7 +399,7 @@ struct OutgoingRecord: Sendable {
 
     func makeHeaders() -> OpaquePointer? {
         guard let list = rd_kafka_headers_new(1 + headers.count) else { return nil }
-        Self.add(KafkaRecordLayout.idHeader, id, to: list)
+        Self.add(KafkaMessageMapping.idHeader, id, to: list)
         for (name, value) in headers { Self.add(name, value, to: list) }
         return list
     }

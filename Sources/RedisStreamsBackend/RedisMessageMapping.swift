@@ -18,7 +18,7 @@ import Foundation
 /// `attempt`, `ts` or `ff` is not a whole number in range, whose `id`, `key` or a header is
 /// not valid UTF-8, or that has more headers than ``PublishValidation/maxHeaderCount`` is
 /// read with a ``Delivery/defect`` naming the field, and is dead-lettered before the app sees it.
-enum RedisFieldLayout {
+enum RedisMessageMapping {
     /// `after` comes first (a command such as `XADD key *`): the whole command is built in
     /// one array, sized once (this runs once per published message).
     static func fields(
@@ -84,9 +84,9 @@ enum RedisFieldLayout {
 
         /// A date in milliseconds; a defect naming `field` if it is not one.
         private mutating func millis(_ value: UnsafeRawBufferPointer, field: String) -> Date? {
-            guard let ms = Self.integer(value), RedisFieldLayout.millisRange.contains(ms) else {
+            guard let ms = Self.integer(value), RedisMessageMapping.millisRange.contains(ms) else {
                 note(
-                    "field '\(field)' is '\(Self.shown(value))', not milliseconds since 1970 (0 to \(RedisFieldLayout.millisRange.upperBound))"
+                    "field '\(field)' is '\(Self.shown(value))', not milliseconds since 1970 (0 to \(RedisMessageMapping.millisRange.upperBound))"
                 )
                 return nil
             }
@@ -156,7 +156,7 @@ enum RedisFieldLayout {
         }
 
         /// A decimal integer, parsed without making a `String`; `nil` if it is not one or does
-        /// not fit in 64 bits (a value read from Redis can be anything: issue 22, item 1).
+        /// not fit in 64 bits (a value read from Redis can be anything).
         static func integer(_ bytes: UnsafeRawBufferPointer) -> Int64? {
             guard !bytes.isEmpty, bytes.count <= 20 else { return nil }
             var value: Int64 = 0

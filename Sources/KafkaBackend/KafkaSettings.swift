@@ -10,7 +10,7 @@ import Foundation
 /// apps set most; any other librdkafka property passes through as `rdkafka.<property>` in the
 /// URL query or in code (`rdkafka.fetch.wait.max.ms=50`). librdkafka validates those at
 /// connect, and an unknown or invalid one is an error naming it.
-struct KafkaConfiguration: Sendable {
+struct KafkaSettings: Sendable {
     enum RetryMode: String, Sendable {
         /// Failed queue messages go to `<topic>.retry.<n>` and wait there until due; the
         /// partition keeps flowing (order is lost for retried messages).

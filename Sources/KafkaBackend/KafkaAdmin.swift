@@ -4,12 +4,12 @@ import Foundation
 
 /// Blocking librdkafka admin and metadata calls, run one at a time on a dedicated thread
 /// (never on the cooperative pool) over a handle of its own.
-final class KafkaAdminClient: Sendable {
+final class KafkaAdmin: Sendable {
     let handle: RdKafkaHandle
-    let settings: KafkaConfiguration
+    let settings: KafkaSettings
     let thread = ConnectionThread(name: "kafka-admin")
 
-    init(handle: RdKafkaHandle, settings: KafkaConfiguration) {
+    init(handle: RdKafkaHandle, settings: KafkaSettings) {
         self.handle = handle
         self.settings = settings
     }
