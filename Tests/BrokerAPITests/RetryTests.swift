@@ -102,6 +102,31 @@ struct RetryTests {
         #expect(replay.destination == "orders" && replay.message == foreign)
     }
 
+    /// Names are read from brokers (a DLQ envelope's origin) and from apps: whatever they
+    /// hold, the check answers. `.wait.` overlapping `.quorum` trapped on a range whose end
+    /// came before its start.
+    @Test func reservedNamesAreFoundWithoutTrapping() throws {
+        for fine in [
+            "a.wait.quorum", "x.wait.quorum", "q.wait.x.quorum", "a.retry.", "a.wait.", "orders.offsets", "_a",
+        ] {
+            try DestinationName.validate(fine)
+        }
+        for reserved in [
+            "a.wait.5.quorum", "a.wait.12", "a.retry.3", "a.dlq", "a:delay", "a:retry", "__x", "a.offsets.g",
+            "a.x.wait.500", ".wait.5.quorum.wait.7",
+        ] {
+            #expect(throws: BrokerError.self, "\(reserved)") { try DestinationName.validate(reserved) }
+        }
+        #expect(DestinationName.reservedPart(of: "a.wait.quorum") == nil)
+        #expect(DestinationName.reservedPart(of: "ä.dlq") == "a name ending in '.dlq'")
+        #expect(DestinationName.reservedPart(of: "g", what: "group") == nil)
+        #expect(DestinationName.reservedPart(of: "__g", what: "group") != nil)
+        // Not ASCII: the slow path names the character.
+        let error = #expect(throws: BrokerError.self) { try DestinationName.validate("ordérs") }
+        #expect(error?.message.contains("is not allowed") == true)
+        #expect(throws: BrokerError.self) { try DestinationName.validate(String(repeating: "é", count: 150)) }
+    }
+
     @Test func destinationNames() throws {
         try DestinationName.validate("orders.v1_eu-west:created")
         for bad in ["", ".hidden", "a b", "ä", String(repeating: "x", count: 201)] {

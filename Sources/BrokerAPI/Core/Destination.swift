@@ -124,6 +124,24 @@ public enum DestinationName {
         func fail(_ why: String) -> BrokerError {
             BrokerError(.invalidDestination, "invalid \(what) name '\(name)': \(why)", backend: backend)
         }
+        // Every publish and consumer checks its name: a name of allowed ASCII bytes is checked
+        // on its UTF-8 bytes (where bytes are characters); anything else takes the path below,
+        // which names the problem.
+        var bytes = name
+        let reserved = bytes.withUTF8 { utf8 -> String?? in
+            guard !utf8.isEmpty, utf8.count <= maxLength, utf8[0] != dot, utf8[0] != dash,
+                utf8.allSatisfy(isAllowed)
+            else { return .none }
+            return .some(reservedPart(utf8: utf8, what: what))
+        }
+        if let reserved {
+            if let reserved {
+                throw fail(
+                    "\(reserved) is reserved for BrokerKit's own delay, retry, dead-letter, offset and catalog structures"
+                )
+            }
+            return
+        }
         if name.isEmpty { throw fail("must not be empty") }
         if name.count > maxLength { throw fail("longer than \(maxLength) characters") }
         if name.first == "." || name.first == "-" { throw fail("must not start with '.' or '-'") }
@@ -152,24 +170,68 @@ public enum DestinationName {
     /// with `__`. Every backend refuses the same names, so an app can move between brokers.
     /// Returns what is reserved, or `nil`.
     public static func reservedPart(of name: String, what: String = "destination") -> String? {
-        if name.hasPrefix("__") { return "a name starting with '__'" }
+        var bytes = name
+        return bytes.withUTF8 { reservedPart(utf8: $0, what: what) }
+    }
+
+    /// ``reservedPart(of:what:)`` on a name's UTF-8 bytes. The reserved parts are ASCII, and
+    /// an ASCII byte never occurs inside the encoding of another character, so comparing
+    /// bytes finds exactly the reserved names.
+    private static func reservedPart(utf8 name: UnsafeBufferPointer<UInt8>, what: String) -> String? {
+        if name.count >= 2 && name[0] == underscore && name[1] == underscore { return "a name starting with '__'" }
         guard what == "destination" else { return nil }
-        for suffix in [".dlq", ":dlq", ".delay", ":delay", ":retry"] where name.hasSuffix(suffix) {
+        for suffix: StaticString in [".dlq", ":dlq", ".delay", ":delay", ":retry"] where name.ends(with: suffix) {
             return "a name ending in '\(suffix)'"
         }
-        for infix in [".retry.", ".wait."] {
-            if let range = name.range(of: infix, options: .backwards), !name[range.upperBound...].isEmpty,
-                name[range.upperBound...].allSatisfy(\.isNumber)
-            {
+        for infix: StaticString in [".retry.", ".wait."] {
+            if let after = name.end(ofLast: infix), name.allDigits(after..<name.count) {
                 return "a name ending in '\(infix)<number>'"
             }
         }
         // RabbitMQ's quorum wait queues: `<name>.wait.<ms>.quorum`.
-        if name.hasSuffix(".quorum"), let range = name.range(of: ".wait.", options: .backwards) {
-            let digits = name[range.upperBound..<name.index(name.endIndex, offsetBy: -".quorum".count)]
-            if !digits.isEmpty, digits.allSatisfy(\.isNumber) { return "a name ending in '.wait.<number>.quorum'" }
+        if name.ends(with: ".quorum"), let after = name.end(ofLast: ".wait."), after <= name.count - 7,
+            name.allDigits(after..<(name.count - 7))
+        {
+            return "a name ending in '.wait.<number>.quorum'"
         }
-        if name.contains(".offsets.") { return "a name containing '.offsets.'" }
+        if name.end(ofLast: ".offsets.") != nil { return "a name containing '.offsets.'" }
         return nil
+    }
+
+    private static let dot = UInt8(ascii: "."), dash = UInt8(ascii: "-"), underscore = UInt8(ascii: "_")
+
+    private static func isAllowed(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"),
+            UInt8(ascii: "0")...UInt8(ascii: "9"), dot, underscore, dash, UInt8(ascii: ":"):
+            true
+        default: false
+        }
+    }
+}
+
+extension UnsafeBufferPointer<UInt8> {
+    fileprivate func ends(with suffix: StaticString) -> Bool {
+        let n = suffix.utf8CodeUnitCount
+        guard count >= n else { return false }
+        return suffix.withUTF8Buffer { tail in (0..<n).allSatisfy { self[count - n + $0] == tail[$0] } }
+    }
+
+    /// The index just past the last occurrence of `infix`, or `nil`.
+    fileprivate func end(ofLast infix: StaticString) -> Int? {
+        let n = infix.utf8CodeUnitCount
+        guard count >= n else { return nil }
+        return infix.withUTF8Buffer { pattern in
+            for start in stride(from: count - n, through: 0, by: -1)
+            where (0..<n).allSatisfy({ self[start + $0] == pattern[$0] }) {
+                return start + n
+            }
+            return nil
+        }
+    }
+
+    /// Whether `range` is not empty and holds only ASCII digits (an empty or inverted range: no).
+    fileprivate func allDigits(_ range: Range<Int>) -> Bool {
+        !range.isEmpty && range.allSatisfy { self[$0] >= UInt8(ascii: "0") && self[$0] <= UInt8(ascii: "9") }
     }
 }
