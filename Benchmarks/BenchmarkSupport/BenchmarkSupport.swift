@@ -232,3 +232,67 @@ public func quietWaitSummary() -> String {
     return
         "before each timed scenario the benchmark waited for a quiet host (CPUs ≤ \(Int(QuietHost.maxBusy * 100)) % busy for \(seconds(QuietHost.window))): \(String(format: "%.1f", waited.total.timeInterval)) s in all\(gaveUp)."
 }
+
+/// The front's own cost: the same publishes through `client` (``BrokerClient``: name, size,
+/// header and kind checks, trace context, metrics) and straight to its driver, back to back.
+/// `kit` is the front, `raw` the driver. Awaited one at a time and in batches of 100.
+public func frontCostRows(
+    _ client: BrokerClient,
+    label: String,
+    destination: String,
+    count: Int,
+    payload: Data
+) async throws -> [Row] {
+    let driver = client.driver
+    let options = PublishOptions()
+    // Each side starts on an empty queue (a queue holding the other side's messages would
+    // make the later side slower or faster for reasons of its own).
+    func fresh() async throws -> DestinationKind? {
+        try? await client.deleteDestination(destination)
+        try await client.createQueue(destination)
+        return try await driver.kind(of: destination, for: .publish)
+    }
+    var kind = try await fresh()
+    let direct = try await measure { [kind] in
+        for i in 0..<count {
+            _ = try await driver.publish(
+                checked: [Message(id: "d\(i)", payload: payload)],
+                to: destination,
+                kind: kind,
+                options: options
+            )
+        }
+    }
+    _ = try await fresh()
+    let front = try await measure {
+        for i in 0..<count { try await client.publish(Message(id: "f\(i)", payload: payload), to: destination) }
+    }
+    let batches = stride(from: 0, to: count, by: 100).map { start in
+        (start..<min(start + 100, count)).map { Message(id: "b\($0)", payload: payload) }
+    }
+    kind = try await fresh()
+    let directBatched = try await measure { [kind] in
+        for batch in batches {
+            _ = try await driver.publish(checked: batch, to: destination, kind: kind, options: options)
+        }
+    }
+    _ = try await fresh()
+    let frontBatched = try await measure {
+        for batch in batches { _ = try await client.publish(batch, to: destination) }
+    }
+    try await client.deleteDestination(destination)
+    return [
+        Row(
+            name: "\(label) publish-awaited (msg/s)",
+            kit: rate(count, front),
+            raw: rate(count, direct),
+            ratio: rate(count, front) / rate(count, direct)
+        ),
+        Row(
+            name: "\(label) publish-batched (msg/s)",
+            kit: rate(count, frontBatched),
+            raw: rate(count, directBatched),
+            ratio: rate(count, frontBatched) / rate(count, directBatched)
+        ),
+    ]
+}

@@ -10,6 +10,8 @@
 //                     raw acks each read batch in one MULTI/EXEC; BrokerKit with one handler
 //                     (next + ack) and with 16 (DeliveryProcessor); its acks are asynchronous
 //   e2e-latency       publish one message, wait until a group consumer has it (p50 / p99)
+// and, in a second table, the front's cost: the same publishes through BrokerClient and
+// straight to its driver, on Redis and on the embedded broker (memory://).
 import BenchmarkSupport
 @_spi(BrokerBackend) import BrokerAPI
 import CHiredis
@@ -336,6 +338,25 @@ for round in 1...roundCount {
     print("round \(round) of \(roundCount)…")
     rounds.append(try await measureRound(round))
 }
+
+// The front's own cost (BrokerClient against its driver called directly), on this Redis and
+// on the embedded broker, where no network hides it.
+let client = broker
+let memory = try await Brokers.connect(url: "memory://bench-front-\(run)")
+var frontRounds: [[Row]] = []
+for round in 1...roundCount {
+    let name = "front-\(run)-\(round)"
+    let redisRows = try await frontCostRows(client, label: "redis", destination: name, count: count, payload: payload)
+    let memoryRows = try await frontCostRows(
+        memory,
+        label: "memory",
+        destination: name,
+        count: count * 5,
+        payload: payload
+    )
+    frontRounds.append(redisRows + memoryRows)
+}
+await memory.close()
 await broker.close()
 
 // The fixed cost every awaited call pays: a hop from a Swift task to a connection thread and back.
@@ -347,3 +368,7 @@ print(
 )
 print("")
 printRounds(rounds, rawName: "raw hiredis")
+print("")
+print("The front's cost: BrokerKit's publish against its driver's, called directly")
+print("")
+printRounds(frontRounds, rawName: "driver called directly")

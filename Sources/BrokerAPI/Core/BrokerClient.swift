@@ -115,12 +115,18 @@ public final class BrokerClient: Broker, Sendable {
     /// The driver consumers handed out and not closed yet, by a number of their own.
     private let consumers = Mutex<(nextID: UInt64, open: [UInt64: any MessageConsumer])>((0, [:]))
     private let observer: DeliveryObserver
+    /// The `published` counters of the destination published to last (a lookup takes a lock
+    /// and hashes the name).
+    private let lastPublished = Mutex<DeliveryObserver.Destination?>(nil)
+    /// `max.message.bytes`, read once: the configuration never changes.
+    private let maxMessageBytes: Int
     private let logger: Logger
 
     public init(driver: any BrokerDriver, logger: Logger) {
         self.driver = driver
         self.logger = logger
         observer = DeliveryObserver.shared(for: driver.backendName)
+        maxMessageBytes = driver.configuration.maxMessageBytes
     }
 
     public var backendName: String { driver.backendName }
@@ -162,7 +168,7 @@ public final class BrokerClient: Broker, Sendable {
         let checked = try PublishValidation.prepare(
             messages,
             to: destination,
-            configuration: configuration,
+            maxMessageBytes: maxMessageBytes,
             backend: backendName,
             reservedHeaders: { driver.isReservedHeader($0) }
         )
@@ -177,8 +183,17 @@ public final class BrokerClient: Broker, Sendable {
             )
         }
         let receipts = try await driver.publish(checked: checked, to: destination, kind: kind, options: options)
-        observer.record(.published, destination: destination, count: checked.count)
+        publishedCounter(destination).record(.published, count: checked.count)
         return receipts
+    }
+
+    private func publishedCounter(_ destination: String) -> DeliveryObserver.Destination {
+        lastPublished.withLock { last in
+            if let last, last.name == destination { return last }
+            let found = observer.destination(destination)
+            last = found
+            return found
+        }
     }
 
     // MARK: - Consumers

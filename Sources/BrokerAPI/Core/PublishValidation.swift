@@ -19,20 +19,19 @@
     /// The reserved headers an app may still publish: job metadata.
     static let publishableReserved: Set<String> = [HeaderName.jobName, HeaderName.idempotencyKey]
 
-    /// Checks a batch's sizes and headers and adds the trace context; the size limit and the
-    /// trace context are looked up once, not once per message. The caller (``BrokerClient``)
+    /// Checks a batch's sizes (against `max.message.bytes`) and headers and adds the trace
+    /// context; the trace context is looked up once, not once per message. The caller (``BrokerClient``)
     /// has checked the destination name.
     /// An empty batch is returned as is. `reservedHeaders` says which of the backend's own
     /// header names (given in lower case) an app must not set.
     public static func prepare(
         _ messages: [Message],
         to destination: String,
-        configuration: BrokerConfiguration,
+        maxMessageBytes limit: Int,
         backend: String,
         reservedHeaders: @Sendable (String) -> Bool = { _ in false }
     ) throws -> [Message] {
         guard !messages.isEmpty else { return [] }
-        let limit = configuration.maxMessageBytes
         // By index: `for message in messages` copied every message (a retain and a release
         // of each of its fields) just to read it.
         for index in messages.indices {

@@ -11,19 +11,30 @@ final class MemoryBroker: BrokerDriver {
     var capabilities: BrokerCapabilities { MemoryBackend.capabilities }
 
     private let closed = Atomic<Bool>(false)
+    /// Kinds seen, so a publish costs one hop to the store, not two. Like the other
+    /// backends' caches it belongs to this client: a destination deleted through it is
+    /// forgotten, one another client deleted and made again as the other kind is not.
+    private let kinds = Mutex<[String: DestinationKind]>([:])
+
+    // Read once from the configuration (each read looks up and parses an option).
+    private let prefix: String
+    private let autoCreate: Bool
+    private let defaultPartitions: Int
+    private let maxMessages: Int
 
     init(store: MemoryStore, configuration: BrokerConfiguration, logger: Logger) {
         self.store = store
         self.configuration = configuration
         self.logger = logger
+        prefix = configuration.prefix
+        autoCreate = configuration.autoCreate
+        defaultPartitions = configuration.int("partitions") ?? 4
+        maxMessages = configuration.int("max.messages") ?? 1_000_000
     }
-
-    private var defaultPartitions: Int { configuration.int("partitions") ?? 4 }
-    private var maxMessages: Int { configuration.int("max.messages") ?? 1_000_000 }
 
     private func name(_ destination: String) throws -> String {
         try checkOpen(destination)
-        return configuration.prefix + destination
+        return prefix + destination
     }
 
     private func checkOpen(_ destination: String? = nil) throws {
@@ -37,12 +48,16 @@ final class MemoryBroker: BrokerDriver {
     }
 
     func kind(of destination: String, for use: DestinationUse) async throws -> DestinationKind? {
-        try await store.kind(
-            try name(destination),
+        let full = try name(destination)
+        if let known = kinds.withLock({ $0[full] }) { return known }
+        let kind = try await store.kind(
+            full,
             createAs: use.createdKind,
-            autoCreate: configuration.autoCreate,
+            autoCreate: autoCreate,
             defaultPartitions: defaultPartitions
         )
+        kinds.withLock { $0[full] = kind }
+        return kind
     }
 
     func publish(
@@ -55,7 +70,7 @@ final class MemoryBroker: BrokerDriver {
             messages,
             to: try name(destination),
             deliverAt: options.deliverAt,
-            autoCreate: configuration.autoCreate,
+            autoCreate: autoCreate,
             defaultPartitions: defaultPartitions,
             maxMessages: maxMessages
         )
@@ -66,7 +81,7 @@ final class MemoryBroker: BrokerDriver {
         let id = try await store.registerQueueConsumer(
             full,
             options: options,
-            autoCreate: configuration.autoCreate,
+            autoCreate: autoCreate,
             defaultPartitions: defaultPartitions
         )
         return MemoryConsumer(store: store, id: id, destination: full)
@@ -82,7 +97,7 @@ final class MemoryBroker: BrokerDriver {
             full,
             group: group,
             options: options,
-            autoCreate: configuration.autoCreate,
+            autoCreate: autoCreate,
             defaultPartitions: defaultPartitions
         )
         return MemoryConsumer(store: store, id: id, destination: full)
@@ -98,12 +113,13 @@ final class MemoryBroker: BrokerDriver {
     }
 
     func deleteDestination(_ destination: String) async throws {
-        try await store.delete(try name(destination))
+        let full = try name(destination)
+        _ = kinds.withLock { $0.removeValue(forKey: full) }
+        try await store.delete(full)
     }
 
     func listDestinations() async throws -> [DestinationInfo] {
         try checkOpen()
-        let prefix = configuration.prefix
         return await store.list().compactMap { info in
             guard info.name.hasPrefix(prefix) else { return nil }
             return DestinationInfo(
@@ -136,8 +152,7 @@ final class MemoryBroker: BrokerDriver {
         limit: Int,
         replay: @Sendable (DeadLetterRecord) -> DeadLetterReplay
     ) async throws -> Int {
-        let prefix = configuration.prefix
-        return try await store.moveDeadLetters(
+        try await store.moveDeadLetters(
             try name(destination),
             limit: limit,
             defaultPartitions: defaultPartitions
@@ -150,7 +165,6 @@ final class MemoryBroker: BrokerDriver {
 
     /// The store names destinations with the `prefix` option; apps see names without it.
     private func withoutPrefix(_ record: DeadLetterRecord) -> DeadLetterRecord {
-        let prefix = configuration.prefix
         guard !prefix.isEmpty, let origin = record.message.headers[HeaderName.originalDestination],
             origin.hasPrefix(prefix)
         else { return record }
