@@ -154,10 +154,16 @@ final class RabbitAdmin: @unchecked Sendable {
 
     /// The kind of `full` when another process declared it: RabbitMQ cannot tell a stream from
     /// a queue by a passive declare, so the catalog is read, once per name per process.
+    ///
+    /// A name is marked looked up only once a read succeeded: a read that failed (a broker
+    /// busy past `operation.timeout`) answers "kind unknown" this time and is tried again on
+    /// the next use, and callers that race each read the catalog.
     func catalogKind(_ full: String) async throws -> DestinationKind? {
         if let kind = knownKind(full) { return kind }
-        guard catalogChecked.withLock({ $0.insert(full).inserted }) else { return nil }
-        guard let kind = try await refreshCatalog().kinds[full] else { return nil }
+        if catalogChecked.withLock({ $0.contains(full) }) { return nil }
+        guard let catalog = try? await refreshCatalog() else { return nil }
+        catalogChecked.withLock { _ = $0.insert(full) }
+        guard let kind = catalog.kinds[full] else { return nil }
         known.withLock { $0[full] = .some(kind) }
         return kind
     }

@@ -16,7 +16,11 @@ struct BrokerClientTests {
             self.events = events
         }
         func next() async throws -> Delivery? { nil }
-        func close() async { events.add("close \(name)") }
+        func close() async {
+            // A consumer named slow* takes a while, as a stream member storing its position does.
+            if name.hasPrefix("slow") { try? await Task.sleep(for: .milliseconds(300)) }
+            events.add("close \(name)")
+        }
     }
 
     final class Events: Sendable {
@@ -100,6 +104,25 @@ struct BrokerClientTests {
         let driverClose = try #require(all.firstIndex(of: "driver close"))
         #expect(all.firstIndex(of: "close a").map { $0 < driverClose } == true, "\(all)")
         _ = kept
+    }
+
+    /// A consumer the app dropped (or closed) is still closing when the client closes: the
+    /// client waits for it before closing the driver, which that close may still need.
+    @Test func closeWaitsForAConsumerStillClosing() async throws {
+        let events = Events()
+        let client = BrokerClient(driver: try RecordingDriver(events: events), logger: Logger(label: "test"))
+        _ = try await client.consumeQueue("slow-dropped")
+        let closedByApp = try await client.consumeQueue("slow-closed")
+        let appClose = Task { await closedByApp.close() }
+        try await Task.sleep(for: .milliseconds(20))
+        await client.close()
+        await appClose.value
+        let all = events.all
+        let driverClose = try #require(all.firstIndex(of: "driver close"))
+        for name in ["slow-dropped", "slow-closed"] {
+            #expect(all.firstIndex(of: "close \(name)").map { $0 < driverClose } == true, "\(all)")
+            #expect(all.filter { $0 == "close \(name)" }.count == 1, "\(all)")
+        }
     }
 
     /// A consumer whose opening finished while the client closed is closed, and the call fails

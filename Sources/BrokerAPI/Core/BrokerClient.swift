@@ -112,8 +112,9 @@ public final class BrokerClient: Broker, Sendable {
     /// The backend half, for a backend's own tests and tools.
     @_spi(BrokerBackend) public let driver: any BrokerDriver
     private let closed = Atomic<Bool>(false)
-    /// The driver consumers handed out and not closed yet, by a number of their own.
-    private let consumers = Mutex<(nextID: UInt64, open: [UInt64: any MessageConsumer])>((0, [:]))
+    /// The driver consumers handed out and not closed yet (or still closing), by a number of
+    /// their own.
+    private let consumers = Mutex<(nextID: UInt64, open: [UInt64: ClosingConsumer])>((0, [:]))
     private let observer: DeliveryObserver
     /// The `published` counters of the destination published to last (a lookup takes a lock
     /// and hashes the name).
@@ -218,13 +219,17 @@ public final class BrokerClient: Broker, Sendable {
     /// Hands `consumer` to the app, tracked until it is closed or dropped; a consumer opened
     /// while the client closed is closed at once.
     private func own(_ consumer: any MessageConsumer, of destination: String) async throws -> any MessageConsumer {
-        let id = consumers.withLock { state -> UInt64? in
+        let closing = consumers.withLock { state -> ClosingConsumer? in
             guard !closed.load(ordering: .acquiring) else { return nil }
             state.nextID += 1
-            state.open[state.nextID] = consumer
-            return state.nextID
+            let id = state.nextID
+            let closing = ClosingConsumer(consumer) { [weak self] in
+                _ = self?.consumers.withLock { $0.open.removeValue(forKey: id) }
+            }
+            state.open[id] = closing
+            return closing
         }
-        guard let id else {
+        guard let closing else {
             await consumer.close()
             throw BrokerError.closed(
                 "broker \(configuration.url.redacted)",
@@ -232,9 +237,7 @@ public final class BrokerClient: Broker, Sendable {
                 destination: destination
             )
         }
-        return OwnedConsumer(consumer, logger: logger) { [weak self] in
-            _ = self?.consumers.withLock { $0.open.removeValue(forKey: id) }
-        }
+        return OwnedConsumer(closing, logger: logger)
     }
 
     /// Refuses to consume `name` as `wanted` when the broker holds it as the other kind.
@@ -290,10 +293,9 @@ public final class BrokerClient: Broker, Sendable {
 
     public func close() async {
         guard !closed.exchange(true, ordering: .acquiringAndReleasing) else { return }
-        let open = consumers.withLock { state in
-            defer { state.open = [:] }
-            return Array(state.open.values)
-        }
+        // Includes consumers still closing (dropped by the app, or closed by it just now):
+        // their close is joined, not started again.
+        let open = consumers.withLock { Array($0.open.values) }
         await withTaskGroup(of: Void.self) { group in
             for consumer in open { group.addTask { await consumer.close() } }
         }

@@ -18,25 +18,30 @@ import Synchronization
 /// ``Delivery/defect`` (a field out of range, not UTF-8, too many headers…) is dead-lettered
 /// here with that reason, logged, and never handed to the app; the next one is.
 @_spi(BrokerBackend) public final class OwnedConsumer: MessageConsumer {
-    /// The backend's consumer (not handed out: holding it would not keep it open).
-    private let consumer: any MessageConsumer
+    /// The backend's consumer and its one close (not handed out: holding it would not keep it
+    /// open).
+    private let closing: ClosingConsumer
+    private var consumer: any MessageConsumer { closing.consumer }
     private let closed = Atomic<Bool>(false)
     private let logger: Logger
     private let failures: FailureLog
-    private let onClose: @Sendable () -> Void
     /// The `delivered` counter of the destination handed out last (looked up again only when
     /// the destination changes: a lookup takes a global lock and two name hashes).
     private let counter = Mutex<(backend: String, destination: String, metrics: DeliveryObserver.Destination)?>(nil)
 
-    /// `onClose` runs once, when the consumer is closed or dropped.
-    public init(
+    /// `onClosed` runs once, when the backend's consumer has closed (after ``close()`` or once
+    /// this was dropped).
+    public convenience init(
         _ consumer: any MessageConsumer,
         logger: Logger = Logger(label: "brokerkit.consumer"),
-        onClose: @escaping @Sendable () -> Void = {}
+        onClosed: @escaping @Sendable () -> Void = {}
     ) {
-        self.consumer = consumer
+        self.init(ClosingConsumer(consumer, onClosed: onClosed), logger: logger)
+    }
+
+    init(_ closing: ClosingConsumer, logger: Logger) {
+        self.closing = closing
         self.logger = logger
-        self.onClose = onClose
         failures = FailureLog(logger: logger, what: "dead-lettering an unusable record", level: .error)
     }
 
@@ -82,16 +87,45 @@ import Synchronization
     }
 
     public func close() async {
-        if !closed.exchange(true, ordering: .acquiringAndReleasing) { onClose() }
-        await consumer.close()
+        closed.store(true, ordering: .releasing)
+        await closing.close()
     }
 
     public func stopFetching() async { await consumer.stopFetching() }
 
     deinit {
         guard !closed.load(ordering: .acquiring) else { return }
-        onClose()
-        let consumer = self.consumer
-        Task { await consumer.close() }
+        let closing = self.closing
+        Task { await closing.close() }
+    }
+}
+
+/// A backend consumer closed once however many ask (the app, a dropped ``OwnedConsumer``, the
+/// client's own ``BrokerClient/close()``); every caller returns only when it is closed, so a
+/// client never closes its driver under a consumer that is still closing (a RabbitMQ stream
+/// member stores its position on close, a Kafka member leaves its group).
+final class ClosingConsumer: Sendable {
+    let consumer: any MessageConsumer
+    private let task = Mutex<Task<Void, Never>?>(nil)
+    private let onClosed: @Sendable () -> Void
+
+    init(_ consumer: any MessageConsumer, onClosed: @escaping @Sendable () -> Void) {
+        self.consumer = consumer
+        self.onClosed = onClosed
+    }
+
+    func close() async {
+        let closing = task.withLock { task in
+            if let task { return task }
+            let consumer = self.consumer
+            let onClosed = self.onClosed
+            let started = Task {
+                await consumer.close()
+                onClosed()
+            }
+            task = started
+            return started
+        }
+        await closing.value
     }
 }

@@ -11,10 +11,6 @@ final class MemoryBroker: BrokerDriver {
     var capabilities: BrokerCapabilities { MemoryBackend.capabilities }
 
     private let closed = Atomic<Bool>(false)
-    /// Kinds seen, so a publish costs one hop to the store, not two. Like the other
-    /// backends' caches it belongs to this client: a destination deleted through it is
-    /// forgotten, one another client deleted and made again as the other kind is not.
-    private let kinds = Mutex<[String: DestinationKind]>([:])
 
     // Read once from the configuration (each read looks up and parses an option).
     private let prefix: String
@@ -48,16 +44,14 @@ final class MemoryBroker: BrokerDriver {
     }
 
     func kind(of destination: String, for use: DestinationUse) async throws -> DestinationKind? {
-        let full = try name(destination)
-        if let known = kinds.withLock({ $0[full] }) { return known }
-        let kind = try await store.kind(
-            full,
+        // Asked of the store every time (no cache): brokers of one memory:// name share the
+        // store, and another may have deleted the destination and made it the other kind.
+        try await store.kind(
+            try name(destination),
             createAs: use.createdKind,
             autoCreate: autoCreate,
             defaultPartitions: defaultPartitions
         )
-        kinds.withLock { $0[full] = kind }
-        return kind
     }
 
     func publish(
@@ -113,9 +107,7 @@ final class MemoryBroker: BrokerDriver {
     }
 
     func deleteDestination(_ destination: String) async throws {
-        let full = try name(destination)
-        _ = kinds.withLock { $0.removeValue(forKey: full) }
-        try await store.delete(full)
+        try await store.delete(try name(destination))
     }
 
     func listDestinations() async throws -> [DestinationInfo] {
