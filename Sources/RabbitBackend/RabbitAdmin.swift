@@ -158,7 +158,7 @@ final class RabbitAdmin: @unchecked Sendable {
     /// A name is marked looked up only once a read succeeded: a read that failed (a broker
     /// busy past `operation.timeout`) answers "kind unknown" this time and is tried again on
     /// the next use, and callers that race each read the catalog.
-    func catalogKind(_ full: String) async throws -> DestinationKind? {
+    func catalogKind(_ full: String) async -> DestinationKind? {
         if let kind = knownKind(full) { return kind }
         if catalogChecked.withLock({ $0.contains(full) }) { return nil }
         guard let catalog = try? await refreshCatalog() else { return nil }

@@ -88,7 +88,7 @@ final class RabbitBroker: BrokerDriver {
         case .publish: try await admin.ensureForPublish(full, user: destination)
         case .consume(let kind): try await admin.ensure(full, user: destination, kind: kind)
         }
-        return try await admin.catalogKind(full)
+        return await admin.catalogKind(full)
     }
 
     func isReservedHeader(_ name: String) -> Bool { RabbitMessageMapping.isBrokerBookkeeping(name) }
@@ -340,7 +340,7 @@ final class RabbitBroker: BrokerDriver {
         for (index, delivery) in taken.enumerated() {
             let stored = RabbitAdmin.envelope(delivery, origin: destination, prefix: settings.prefix).message
             let copy = replay(DeadLetterRecord(message: stored, position: Position(offset: Int64(index))))
-            let targetFull = settings.prefix + copy.destination
+            let targetFull = try fullName(copy.destination)
             outgoing.append(RabbitMessageMapping.outgoing(copy.message, routingKey: targetFull))
             targets.append((targetFull, copy.destination))
         }

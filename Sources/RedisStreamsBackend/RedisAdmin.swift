@@ -121,7 +121,7 @@ extension RedisBroker {
     }
 
     func readDeadLetters(of destination: String, limit: Int) async throws -> [DeadLetterRecord] {
-        try await deadLetterEntries(of: destination, limit: limit).map {
+        try await deadLetterEntries(key: try key(destination), of: destination, limit: limit).map {
             DeadLetterRecord(message: $0.message, position: Position(partition: 0, offset: $0.entryID))
         }
     }
@@ -133,7 +133,7 @@ extension RedisBroker {
     ) async throws -> Int {
         let key = try key(destination)
         var moved = 0
-        for entry in try await deadLetterEntries(of: destination, limit: limit) {
+        for entry in try await deadLetterEntries(key: key, of: destination, limit: limit) {
             let copy = replay(
                 DeadLetterRecord(message: entry.message, position: Position(partition: 0, offset: entry.entryID))
             )
@@ -141,7 +141,7 @@ extension RedisBroker {
             let result = try await client.checked(
                 [
                     "EVAL", RedisArgument(RedisScripts.replay), "2", RedisArgument(key + ":dlq"),
-                    RedisArgument(settings.prefix + copy.destination), RedisArgument(entry.entryID),
+                    RedisArgument(try self.key(copy.destination)), RedisArgument(entry.entryID),
                 ]
                     + RedisMessageMapping.fields(for: copy.message),
                 destination: destination
@@ -152,8 +152,11 @@ extension RedisBroker {
     }
 
     /// The oldest `limit` entries of the DLQ stream that can be read as messages.
-    private func deadLetterEntries(of destination: String, limit: Int) async throws -> [RedisMessageMapping.Entry] {
-        let key = try key(destination)
+    private func deadLetterEntries(
+        key: String,
+        of destination: String,
+        limit: Int
+    ) async throws -> [RedisMessageMapping.Entry] {
         _ = try await kind(of: key, destination: destination, createAs: nil)
         guard limit > 0 else { return [] }
         let reply = try await client.checked(
