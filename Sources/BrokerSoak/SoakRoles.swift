@@ -8,7 +8,8 @@ import Synchronization
 ///
 /// Ledger: `try <dest> <seqs>` before each publish call, `ok <dest> <seqs>` once the broker
 /// confirmed it, `err <dest> <seqs> <error>` when it failed (the call is retried with backoff
-/// until it succeeds; a message may then be there twice). Jobs: `jobok <seq> <due ms>`.
+/// until it succeeds; a message may then be there twice). Jobs: `jobsbase <seconds>` (the time
+/// every job's delay counts from), then `jobok <seq> <due ms>`.
 public enum SoakPublisher {
     public static func run(
         broker: any Broker,
@@ -21,7 +22,11 @@ public enum SoakPublisher {
         // A replacement publisher skips what an earlier incarnation had confirmed.
         var confirmed: [String: Set<Int>] = [:]
         var jobsConfirmed = Set<Int>()
+        var jobsBase: Date?
         for event in previous {
+            if event.name == "jobsbase", let seconds = event.fields.first.flatMap({ Double($0) }) {
+                jobsBase = Date(timeIntervalSince1970: seconds)
+            }
             if event.name == "ok", event.fields.count >= 2 {
                 confirmed[event.fields[0], default: []].formUnion(SeqList.parse(event.fields[1]))
             }
@@ -29,7 +34,7 @@ public enum SoakPublisher {
         }
         ledger.record("start", ["publisher", String(index)])
         if index == 0 {
-            try await dispatchJobs(broker: broker, plan: plan, skip: jobsConfirmed, ledger: ledger)
+            try await dispatchJobs(broker: broker, plan: plan, skip: jobsConfirmed, base: jobsBase, ledger: ledger)
         }
         let mine = plan.sequence(ofPublisher: index)
         let perSecond = Double(max(1, plan.rate)) / Double(max(1, plan.publishers))
@@ -88,10 +93,22 @@ public enum SoakPublisher {
         }
     }
 
-    static func dispatchJobs(broker: any Broker, plan: SoakPlan, skip: Set<Int>, ledger: SoakLedgerWriter) async throws
-    {
+    /// Dispatches the jobs not in `skip`, each due `plan.jobDelay(seq)` after `base`. A
+    /// replacement publisher gets the first incarnation's `base`: a job that incarnation sent
+    /// before it was killed (but did not record) is sent again with the same due time, so the
+    /// copy that runs first is never "early" against the ledger.
+    static func dispatchJobs(
+        broker: any Broker,
+        plan: SoakPlan,
+        skip: Set<Int>,
+        base given: Date?,
+        ledger: SoakLedgerWriter
+    ) async throws {
         let jobs = JobQueue(broker: broker, queue: plan.jobQueue)
-        let base = Date()
+        let base = given ?? Date()
+        // Seconds since 1970 as Swift prints a Double: read back, it is the same Double, so every
+        // incarnation computes the same due times.
+        if given == nil { ledger.record("jobsbase", [String(base.timeIntervalSince1970)]) }
         let todo = (0..<plan.jobs).filter { !skip.contains($0) }
         for chunkStart in stride(from: 0, to: todo.count, by: 50) {
             let chunk = Array(todo[chunkStart..<min(todo.count, chunkStart + 50)])

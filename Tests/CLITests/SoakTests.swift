@@ -1,3 +1,4 @@
+import BrokerAPI
 import BrokerConformance
 import BrokerSoak
 import BrokerTestSupport
@@ -176,6 +177,43 @@ struct SoakTests {
         ] {
             #expect(help.stdout.contains(option), "--help does not explain \(option)")
         }
+    }
+
+    /// A publisher killed while it dispatched the delayed jobs: its replacement sends the jobs
+    /// the ledger does not show as confirmed again, due when the first incarnation had them
+    /// due. (It used to count their delays from its own start, so a copy the first one had
+    /// sent ran "early" against the ledger: RabbitMQ's soak failed that way with a network cut
+    /// stalling the dispatch until the publisher kill.)
+    @Test func aReplacementPublisherKeepsTheJobsDueTimes() async throws {
+        let broker = try await Brokers.connect(url: "memory://soak-jobs-\(UUID().uuidString.prefix(8))")
+        let plan = SoakPlan(runID: "jobs", messages: 4, keys: 2, publishers: 1, jobs: 6, rate: 4)
+        let directory = FileManager.default.temporaryDirectory.appendingPathComponent("soak-jobs-\(UUID())")
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: directory) }
+        func run(_ name: String, previous: [SoakEvent]) async throws -> [SoakEvent] {
+            let path = directory.appendingPathComponent(name).path
+            try await SoakPublisher.run(
+                broker: broker,
+                plan: plan,
+                index: 0,
+                ledger: try SoakLedgerWriter(path: path),
+                previous: previous
+            )
+            return SoakLedgerReader().readNew(from: [path])
+        }
+        func dues(_ events: [SoakEvent]) -> [String: String] {
+            Dictionary(events.filter { $0.name == "jobok" }.map { ($0.fields[0], $0.fields[1]) }) { a, _ in a }
+        }
+        let first = try await run("first", previous: [])
+        #expect(first.filter { $0.name == "jobsbase" }.count == 1)
+        #expect(dues(first).count == 6)
+        // Killed before it recorded jobs 3, 4 and 5 as confirmed (they may be on the broker).
+        let survived = first.filter { $0.name != "jobok" || !["3", "4", "5"].contains($0.fields[0]) }
+        try await Task.sleep(for: .milliseconds(50))
+        let second = try await run("second", previous: survived)
+        #expect(dues(second).keys.sorted() == ["3", "4", "5"])
+        for (seq, due) in dues(second) { #expect(due == dues(first)[seq], "job \(seq)") }
+        await broker.close()
     }
 
     /// The ledger's arithmetic on a hand-made run: a confirmed message nobody handled is lost
